@@ -1,0 +1,217 @@
+//! Middleware mode: the application behind us is a CGI program.
+//!
+//! The Python original wrapped a WSGI application: requests that were not
+//! uploads went to it untouched, and a completed upload reached it as a new
+//! request whose body described the stored file. Here the application is
+//! any CGI program (`FILEUPLOAD_APP`), run once per request the way
+//! fcgiwrap would run it: same meta-variables, same body, its CGI answer
+//! relayed to the client as it is produced.
+//!
+//! The upload key is never passed on: `FILEUPLOAD_UPLOAD_KEY` is removed
+//! from the child's environment. (The application may read the key from
+//! `FILEUPLOAD_UPLOAD_KEY_FILE`, which only names a file.)
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+
+use crate::config::Config;
+use crate::http::{HttpError, Request, Response, ResponseWriter};
+use crate::status::Status;
+
+/// Longest CGI header block accepted from the application.
+const MAX_HEAD: u64 = 64 * 1024;
+/// Variables the application never sees.
+const WITHHELD: &[&str] = &["FILEUPLOAD_UPLOAD_KEY"];
+
+/// Hands the request to the application unchanged (with
+/// `FILEUPLOAD_UPLOAD_URL` added when uploads go elsewhere).
+pub fn forward(
+    program: &Path,
+    config: &Config,
+    request: &mut Request<'_>,
+    out: &mut dyn ResponseWriter,
+) -> io::Result<()> {
+    let mut env = request.vars().to_vec();
+    if let Some(url) = &config.upload_url {
+        set(&mut env, "FILEUPLOAD_UPLOAD_URL", url);
+    }
+    let head_only = request.method() == "HEAD";
+    run_or_answer(program, env, request.body(), out, head_only)
+}
+
+/// Hands a completed upload to the application: a POST whose body is the
+/// status JSON, with `FILEUPLOAD_IDENTIFIER` and `FILEUPLOAD_FILE` (the
+/// first stored file) set.
+pub fn hand_over(
+    program: &Path,
+    config: &Config,
+    request: &Request<'_>,
+    status: &Status,
+    out: &mut dyn ResponseWriter,
+) -> io::Result<()> {
+    let body = status.to_json();
+    let mut env: Vec<(String, String)> = request
+        .vars()
+        .iter()
+        .filter(|(name, _)| name != "HTTP_TRANSFER_ENCODING")
+        .cloned()
+        .collect();
+    set(&mut env, "REQUEST_METHOD", "POST");
+    set(&mut env, "CONTENT_TYPE", "application/json");
+    set(&mut env, "CONTENT_LENGTH", &body.len().to_string());
+    set(
+        &mut env,
+        "FILEUPLOAD_IDENTIFIER",
+        status.identifier.as_deref().unwrap_or(""),
+    );
+    let first = status
+        .files()
+        .first()
+        .map(|f| f.path.as_str())
+        .unwrap_or("");
+    set(&mut env, "FILEUPLOAD_FILE", first);
+    if let Some(url) = &config.upload_url {
+        set(&mut env, "FILEUPLOAD_UPLOAD_URL", url);
+    }
+    let mut body = body.as_bytes();
+    run_or_answer(program, env, &mut body, out, false)
+}
+
+fn set(env: &mut Vec<(String, String)>, name: &str, value: &str) {
+    env.retain(|(n, _)| n != name);
+    env.push((name.to_owned(), value.to_owned()));
+}
+
+/// Runs the application; failures before it answered are answered by us.
+fn run_or_answer(
+    program: &Path,
+    env: Vec<(String, String)>,
+    body: &mut (dyn Read + Send),
+    out: &mut dyn ResponseWriter,
+    head_only: bool,
+) -> io::Result<()> {
+    match run(program, env, body, out, head_only) {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            eprintln!(
+                "fileupload: application {}: {}",
+                program.display(),
+                err.message
+            );
+            Response::error(&err).send(out, head_only)
+        }
+    }
+}
+
+/// Runs the CGI program with `env` and `body` on its stdin, and relays its
+/// answer. An `Err` means nothing was sent yet.
+fn run(
+    program: &Path,
+    env: Vec<(String, String)>,
+    body: &mut (dyn Read + Send),
+    out: &mut dyn ResponseWriter,
+    head_only: bool,
+) -> Result<(), HttpError> {
+    let mut command = Command::new(program);
+    command
+        .env_clear()
+        .envs(
+            env.into_iter()
+                .filter(|(name, _)| !WITHHELD.contains(&name.as_str())),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(dir) = program.parent() {
+        command.current_dir(dir);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| HttpError::new(500, format!("cannot run the application: {e}")))?;
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(HttpError::new(500, "cannot connect to the application"));
+    };
+    thread::scope(|scope| {
+        // The body is fed from another thread: an application may write its
+        // answer before it has read all its input, and then neither side
+        // must wait for the other.
+        scope.spawn(move || {
+            // The application may not read its input at all (EPIPE): fine.
+            let _ = io::copy(body, &mut stdin);
+        });
+        let result = relay(stdout, out, head_only);
+        let _ = child.wait();
+        result
+    })
+}
+
+/// Reads the application's CGI head, then streams its body to `out`.
+fn relay(
+    stdout: impl Read,
+    out: &mut dyn ResponseWriter,
+    head_only: bool,
+) -> Result<(), HttpError> {
+    let bad = |why: &str| {
+        HttpError::new(
+            502,
+            format!("the application's answer is not a CGI response: {why}"),
+        )
+    };
+    let mut reader = BufReader::new(stdout);
+    let mut head = (&mut reader).take(MAX_HEAD);
+    let mut status = None;
+    let mut headers = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        head.read_until(b'\n', &mut line)
+            .map_err(|e| HttpError::new(502, format!("reading the application's answer: {e}")))?;
+        if !line.ends_with(b"\n") {
+            return Err(bad("it ended inside its header block"));
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        if text.is_empty() {
+            break;
+        }
+        let (name, value) = text
+            .split_once(':')
+            .ok_or_else(|| bad("a header line has no ':'"))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("Status") {
+            let code = value
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse::<u16>().ok());
+            status = Some(
+                code.filter(|c| (100..600).contains(c))
+                    .ok_or_else(|| bad("invalid Status"))?,
+            );
+        } else {
+            headers.push((name.trim().to_owned(), value.to_owned()));
+        }
+    }
+    let has = |wanted: &str| {
+        headers
+            .iter()
+            .any(|(n, _): &(String, String)| n.eq_ignore_ascii_case(wanted))
+    };
+    let status = match status {
+        Some(status) => status,
+        None if has("Location") => 302,
+        None if has("Content-Type") => 200,
+        None => return Err(bad("it has neither Status, Location nor Content-Type")),
+    };
+    // Past this point the client has our answer's head: errors can only
+    // cut it short.
+    let Ok(body) = out.start(status, &headers) else {
+        return Ok(());
+    };
+    if !head_only {
+        let _ = io::copy(&mut reader, body);
+    }
+    let _ = body.flush();
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! The CGI transport (RFC 3875): the request is this process's environment
+//! and stdin, the response goes to stdout, and the process ends with it.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::fd::AsFd;
+use std::panic::{self, AssertUnwindSafe};
+
+use crate::config::{Config, ConfigError};
+use crate::handler;
+use crate::http::{HttpError, Request, Response, ResponseWriter, write_cgi_head};
+
+/// Writes the CGI response to stdout.
+struct CgiOutput<W: Write> {
+    out: W,
+    started: bool,
+}
+
+impl<W: Write> ResponseWriter for CgiOutput<W> {
+    fn start(&mut self, status: u16, headers: &[(String, String)]) -> io::Result<&mut dyn Write> {
+        self.started = true;
+        write_cgi_head(&mut self.out, status, headers)?;
+        Ok(&mut self.out)
+    }
+}
+
+/// Answers the one request this process was started for. Returns the exit
+/// status: 0 once an answer was written, whatever it said.
+pub fn run(config: Result<Config, ConfigError>) -> i32 {
+    let vars: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    // A chunked request that the server streams to us has no
+    // CONTENT_LENGTH; its end is the end of stdin.
+    let chunked = vars
+        .iter()
+        .any(|(k, v)| k == "HTTP_TRANSFER_ENCODING" && v.to_ascii_lowercase().contains("chunked"));
+    // Stdin as a plain file: unbuffered (the parser has its own buffer) and
+    // Send, so middleware mode can feed it to the application from a thread.
+    let mut stdin = match io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        Err(err) => {
+            eprintln!("fileupload: cannot read stdin: {err}");
+            return 1;
+        }
+    };
+    let stdout = io::stdout();
+    let mut out = CgiOutput {
+        out: BufWriter::with_capacity(64 * 1024, stdout.lock()),
+        started: false,
+    };
+    let mut request = Request::new(vars, &mut stdin, chunked);
+    let result = match config {
+        Ok(config) => {
+            // The handler does not panic on any input we know of; should it,
+            // the client still gets JSON rather than a cut connection.
+            panic::catch_unwind(AssertUnwindSafe(|| {
+                handler::handle(&config, &mut request, &mut out)
+            }))
+            .unwrap_or_else(|_| {
+                if out.started {
+                    return Ok(());
+                }
+                let err = HttpError::new(
+                    500,
+                    "internal error; the details are in the web server's error log",
+                );
+                Response::error(&err).send(&mut out, false)
+            })
+        }
+        Err(err) => {
+            eprintln!("fileupload: configuration error: {err}");
+            let err = HttpError::new(
+                500,
+                "the upload service is misconfigured; the details are in the web server's error log",
+            );
+            Response::error(&err).send(&mut out, false)
+        }
+    };
+    match result.and_then(|()| out.out.flush()) {
+        Ok(()) => 0,
+        // The client or the server went away; nothing more to tell anyone.
+        Err(_) => 0,
+    }
+}

@@ -1,0 +1,181 @@
+//! The command line: the library's operations for applications in any
+//! language, and the administrator's tools.
+//!
+//! Exit status: 0 for success or "yes", 1 for "no" (`verify-id` on a bad
+//! identifier, `path` on an upload that is not complete), 2 for a usage,
+//! configuration or pool error.
+
+use std::ffi::OsString;
+use std::io::Write;
+
+use getopts::Options;
+
+use crate::config::{Config, SETTINGS};
+use crate::identifier::{Identifier, create_identifier, verify_identifier};
+use crate::status::State;
+
+const USAGE: &str = "\
+Usage: fileupload [OPTIONS] COMMAND [ID]
+
+Receives multipart/form-data uploads into a pool directory and answers
+progress queries. Run by a web server (GATEWAY_INTERFACE set), it answers
+one CGI request. From a shell, it runs one of these commands:
+
+Commands:
+    new-id          print a new upload identifier (signed when a key is set)
+    verify-id ID    exit 0 if ID is valid here, 1 (with the reason) if not
+    status ID       print the upload's status as JSON
+    path ID         print the stored files' paths, one a line, if the upload
+                    is complete; exit 1 if it is not
+    clear ID        delete the upload (cancelling it if it is running)
+    gc              delete uploads older than --max-age (or max_age)
+
+Every setting is also an environment variable FILEUPLOAD_<NAME> and a
+`name = value` line of the config file; options win over the environment,
+which wins over the file.";
+
+/// A failure of the command line, with its exit status.
+#[derive(Debug)]
+struct Exit {
+    code: i32,
+    message: String,
+}
+
+fn error(message: impl ToString) -> Exit {
+    Exit {
+        code: 2,
+        message: message.to_string(),
+    }
+}
+
+fn options() -> Options {
+    let mut opts = Options::new();
+    opts.optflag("h", "help", "print this help");
+    opts.optflag("V", "version", "print the version");
+    opts.optopt(
+        "",
+        "config",
+        "read settings from FILE (FILEUPLOAD_CONFIG)",
+        "FILE",
+    );
+    for setting in SETTINGS.iter().filter(|s| s.option) {
+        let help = format!("{} [default: {}]", setting.help, setting.default);
+        opts.optopt("", &setting.option_name(), &help, setting.value);
+    }
+    opts
+}
+
+/// Runs the command line; returns the exit status.
+pub fn run(args: Vec<OsString>) -> i32 {
+    let mut stdout = std::io::stdout().lock();
+    match command(args, &mut stdout) {
+        Ok(code) => code,
+        Err(exit) => {
+            eprintln!("fileupload: {}", exit.message);
+            exit.code
+        }
+    }
+}
+
+fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
+    let opts = options();
+    let matches = opts
+        .parse(&args)
+        .map_err(|e| error(format!("{e}\nTry 'fileupload --help'.")))?;
+    let print = |out: &mut dyn Write, text: &str| {
+        writeln!(out, "{text}").map_err(|e| error(format!("cannot write output: {e}")))
+    };
+    if matches.opt_present("help") {
+        print(out, &opts.usage(USAGE))?;
+        return Ok(0);
+    }
+    if matches.opt_present("version") {
+        print(out, concat!("fileupload ", env!("CARGO_PKG_VERSION")))?;
+        return Ok(0);
+    }
+    let mut given: Vec<(&str, String)> = Vec::new();
+    if let Some(file) = matches.opt_str("config") {
+        given.push(("config", file));
+    }
+    for setting in SETTINGS.iter().filter(|s| s.option) {
+        if let Some(value) = matches.opt_str(&setting.option_name()) {
+            given.push((setting.name, value));
+        }
+    }
+    let config = Config::load(&given, |var| std::env::var(var).ok()).map_err(error)?;
+    let (name, args) = matches
+        .free
+        .split_first()
+        .ok_or_else(|| error("no command given\nTry 'fileupload --help'."))?;
+    let expect_args = |n: usize| {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(error(format!(
+                "{name} takes {n} argument(s), got {}",
+                args.len()
+            )))
+        }
+    };
+    let id = |config: &Config| -> Result<Identifier, Exit> {
+        verify_identifier(&args[0], config.upload_key.as_ref())
+            .map_err(|e| error(format!("{}: {e}", args[0])))
+    };
+    let pool = config.pool();
+    match name.as_str() {
+        "new-id" => {
+            expect_args(0)?;
+            let id = create_identifier(config.upload_key.as_ref()).map_err(error)?;
+            print(out, id.as_str())?;
+            Ok(0)
+        }
+        "verify-id" => {
+            expect_args(1)?;
+            match verify_identifier(&args[0], config.upload_key.as_ref()) {
+                Ok(_) => Ok(0),
+                Err(e) => Err(Exit {
+                    code: 1,
+                    message: format!("{}: {e}", args[0]),
+                }),
+            }
+        }
+        "status" => {
+            expect_args(1)?;
+            let status = pool.status(&id(&config)?).map_err(error)?;
+            print(out, &status.to_json())?;
+            Ok(0)
+        }
+        "path" => {
+            expect_args(1)?;
+            let id = id(&config)?;
+            let status = pool.status(&id).map_err(error)?;
+            if status.state != State::Done {
+                return Err(Exit {
+                    code: 1,
+                    message: format!("upload {id} is not complete (state {:?})", status.state),
+                });
+            }
+            for file in status.files() {
+                print(out, &file.path)?;
+            }
+            Ok(0)
+        }
+        "clear" => {
+            expect_args(1)?;
+            pool.clear(&id(&config)?).map_err(error)?;
+            Ok(0)
+        }
+        "gc" => {
+            expect_args(0)?;
+            let max_age = config
+                .max_age
+                .ok_or_else(|| error("gc needs --max-age DURATION (or the max_age setting)"))?;
+            let report = pool.gc(max_age).map_err(error)?;
+            print(out, &serde_json::to_string(&report).unwrap_or_default())?;
+            Ok(0)
+        }
+        other => Err(error(format!(
+            "unknown command {other:?}\nTry 'fileupload --help'."
+        ))),
+    }
+}

@@ -1,0 +1,644 @@
+//! Configuration: command-line options, environment variables, a config
+//! file, and defaults, in that order of precedence.
+//!
+//! A CGI program is configured by its environment (Apache `SetEnv`, nginx
+//! `fastcgi_param`), so every setting has a `FILEUPLOAD_*` variable. The
+//! same settings are options (`--max-size`) and config-file directives
+//! named as in the Python original (`max_size = 100`). [`SETTINGS`] lists
+//! them once; the loader, the help text and the README's table all follow
+//! from it.
+//!
+//! Nothing here panics on bad input: every problem is a [`ConfigError`]
+//! naming where the bad value came from, which the CGI front turns into one
+//! line in the web server's error log and a 500 answer.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::identifier::Key;
+use crate::pool::Pool;
+
+/// One setting, as it appears in every source.
+#[derive(Debug)]
+pub struct Setting {
+    /// Config-file directive; the option is this with `-` for `_`, the
+    /// environment variable `FILEUPLOAD_` + this in capitals.
+    pub name: &'static str,
+    /// Placeholder for the value in help text.
+    pub value: &'static str,
+    /// The default, as documentation.
+    pub default: &'static str,
+    pub help: &'static str,
+    /// Whether it may be given on the command line. The key may not: a
+    /// command line is visible to every user of the machine.
+    pub option: bool,
+}
+
+impl Setting {
+    /// The environment variable, e.g. `FILEUPLOAD_MAX_SIZE`.
+    pub fn env_var(&self) -> String {
+        format!("FILEUPLOAD_{}", self.name.to_ascii_uppercase())
+    }
+
+    /// The long option, e.g. `max-size`.
+    pub fn option_name(&self) -> String {
+        self.name.replace('_', "-")
+    }
+}
+
+/// Every setting, in the order the documentation lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "directory",
+        value: "DIR",
+        default: "<temp dir>/fileupload",
+        help: "Pool directory for uploads; share it between every process and host serving the same uploads. \
+               The default is created on first use; a configured one must exist.",
+        option: true,
+    },
+    Setting {
+        name: "max_size",
+        value: "SIZE",
+        default: "0 (no limit)",
+        help: "Largest request body accepted: megabytes, or a number with K, M or G. 0 means no limit.",
+        option: true,
+    },
+    Setting {
+        name: "upload_url",
+        value: "URL",
+        default: "unset",
+        help: "Uploads are received by another server at this URL (\"/upload\" is appended when missing): \
+               in middleware mode nothing is intercepted and the application gets FILEUPLOAD_UPLOAD_URL.",
+        option: true,
+    },
+    Setting {
+        name: "upload_key",
+        value: "KEY",
+        default: "unset",
+        help: "Secret that signs identifiers; when set, only signed identifiers are accepted. \
+               Prefer upload_key_file. Not accepted as an option.",
+        option: false,
+    },
+    Setting {
+        name: "upload_key_file",
+        value: "FILE",
+        default: "unset",
+        help: "File holding the upload key (a trailing newline is ignored).",
+        option: true,
+    },
+    Setting {
+        name: "max_age",
+        value: "DURATION",
+        default: "0 (never)",
+        help: "Remove finished, failed and abandoned uploads older than this, now and then on its own \
+               (e.g. 3600, 90m, 12h, 7d). 0 turns it off.",
+        option: true,
+    },
+    Setting {
+        name: "app",
+        value: "PROGRAM",
+        default: "unset",
+        help: "Middleware mode: a CGI program that gets every request that is not ours, and each completed upload.",
+        option: true,
+    },
+    Setting {
+        name: "sha256",
+        value: "on|off",
+        default: "on",
+        help: "Compute each stored file's SHA-256 while receiving it.",
+        option: true,
+    },
+    Setting {
+        name: "file_mode",
+        value: "MODE",
+        default: "0600",
+        help: "Permissions of stored files (octal); folders get the matching search bits (0600 gives 0700).",
+        option: true,
+    },
+    Setting {
+        name: "progress_interval",
+        value: "DURATION",
+        default: "200ms",
+        help: "How often a running upload rewrites its status with the bytes received. 0 turns progress off \
+               (the status says 0 received until the upload ends).",
+        option: true,
+    },
+];
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Origin {
+    Option(&'static str),
+    Env(String),
+    File(PathBuf, usize),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Option(name) => write!(f, "option --{}", name.replace('_', "-")),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::File(path, line) => write!(f, "{} line {line}", path.display()),
+        }
+    }
+}
+
+/// A configuration problem, worded for the person who has to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("cannot read upload key file {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("both upload_key ({0}) and upload_key_file ({1}) are set; keep one")]
+    TwoKeys(String, String),
+}
+
+/// The settled configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub directory: PathBuf,
+    /// The pool is the default one, which is created on first use.
+    pub directory_is_default: bool,
+    /// Largest request body, in bytes.
+    pub max_size: Option<u64>,
+    /// Always ends in `/upload`.
+    pub upload_url: Option<String>,
+    pub upload_key: Option<Key>,
+    pub max_age: Option<Duration>,
+    pub app: Option<PathBuf>,
+    pub sha256: bool,
+    pub file_mode: u32,
+    pub progress_interval: Option<Duration>,
+}
+
+impl Default for Config {
+    /// The configuration with nothing set: the default pool, no limits.
+    fn default() -> Config {
+        Config {
+            directory: std::env::temp_dir().join("fileupload"),
+            directory_is_default: true,
+            max_size: None,
+            upload_url: None,
+            upload_key: None,
+            max_age: None,
+            app: None,
+            sha256: true,
+            file_mode: 0o600,
+            progress_interval: Some(Duration::from_millis(200)),
+        }
+    }
+}
+
+impl Config {
+    /// Loads from the process environment alone, as a CGI program does.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::load(&[], |var| std::env::var(var).ok())
+    }
+
+    /// Loads from options (by setting name, e.g. `("max_size", "10")`, plus
+    /// `("config", FILE)`), then `env`, then the config file named by the
+    /// `config` option or `FILEUPLOAD_CONFIG`, then defaults.
+    ///
+    /// ```
+    /// use fileupload::Config;
+    ///
+    /// let config = Config::load(&[("max_size", "2G".into())], |var| match var {
+    ///     "FILEUPLOAD_MAX_SIZE" => Some("10".into()), // loses to the option
+    ///     "FILEUPLOAD_SHA256" => Some("off".into()),
+    ///     _ => None,
+    /// })
+    /// .unwrap();
+    /// assert_eq!(config.max_size, Some(2 << 30));
+    /// assert!(!config.sha256);
+    /// ```
+    pub fn load(
+        options: &[(&str, String)],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let set = |v: &Option<String>| v.as_ref().is_some_and(|v| !v.is_empty());
+        let option = |name: &str| {
+            options
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mut values: BTreeMap<&'static str, (String, Origin)> = BTreeMap::new();
+
+        let file = option("config")
+            .filter(|v| !v.is_empty())
+            .or_else(|| env("FILEUPLOAD_CONFIG").filter(|v| !v.is_empty()));
+        if let Some(path) = file {
+            for (name, value, line) in read_config_file(Path::new(&path))? {
+                values.insert(name, (value, Origin::File(PathBuf::from(&path), line)));
+            }
+        }
+        for setting in SETTINGS {
+            let var = setting.env_var();
+            let value = env(&var);
+            if set(&value) {
+                values.insert(setting.name, (value.unwrap_or_default(), Origin::Env(var)));
+            }
+            let value = option(setting.name);
+            if setting.option && set(&value) {
+                let origin = Origin::Option(setting.name);
+                values.insert(setting.name, (value.unwrap_or_default(), origin));
+            }
+        }
+        Config::from_values(values)
+    }
+
+    fn from_values(
+        values: BTreeMap<&'static str, (String, Origin)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        let invalid = |origin: &Origin, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        for (name, (value, origin)) in &values {
+            let value = value.trim();
+            let bad = |what: &str| {
+                let (what, hint) = what.split_once(": ").unwrap_or((what, ""));
+                invalid(origin, format!("invalid {what} {value:?}: {hint}"))
+            };
+            match *name {
+                "directory" => {
+                    let path = PathBuf::from(value);
+                    if !path.is_absolute() {
+                        return Err(invalid(
+                            origin,
+                            format!("{value:?} must be an absolute path"),
+                        ));
+                    }
+                    config.directory = path;
+                    config.directory_is_default = false;
+                }
+                "max_size" => {
+                    config.max_size = parse_size(value).ok_or_else(|| {
+                        bad("size: use megabytes, or a number with K, M or G (e.g. 100, 512K, 2G)")
+                    })?;
+                }
+                "upload_url" => config.upload_url = Some(normalize_upload_url(value)),
+                "upload_key" => config.upload_key = Key::new(value.as_bytes()),
+                "upload_key_file" => {
+                    let path = PathBuf::from(value);
+                    let text = fs::read(&path).map_err(|source| ConfigError::KeyFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    let text = text
+                        .strip_suffix(b"\n")
+                        .map(|t| t.strip_suffix(b"\r").unwrap_or(t))
+                        .unwrap_or(&text);
+                    let key = Key::new(text).ok_or_else(|| {
+                        invalid(origin, format!("upload key file {value} is empty"))
+                    })?;
+                    config.upload_key = Some(key);
+                }
+                "max_age" => {
+                    config.max_age = parse_duration(value).ok_or_else(|| {
+                        bad("duration: use seconds, or a number with ms, s, m, h or d")
+                    })?;
+                }
+                "app" => {
+                    let path = PathBuf::from(value);
+                    if !path.is_absolute() {
+                        return Err(invalid(
+                            origin,
+                            format!("{value:?} must be an absolute path"),
+                        ));
+                    }
+                    config.app = Some(path);
+                }
+                "sha256" => {
+                    config.sha256 = parse_bool(value).ok_or_else(|| bad("switch: use on or off"))?
+                }
+                "file_mode" => {
+                    config.file_mode = u32::from_str_radix(value, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777 && m & 0o600 == 0o600)
+                        .ok_or_else(|| {
+                            bad("mode: use octal permissions that let the owner read and write, e.g. 0600 or 0640")
+                        })?;
+                }
+                "progress_interval" => {
+                    config.progress_interval = parse_duration(value)
+                        .ok_or_else(|| bad("duration: use e.g. 200ms, 1s, or 0 for off"))?;
+                }
+                _ => unreachable!("only names from SETTINGS are collected"),
+            }
+        }
+        if let (Some((_, a)), Some((_, b))) =
+            (values.get("upload_key"), values.get("upload_key_file"))
+        {
+            return Err(ConfigError::TwoKeys(a.to_string(), b.to_string()));
+        }
+        Ok(config)
+    }
+
+    /// The pool this configuration names.
+    pub fn pool(&self) -> Pool {
+        Pool::new(&self.directory, self.file_mode, self.directory_is_default)
+    }
+}
+
+/// Reads `key = value` lines. `#` and `;` start comment lines; `[section]`
+/// lines are ignored so an INI file from the Python original's Paster setup
+/// can be reused; surrounding double quotes are taken off values.
+fn read_config_file(path: &Path) -> Result<Vec<(&'static str, String, usize)>, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::File {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with(['#', ';']) || line.starts_with('[') {
+            continue;
+        }
+        let syntax = |message: String| ConfigError::Syntax {
+            path: path.to_owned(),
+            line: line_no,
+            message,
+        };
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| syntax("expected `name = value`".into()))?;
+        let key = key.trim();
+        let setting = SETTINGS.iter().find(|s| s.name == key).ok_or_else(|| {
+            let known: Vec<_> = SETTINGS.iter().map(|s| s.name).collect();
+            syntax(format!(
+                "unknown setting {key:?}; known: {}",
+                known.join(", ")
+            ))
+        })?;
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        out.push((setting.name, value.to_owned(), line_no));
+    }
+    Ok(out)
+}
+
+/// `100` (megabytes, as the original), `512K`, `10M`, `2G`; `0` is no limit.
+pub fn parse_size(text: &str) -> Option<Option<u64>> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "M"),
+    };
+    let number: u64 = digits.parse().ok()?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return None,
+    };
+    let bytes = number.checked_mul(1u64 << shift)?;
+    Some((bytes > 0).then_some(bytes))
+}
+
+/// `3600` (seconds), `200ms`, `30s`, `15m`, `12h`, `7d`; `0` is off.
+pub fn parse_duration(text: &str) -> Option<Option<Duration>> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let number: u64 = digits.parse().ok()?;
+    let millis = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    let millis = number.checked_mul(millis)?;
+    Some((millis > 0).then(|| Duration::from_millis(millis)))
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "yes" | "true" | "1" => Some(true),
+        "off" | "no" | "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// The original appended `/upload` to an upload URL that lacked it.
+fn normalize_upload_url(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    if url.ends_with("/upload") || url == "upload" {
+        url.to_owned()
+    } else {
+        format!("{url}/upload")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(options: &[(&str, &str)], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let options: Vec<(&str, String)> =
+            options.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        Config::load(&options, |var| {
+            env.iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let config = load(&[], &[]).unwrap();
+        assert!(config.directory_is_default);
+        assert!(config.directory.ends_with("fileupload"));
+        assert_eq!(config.max_size, None);
+        assert!(config.sha256);
+        assert_eq!(config.file_mode, 0o600);
+        assert_eq!(config.progress_interval, Some(Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("10"), Some(Some(10 << 20)));
+        assert_eq!(parse_size("512K"), Some(Some(512 << 10)));
+        assert_eq!(parse_size("2g"), Some(Some(2 << 30)));
+        assert_eq!(parse_size("0"), Some(None));
+        for bad in ["", "-1", "1.5", "10X", "K", "99999999999999999999T"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_duration("90"), Some(Some(Duration::from_secs(90))));
+        assert_eq!(
+            parse_duration("200ms"),
+            Some(Some(Duration::from_millis(200)))
+        );
+        assert_eq!(
+            parse_duration("7d"),
+            Some(Some(Duration::from_secs(7 * 86400)))
+        );
+        assert_eq!(parse_duration("0"), Some(None));
+        for bad in ["", "1w", "-5", "5 s s", "h"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn precedence_is_options_env_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fileupload.conf");
+        fs::write(
+            &file,
+            "# comment\n[filter:fileupload]\nmax_size = 1\nupload_url = \"http://up.example/x/\"\nsha256 = off\nfile_mode=0640\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let config = load(
+            &[("max_size", "3")],
+            &[
+                ("FILEUPLOAD_CONFIG", file),
+                ("FILEUPLOAD_MAX_SIZE", "2"),
+                ("FILEUPLOAD_SHA256", "on"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.max_size, Some(3 << 20));
+        assert!(config.sha256, "environment beats file");
+        assert_eq!(
+            config.upload_url.as_deref(),
+            Some("http://up.example/x/upload")
+        );
+        assert_eq!(config.file_mode, 0o640);
+        let config = load(&[("config", file)], &[]).unwrap();
+        assert_eq!(config.max_size, Some(1 << 20));
+        assert!(!config.sha256);
+    }
+
+    #[test]
+    fn key_from_file_or_value_but_not_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        fs::write(&key_file, "s3cret\n").unwrap();
+        let key_file = key_file.to_str().unwrap();
+        let config = load(&[], &[("FILEUPLOAD_UPLOAD_KEY_FILE", key_file)]).unwrap();
+        assert_eq!(config.upload_key, Key::new(*b"s3cret"));
+        let config = load(&[], &[("FILEUPLOAD_UPLOAD_KEY", "abc")]).unwrap();
+        assert_eq!(config.upload_key, Key::new(*b"abc"));
+        let err = load(
+            &[],
+            &[
+                ("FILEUPLOAD_UPLOAD_KEY", "abc"),
+                ("FILEUPLOAD_UPLOAD_KEY_FILE", key_file),
+            ],
+        );
+        assert!(matches!(err, Err(ConfigError::TwoKeys(..))));
+        // The key is never an option: a command line is public.
+        let config = load(&[("upload_key", "abc")], &[]).unwrap();
+        assert_eq!(config.upload_key, None);
+        let err = load(&[], &[("FILEUPLOAD_UPLOAD_KEY_FILE", "/nonexistent/key")]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/key"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn errors_name_their_source() {
+        let cases: &[(&[(&str, &str)], &[(&str, &str)], &str)] = &[
+            (
+                &[],
+                &[("FILEUPLOAD_MAX_SIZE", "12X")],
+                "environment variable FILEUPLOAD_MAX_SIZE: invalid size \"12X\"",
+            ),
+            (
+                &[("max_age", "soon")],
+                &[],
+                "option --max-age: invalid duration \"soon\"",
+            ),
+            (
+                &[],
+                &[("FILEUPLOAD_DIRECTORY", "relative/dir")],
+                "must be an absolute path",
+            ),
+            (&[], &[("FILEUPLOAD_FILE_MODE", "0200")], "invalid mode"),
+            (&[], &[("FILEUPLOAD_SHA256", "maybe")], "invalid switch"),
+            (
+                &[],
+                &[("FILEUPLOAD_CONFIG", "/nonexistent.conf")],
+                "cannot read config file /nonexistent.conf",
+            ),
+        ];
+        for (options, env, expected) in cases {
+            let err = load(options, env).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.conf");
+        fs::write(&file, "directory = /tmp\nmax_szie = 3\n").unwrap();
+        let err = load(&[], &[("FILEUPLOAD_CONFIG", file.to_str().unwrap())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2: unknown setting \"max_szie\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_values_are_unset() {
+        let config = load(
+            &[],
+            &[("FILEUPLOAD_MAX_SIZE", ""), ("FILEUPLOAD_DIRECTORY", "")],
+        )
+        .unwrap();
+        assert_eq!(config.max_size, None);
+        assert!(config.directory_is_default);
+    }
+
+    #[test]
+    fn every_setting_is_handled() {
+        // from_values matches on names; a setting added to SETTINGS without a
+        // match arm would hit unreachable!() here.
+        for setting in SETTINGS {
+            let value = match setting.name {
+                "directory" | "app" => "/x",
+                "upload_key_file" => continue,
+                "sha256" => "on",
+                "file_mode" => "600",
+                _ => "1",
+            };
+            let mut values = BTreeMap::new();
+            values.insert(
+                setting.name,
+                (value.to_owned(), Origin::Option(setting.name)),
+            );
+            Config::from_values(values).unwrap();
+        }
+    }
+}

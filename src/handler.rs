@@ -1,0 +1,390 @@
+//! Routes: what each request path and method does.
+//!
+//! | path ends with   | method / flag          | does                          |
+//! |------------------|------------------------|-------------------------------|
+//! | `/upload`        | `clear` flag           | clear                         |
+//! | `/upload`        | `status` flag          | status                        |
+//! | `/upload`        | POST                   | upload                        |
+//! | `/upload/status` | GET, HEAD              | status (`clear` flag: clear)  |
+//! | `/upload/status` | DELETE                 | clear                         |
+//! | `/upload/new`    | GET, HEAD, POST        | a fresh identifier (no key)   |
+//! | anything else    |                        | 404, or the application       |
+//!
+//! Every answer of ours is JSON (JSONP with a valid `callback`, HTML after
+//! an upload when the client prefers it). Errors carry
+//! `{"state": "error", "error": ..., "status": ...}` and the matching HTTP
+//! status; server-side errors (5xx) are also logged on stderr, which is the
+//! web server's error log.
+
+use std::io;
+
+use serde_json::json;
+
+use crate::app;
+use crate::config::Config;
+use crate::http::{HttpError, Request, Response, ResponseWriter};
+use crate::identifier::{Identifier, create_identifier, verify_identifier};
+use crate::status::Status;
+use crate::upload;
+
+/// The endpoints, by the end of the request path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Upload,
+    Status,
+    New,
+}
+
+impl Route {
+    fn of(path: &str) -> Option<Route> {
+        let ends = |suffix: &str| path.ends_with(suffix) || path == &suffix[1..];
+        if ends("/upload") {
+            Some(Route::Upload)
+        } else if ends("/upload/status") {
+            Some(Route::Status)
+        } else if ends("/upload/new") {
+            Some(Route::New)
+        } else {
+            None
+        }
+    }
+}
+
+/// What a route produced.
+enum Answer {
+    Response(Response),
+    /// A completed upload: answered by us, or handed to the application.
+    Uploaded(Status),
+}
+
+/// Answers one request.
+pub fn handle(
+    config: &Config,
+    request: &mut Request<'_>,
+    out: &mut dyn ResponseWriter,
+) -> io::Result<()> {
+    let route = Route::of(request.path());
+    if let Some(program) = &config.app
+        && (route.is_none() || config.upload_url.is_some())
+    {
+        return app::forward(program, config, request, out);
+    }
+    let head_only = request.method() == "HEAD";
+    let answer = check_callback(request).and_then(|()| match route {
+        Some(route) => dispatch(config, route, request),
+        None => Err(HttpError::new(
+            404,
+            format!(
+                "no such endpoint: {}; use .../upload, .../upload/status or .../upload/new",
+                request.path()
+            ),
+        )),
+    });
+    let response = match answer {
+        Ok(Answer::Uploaded(status)) => match &config.app {
+            Some(program) => return app::hand_over(program, config, request, &status, out),
+            None => upload_response(request, &status),
+        },
+        Ok(Answer::Response(response)) => response,
+        Err(err) => {
+            if err.status >= 500 {
+                eprintln!(
+                    "fileupload: {} {}: {}",
+                    request.method(),
+                    request.path(),
+                    err.message
+                );
+            }
+            let response = Response::error(&err);
+            match err.status {
+                405 => response.with_header("Allow", allowed_methods(route)),
+                _ => response,
+            }
+        }
+    };
+    wrap_jsonp(request, response).send(out, head_only)?;
+    if let Some(max_age) = config.max_age
+        && let Err(err) = config.pool().maybe_gc(max_age)
+    {
+        eprintln!("fileupload: automatic gc: {err}");
+    }
+    Ok(())
+}
+
+fn dispatch(config: &Config, route: Route, request: &mut Request<'_>) -> Result<Answer, HttpError> {
+    let method = request.method();
+    let wrong_method = || {
+        HttpError::new(
+            405,
+            format!(
+                "method {method} is not allowed here; use {}",
+                allowed_methods(Some(route))
+            ),
+        )
+    };
+    let clearing = request.query_flag("clear");
+    match route {
+        Route::Upload if clearing => match method {
+            "GET" | "POST" | "DELETE" => clear(config, request),
+            _ => Err(wrong_method()),
+        },
+        Route::Upload if request.query_flag("status") => match method {
+            "GET" | "HEAD" => status(config, request),
+            _ => Err(wrong_method()),
+        },
+        Route::Upload => match method {
+            "POST" => {
+                let id = identifier(config, request)?;
+                let options = upload::Options {
+                    max_size: config.max_size,
+                    sha256: config.sha256,
+                    progress_interval: config.progress_interval,
+                };
+                upload::receive(&config.pool(), &id, request, &options).map(Answer::Uploaded)
+            }
+            _ => Err(wrong_method()),
+        },
+        Route::Status => match method {
+            "GET" | "HEAD" if clearing => clear(config, request),
+            "GET" | "HEAD" => status(config, request),
+            "DELETE" => clear(config, request),
+            _ => Err(wrong_method()),
+        },
+        Route::New => match method {
+            "GET" | "HEAD" | "POST" => new_identifier(config),
+            _ => Err(wrong_method()),
+        },
+    }
+}
+
+fn allowed_methods(route: Option<Route>) -> &'static str {
+    match route {
+        Some(Route::Upload) => "POST, GET, HEAD, DELETE",
+        Some(Route::Status) => "GET, HEAD, DELETE",
+        Some(Route::New) => "GET, HEAD, POST",
+        None => "GET",
+    }
+}
+
+/// The identifier from `X-Progress-ID` in the query, else in a header.
+fn identifier(config: &Config, request: &Request<'_>) -> Result<Identifier, HttpError> {
+    let text = request
+        .query_param("X-Progress-ID")
+        .or_else(|| request.header("X-Progress-ID").map(str::to_owned))
+        .ok_or_else(|| {
+            HttpError::new(
+                400,
+                "missing upload identifier: pass X-Progress-ID in the query string or as a header",
+            )
+        })?;
+    verify_identifier(&text, config.upload_key.as_ref())
+        .map_err(|e| HttpError::new(e.http_status(), e.to_string()))
+}
+
+fn status(config: &Config, request: &Request<'_>) -> Result<Answer, HttpError> {
+    let id = identifier(config, request)?;
+    let status = config.pool().status(&id)?;
+    Ok(Answer::Response(Response::json(200, &status)))
+}
+
+fn clear(config: &Config, request: &Request<'_>) -> Result<Answer, HttpError> {
+    let id = identifier(config, request)?;
+    config.pool().clear(&id)?;
+    Ok(Answer::Response(Response::json(
+        200,
+        &json!({"success": true}),
+    )))
+}
+
+fn new_identifier(config: &Config) -> Result<Answer, HttpError> {
+    if config.upload_key.is_some() {
+        return Err(HttpError::new(
+            403,
+            "this server signs upload identifiers, so the application issues them \
+             (fileupload new-id, or the library); they are not handed out over HTTP",
+        ));
+    }
+    let id = create_identifier(None)
+        .map_err(|e| HttpError::new(500, format!("no randomness for a new identifier: {e}")))?;
+    Ok(Answer::Response(Response::json(
+        200,
+        &json!({"identifier": id.as_str()}),
+    )))
+}
+
+/// JSONP callbacks: a JavaScript identifier path, nothing that could close
+/// the call or start a tag.
+fn valid_callback(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'$');
+    first_ok
+        && name.len() <= 64
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b == b'.')
+}
+
+fn check_callback(request: &Request<'_>) -> Result<(), HttpError> {
+    match request.query_param("callback") {
+        Some(name) if !valid_callback(&name) => Err(HttpError::new(
+            400,
+            "invalid JSONP callback: use a JavaScript name of letters, digits, '_', '$' and '.', \
+             at most 64 characters",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Wraps a JSON answer as `/**/callback(...);` when a callback was given.
+/// The leading comment keeps the body from being read as anything but
+/// script (the "Rosetta Flash" defence).
+fn wrap_jsonp(request: &Request<'_>, mut response: Response) -> Response {
+    let Some(callback) = request.query_param("callback") else {
+        return response;
+    };
+    let is_json = response
+        .headers
+        .iter()
+        .any(|(n, v)| n == "Content-Type" && v == "application/json");
+    if !is_json || !valid_callback(&callback) {
+        return response;
+    }
+    let mut body = format!("/**/{callback}(").into_bytes();
+    body.extend_from_slice(&response.body);
+    body.extend_from_slice(b");");
+    response.body = body;
+    for (name, value) in &mut response.headers {
+        if name == "Content-Type" {
+            *value = "application/javascript".into();
+        }
+    }
+    response.with_header("X-Content-Type-Options", "nosniff")
+}
+
+/// After an upload: JSON, or the original's HTML page for a form posted
+/// into an iframe (when the client prefers HTML to JSON).
+fn upload_response(request: &Request<'_>, status: &Status) -> Response {
+    let accept = request.header("Accept").unwrap_or("");
+    if quality(accept, "text/html") > quality(accept, "application/json") {
+        let page = format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Upload complete</title></head>\n\
+             <body data-upload-identifier=\"{}\" data-upload-info=\"{}\"></body></html>\n",
+            escape_html(status.identifier.as_deref().unwrap_or("")),
+            escape_html(&status.to_json()),
+        );
+        Response::html(200, page)
+    } else {
+        Response::json(200, status)
+    }
+}
+
+/// The `q` an `Accept` header gives a media type, by its most specific
+/// matching range (RFC 9110 section 12.5.1).
+fn quality(accept: &str, media_type: &str) -> f32 {
+    let (kind, _) = media_type.split_once('/').unwrap_or((media_type, ""));
+    let mut best: Option<(u8, f32)> = None;
+    for range in accept.split(',') {
+        let mut params = range.split(';');
+        let name = params.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = params
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let specificity = if name == media_type {
+            3
+        } else if name.strip_suffix("/*") == Some(kind) {
+            2
+        } else if name == "*/*" {
+            1
+        } else {
+            continue;
+        };
+        if best.is_none_or(|(s, _)| specificity > s) {
+            best = Some((specificity, q));
+        }
+    }
+    best.map_or(0.0, |(_, q)| q)
+}
+
+/// Escapes text for an HTML attribute value or element content.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_suffix() {
+        assert_eq!(Route::of("/upload"), Some(Route::Upload));
+        assert_eq!(Route::of("/cgi-bin/fileupload/upload"), Some(Route::Upload));
+        assert_eq!(Route::of("/x/upload/status"), Some(Route::Status));
+        assert_eq!(Route::of("/upload/new"), Some(Route::New));
+        assert_eq!(Route::of("upload"), Some(Route::Upload));
+        assert_eq!(Route::of("/uploads"), None);
+        assert_eq!(Route::of("/myupload"), None);
+        assert_eq!(Route::of("/upload/"), None);
+        assert_eq!(Route::of("/"), None);
+    }
+
+    #[test]
+    fn callbacks() {
+        for good in ["cb", "$", "_x", "jQuery123_456", "a.b.c", &"a".repeat(64)] {
+            assert!(valid_callback(good), "{good}");
+        }
+        for bad in [
+            "",
+            "1x",
+            "a(b",
+            "a<b",
+            "a\"",
+            "a'b",
+            "a\nb",
+            "a b",
+            "a;b",
+            &"a".repeat(65),
+            ".a",
+        ] {
+            assert!(!valid_callback(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn accept_preferences() {
+        let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert!(quality(browser, "text/html") > quality(browser, "application/json"));
+        for json_first in [
+            "*/*",
+            "",
+            "application/json",
+            "application/json, text/html;q=0.5",
+            "text/*;q=0.1, */*",
+        ] {
+            assert!(
+                quality(json_first, "text/html") <= quality(json_first, "application/json"),
+                "{json_first}"
+            );
+        }
+        assert_eq!(quality("text/html;q=0", "text/html"), 0.0);
+    }
+
+    #[test]
+    fn html_escaping() {
+        assert_eq!(
+            escape_html(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}

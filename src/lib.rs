@@ -1,0 +1,44 @@
+//! `fileupload` receives `multipart/form-data` uploads into a pool
+//! directory shared by processes and hosts, and answers progress queries
+//! about them. It is a CGI program first; this library is its engine and
+//! the API applications use to work with uploads.
+//!
+//! The request flows one way: a transport ([`cgi`]) builds an
+//! [`http::Request`], the [`handler`] routes it, the [`upload`] driver
+//! streams it through the [`multipart`] parser into the [`pool`], and the
+//! answer goes back through an [`http::ResponseWriter`].
+//!
+//! For applications, the original's API:
+//!
+//! ```
+//! use fileupload::{Config, State};
+//! use fileupload::identifier::{create_identifier, verify_identifier};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let config = Config::load(&[("directory", dir.path().to_str().unwrap().into())], |_| None).unwrap();
+//! let id = create_identifier(config.upload_key.as_ref()).unwrap();   // create_identifier()
+//! let id = verify_identifier(id.as_str(), config.upload_key.as_ref()).unwrap(); // verify_identifier()
+//! let pool = config.pool();
+//! let bucket = pool.bucket(&id);                                      // access_upload_bucket()
+//! assert_eq!(bucket.status().unwrap().state, State::Starting);        // get_status()
+//! assert!(!bucket.is_complete().unwrap());                            // is_complete()
+//! assert_eq!(bucket.filename().unwrap(), None);                       // get_filename()
+//! assert!(!bucket.clear().unwrap());                                  // clear_upload()
+//! ```
+
+pub mod app;
+pub mod cgi;
+pub mod cli;
+pub mod config;
+pub mod handler;
+pub mod http;
+pub mod identifier;
+pub mod multipart;
+pub mod pool;
+pub mod status;
+pub mod upload;
+
+pub use config::Config;
+pub use identifier::{Identifier, Key, create_identifier, verify_identifier};
+pub use pool::{Bucket, Pool, PoolError};
+pub use status::{FileInfo, State, Status};

@@ -1,0 +1,189 @@
+//! The status document: what `status.json` holds and what a status query
+//! answers.
+//!
+//! The keys are the Python original's (`identifier`, `filename`,
+//! `content-type`, `state`, `size`, `received`, `error`) plus `status`, the
+//! HTTP status of a failed upload under the key nginx's upload-progress
+//! module uses, so its existing clients can read it. Everything a client
+//! needs for a progress bar is here: `received` against `size` and the
+//! `started`/`updated` times for rate and ETA.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where an upload stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Nothing is known under this identifier yet: the upload may not have
+    /// begun.
+    Starting,
+    /// Bytes are arriving.
+    Uploading,
+    /// All files are stored.
+    Done,
+    /// The upload failed; `error` says why.
+    Error,
+}
+
+/// One stored file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// The form field the file came in.
+    pub field: String,
+    /// The file name the client sent, kept as metadata only (never a path).
+    pub filename: String,
+    /// The part's `Content-Type`, `application/octet-stream` when absent.
+    #[serde(rename = "content-type")]
+    pub content_type: String,
+    /// Bytes stored so far.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the stored bytes, once the file is complete
+    /// (absent while uploading, or when hashing is turned off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Absolute path of the stored data.
+    pub path: String,
+}
+
+/// The status of one upload.
+///
+/// An unknown identifier has the status `{"state": "starting"}`: every
+/// optional key is left out. Once an upload has begun, `files` and `fields`
+/// are always present (possibly empty) so a client can index them without
+/// checking.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifier: Option<String>,
+    pub state: State,
+    /// Why the upload failed (state `error` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The HTTP status the failed upload was answered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Name of the first file, as the original reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// Content type of the first file.
+    #[serde(
+        rename = "content-type",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub content_type: Option<String>,
+    /// Length of the whole request body, when the client announced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Request body bytes received so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<u64>,
+    /// Unix time (seconds) the upload began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
+    /// Unix time (seconds) of the last change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<FileInfo>>,
+    /// Ordinary (non-file) form fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<BTreeMap<String, String>>,
+}
+
+impl Status {
+    /// The answer for an identifier nothing is known about.
+    pub fn starting() -> Status {
+        Status {
+            identifier: None,
+            state: State::Starting,
+            error: None,
+            status: None,
+            filename: None,
+            content_type: None,
+            size: None,
+            received: None,
+            started: None,
+            updated: None,
+            files: None,
+            fields: None,
+        }
+    }
+
+    /// A fresh upload: nothing received yet.
+    pub fn uploading(identifier: &str, size: Option<u64>, now: u64) -> Status {
+        Status {
+            identifier: Some(identifier.to_owned()),
+            state: State::Uploading,
+            size,
+            received: Some(0),
+            started: Some(now),
+            updated: Some(now),
+            files: Some(Vec::new()),
+            fields: Some(BTreeMap::new()),
+            ..Status::starting()
+        }
+    }
+
+    /// Marks the upload failed, with the HTTP status its request got.
+    pub fn fail(&mut self, http_status: u16, message: impl Into<String>, now: u64) {
+        self.state = State::Error;
+        self.error = Some(message.into());
+        self.status = Some(http_status);
+        self.updated = Some(now);
+    }
+
+    /// The stored files (empty for an upload that has not begun).
+    pub fn files(&self) -> &[FileInfo] {
+        self.files.as_deref().unwrap_or_default()
+    }
+
+    /// The document as JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings, numbers and maps cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| unreachable!("status serializes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starting_is_just_the_state() {
+        assert_eq!(Status::starting().to_json(), r#"{"state":"starting"}"#);
+    }
+
+    #[test]
+    fn uploading_has_every_key_a_progress_bar_needs() {
+        let status = Status::uploading("abc", Some(10), 1700000000);
+        let value: serde_json::Value = serde_json::from_str(&status.to_json()).unwrap();
+        for key in [
+            "identifier",
+            "state",
+            "size",
+            "received",
+            "started",
+            "updated",
+        ] {
+            assert!(value.get(key).is_some(), "{key} missing in {value}");
+        }
+        assert_eq!(value["files"], serde_json::json!([]));
+        assert_eq!(value["fields"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn round_trips_with_original_key_names() {
+        let mut status = Status::uploading("abc", None, 5);
+        status.filename = Some("a.txt".into());
+        status.content_type = Some("text/plain".into());
+        status.fail(413, "too large", 6);
+        let json = status.to_json();
+        assert!(json.contains(r#""content-type":"text/plain""#), "{json}");
+        assert!(json.contains(r#""status":413"#), "{json}");
+        assert!(json.contains(r#""state":"error""#), "{json}");
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), status);
+    }
+}

@@ -1,0 +1,440 @@
+//! Receiving one upload: the multipart body streamed into a claimed bucket.
+//!
+//! The request's thread parses and writes; it never waits for the status
+//! file. A watcher thread wakes every `progress_interval`, publishes the
+//! bytes received so far (so a stalled client still shows its last
+//! progress), and checks whether the upload was cleared. Publishing on a
+//! timer rather than every N bytes keeps the cost fixed, a few small
+//! writes a second, whatever the upload's speed.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::http::{BodyLength, HttpError, Request};
+use crate::identifier::{Identifier, hex};
+use crate::multipart::{self, ContentTypeError, Event, MultipartError, Parser, PartHeaders};
+use crate::pool::{Pool, PoolError, Upload, is_disk_full, unix_now};
+use crate::status::{FileInfo, State, Status};
+
+/// Most parts (files and fields) one request may carry.
+pub const MAX_PARTS: usize = 1000;
+/// Most bytes of field names and values kept in the status.
+pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+/// Most bytes read after the closing boundary before answering.
+const MAX_EPILOGUE: u64 = 64 * 1024;
+/// How often a clear is looked for when progress is off.
+const CANCEL_CHECK: Duration = Duration::from_millis(200);
+
+/// What an upload may do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Largest request body, in bytes.
+    pub max_size: Option<u64>,
+    pub sha256: bool,
+    /// How often progress is published; `None`: only at the end.
+    pub progress_interval: Option<Duration>,
+}
+
+impl From<PoolError> for HttpError {
+    fn from(err: PoolError) -> HttpError {
+        HttpError::new(err.http_status(), err.to_string())
+    }
+}
+
+/// Receives the request's multipart body into the bucket of `id`, and
+/// returns the final status.
+///
+/// Every failure after the bucket is claimed is recorded in its status
+/// (state `error`, with the HTTP status), and the files stored so far are
+/// removed. A conflict with a running upload (409) changes nothing.
+pub fn receive(
+    pool: &Pool,
+    id: &Identifier,
+    request: &mut Request<'_>,
+    options: &Options,
+) -> Result<Status, HttpError> {
+    let upload = pool.begin_upload(id)?;
+    let mut status = Status::uploading(id.as_str(), None, unix_now());
+    let (boundary, length) = match check(request, options) {
+        Ok(checked) => checked,
+        Err(err) => {
+            status.fail(err.status, &err.message, unix_now());
+            upload.fail(&status);
+            return Err(err);
+        }
+    };
+    status.size = length.known();
+    if let Err(err) = upload.write_status(&status) {
+        let err = HttpError::from(err);
+        status.fail(err.status, &err.message, unix_now());
+        upload.fail(&status);
+        return Err(err);
+    }
+    let limit = length.known().unwrap_or(u64::MAX);
+    let body = request.body().take(limit);
+    let (status, outcome) = stream(&upload, status, &boundary, body, options);
+    match outcome {
+        Ok(()) => {
+            upload.finish(&status)?;
+            Ok(status)
+        }
+        Err(err) => {
+            upload.fail(&status);
+            Err(err)
+        }
+    }
+}
+
+/// What can be decided before reading the body: the content type and the
+/// announced length.
+fn check(request: &Request<'_>, options: &Options) -> Result<(String, BodyLength), HttpError> {
+    let content_type = request.content_type().unwrap_or("");
+    let boundary = multipart::boundary(content_type).map_err(|err| {
+        let status = match err {
+            ContentTypeError::NotMultipart(_) => 415,
+            _ => 400,
+        };
+        HttpError::new(status, err.to_string())
+    })?;
+    let length = request.body_length()?;
+    match (length, options.max_size) {
+        (BodyLength::Absent, _) => Err(HttpError::new(
+            411,
+            "the request has no Content-Length and is not chunked, so its body cannot be read",
+        )),
+        (BodyLength::Known(n), Some(max)) if n > max => Err(HttpError::new(
+            413,
+            format!("the upload is {n} bytes, more than the limit of {max} bytes"),
+        )),
+        _ => Ok((boundary, length)),
+    }
+}
+
+/// The status while the body streams: shared with the watcher thread.
+struct Shared {
+    status: Mutex<Status>,
+    cancelled: AtomicBool,
+}
+
+impl Shared {
+    fn status(&self) -> MutexGuard<'_, Status> {
+        // A panic elsewhere must not hide the status from the cleanup.
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn stream(
+    upload: &Upload,
+    status: Status,
+    boundary: &str,
+    body: impl Read,
+    options: &Options,
+) -> (Status, Result<(), HttpError>) {
+    let shared = Shared {
+        status: Mutex::new(status),
+        cancelled: AtomicBool::new(false),
+    };
+    let received = Cell::new(0);
+    let counted = Counted {
+        inner: body,
+        count: &received,
+        max: options.max_size,
+    };
+    let mut parser = Parser::new(counted, boundary);
+    let outcome = thread::scope(|scope| {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let shared = &shared;
+        let interval = options.progress_interval;
+        scope.spawn(move || watch(upload, shared, stopped, interval));
+        let mut receiver = Receiver {
+            upload,
+            shared,
+            received: &received,
+            options,
+            parts: 0,
+            field_bytes: 0,
+        };
+        let outcome = receiver.run(&mut parser);
+        drop(stop);
+        outcome
+    });
+    let mut status = shared
+        .status
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    let now = unix_now();
+    status.received = Some(received.get());
+    match &outcome {
+        Ok(()) => {
+            status.state = State::Done;
+            status.size = status.size.or(Some(received.get()));
+            status.updated = Some(now);
+        }
+        Err(err) => status.fail(err.status, &err.message, now),
+    }
+    (status, outcome)
+}
+
+/// The watcher: publishes progress and looks for a clear.
+fn watch(upload: &Upload, shared: &Shared, stop: mpsc::Receiver<()>, interval: Option<Duration>) {
+    let mut published = Some(0);
+    loop {
+        match stop.recv_timeout(interval.unwrap_or(CANCEL_CHECK)) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        if upload.is_cancelled() {
+            shared.cancelled.store(true, Ordering::Relaxed);
+            return;
+        }
+        if interval.is_none() {
+            continue;
+        }
+        let snapshot = {
+            let mut status = shared.status();
+            if status.received == published {
+                continue;
+            }
+            status.updated = Some(unix_now());
+            status.clone()
+        };
+        // A failed write (disk full) is the data writer's to report.
+        let _ = upload.write_status(&snapshot);
+        published = snapshot.received;
+    }
+}
+
+/// Counts body bytes, and refuses to read past the size limit.
+struct Counted<'a, R> {
+    inner: R,
+    count: &'a Cell<u64>,
+    max: Option<u64>,
+}
+
+/// The marker inside the I/O error [`Counted`] returns past the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the upload is larger than the limit of {0} bytes")]
+struct TooLarge(u64);
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let count = self.count.get() + n as u64;
+        self.count.set(count);
+        match self.max {
+            Some(max) if count > max => Err(io::Error::other(TooLarge(max))),
+            _ => Ok(n),
+        }
+    }
+}
+
+/// Where the current part's bytes go.
+enum Sink {
+    /// A file part: data goes to disk, and through the hash.
+    File {
+        file: File,
+        hasher: Option<Sha256>,
+        index: usize,
+    },
+    /// A file input left empty sends `filename=""` and no bytes: the file is
+    /// only made if a byte arrives.
+    Pending(PartHeaders),
+    Field {
+        name: String,
+        value: Vec<u8>,
+    },
+}
+
+struct Receiver<'a> {
+    upload: &'a Upload,
+    shared: &'a Shared,
+    received: &'a Cell<u64>,
+    options: &'a Options,
+    parts: usize,
+    field_bytes: usize,
+}
+
+impl Receiver<'_> {
+    fn run<R: Read>(&mut self, parser: &mut Parser<R>) -> Result<(), HttpError> {
+        let mut sink = None;
+        loop {
+            let event = parser.next().map_err(|e| self.parse_error(e))?;
+            if self.shared.cancelled.load(Ordering::Relaxed) {
+                return Err(PoolError::Cancelled.into());
+            }
+            match event {
+                Event::Part(headers) => {
+                    self.parts += 1;
+                    if self.parts > MAX_PARTS {
+                        return Err(HttpError::new(
+                            400,
+                            format!("the form has more than {MAX_PARTS} parts"),
+                        ));
+                    }
+                    sink = Some(self.open(headers)?);
+                }
+                Event::Data(bytes) => {
+                    if let Some(sink) = sink.as_mut() {
+                        self.write(sink, bytes)?;
+                    }
+                }
+                Event::PartEnd => {
+                    if let Some(sink) = sink.take() {
+                        self.close(sink);
+                    }
+                }
+                Event::End => break,
+            }
+        }
+        // The epilogue: normally just the final line break.
+        let _ = parser.drain(MAX_EPILOGUE);
+        if self.shared.status().files().is_empty() {
+            return Err(HttpError::new(
+                400,
+                "the form has no file part: nothing to store",
+            ));
+        }
+        Ok(())
+    }
+
+    fn parse_error(&self, err: MultipartError) -> HttpError {
+        let received = self.received.get();
+        match err {
+            MultipartError::Io(e) => match e.get_ref().and_then(|e| e.downcast_ref::<TooLarge>()) {
+                Some(too_large) => HttpError::new(413, too_large.to_string()),
+                None => HttpError::new(
+                    400,
+                    format!("reading the request body failed after {received} bytes: {e}"),
+                ),
+            },
+            MultipartError::Truncated => {
+                let expected = self.shared.status().size;
+                let of = expected.map(|n| format!(" of {n}")).unwrap_or_default();
+                HttpError::new(400, format!("{err} (received {received}{of} bytes)"))
+            }
+            err => HttpError::new(400, err.to_string()),
+        }
+    }
+
+    fn open(&mut self, headers: PartHeaders) -> Result<Sink, HttpError> {
+        match headers.filename.as_deref() {
+            Some("") => Ok(Sink::Pending(headers)),
+            Some(_) => self.open_file(headers),
+            None => {
+                self.count_field_bytes(headers.name.len())?;
+                Ok(Sink::Field {
+                    name: headers.name,
+                    value: Vec::new(),
+                })
+            }
+        }
+    }
+
+    fn open_file(&mut self, headers: PartHeaders) -> Result<Sink, HttpError> {
+        let (file, path) = self.upload.create_file()?;
+        let info = FileInfo {
+            field: headers.name,
+            filename: headers.filename.unwrap_or_default(),
+            content_type: headers
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            size: 0,
+            sha256: None,
+            path: path.to_string_lossy().into_owned(),
+        };
+        let mut status = self.shared.status();
+        if status.filename.is_none() {
+            status.filename = Some(info.filename.clone());
+            status.content_type = Some(info.content_type.clone());
+        }
+        let files = status.files.get_or_insert_with(Vec::new);
+        files.push(info);
+        Ok(Sink::File {
+            file,
+            hasher: self.options.sha256.then(Sha256::new),
+            index: files.len() - 1,
+        })
+    }
+
+    fn write(&mut self, sink: &mut Sink, bytes: &[u8]) -> Result<(), HttpError> {
+        if let Sink::Pending(headers) = sink {
+            let headers = headers.clone();
+            *sink = self.open_file(headers)?;
+        }
+        match sink {
+            Sink::File {
+                file,
+                hasher,
+                index,
+            } => {
+                file.write_all(bytes).map_err(store_error)?;
+                if let Some(hasher) = hasher {
+                    hasher.update(bytes);
+                }
+                let mut status = self.shared.status();
+                status.received = Some(self.received.get());
+                if let Some(info) = status.files.as_mut().and_then(|f| f.get_mut(*index)) {
+                    info.size += bytes.len() as u64;
+                }
+            }
+            Sink::Field { value, .. } => {
+                self.count_field_bytes(bytes.len())?;
+                value.extend_from_slice(bytes);
+            }
+            Sink::Pending(_) => unreachable!("replaced by a file above"),
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, sink: Sink) {
+        match sink {
+            Sink::File { hasher, index, .. } => {
+                if let Some(hasher) = hasher {
+                    let digest = hex(&hasher.finalize());
+                    let mut status = self.shared.status();
+                    if let Some(info) = status.files.as_mut().and_then(|f| f.get_mut(index)) {
+                        info.sha256 = Some(digest);
+                    }
+                }
+            }
+            Sink::Pending(_) => {}
+            Sink::Field { name, value } => {
+                let value = String::from_utf8_lossy(&value).into_owned();
+                // As in PHP's $_POST, a repeated name keeps its last value.
+                self.shared
+                    .status()
+                    .fields
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(name, value);
+            }
+        }
+    }
+
+    fn count_field_bytes(&mut self, n: usize) -> Result<(), HttpError> {
+        self.field_bytes += n;
+        if self.field_bytes > MAX_FIELD_BYTES {
+            return Err(HttpError::new(
+                413,
+                format!("the form's text fields are larger than {MAX_FIELD_BYTES} bytes in all"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn store_error(err: io::Error) -> HttpError {
+    if is_disk_full(&err) {
+        HttpError::new(507, format!("the disk is full: {err}"))
+    } else {
+        HttpError::new(500, format!("cannot store the upload: {err}"))
+    }
+}
