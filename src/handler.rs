@@ -170,6 +170,7 @@ fn allowed_methods(route: Option<Route>) -> &'static str {
 fn identifier(config: &Config, request: &Request<'_>) -> Result<Identifier, HttpError> {
     let text = request
         .query_param("X-Progress-ID")
+        .filter(|id| !id.is_empty())
         .or_else(|| request.header("X-Progress-ID").map(str::to_owned))
         .ok_or_else(|| {
             HttpError::new(

@@ -383,8 +383,9 @@ fn parse_part_headers(block: &[u8]) -> Result<PartHeaders, MultipartError> {
     let mut content_type: Option<Vec<u8>> = None;
     // Which of the two the previous line set, for folded continuation lines.
     let mut last: Option<&mut Option<Vec<u8>>> = None;
-    for line in block.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // Lines end in CRLF only: a bare LF (or CR) inside a quoted file name
+    // is part of the name, kept as metadata like any other byte.
+    for line in split_crlf(block) {
         if line.is_empty() {
             continue;
         }
@@ -435,6 +436,20 @@ fn parse_part_headers(block: &[u8]) -> Result<PartHeaders, MultipartError> {
         // RFC 6266: the extended form wins when a client sends both.
         filename: filename_ext.or(filename.map(text)),
         content_type: content_type.map(text).filter(|t| !t.is_empty()),
+    })
+}
+
+fn split_crlf(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        let (line, rest) = match memmem::find(bytes, b"\r\n") {
+            Some(i) => (&bytes[..i], &bytes[i + 2..]),
+            None => (bytes, &b""[..]),
+        };
+        bytes = rest;
+        Some(line)
     })
 }
 

@@ -227,7 +227,16 @@ struct TooLarge(u64);
 
 impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        // Never ask for more than one byte past the limit: that byte is
+        // enough to know the body is too large.
+        let room = match self.max {
+            Some(max) => {
+                usize::try_from(max.saturating_sub(self.count.get()) + 1).unwrap_or(usize::MAX)
+            }
+            None => usize::MAX,
+        };
+        let end = buf.len().min(room);
+        let n = self.inner.read(&mut buf[..end])?;
         let count = self.count.get() + n as u64;
         self.count.set(count);
         match self.max {
@@ -295,8 +304,22 @@ impl Receiver<'_> {
                 Event::End => break,
             }
         }
-        // The epilogue: normally just the final line break.
-        let _ = parser.drain(MAX_EPILOGUE);
+        // The epilogue: normally just the final line break. A body that
+        // ends before its announced length was cut off, even if the form
+        // inside looks complete.
+        let at_end = parser
+            .drain(MAX_EPILOGUE)
+            .map_err(|e| self.parse_error(e))?;
+        let expected = self.shared.status().size;
+        if let Some(expected) = expected.filter(|&n| at_end && self.received.get() < n) {
+            return Err(HttpError::new(
+                400,
+                format!(
+                    "the body ended early: received {} of {expected} bytes",
+                    self.received.get()
+                ),
+            ));
+        }
         if self.shared.status().files().is_empty() {
             return Err(HttpError::new(
                 400,
