@@ -404,13 +404,8 @@ fn read_config_file(path: &Path) -> Result<Vec<(&'static str, String, usize)>, C
 
 /// `100` (megabytes, as the original), `512K`, `10M`, `2G`; `0` is no limit.
 pub fn parse_size(text: &str) -> Option<Option<u64>> {
-    let text = text.trim();
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "M"),
-    };
-    let number: u64 = digits.parse().ok()?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+    let (number, unit) = number_and_unit(text, "M")?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
@@ -423,13 +418,8 @@ pub fn parse_size(text: &str) -> Option<Option<u64>> {
 
 /// `3600` (seconds), `200ms`, `30s`, `15m`, `12h`, `7d`; `0` is off.
 pub fn parse_duration(text: &str) -> Option<Option<Duration>> {
-    let text = text.trim();
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let number: u64 = digits.parse().ok()?;
-    let millis = match unit.trim() {
+    let (number, unit) = number_and_unit(text, "s")?;
+    let millis = match unit {
         "ms" => 1,
         "s" => 1000,
         "m" => 60_000,
@@ -439,6 +429,16 @@ pub fn parse_duration(text: &str) -> Option<Option<Duration>> {
     };
     let millis = number.checked_mul(millis)?;
     Some((millis > 0).then(|| Duration::from_millis(millis)))
+}
+
+/// Splits `12K` into `(12, "K")`; a bare number gets `default_unit`.
+fn number_and_unit<'a>(text: &'a str, default_unit: &'a str) -> Option<(u64, &'a str)> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, default_unit),
+    };
+    Some((digits.parse().ok()?, unit.trim()))
 }
 
 fn parse_bool(text: &str) -> Option<bool> {

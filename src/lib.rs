@@ -42,3 +42,8 @@ pub use config::Config;
 pub use identifier::{Identifier, Key, create_identifier, verify_identifier};
 pub use pool::{Bucket, Pool, PoolError};
 pub use status::{FileInfo, State, Status};
+
+/// The README's Rust examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -389,11 +389,11 @@ impl Receiver<'_> {
     }
 
     fn write(&mut self, sink: &mut Sink, bytes: &[u8]) -> Result<(), HttpError> {
-        if let Sink::Pending(headers) = sink {
-            let headers = headers.clone();
-            *sink = self.open_file(headers)?;
-        }
         match sink {
+            Sink::Pending(headers) => {
+                *sink = self.open_file(headers.clone())?;
+                self.write(sink, bytes)
+            }
             Sink::File {
                 file,
                 hasher,
@@ -408,14 +408,14 @@ impl Receiver<'_> {
                 if let Some(info) = status.files.as_mut().and_then(|f| f.get_mut(*index)) {
                     info.size += bytes.len() as u64;
                 }
+                Ok(())
             }
             Sink::Field { value, .. } => {
                 self.count_field_bytes(bytes.len())?;
                 value.extend_from_slice(bytes);
+                Ok(())
             }
-            Sink::Pending(_) => unreachable!("replaced by a file above"),
         }
-        Ok(())
     }
 
     fn close(&mut self, sink: Sink) {

@@ -260,3 +260,26 @@ fn a_body_longer_than_content_length_is_read_only_to_the_length() {
     reply.assert_error(400, "ended before the closing multipart boundary");
     assert_eq!(pool.bucket_files("short-length"), ["lock", "status.json"]);
 }
+
+#[test]
+fn a_full_disk_is_507_and_leaves_no_partial_file() {
+    // A file size limit makes writes fail as a full disk does (EFBIG; with
+    // SIGXFSZ ignored, as a web server's child may have it).
+    let pool = TestPool::new();
+    let data = random_bytes(1 << 20, 6);
+    let form = Form::new().file("f", "big.bin", "application/octet-stream", &data);
+    let reply = pool
+        .cgi()
+        .prelude("ulimit -f 256; trap '' XFSZ")
+        .post_form("/upload?X-Progress-ID=full", &form);
+    reply.assert_error(507, "the disk is full");
+    assert!(
+        reply.stderr.contains("the disk is full"),
+        "5xx are logged: {}",
+        reply.stderr
+    );
+    let status = status_of(&pool.cgi(), "full");
+    assert_eq!(status["state"], "error");
+    assert_eq!(status["status"], 507);
+    assert_eq!(pool.bucket_files("full"), ["lock", "status.json"]);
+}

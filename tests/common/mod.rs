@@ -122,6 +122,8 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 #[derive(Clone)]
 pub struct Cgi {
     env: Vec<(String, String)>,
+    /// Shell commands run before the program (e.g. `ulimit -f 100`).
+    prelude: Option<String>,
 }
 
 /// A parsed CGI response.
@@ -199,7 +201,14 @@ impl Cgi {
                 ("SERVER_PROTOCOL".into(), "HTTP/1.1".into()),
                 ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
             ],
+            prelude: None,
         }
+    }
+
+    /// Runs the program through `bash -c "PRELUDE; exec fileupload"`.
+    pub fn prelude(mut self, commands: &str) -> Cgi {
+        self.prelude = Some(commands.to_owned());
+        self
     }
 
     pub fn env(mut self, name: &str, value: &str) -> Cgi {
@@ -223,7 +232,16 @@ impl Cgi {
     }
 
     fn command(&self) -> Command {
-        let mut command = Command::new(bin());
+        let mut command = match &self.prelude {
+            Some(prelude) => {
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(format!("{prelude}; exec \"$0\""))
+                    .arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         command.env_clear();
         for (k, v) in &self.env {
             command.env(k, v);
