@@ -95,11 +95,7 @@ fn run_or_answer(
     match run(program, env, body, out, head_only) {
         Ok(()) => Ok(()),
         Err(err) => {
-            eprintln!(
-                "fileupload: application {}: {}",
-                program.display(),
-                err.message
-            );
+            crate::log!("application {}: {}", program.display(), err.message);
             Response::error(&err).send(out, head_only)
         }
     }
@@ -114,6 +110,12 @@ fn run(
     out: &mut dyn ResponseWriter,
     head_only: bool,
 ) -> Result<(), HttpError> {
+    // A web server's FastCGI parameters carry no PATH; a CGI program
+    // expects one (fcgiwrap's children get it from fcgiwrap's environment).
+    let path = match env.iter().any(|(name, _)| name == "PATH") {
+        true => None,
+        false => std::env::var("PATH").ok(),
+    };
     let mut command = Command::new(program);
     command
         .env_clear()
@@ -121,6 +123,7 @@ fn run(
             env.into_iter()
                 .filter(|(name, _)| !WITHHELD.contains(&name.as_str())),
         )
+        .envs(path.map(|p| ("PATH".to_owned(), p)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

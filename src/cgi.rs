@@ -2,13 +2,13 @@
 //! and stdin, the response goes to stdout, and the process ends with it.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::config::{Config, ConfigError};
 use crate::handler;
-use crate::http::{HttpError, Request, Response, ResponseWriter, write_cgi_head};
+use crate::http::{BodyLength, HttpError, Request, Response, ResponseWriter, write_cgi_head};
 
 /// Writes the CGI response to stdout.
 struct CgiOutput<W: Write> {
@@ -21,6 +21,32 @@ impl<W: Write> ResponseWriter for CgiOutput<W> {
         self.started = true;
         write_cgi_head(&mut self.out, status, headers)?;
         Ok(&mut self.out)
+    }
+}
+
+/// Stdin as the body: never read past `CONTENT_LENGTH` (RFC 3875 does not
+/// promise an end-of-file there), and not at all when there is no body
+/// (stdin may then be anything, a terminal even). A plain file, unbuffered
+/// (the parser has its own buffer) and `Send`, so middleware mode can feed
+/// it to the application from a thread.
+struct Stdin {
+    file: File,
+    /// Bytes left to read; `None`: up to end-of-file (a chunked body).
+    left: Option<u64>,
+}
+
+impl Read for Stdin {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = match self.left {
+            Some(0) => return Ok(0),
+            Some(left) => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
+            None => buf.len(),
+        };
+        let n = self.file.read(&mut buf[..want])?;
+        if let Some(left) = &mut self.left {
+            *left -= n as u64;
+        }
+        Ok(n)
     }
 }
 
@@ -40,14 +66,20 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
     let chunked = vars
         .iter()
         .any(|(k, v)| k == "HTTP_TRANSFER_ENCODING" && v.to_ascii_lowercase().contains("chunked"));
-    // Stdin as a plain file: unbuffered (the parser has its own buffer) and
-    // Send, so middleware mode can feed it to the application from a thread.
-    let mut stdin = match io::stdin().as_fd().try_clone_to_owned() {
+    let file = match io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => File::from(fd),
         Err(err) => {
-            eprintln!("fileupload: cannot read stdin: {err}");
+            crate::log!("cannot read stdin: {err}");
             return 1;
         }
+    };
+    let mut stdin = Stdin {
+        file,
+        left: match Request::new(vars.clone(), &mut io::empty(), chunked).body_length() {
+            Ok(BodyLength::Known(n)) => Some(n),
+            Ok(BodyLength::UntilEnd) => None,
+            Ok(BodyLength::Absent) | Err(_) => Some(0),
+        },
     };
     let stdout = io::stdout();
     let mut out = CgiOutput {
@@ -74,7 +106,7 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
             })
         }
         Err(err) => {
-            eprintln!("fileupload: configuration error: {err}");
+            crate::log!("configuration error: {err}");
             let err = HttpError::new(
                 500,
                 "the upload service is misconfigured; the details are in the web server's error log",
@@ -83,7 +115,13 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
         }
     };
     // An error here means the client or the server went away: there is
-    // nobody left to tell, and the answer was complete as far as we know.
+    // nobody left to tell.
     let _ = result.and_then(|()| out.out.flush());
+    drop(request);
+    // An answer given before the whole body was read (413 from the length,
+    // a malformed form) is lost if we exit now: fcgiwrap turns a CGI program
+    // that leaves input unread into a 502. So take the rest and discard it;
+    // the web server's own body limit bounds how much that can be.
+    let _ = io::copy(&mut stdin, &mut io::sink());
     0
 }

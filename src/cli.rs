@@ -16,10 +16,13 @@ use crate::status::State;
 
 const USAGE: &str = "\
 Usage: fileupload [OPTIONS] COMMAND [ID]
+       fileupload [OPTIONS] --fastcgi | --listen ADDRESS
 
 Receives multipart/form-data uploads into a pool directory and answers
 progress queries. Run by a web server (GATEWAY_INTERFACE set), it answers
-one CGI request. From a shell, it runs one of these commands:
+one CGI request. With --fastcgi or --listen (or started with a listening
+socket as stdin, as spawn-fcgi and mod_fcgid do) it serves FastCGI until
+SIGTERM. From a shell, it runs one of these commands:
 
 Commands:
     new-id          print a new upload identifier (signed when a key is set)
@@ -58,6 +61,11 @@ fn options() -> Options {
         "read settings from FILE (FILEUPLOAD_CONFIG)",
         "FILE",
     );
+    opts.optflag(
+        "",
+        "fastcgi",
+        "serve FastCGI on --listen (or `listen`), else on the listening socket passed as stdin",
+    );
     for setting in SETTINGS.iter().filter(|s| s.option) {
         let help = format!("{} [default: {}]", setting.help, setting.default);
         opts.optopt("", &setting.option_name(), &help, setting.value);
@@ -71,7 +79,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
     match command(args, &mut stdout) {
         Ok(code) => code,
         Err(exit) => {
-            eprintln!("fileupload: {}", exit.message);
+            crate::log!("{}", exit.message);
             exit.code
         }
     }
@@ -103,6 +111,10 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
         }
     }
     let config = Config::load(&given, |var| std::env::var(var).ok()).map_err(error)?;
+    let listen_given = matches.opt_present("listen") && matches.free.is_empty();
+    if matches.opt_present("fastcgi") || listen_given {
+        return serve_fastcgi(config);
+    }
     let (name, args) = matches
         .free
         .split_first()
@@ -178,4 +190,33 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
             "unknown command {other:?}\nTry 'fileupload --help'."
         ))),
     }
+}
+
+fn serve_fastcgi(config: Config) -> Result<i32, Exit> {
+    use crate::fastcgi::{Listener, ServerOptions, serve};
+    let (listener, place) = match &config.listen {
+        Some(address) => {
+            let listener = Listener::bind(address, config.socket_mode)
+                .map_err(|e| error(format!("cannot listen on {address}: {e}")))?;
+            (listener, address.clone())
+        }
+        None => (
+            Listener::from_stdin().map_err(error)?,
+            "the socket on stdin".to_owned(),
+        ),
+    };
+    let options = ServerOptions {
+        workers: config.workers,
+        grace: config.grace,
+        // Longer than the web servers' own body timeouts (nginx: 60 s), so
+        // a slow client is theirs to judge; a dead peer frees its worker.
+        read_timeout: std::time::Duration::from_secs(120),
+    };
+    crate::log!(
+        "serving FastCGI on {place} with {} workers, pool {}",
+        options.workers,
+        config.directory.display()
+    );
+    serve(config, listener, options).map_err(|e| error(format!("FastCGI server failed: {e}")))?;
+    Ok(0)
 }

@@ -119,6 +119,35 @@ pub const SETTINGS: &[Setting] = &[
         option: true,
     },
     Setting {
+        name: "listen",
+        value: "ADDRESS",
+        default: "the socket on stdin",
+        help: "FastCGI: listen on host:port or unix:/path instead of the socket passed on stdin.",
+        option: true,
+    },
+    Setting {
+        name: "socket_mode",
+        value: "MODE",
+        default: "0660",
+        help: "FastCGI: permissions of the unix:/path socket file (octal).",
+        option: true,
+    },
+    Setting {
+        name: "workers",
+        value: "N",
+        default: "64",
+        help: "FastCGI: requests served at once, uploads and status polls together; more connections wait.",
+        option: true,
+    },
+    Setting {
+        name: "grace",
+        value: "DURATION",
+        default: "10s",
+        help: "FastCGI: after SIGTERM, how long running uploads may take to finish before they are cut \
+               short and marked interrupted.",
+        option: true,
+    },
+    Setting {
         name: "progress_interval",
         value: "DURATION",
         default: "200ms",
@@ -187,6 +216,11 @@ pub struct Config {
     pub sha256: bool,
     pub file_mode: u32,
     pub progress_interval: Option<Duration>,
+    /// FastCGI address; `None`: the socket on stdin.
+    pub listen: Option<String>,
+    pub socket_mode: u32,
+    pub workers: usize,
+    pub grace: Duration,
 }
 
 impl Default for Config {
@@ -203,6 +237,10 @@ impl Default for Config {
             sha256: true,
             file_mode: 0o600,
             progress_interval: Some(Duration::from_millis(200)),
+            listen: None,
+            socket_mode: 0o660,
+            workers: 64,
+            grace: Duration::from_secs(10),
         }
     }
 }
@@ -339,6 +377,25 @@ impl Config {
                         .ok_or_else(|| {
                             bad("mode: use octal permissions that let the owner read and write, e.g. 0600 or 0640")
                         })?;
+                }
+                "listen" => config.listen = Some(value.to_owned()),
+                "socket_mode" => {
+                    config.socket_mode = u32::from_str_radix(value, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777)
+                        .ok_or_else(|| bad("mode: use octal permissions, e.g. 0660"))?;
+                }
+                "workers" => {
+                    config.workers = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=4096).contains(n))
+                        .ok_or_else(|| bad("number: use 1 to 4096"))?;
+                }
+                "grace" => {
+                    config.grace = parse_duration(value)
+                        .ok_or_else(|| bad("duration: use e.g. 10s, 1m, or 0"))?
+                        .unwrap_or(Duration::ZERO);
                 }
                 "progress_interval" => {
                     config.progress_interval = parse_duration(value)
@@ -628,9 +685,10 @@ mod tests {
         for setting in SETTINGS {
             let value = match setting.name {
                 "directory" | "app" => "/x",
+                "listen" => "127.0.0.1:9000",
                 "upload_key_file" => continue,
                 "sha256" => "on",
-                "file_mode" => "600",
+                "file_mode" | "socket_mode" => "600",
                 _ => "1",
             };
             let mut values = BTreeMap::new();

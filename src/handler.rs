@@ -63,7 +63,7 @@ pub fn handle(
     request: &mut Request<'_>,
     out: &mut dyn ResponseWriter,
 ) -> io::Result<()> {
-    let route = Route::of(request.path());
+    let route = Route::of(&request.path());
     if let Some(program) = &config.app
         && (route.is_none() || config.upload_url.is_some())
     {
@@ -88,12 +88,7 @@ pub fn handle(
         Ok(Answer::Response(response)) => response,
         Err(err) => {
             if err.status >= 500 {
-                eprintln!(
-                    "fileupload: {} {}: {}",
-                    request.method(),
-                    request.path(),
-                    err.message
-                );
+                crate::log!("{} {}: {}", request.method(), request.path(), err.message);
             }
             let response = Response::error(&err);
             match err.status {
@@ -106,7 +101,7 @@ pub fn handle(
     if let Some(max_age) = config.max_age
         && let Err(err) = config.pool().maybe_gc(max_age)
     {
-        eprintln!("fileupload: automatic gc: {err}");
+        crate::log!("automatic gc: {err}");
     }
     Ok(())
 }

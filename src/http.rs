@@ -12,6 +12,7 @@
 //! the status and headers once, then writes the body, so an application's
 //! output can be streamed through without being held in memory.
 
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 
 use serde::Serialize;
@@ -96,20 +97,23 @@ impl<'a> Request<'a> {
         self.var("REQUEST_METHOD").unwrap_or("GET")
     }
 
-    /// `PATH_INFO` when set, else the path of `REQUEST_URI`, else
-    /// `SCRIPT_NAME`: works both as `/cgi-bin/fileupload/upload` and behind
-    /// a `location /upload` that runs the program directly.
-    pub fn path(&self) -> &str {
-        if let Some(path) = self.var("PATH_INFO") {
-            return path;
+    /// `SCRIPT_NAME` + `PATH_INFO` when `PATH_INFO` is set, else the path of
+    /// `REQUEST_URI`, else `SCRIPT_NAME`. Works as `/cgi-bin/fileupload/upload`
+    /// (`PATH_INFO=/upload`), behind Apache's `ScriptAlias /upload`
+    /// (`/upload` + `/status`), and behind an nginx `location /upload` that
+    /// runs the program directly (no `PATH_INFO`).
+    pub fn path(&self) -> Cow<'_, str> {
+        if let Some(info) = self.var("PATH_INFO") {
+            let script = self.var("SCRIPT_NAME").unwrap_or("");
+            return Cow::Owned(format!("{script}{info}"));
         }
         if let Some(uri) = self.var("REQUEST_URI") {
             let path = uri.split(['?', '#']).next().unwrap_or("");
             if !path.is_empty() {
-                return path;
+                return Cow::Borrowed(path);
             }
         }
-        self.var("SCRIPT_NAME").unwrap_or("/")
+        Cow::Borrowed(self.var("SCRIPT_NAME").unwrap_or("/"))
     }
 
     pub fn query(&self) -> &str {
@@ -336,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn path_comes_from_path_info_then_uri_then_script() {
+    fn path_is_script_and_path_info_then_uri_then_script() {
         let mut empty = io::empty();
         let cases: &[(&[(&str, &str)], &str)] = &[
             (
@@ -345,8 +349,13 @@ mod tests {
                     ("REQUEST_URI", "/x/y?z"),
                     ("SCRIPT_NAME", "/s"),
                 ],
-                "/upload",
+                "/s/upload",
             ),
+            (
+                &[("PATH_INFO", "/status"), ("SCRIPT_NAME", "/upload")],
+                "/upload/status",
+            ),
+            (&[("PATH_INFO", "/upload/status")], "/upload/status"),
             (
                 &[
                     ("PATH_INFO", ""),

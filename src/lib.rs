@@ -3,7 +3,7 @@
 //! about them. It is a CGI program first; this library is its engine and
 //! the API applications use to work with uploads.
 //!
-//! The request flows one way: a transport ([`cgi`]) builds an
+//! The request flows one way: a transport ([`cgi`], [`fastcgi`]) builds an
 //! [`http::Request`], the [`handler`] routes it, the [`upload`] driver
 //! streams it through the [`multipart`] parser into the [`pool`], and the
 //! answer goes back through an [`http::ResponseWriter`].
@@ -26,10 +26,22 @@
 //! assert!(!bucket.clear().unwrap());                                  // clear_upload()
 //! ```
 
+/// Writes one line to stderr (the web server's error log, or the journal),
+/// prefixed `fileupload: `. Unlike `eprintln!`, it cannot panic: a closed or
+/// broken stderr must not take a request, or the daemon, down with it.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "fileupload: {}", format_args!($($arg)*));
+    }};
+}
+
 pub mod app;
 pub mod cgi;
 pub mod cli;
 pub mod config;
+pub mod fastcgi;
 pub mod handler;
 pub mod http;
 pub mod identifier;

@@ -220,11 +220,6 @@ struct Counted<'a, R> {
     max: Option<u64>,
 }
 
-/// The marker inside the I/O error [`Counted`] returns past the limit.
-#[derive(Debug, thiserror::Error)]
-#[error("the upload is larger than the limit of {0} bytes")]
-struct TooLarge(u64);
-
 impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // Never ask for more than one byte past the limit: that byte is
@@ -240,7 +235,10 @@ impl<R: Read> Read for Counted<'_, R> {
         let count = self.count.get() + n as u64;
         self.count.set(count);
         match self.max {
-            Some(max) if count > max => Err(io::Error::other(TooLarge(max))),
+            Some(max) if count > max => Err(io::Error::other(HttpError::new(
+                413,
+                format!("the upload is larger than the limit of {max} bytes"),
+            ))),
             _ => Ok(n),
         }
     }
@@ -332,13 +330,17 @@ impl Receiver<'_> {
     fn parse_error(&self, err: MultipartError) -> HttpError {
         let received = self.received.get();
         match err {
-            MultipartError::Io(e) => match e.get_ref().and_then(|e| e.downcast_ref::<TooLarge>()) {
-                Some(too_large) => HttpError::new(413, too_large.to_string()),
-                None => HttpError::new(
-                    400,
-                    format!("reading the request body failed after {received} bytes: {e}"),
-                ),
-            },
+            // A reader that knows why it failed (the size limit, a
+            // FastCGI abort, a shutdown) says so with an HttpError.
+            MultipartError::Io(e) => {
+                match e.get_ref().and_then(|e| e.downcast_ref::<HttpError>()) {
+                    Some(err) => err.clone(),
+                    None => HttpError::new(
+                        400,
+                        format!("reading the request body failed after {received} bytes: {e}"),
+                    ),
+                }
+            }
             MultipartError::Truncated => {
                 let expected = self.shared.status().size;
                 let of = expected.map(|n| format!(" of {n}")).unwrap_or_default();

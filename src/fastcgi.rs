@@ -1,0 +1,954 @@
+//! The FastCGI transport: a responder (FastCGI 1.0) in front of the same
+//! handler the CGI transport uses.
+//!
+//! A long-running process saves a process start per status poll. It
+//! listens on the socket it was given on stdin (the convention of
+//! `spawn-fcgi`, `mod_fcgid` and lighttpd's `bin-path`) or on the address of
+//! `--listen`. A fixed pool of worker threads serves one connection each;
+//! when all are busy, new connections wait in the listen backlog.
+//!
+//! It is written for peers that misbehave: a malformed record ends that
+//! connection with one rate-limited line in the log, a connection closed
+//! at a record boundary ends silently, a connection cut mid-request or an
+//! `FCGI_ABORT_REQUEST` fails only that request, running out of file
+//! descriptors on `accept` waits and retries, and a panic in a request is
+//! caught and answered with a 500. Nothing here can take the process down.
+//!
+//! Why not a crate: `fastcgi` 1.0.0 `unwrap()`s the first record of every
+//! connection and `panic!`s when `accept` fails, so a bad peer or a full
+//! file table kills the process; `outer_cgi` takes over `main` (its own
+//! option parser, a forked syslog diverter) and `expect()`s on `fcntl` and
+//! `fstat` errors; `tokio-fastcgi` would bring an async runtime into a
+//! synchronous program. The responder role fcgiwrap implements in a few
+//! hundred lines is what this needs, no more.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::handler;
+use crate::http::{HttpError, Request, Response, ResponseWriter, write_cgi_head};
+
+const VERSION_1: u8 = 1;
+const BEGIN_REQUEST: u8 = 1;
+const ABORT_REQUEST: u8 = 2;
+const END_REQUEST: u8 = 3;
+const PARAMS: u8 = 4;
+const STDIN: u8 = 5;
+const STDOUT: u8 = 6;
+const GET_VALUES: u8 = 9;
+const GET_VALUES_RESULT: u8 = 10;
+const UNKNOWN_TYPE: u8 = 11;
+const RESPONDER: u16 = 1;
+const KEEP_CONN: u8 = 1;
+const REQUEST_COMPLETE: u8 = 0;
+const CANT_MPX_CONN: u8 = 1;
+const UNKNOWN_ROLE: u8 = 3;
+/// Largest record content.
+const MAX_CONTENT: usize = 65535;
+/// Most bytes of `PARAMS` one request may send (nginx sends a few KiB).
+const MAX_PARAMS: usize = 1 << 20;
+/// How often the acceptor looks at the shutdown flag.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How the server runs.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Requests served at once (each worker serves one connection).
+    pub workers: usize,
+    /// After SIGTERM, how long running requests may take to finish.
+    pub grace: Duration,
+    /// How long a read from the web server may wait; also how long an idle
+    /// kept-alive connection is kept.
+    pub read_timeout: Duration,
+}
+
+/// Where connections come from.
+pub enum Listener {
+    Tcp(TcpListener),
+    /// With the path of a socket file we made, removed again at shutdown.
+    Unix(UnixListener, Option<PathBuf>),
+}
+
+impl Listener {
+    /// Binds `host:port`, or `unix:/path` with the socket file's mode.
+    pub fn bind(address: &str, socket_mode: u32) -> io::Result<Listener> {
+        let Some(path) = address.strip_prefix("unix:") else {
+            return TcpListener::bind(address).map(Listener::Tcp);
+        };
+        let path = PathBuf::from(path);
+        if let Ok(meta) = fs::symlink_metadata(&path) {
+            // A socket left by a process that died may go; a live one, or
+            // anything that is not a socket, stays.
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            if UnixStream::connect(&path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another server is listening on {}", path.display()),
+                ));
+            }
+            fs::remove_file(&path)?;
+        }
+        let listener = UnixListener::bind(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(socket_mode))?;
+        Ok(Listener::Unix(listener, Some(path)))
+    }
+
+    /// The listening socket passed as stdin (FCGI_LISTENSOCK_FILENO).
+    pub fn from_stdin() -> io::Result<Listener> {
+        let fd: OwnedFd = io::stdin().as_fd().try_clone_to_owned()?;
+        if !stdin_is_listening_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "stdin is not a listening socket: start fileupload with --listen ADDRESS, \
+                 or from spawn-fcgi, mod_fcgid or lighttpd, which pass one",
+            ));
+        }
+        match rustix::net::sockopt::socket_domain(&fd)? {
+            rustix::net::AddressFamily::UNIX => Ok(Listener::Unix(UnixListener::from(fd), None)),
+            _ => Ok(Listener::Tcp(TcpListener::from(fd))),
+        }
+    }
+
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l, _) => l.as_fd(),
+        }
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Unix(l, _) => l.set_nonblocking(true),
+        }
+    }
+
+    fn accept(&self) -> io::Result<Stream> {
+        let stream = match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }
+            Listener::Unix(l, _) => Stream::Unix(l.accept()?.0),
+        };
+        // Accepted sockets inherit non-blocking mode on some systems.
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, Some(path)) = self {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Whether stdin is a listening socket, as a FastCGI launcher leaves it.
+pub fn stdin_is_listening_socket() -> bool {
+    let stdin = io::stdin();
+    let fd = stdin.as_fd();
+    rustix::fs::fstat(fd).is_ok_and(|s| {
+        rustix::fs::FileType::from_raw_mode(s.st_mode) == rustix::fs::FileType::Socket
+    }) && rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false)
+}
+
+/// One connection from the web server.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
+    fn shutdown_read(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Read),
+            Stream::Unix(s) => s.shutdown(Shutdown::Read),
+        };
+    }
+
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(Some(timeout)),
+            Stream::Unix(s) => s.set_read_timeout(Some(timeout)),
+        }
+    }
+
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Prints a line on stderr at most once a second per kind, saying how many
+/// were held back: a peer sending garbage cannot flood the log.
+struct RateLimitedLog {
+    last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl RateLimitedLog {
+    fn log(&self, kind: &'static str, message: &str) {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let entry = last
+            .entry(kind)
+            .or_insert((now - Duration::from_secs(2), 0));
+        if now.duration_since(entry.0) < Duration::from_secs(1) {
+            entry.1 += 1;
+            return;
+        }
+        let held_back = std::mem::take(&mut entry.1);
+        entry.0 = now;
+        if held_back > 0 {
+            crate::log!("{message} ({held_back} more like it not shown)");
+        } else {
+            crate::log!("{message}");
+        }
+    }
+}
+
+/// State shared by the acceptor and the workers.
+struct Server {
+    config: Config,
+    options: ServerOptions,
+    /// Set by SIGTERM/SIGINT.
+    stopping: Arc<AtomicBool>,
+    /// Set when the grace time is over: running requests are cut short.
+    grace_over: AtomicBool,
+    /// Open connections, to cut them at shutdown; `true` while a request runs.
+    connections: Mutex<HashMap<u64, (Stream, bool)>>,
+    next_connection: AtomicU64,
+    idle_workers: Mutex<usize>,
+    worker_freed: Condvar,
+    log: RateLimitedLog,
+}
+
+impl Server {
+    fn set_busy(&self, id: u64, busy: bool) {
+        if let Some(entry) = self.lock_connections().get_mut(&id) {
+            entry.1 = busy;
+        }
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Stream, bool)>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Cuts the reading side of connections (all, or only idle ones): a
+    /// worker blocked in a read returns at once.
+    fn cut(&self, only_idle: bool) {
+        for (stream, busy) in self.lock_connections().values() {
+            if !only_idle || !busy {
+                stream.shutdown_read();
+            }
+        }
+    }
+}
+
+/// Serves FastCGI until SIGTERM or SIGINT, then shuts down cleanly: stops
+/// accepting, gives running requests `grace` to finish, and cuts the rest
+/// short (their uploads end in state `error`, "interrupted").
+pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::Result<()> {
+    let stopping = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stopping))?;
+    }
+    listener.set_nonblocking()?;
+    let workers = options.workers.max(1);
+    let server = Arc::new(Server {
+        config,
+        options,
+        stopping,
+        grace_over: AtomicBool::new(false),
+        connections: Mutex::new(HashMap::new()),
+        next_connection: AtomicU64::new(0),
+        idle_workers: Mutex::new(workers),
+        worker_freed: Condvar::new(),
+        log: RateLimitedLog {
+            last: Mutex::new(HashMap::new()),
+        },
+    });
+    let (sender, receiver) = mpsc::channel::<Stream>();
+    let receiver = Arc::new(Mutex::new(receiver));
+    let mut handles = Vec::with_capacity(workers);
+    for n in 0..workers {
+        let server = Arc::clone(&server);
+        let receiver = Arc::clone(&receiver);
+        let handle = thread::Builder::new()
+            .name(format!("fastcgi-{n}"))
+            .spawn(move || worker(&server, &receiver))?;
+        handles.push(handle);
+    }
+    accept_loop(&server, &listener, &sender);
+    drop(listener); // stop accepting; removes our socket file
+    drop(sender); // workers exit once their connection ends
+
+    // Idle kept-alive connections end now; running requests get the grace.
+    server.cut(true);
+    let deadline = Instant::now() + server.options.grace;
+    while Instant::now() < deadline && !server.lock_connections().is_empty() {
+        thread::sleep(Duration::from_millis(20));
+        server.cut(true);
+    }
+    server.grace_over.store(true, Ordering::SeqCst);
+    server.cut(false);
+    // Cut requests end within moments; one stuck elsewhere (an application
+    // that does not exit) must not keep the process alive.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !handles.iter().all(|h| h.is_finished()) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn accept_loop(server: &Server, listener: &Listener, sender: &mpsc::Sender<Stream>) {
+    let timeout = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: TICK.as_nanos() as _,
+    };
+    while !server.stopping.load(Ordering::SeqCst) {
+        // Accept only when a worker is free: the rest wait in the backlog.
+        {
+            let idle = server
+                .idle_workers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *idle == 0 {
+                let _ = server.worker_freed.wait_timeout(idle, TICK);
+                continue;
+            }
+        }
+        let listening = listener.as_fd();
+        let mut fds = [rustix::event::PollFd::new(
+            &listening,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                server
+                    .log
+                    .log("poll", &format!("waiting for connections: {e}"));
+                thread::sleep(TICK);
+                continue;
+            }
+        }
+        match listener.accept() {
+            Ok(stream) => {
+                *server
+                    .idle_workers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) -= 1;
+                if sender.send(stream).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // Out of file descriptors (EMFILE, ENFILE), or a connection
+                // that died in the backlog: wait a moment and go on.
+                server
+                    .log
+                    .log("accept", &format!("cannot accept a connection: {e}"));
+                thread::sleep(TICK);
+            }
+        }
+    }
+}
+
+fn worker(server: &Server, receiver: &Mutex<mpsc::Receiver<Stream>>) {
+    loop {
+        let next = receiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv();
+        let Ok(stream) = next else { return };
+        serve_connection(server, stream);
+        *server
+            .idle_workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) += 1;
+        server.worker_freed.notify_one();
+    }
+}
+
+/// A protocol violation: the connection cannot go on.
+#[derive(Debug)]
+struct Malformed(String);
+
+/// The reading half of a connection: records, one at a time.
+struct Records {
+    reader: BufReader<Stream>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    kind: u8,
+    id: u16,
+    length: usize,
+    padding: usize,
+}
+
+enum Next {
+    Record(Header),
+    /// The peer closed the connection between records: a normal end.
+    Closed,
+}
+
+impl Records {
+    /// Reads a record header; `Closed` if the connection ended first.
+    fn header(&mut self) -> io::Result<Result<Next, Malformed>> {
+        if self.reader.fill_buf()?.is_empty() {
+            return Ok(Ok(Next::Closed));
+        }
+        let mut bytes = [0u8; 8];
+        self.reader.read_exact(&mut bytes)?;
+        if bytes[0] != VERSION_1 {
+            return Ok(Err(Malformed(format!(
+                "unsupported FastCGI version {}",
+                bytes[0]
+            ))));
+        }
+        Ok(Ok(Next::Record(Header {
+            kind: bytes[1],
+            id: u16::from_be_bytes([bytes[2], bytes[3]]),
+            length: usize::from(u16::from_be_bytes([bytes[4], bytes[5]])),
+            padding: usize::from(bytes[6]),
+        })))
+    }
+
+    fn content(&mut self, header: &Header) -> io::Result<Vec<u8>> {
+        let mut content = vec![0u8; header.length];
+        self.reader.read_exact(&mut content)?;
+        self.skip(header.padding)?;
+        Ok(content)
+    }
+
+    fn skip(&mut self, n: usize) -> io::Result<()> {
+        let copied = io::copy(&mut (&mut self.reader).take(n as u64), &mut io::sink())?;
+        if copied < n as u64 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+}
+
+/// The writing half, shared by the body reader (which may have to refuse a
+/// second request on the connection) and the response.
+struct Output {
+    stream: Mutex<Stream>,
+}
+
+impl Output {
+    fn record(&self, kind: u8, id: u16, content: &[u8]) -> io::Result<()> {
+        let padding = (8 - content.len() % 8) % 8;
+        let [id_hi, id_lo] = id.to_be_bytes();
+        let [len_hi, len_lo] = (content.len() as u16).to_be_bytes();
+        let mut record = Vec::with_capacity(8 + content.len() + padding);
+        record.extend_from_slice(&[
+            VERSION_1,
+            kind,
+            id_hi,
+            id_lo,
+            len_hi,
+            len_lo,
+            padding as u8,
+            0,
+        ]);
+        record.extend_from_slice(content);
+        record.resize(record.len() + padding, 0);
+        self.stream
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_all(&record)
+    }
+
+    fn end_request(&self, id: u16, protocol_status: u8) -> io::Result<()> {
+        self.record(END_REQUEST, id, &[0, 0, 0, 0, protocol_status, 0, 0, 0])
+    }
+
+    /// Answers FCGI_GET_VALUES: we take one request per connection.
+    fn get_values(&self, server: &Server, query: &[u8]) -> io::Result<()> {
+        let workers = server.options.workers.to_string();
+        let mut answer = Vec::new();
+        for (name, _) in decode_params(query).unwrap_or_default() {
+            let value = match name.as_str() {
+                "FCGI_MAX_CONNS" | "FCGI_MAX_REQS" => workers.as_str(),
+                "FCGI_MPXS_CONNS" => "0",
+                _ => continue,
+            };
+            encode_param(&mut answer, &name, value);
+        }
+        self.record(GET_VALUES_RESULT, 0, &answer)
+    }
+}
+
+/// A request as it begins: its id, and whether the connection stays open.
+struct Begun {
+    id: u16,
+    keep_conn: bool,
+    params: Vec<(String, String)>,
+}
+
+fn serve_connection(server: &Server, stream: Stream) {
+    let id = server.next_connection.fetch_add(1, Ordering::Relaxed);
+    let (Ok(write_half), Ok(registry_half)) = (stream.try_clone(), stream.try_clone()) else {
+        return;
+    };
+    if stream
+        .set_read_timeout(server.options.read_timeout)
+        .is_err()
+    {
+        return;
+    }
+    server.lock_connections().insert(id, (registry_half, false));
+    let mut records = Records {
+        reader: BufReader::with_capacity(MAX_CONTENT + 8 + 256, stream),
+    };
+    let output = Output {
+        stream: Mutex::new(write_half),
+    };
+    loop {
+        if server.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let begun = match next_request(server, &mut records, &output) {
+            Ok(Ok(Some(begun))) => begun,
+            // Closed between requests, or cut at shutdown: nothing to say.
+            Ok(Ok(None)) => break,
+            Ok(Err(Malformed(why))) => {
+                server
+                    .log
+                    .log("malformed", &format!("closing a FastCGI connection: {why}"));
+                break;
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::TimedOut {
+                    server
+                        .log
+                        .log("read", &format!("FastCGI connection failed: {e}"));
+                }
+                break;
+            }
+        };
+        server.set_busy(id, true);
+        let keep = respond(server, &mut records, &output, &begun);
+        server.set_busy(id, false);
+        if !keep || !begun.keep_conn {
+            break;
+        }
+    }
+    linger(&mut records, &output);
+    server.lock_connections().remove(&id);
+}
+
+/// Closes like nginx's lingering close. An answer given before the whole
+/// body was read (413 from Content-Length) leaves body bytes unread; closing
+/// on them makes the kernel reset the connection, and the web server may
+/// lose the answer. So: stop writing, then read and discard until the web
+/// server closes (it does once it has FCGI_END_REQUEST), for a bounded time
+/// and amount.
+fn linger(records: &mut Records, output: &Output) {
+    const LIMIT: u64 = 64 << 20;
+    const TIME: Duration = Duration::from_secs(5);
+    let stream = output.stream.lock().unwrap_or_else(PoisonError::into_inner);
+    let _ = match &*stream {
+        Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+        Stream::Unix(s) => s.shutdown(Shutdown::Write),
+    };
+    if stream.set_read_timeout(Duration::from_millis(500)).is_err() {
+        return;
+    }
+    drop(stream);
+    let deadline = Instant::now() + TIME;
+    let mut drained = 0u64;
+    let mut scratch = [0u8; 16 * 1024];
+    while drained < LIMIT && Instant::now() < deadline {
+        match records.reader.read(&mut scratch) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n as u64,
+        }
+    }
+}
+
+/// Reads records up to the end of a request's PARAMS.
+fn next_request(
+    server: &Server,
+    records: &mut Records,
+    output: &Output,
+) -> io::Result<Result<Option<Begun>, Malformed>> {
+    let mut current: Option<(u16, bool)> = None;
+    let mut params = Vec::new();
+    loop {
+        let header = match records.header()? {
+            Ok(Next::Record(header)) => header,
+            Ok(Next::Closed) if current.is_none() => return Ok(Ok(None)),
+            Ok(Next::Closed) => {
+                return Ok(Err(Malformed(
+                    "connection closed inside a request's parameters".into(),
+                )));
+            }
+            Err(malformed) => return Ok(Err(malformed)),
+        };
+        let content = records.content(&header)?;
+        match (header.kind, current) {
+            (GET_VALUES, _) if header.id == 0 => output.get_values(server, &content)?,
+            (_, _) if header.id == 0 => {
+                output.record(UNKNOWN_TYPE, 0, &[header.kind, 0, 0, 0, 0, 0, 0, 0])?
+            }
+            (BEGIN_REQUEST, None) => {
+                if content.len() < 8 {
+                    return Ok(Err(Malformed("short FCGI_BEGIN_REQUEST".into())));
+                }
+                let role = u16::from_be_bytes([content[0], content[1]]);
+                if role != RESPONDER {
+                    output.end_request(header.id, UNKNOWN_ROLE)?;
+                    continue;
+                }
+                current = Some((header.id, content[2] & KEEP_CONN != 0));
+            }
+            (BEGIN_REQUEST, Some(_)) => output.end_request(header.id, CANT_MPX_CONN)?,
+            (PARAMS, Some((id, keep_conn))) if header.id == id => {
+                if content.is_empty() {
+                    let Some(params) = decode_params(&params) else {
+                        return Ok(Err(Malformed("malformed FCGI_PARAMS".into())));
+                    };
+                    return Ok(Ok(Some(Begun {
+                        id,
+                        keep_conn,
+                        params,
+                    })));
+                }
+                params.extend_from_slice(&content);
+                if params.len() > MAX_PARAMS {
+                    return Ok(Err(Malformed(format!(
+                        "FCGI_PARAMS longer than {MAX_PARAMS} bytes"
+                    ))));
+                }
+            }
+            (ABORT_REQUEST, Some((id, _))) if header.id == id => {
+                output.end_request(id, REQUEST_COMPLETE)?;
+                current = None;
+                params.clear();
+            }
+            // Leftovers of a request already answered (its body's tail, a
+            // late abort): they need nothing.
+            _ => {}
+        }
+    }
+}
+
+/// Runs the handler for one request. Returns whether the connection may
+/// serve another.
+fn respond(server: &Server, records: &mut Records, output: &Output, begun: &Begun) -> bool {
+    let mut body = Body {
+        records,
+        output,
+        server,
+        id: begun.id,
+        left: 0,
+        padding: 0,
+        state: BodyState::Open,
+    };
+    let mut response = Stdout {
+        output,
+        id: begun.id,
+        buffer: Vec::with_capacity(MAX_CONTENT),
+        started: false,
+    };
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut request = Request::new(begun.params.clone(), &mut body, true);
+        handler::handle(&server.config, &mut request, &mut response)
+    }));
+    let answered = match outcome {
+        Ok(result) => result.is_ok(),
+        Err(_) if !response.started => {
+            let err = HttpError::new(500, "internal error; the details are in the server's log");
+            Response::error(&err).send(&mut response, false).is_ok()
+        }
+        Err(_) => false,
+    };
+    let clean = body.state != BodyState::Broken;
+    let finished = answered
+        && response.flush().is_ok()
+        && output.record(STDOUT, begun.id, &[]).is_ok()
+        && output.end_request(begun.id, REQUEST_COMPLETE).is_ok();
+    finished && clean
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyState {
+    Open,
+    Ended,
+    /// Aborted, cut, or malformed: the connection cannot be trusted after.
+    Broken,
+}
+
+/// The request body: the data of the request's STDIN records, as it comes.
+struct Body<'a> {
+    records: &'a mut Records,
+    output: &'a Output,
+    server: &'a Server,
+    id: u16,
+    left: usize,
+    padding: usize,
+    state: BodyState,
+}
+
+impl Body<'_> {
+    /// Fails the read with an HTTP status the upload records.
+    fn fail(&mut self, status: u16, message: &str) -> io::Error {
+        self.state = BodyState::Broken;
+        let err = if self.server.grace_over.load(Ordering::SeqCst) {
+            HttpError::new(
+                503,
+                "interrupted: the server shut down before the upload finished",
+            )
+        } else {
+            HttpError::new(status, message)
+        };
+        io::Error::other(err)
+    }
+
+    /// Moves to the next STDIN record of this request; false at the end.
+    fn next_record(&mut self) -> io::Result<bool> {
+        loop {
+            let header = match self.records.header() {
+                Ok(Ok(Next::Record(header))) => header,
+                Ok(Ok(Next::Closed)) | Err(_) => {
+                    return Err(self.fail(
+                        400,
+                        "the web server closed the connection before the body was complete",
+                    ));
+                }
+                Ok(Err(Malformed(why))) => {
+                    return Err(self.fail(400, &format!("malformed FastCGI stream: {why}")));
+                }
+            };
+            match header.kind {
+                STDIN if header.id == self.id => {
+                    if header.length == 0 {
+                        self.records.skip(header.padding)?;
+                        self.state = BodyState::Ended;
+                        return Ok(false);
+                    }
+                    self.left = header.length;
+                    self.padding = header.padding;
+                    return Ok(true);
+                }
+                ABORT_REQUEST if header.id == self.id => {
+                    self.records.skip(header.length + header.padding)?;
+                    return Err(self.fail(400, "the web server aborted the request"));
+                }
+                BEGIN_REQUEST if header.id != self.id => {
+                    self.records.skip(header.length + header.padding)?;
+                    self.output.end_request(header.id, CANT_MPX_CONN)?;
+                }
+                _ => self.records.skip(header.length + header.padding)?,
+            }
+        }
+    }
+}
+
+impl Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.state != BodyState::Open || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 && !self.next_record()? {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.left);
+        let n = match self.records.reader.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(self.fail(
+                    400,
+                    "the web server closed the connection before the body was complete",
+                ));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                return Err(self.fail(
+                    400,
+                    &format!("reading the body from the web server failed: {e}"),
+                ));
+            }
+        };
+        self.left -= n;
+        if self.left == 0 {
+            let padding = std::mem::take(&mut self.padding);
+            self.records.skip(padding)?;
+        }
+        Ok(n)
+    }
+}
+
+/// The response: CGI head and body in STDOUT records.
+struct Stdout<'a> {
+    output: &'a Output,
+    id: u16,
+    buffer: Vec<u8>,
+    started: bool,
+}
+
+impl ResponseWriter for Stdout<'_> {
+    fn start(&mut self, status: u16, headers: &[(String, String)]) -> io::Result<&mut dyn Write> {
+        self.started = true;
+        write_cgi_head(&mut self.buffer, status, headers)?;
+        Ok(self)
+    }
+}
+
+impl Write for Stdout<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = MAX_CONTENT - self.buffer.len();
+        let n = data.len().min(room);
+        self.buffer.extend_from_slice(&data[..n]);
+        if self.buffer.len() == MAX_CONTENT {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // The head alone may exceed one record (an application's headers).
+        for chunk in self.buffer.chunks(MAX_CONTENT) {
+            self.output.record(STDOUT, self.id, chunk)?;
+        }
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+/// Decodes FastCGI name-value pairs; `None` if they are malformed.
+fn decode_params(mut bytes: &[u8]) -> Option<Vec<(String, String)>> {
+    fn length(bytes: &mut &[u8]) -> Option<usize> {
+        let first = *bytes.first()?;
+        if first & 0x80 == 0 {
+            *bytes = &bytes[1..];
+            Some(usize::from(first))
+        } else {
+            let four: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+            *bytes = &bytes[4..];
+            Some((u32::from_be_bytes(four) & 0x7fff_ffff) as usize)
+        }
+    }
+    let mut pairs = Vec::new();
+    while !bytes.is_empty() {
+        let name_len = length(&mut bytes)?;
+        let value_len = length(&mut bytes)?;
+        let name = bytes.get(..name_len)?;
+        let value = bytes.get(name_len..name_len.checked_add(value_len)?)?;
+        pairs.push((
+            String::from_utf8_lossy(name).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
+        bytes = &bytes[name_len + value_len..];
+    }
+    Some(pairs)
+}
+
+/// Encodes one name-value pair.
+fn encode_param(out: &mut Vec<u8>, name: &str, value: &str) {
+    for len in [name.len(), value.len()] {
+        if len < 128 {
+            out.push(len as u8);
+        } else {
+            out.extend_from_slice(&(len as u32 | 0x8000_0000).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(value.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_round_trip_short_and_long() {
+        let mut bytes = Vec::new();
+        let long = "v".repeat(300);
+        encode_param(&mut bytes, "SHORT", "x");
+        encode_param(&mut bytes, "LONG", &long);
+        encode_param(&mut bytes, "EMPTY", "");
+        let pairs = decode_params(&bytes).unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("SHORT".to_string(), "x".to_string()),
+                ("LONG".to_string(), long),
+                ("EMPTY".to_string(), String::new())
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_params_are_refused() {
+        for bad in [
+            &[5u8][..],
+            &[2, 2, b'a'],
+            &[0x80, 0, 0],
+            &[0xff, 0xff, 0xff, 0xff, 1, b'a'],
+        ] {
+            assert_eq!(decode_params(bad), None, "{bad:?}");
+        }
+        assert_eq!(decode_params(&[]), Some(vec![]));
+    }
+}
