@@ -1,0 +1,505 @@
+//! The FastCGI daemon: same answers as CGI, and a bad peer cannot take it
+//! down or flood its log.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use common::fcgi::*;
+use common::*;
+
+fn upload_params<'a>(form: &'a Form, target: &'a str, body_len: usize) -> Vec<(String, String)> {
+    let mut params = params_for("POST", target);
+    params.push(("CONTENT_TYPE".into(), form.content_type()));
+    params.push(("CONTENT_LENGTH".into(), body_len.to_string()));
+    params
+}
+
+fn pairs(params: &[(String, String)]) -> Vec<(&str, &str)> {
+    params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+#[test]
+fn answers_match_the_cgi_transport() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let data = random_bytes(500_000, 1);
+    let form = Form::new().file("f", "a.bin", "application/octet-stream", &data);
+    let body = form.body();
+    let reply = daemon.request(
+        "POST",
+        "/upload?X-Progress-ID=fcgi-1",
+        &[
+            ("CONTENT_TYPE", &form.content_type()),
+            ("CONTENT_LENGTH", &body.len().to_string()),
+        ],
+        &body,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let json = reply.json();
+    assert_eq!(json["files"][0]["sha256"], sha256_hex(&data));
+    // The same status through both transports.
+    let via_fcgi = daemon.get("/upload/status?X-Progress-ID=fcgi-1");
+    let via_cgi = pool.cgi().get("/upload/status?X-Progress-ID=fcgi-1");
+    assert_eq!(via_fcgi.body, via_cgi.body);
+    assert_eq!(via_fcgi.headers, via_cgi.headers);
+    // Errors too.
+    let bad = daemon.get("/upload/status?X-Progress-ID=../x");
+    bad.assert_error(400, "malformed upload identifier");
+    assert_eq!(
+        bad.body,
+        pool.cgi().get("/upload/status?X-Progress-ID=../x").body
+    );
+    daemon.get("/nowhere").assert_error(404, "no such endpoint");
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
+
+#[test]
+fn a_body_without_content_length_is_read_to_the_end_of_stdin() {
+    // What a web server streaming a chunked request sends.
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_MAX_SIZE", "1M")]);
+    let data = random_bytes(300_000, 2);
+    let form = Form::new().file("f", "c.bin", "application/octet-stream", &data);
+    let reply = daemon.request(
+        "POST",
+        "/upload?X-Progress-ID=chunked",
+        &[("CONTENT_TYPE", &form.content_type())],
+        &form.body(),
+    );
+    assert_eq!(reply.json()["files"][0]["sha256"], sha256_hex(&data));
+    // max_size holds while streaming.
+    let big = Form::new().file(
+        "f",
+        "big",
+        "application/octet-stream",
+        &random_bytes(2 << 20, 3),
+    );
+    let reply = daemon.request(
+        "POST",
+        "/upload?X-Progress-ID=chunked-big",
+        &[("CONTENT_TYPE", &big.content_type())],
+        &big.body(),
+    );
+    reply.assert_error(413, "larger than the limit of 1048576 bytes");
+    assert_eq!(status_of(&pool.cgi(), "chunked-big")["status"], 413);
+}
+
+#[test]
+fn kept_alive_connections_serve_several_requests_and_close_silently() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let mut stream = daemon.connect();
+    for id in 1..=3u16 {
+        let params = params_for("GET", "/upload/status?X-Progress-ID=ka");
+        let mut bytes = request_head(id, &pairs(&params), true);
+        bytes.extend(stdin_records(id, b""));
+        stream.write_all(&bytes).unwrap();
+        let (reply, protocol_status) = read_response(&mut stream, id);
+        assert_eq!(reply.body, br#"{"state":"starting"}"#);
+        assert_eq!(protocol_status, 0);
+    }
+    drop(stream); // a normal close of a kept-alive connection
+    // And connections that close without sending anything.
+    for _ in 0..20 {
+        drop(daemon.connect());
+    }
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(daemon.get("/upload/new").status, 200);
+    assert!(
+        daemon.log_lines().is_empty(),
+        "a normal close must log nothing: {:?}",
+        daemon.log_lines()
+    );
+}
+
+#[test]
+fn without_keep_conn_the_server_closes_after_the_answer() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let mut stream = daemon.connect();
+    let params = params_for("GET", "/upload/new");
+    let mut bytes = request_head(1, &pairs(&params), false);
+    bytes.extend(stdin_records(1, b""));
+    stream.write_all(&bytes).unwrap();
+    read_response(&mut stream, 1);
+    assert!(
+        read_record(&mut stream).is_none(),
+        "connection should be closed"
+    );
+}
+
+#[test]
+fn malformed_records_end_the_connection_with_little_log() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let garbage: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), // not FastCGI at all
+        vec![2, 1, 0, 1, 0, 8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0], // version 2
+        record(BEGIN_REQUEST, 1, &[0, 1]),             // short BEGIN_REQUEST
+        {
+            // PARAMS whose lengths point past the content
+            let mut r = begin(1, 1, false);
+            r.extend(record(PARAMS, 1, &[100, 100, b'a']));
+            r.extend(record(PARAMS, 1, &[]));
+            r
+        },
+        {
+            // A record cut short, then the connection closes.
+            let mut r = begin(1, 1, false);
+            r.extend_from_slice(&[1, PARAMS, 0, 1, 0, 50, 0, 0, b'x']);
+            r
+        },
+        random_bytes(70_000, 9),
+    ];
+    // Each case many times: the log must stay short.
+    for _ in 0..25 {
+        for bytes in &garbage {
+            let mut stream = daemon.connect();
+            let _ = stream.write_all(bytes);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            // The server answers nothing sensible, then closes.
+            while read_record(&mut stream).is_some() {}
+        }
+    }
+    // Still serving.
+    assert_eq!(daemon.get("/upload/status?X-Progress-ID=alive").status, 200);
+    let lines = daemon.log_lines();
+    assert!(!lines.is_empty(), "malformed peers should be noted once");
+    assert!(
+        lines.len() <= 10,
+        "150 bad connections flooded the log: {lines:#?}"
+    );
+    assert!(lines.iter().all(|l| !l.contains("panicked")), "{lines:#?}");
+}
+
+#[test]
+fn a_connection_cut_mid_upload_fails_that_upload_only() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
+    let form = Form::new().file(
+        "f",
+        "cut.bin",
+        "application/octet-stream",
+        &random_bytes(1 << 20, 4),
+    );
+    let body = form.body();
+    let params = upload_params(&form, "/upload?X-Progress-ID=cut", body.len());
+    let mut stream = daemon.connect();
+    let mut bytes = request_head(1, &pairs(&params), false);
+    bytes.extend(record(STDIN, 1, &body[..60_000]));
+    stream.write_all(&bytes).unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&pool.cgi(), "cut")["received"] == 60_000).then_some(())
+    })
+    .expect("upload never started");
+    drop(stream);
+    let status = wait_for(Duration::from_secs(10), || {
+        let status = status_of(&pool.cgi(), "cut");
+        (status["state"] == "error").then_some(status)
+    })
+    .expect("upload never failed");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("closed the connection"),
+        "{status}"
+    );
+    assert_eq!(pool.bucket_files("cut"), ["lock", "status.json"]);
+    assert_eq!(daemon.get("/upload/new").status, 200);
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
+
+#[test]
+fn an_aborted_request_ends_with_end_request_and_an_error_status() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
+    let form = Form::new().file(
+        "f",
+        "ab.bin",
+        "application/octet-stream",
+        &random_bytes(1 << 20, 5),
+    );
+    let body = form.body();
+    let params = upload_params(&form, "/upload?X-Progress-ID=aborted", body.len());
+    let mut stream = daemon.connect();
+    let mut bytes = request_head(1, &pairs(&params), false);
+    bytes.extend(record(STDIN, 1, &body[..50_000]));
+    stream.write_all(&bytes).unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&pool.cgi(), "aborted")["received"] == 50_000).then_some(())
+    })
+    .expect("upload never started");
+    stream.write_all(&record(ABORT_REQUEST, 1, &[])).unwrap();
+    let (reply, protocol_status) = read_response(&mut stream, 1);
+    assert_eq!(protocol_status, 0, "REQUEST_COMPLETE");
+    reply.assert_error(400, "aborted the request");
+    let status = status_of(&pool.cgi(), "aborted");
+    assert_eq!(status["state"], "error");
+    assert_eq!(pool.bucket_files("aborted"), ["lock", "status.json"]);
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
+
+#[test]
+fn management_records_multiplexing_and_roles() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_WORKERS", "7")]);
+    let mut stream = daemon.connect();
+    // FCGI_GET_VALUES
+    let query = encode_pairs(&[
+        ("FCGI_MAX_CONNS", ""),
+        ("FCGI_MPXS_CONNS", ""),
+        ("OTHER", ""),
+    ]);
+    stream.write_all(&record(GET_VALUES, 0, &query)).unwrap();
+    let answer = read_record(&mut stream).unwrap();
+    assert_eq!(answer.kind, GET_VALUES_RESULT);
+    assert_eq!(
+        answer.content,
+        encode_pairs(&[("FCGI_MAX_CONNS", "7"), ("FCGI_MPXS_CONNS", "0")])
+    );
+    // An unknown management record.
+    stream.write_all(&record(42, 0, b"")).unwrap();
+    let answer = read_record(&mut stream).unwrap();
+    assert_eq!((answer.kind, answer.content[0]), (UNKNOWN_TYPE, 42));
+    // The authorizer role is not ours.
+    stream.write_all(&begin(5, 2, true)).unwrap();
+    let answer = read_record(&mut stream).unwrap();
+    assert_eq!(
+        (answer.kind, answer.id, answer.content[4]),
+        (END_REQUEST, 5, 3)
+    );
+    // A second request while one runs: FCGI_CANT_MPX_CONN.
+    let form = Form::new().file("f", "m", "text/plain", b"mpx");
+    let body = form.body();
+    let params = upload_params(&form, "/upload?X-Progress-ID=mpx", body.len());
+    let mut bytes = request_head(1, &pairs(&params), true);
+    bytes.extend(record(STDIN, 1, &body[..10]));
+    bytes.extend(begin(2, 1, true));
+    bytes.extend(stdin_records(1, &body[10..]));
+    stream.write_all(&bytes).unwrap();
+    let refused = read_record(&mut stream).unwrap();
+    assert_eq!(
+        (refused.kind, refused.id, refused.content[4]),
+        (END_REQUEST, 2, 1)
+    );
+    let (reply, _) = read_response(&mut stream, 1);
+    assert_eq!(reply.json()["state"], "done");
+}
+
+#[test]
+fn running_out_of_file_descriptors_is_survived() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start_with(pool.path(), &[], Some("ulimit -n 24"));
+    // Hold more connections than the daemon has descriptors for.
+    let held: Vec<UnixStream> = (0..60)
+        .filter_map(|_| UnixStream::connect(&daemon.socket).ok())
+        .collect();
+    assert!(held.len() > 24, "the backlog should take them");
+    thread::sleep(Duration::from_millis(500));
+    drop(held);
+    // Once they are gone, it serves again.
+    let reply = wait_for(Duration::from_secs(20), || {
+        let stream = UnixStream::connect(&daemon.socket).ok()?;
+        drop(stream);
+        Some(daemon.get("/upload/new")).filter(|r| r.status == 200)
+    });
+    assert!(
+        reply.is_some(),
+        "daemon never recovered: {}",
+        daemon.log_text()
+    );
+    let lines = daemon.log_lines();
+    assert!(
+        lines.iter().any(|l| l.contains("cannot accept")),
+        "EMFILE should be noted: {lines:?}"
+    );
+    assert!(lines.len() <= 5, "the log was flooded: {lines:#?}");
+}
+
+#[test]
+fn excess_connections_wait_for_a_worker() {
+    // Two workers, three slow uploads at once: the third waits, then runs.
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_WORKERS", "2")]);
+    let mut streams = Vec::new();
+    let mut forms = Vec::new();
+    for n in 0..3u16 {
+        let form = Form::new().file(
+            "f",
+            "w",
+            "application/octet-stream",
+            &random_bytes(100_000, u64::from(n)),
+        );
+        let body = form.body();
+        let params = upload_params(
+            &form,
+            &format!("/upload?X-Progress-ID=wait-{n}"),
+            body.len(),
+        );
+        let mut stream = daemon.connect();
+        let mut bytes = request_head(1, &pairs(&params), false);
+        bytes.extend(record(STDIN, 1, &body[..1000]));
+        stream.write_all(&bytes).unwrap();
+        streams.push(stream);
+        forms.push(body);
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let states: Vec<_> = (0..3)
+        .map(|n| status_of(&pool.cgi(), &format!("wait-{n}"))["state"].clone())
+        .collect();
+    assert_eq!(
+        states,
+        ["uploading", "uploading", "starting"],
+        "the third must wait"
+    );
+    for (n, (mut stream, body)) in streams.into_iter().zip(forms).enumerate() {
+        stream.write_all(&stdin_records(1, &body[1000..])).unwrap();
+        let (reply, _) = read_response(&mut stream, 1);
+        assert_eq!(reply.json()["state"], "done", "upload {n}");
+    }
+}
+
+#[test]
+fn sigterm_lets_running_uploads_finish_then_cuts_the_rest() {
+    let pool = TestPool::new();
+    let mut daemon = Daemon::start(
+        pool.path(),
+        &[
+            ("FILEUPLOAD_GRACE", "1s"),
+            ("FILEUPLOAD_PROGRESS_INTERVAL", "20ms"),
+        ],
+    );
+    let start = |id: &str| {
+        let form = Form::new().file(
+            "f",
+            "s",
+            "application/octet-stream",
+            &random_bytes(200_000, 7),
+        );
+        let body = form.body();
+        let params = upload_params(&form, &format!("/upload?X-Progress-ID={id}"), body.len());
+        let mut stream = daemon.connect();
+        let mut bytes = request_head(1, &pairs(&params), false);
+        bytes.extend(record(STDIN, 1, &body[..5000]));
+        stream.write_all(&bytes).unwrap();
+        (stream, body)
+    };
+    let (mut finishing, finishing_body) = start("finishing");
+    let (mut stalled, _) = start("stalled");
+    for id in ["finishing", "stalled"] {
+        wait_for(Duration::from_secs(10), || {
+            (status_of(&pool.cgi(), id)["received"] == 5000).then_some(())
+        })
+        .expect("upload never started");
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.pid().to_string())
+        .status();
+    thread::sleep(Duration::from_millis(200));
+    // No new connections once it stops accepting.
+    assert!(
+        UnixStream::connect(&daemon.socket).is_err(),
+        "still accepting after SIGTERM"
+    );
+    // One upload finishes within the grace time.
+    finishing
+        .write_all(&stdin_records(1, &finishing_body[5000..]))
+        .unwrap();
+    let (reply, _) = read_response(&mut finishing, 1);
+    assert_eq!(reply.json()["state"], "done");
+    // The other is cut short when the grace time is over, and says why.
+    let (reply, _) = read_response(&mut stalled, 1);
+    reply.assert_error(503, "interrupted");
+    let status = daemon
+        .terminate(Duration::from_secs(10))
+        .expect("daemon did not exit");
+    assert!(status.success(), "{status:?}");
+    let stalled_status = status_of(&pool.cgi(), "stalled");
+    assert_eq!(stalled_status["state"], "error");
+    assert!(
+        stalled_status["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted")
+    );
+    assert_eq!(pool.bucket_files("stalled"), ["lock", "status.json"]);
+    assert!(!daemon.socket.exists(), "socket file should be removed");
+}
+
+#[test]
+fn a_listening_socket_on_stdin_selects_fastcgi() {
+    // What spawn-fcgi, mod_fcgid and lighttpd's bin-path do.
+    let pool = TestPool::new();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("stdin.sock");
+    let log = dir.path().join("log");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let child = Command::new(bin())
+        .env_clear()
+        .env("FILEUPLOAD_DIRECTORY", pool.path())
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon::adopt(child, socket, log, dir);
+    assert_eq!(
+        daemon.get("/upload/status?X-Progress-ID=stdin").body,
+        br#"{"state":"starting"}"#
+    );
+    assert!(
+        daemon
+            .log_text()
+            .contains("serving FastCGI on the socket on stdin")
+    );
+}
+
+#[test]
+fn a_plain_stdin_is_not_taken_for_a_socket() {
+    let out = Command::new(bin())
+        .env_clear()
+        .arg("--fastcgi")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stdin is not a listening socket"));
+}
+
+#[test]
+fn middleware_mode_runs_the_application_per_request() {
+    let pool = TestPool::new();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("app.cgi");
+    std::fs::write(
+        &app,
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho \"method=$REQUEST_METHOD uri=$REQUEST_URI path=$PATH\"\ncat\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start(
+        pool.path(),
+        &[
+            ("FILEUPLOAD_APP", app.to_str().unwrap()),
+            ("PATH", "/usr/bin:/bin"),
+        ],
+    );
+    let reply = daemon.request("POST", "/page?x=1", &[("CONTENT_LENGTH", "5")], b"hello");
+    assert_eq!(reply.status, 200);
+    // FastCGI parameters have no PATH: the application gets the daemon's.
+    assert_eq!(
+        reply.text(),
+        "method=POST uri=/page?x=1 path=/usr/bin:/bin\nhello"
+    );
+}
