@@ -503,3 +503,45 @@ fn middleware_mode_runs_the_application_per_request() {
         "method=POST uri=/page?x=1 path=/usr/bin:/bin\nhello"
     );
 }
+
+#[test]
+fn listens_on_tcp_and_sets_the_unix_socket_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let pool = TestPool::new();
+    // A unix socket with the mode asked for.
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_SOCKET_MODE", "0600")]);
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    drop(daemon);
+    // TCP, with --listen host:port on the command line.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(bin())
+        .env_clear()
+        .env("FILEUPLOAD_DIRECTORY", pool.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stream = wait_for(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let mut stream = stream.expect("daemon never listened on TCP");
+    let params = params_for("GET", "/upload/status?X-Progress-ID=tcp");
+    let mut bytes = request_head(1, &pairs(&params), false);
+    bytes.extend(stdin_records(1, b""));
+    stream.write_all(&bytes).unwrap();
+    let (reply, _) = read_response(&mut stream, 1);
+    assert_eq!(reply.body, br#"{"state":"starting"}"#);
+    let _ = child.kill();
+    let _ = child.wait();
+}
