@@ -14,6 +14,7 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
 
 use crate::config::Config;
@@ -88,7 +89,7 @@ fn set(env: &mut Vec<(String, String)>, name: &str, value: &str) {
 fn run_or_answer(
     program: &Path,
     env: Vec<(String, String)>,
-    body: &mut (dyn Read + Send),
+    body: &mut dyn Read,
     out: &mut dyn ResponseWriter,
     head_only: bool,
 ) -> io::Result<()> {
@@ -106,7 +107,7 @@ fn run_or_answer(
 fn run(
     program: &Path,
     env: Vec<(String, String)>,
-    body: &mut (dyn Read + Send),
+    body: &mut dyn Read,
     out: &mut dyn ResponseWriter,
     head_only: bool,
 ) -> Result<(), HttpError> {
@@ -136,18 +137,60 @@ fn run(
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(HttpError::new(500, "cannot connect to the application"));
     };
-    thread::scope(|scope| {
-        // The body is fed from another thread: an application may write its
-        // answer before it has read all its input, and then neither side
-        // must wait for the other.
-        scope.spawn(move || {
-            // The application may not read its input at all (EPIPE): fine.
-            let _ = io::copy(body, &mut stdin);
-        });
-        let result = relay(stdout, out, head_only);
-        let _ = child.wait();
-        result
-    })
+    // This thread feeds the body while another collects the answer: an
+    // application may write before it has read all its input, and then
+    // neither side must wait for the other. (What it writes that early is
+    // held in memory until the body is in.)
+    let (sender, chunks) = mpsc::channel::<Vec<u8>>();
+    let collector = thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if sender.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    // The application may not read its input at all (EPIPE): fine.
+    let _ = io::copy(body, &mut stdin);
+    drop(stdin);
+    let result = relay(
+        ChannelReader {
+            chunks,
+            current: Vec::new(),
+            offset: 0,
+        },
+        out,
+        head_only,
+    );
+    let _ = child.wait();
+    let _ = collector.join();
+    result
+}
+
+/// Reads what the collector thread received from the application.
+struct ChannelReader {
+    chunks: mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    offset: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.offset == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    self.current = chunk;
+                    self.offset = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.offset);
+        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
 }
 
 /// Reads the application's CGI head, then streams its body to `out`.

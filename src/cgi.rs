@@ -26,9 +26,8 @@ impl<W: Write> ResponseWriter for CgiOutput<W> {
 
 /// Stdin as the body: never read past `CONTENT_LENGTH` (RFC 3875 does not
 /// promise an end-of-file there), and not at all when there is no body
-/// (stdin may then be anything, a terminal even). A plain file, unbuffered
-/// (the parser has its own buffer) and `Send`, so middleware mode can feed
-/// it to the application from a thread.
+/// (stdin may then be anything, a terminal even). A plain file, unbuffered:
+/// the parser has its own buffer.
 struct Stdin {
     file: File,
     /// Bytes left to read; `None`: up to end-of-file (a chunked body).

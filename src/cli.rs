@@ -16,6 +16,7 @@ use crate::status::State;
 
 const USAGE: &str = "\
 Usage: fileupload [OPTIONS] COMMAND [ID]
+       fileupload [OPTIONS] serve [--http ADDRESS]
        fileupload [OPTIONS] --fastcgi | --listen ADDRESS
 
 Receives multipart/form-data uploads into a pool directory and answers
@@ -32,6 +33,8 @@ Commands:
                     is complete; exit 1 if it is not
     clear ID        delete the upload (cancelling it if it is running)
     gc              delete uploads older than --max-age (or max_age)
+    serve           a development web server with a demo page, on
+                    --http ADDRESS (default 127.0.0.1:8080)
 
 Every setting is also an environment variable FILEUPLOAD_<NAME> and a
 `name = value` line of the config file; options win over the environment,
@@ -60,6 +63,12 @@ fn options() -> Options {
         "config",
         "read settings from FILE (FILEUPLOAD_CONFIG)",
         "FILE",
+    );
+    opts.optopt(
+        "",
+        "http",
+        "serve: the address to listen on [default: 127.0.0.1:8080]",
+        "ADDRESS",
     );
     opts.optflag(
         "",
@@ -175,6 +184,14 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
         "clear" => {
             expect_args(1)?;
             pool.clear(&id(&config)?).map_err(error)?;
+            Ok(0)
+        }
+        "serve" => {
+            expect_args(0)?;
+            let address = matches
+                .opt_str("http")
+                .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+            crate::serve::run(config, &address).map_err(error)?;
             Ok(0)
         }
         "gc" => {

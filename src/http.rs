@@ -59,7 +59,7 @@ impl BodyLength {
 /// A request: CGI meta-variables and a body.
 pub struct Request<'a> {
     vars: Vec<(String, String)>,
-    body: &'a mut (dyn Read + Send),
+    body: &'a mut dyn Read,
     end_is_marked: bool,
 }
 
@@ -69,7 +69,7 @@ impl<'a> Request<'a> {
     /// without `CONTENT_LENGTH` can be read to its end.
     pub fn new(
         vars: Vec<(String, String)>,
-        body: &'a mut (dyn Read + Send),
+        body: &'a mut dyn Read,
         end_is_marked: bool,
     ) -> Request<'a> {
         Request {
@@ -164,7 +164,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    pub fn body(&mut self) -> &mut (dyn Read + Send) {
+    pub fn body(&mut self) -> &mut dyn Read {
         self.body
     }
 }
@@ -327,11 +327,7 @@ pub fn reason(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
-    fn request<'a>(
-        vars: &[(&str, &str)],
-        body: &'a mut (dyn Read + Send),
-        marked: bool,
-    ) -> Request<'a> {
+    fn request<'a>(vars: &[(&str, &str)], body: &'a mut dyn Read, marked: bool) -> Request<'a> {
         let vars = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

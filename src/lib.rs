@@ -3,7 +3,8 @@
 //! about them. It is a CGI program first; this library is its engine and
 //! the API applications use to work with uploads.
 //!
-//! The request flows one way: a transport ([`cgi`], [`fastcgi`]) builds an
+//! The request flows one way: a transport ([`cgi`], [`fastcgi`], [`serve`])
+//! builds an
 //! [`http::Request`], the [`handler`] routes it, the [`upload`] driver
 //! streams it through the [`multipart`] parser into the [`pool`], and the
 //! answer goes back through an [`http::ResponseWriter`].
@@ -47,6 +48,7 @@ pub mod http;
 pub mod identifier;
 pub mod multipart;
 pub mod pool;
+pub mod serve;
 pub mod status;
 pub mod upload;
 

@@ -5,6 +5,8 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod fcgi;
+pub mod site;
+pub mod webdriver;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -1,0 +1,543 @@
+//! A temporary deployment behind a real web server, for the end-to-end
+//! tests: examples from conf-examples/ rendered with the test's paths and
+//! port, servers run the way Debian runs them (as www-data), each stopped
+//! by its own pid (and the process group it leads).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{random_bytes, sha256_hex};
+
+pub const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf-examples");
+/// The size limits the examples document, and what the tests use instead.
+pub const MAX_SIZE_MIB: u64 = 4;
+pub const SERVER_LIMIT_MIB: u64 = 5;
+
+/// Fails loudly when a program the test needs is missing.
+pub fn require(program: &str, package: &str) -> PathBuf {
+    let dirs = std::env::var("PATH").unwrap_or_default() + ":/usr/sbin:/sbin:/usr/bin";
+    dirs.split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{program} is missing: apt-get install -y {package} (scripts/test installs it)")
+        })
+}
+
+pub fn run(command: &mut Command) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temporary deployment: the program, a pool, a run directory, and the
+/// processes serving them.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub pool: PathBuf,
+    pub run: PathBuf,
+    pub port: u16,
+    /// Path before `/upload` in URLs.
+    pub prefix: String,
+    pub processes: Vec<(String, Child)>,
+    /// Logs to show when something fails.
+    pub logs: Vec<PathBuf>,
+}
+
+impl Site {
+    pub fn new() -> Site {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "the end-to-end server tests run as root (as scripts/test does in CI)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("bin/fileupload");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::copy(super::bin(), &bin).unwrap();
+        let pool = dir.path().join("pool");
+        let run = dir.path().join("run");
+        for (path, mode) in [(&pool, 0o700), (&run, 0o755)] {
+            std::fs::create_dir(path).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+            run_chown(path);
+        }
+        Site {
+            dir,
+            bin,
+            pool,
+            run,
+            port: free_port(),
+            prefix: String::new(),
+            processes: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Where the web server listens.
+    pub fn port_substitution(&self) -> (&'static str, String) {
+        ("127.0.0.1:8080", format!("127.0.0.1:{}", self.port))
+    }
+
+    /// Where the program and its pool are.
+    pub fn program_substitutions(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("/usr/local/bin/fileupload", self.bin.display().to_string()),
+            ("/var/lib/fileupload", self.pool.display().to_string()),
+        ]
+    }
+
+    /// An example with its documented values replaced. Each must be there:
+    /// an edited example fails here rather than run with system paths.
+    pub fn render(&self, name: &str, substitutions: &[(&str, String)]) -> String {
+        let mut text = std::fs::read_to_string(Path::new(EXAMPLES).join(name))
+            .unwrap_or_else(|e| panic!("conf-examples/{name}: {e}"));
+        for (from, to) in substitutions {
+            assert!(
+                text.contains(from),
+                "conf-examples/{name} no longer contains {from:?}"
+            );
+            text = text.replace(from, to);
+        }
+        text
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn spawn(&mut self, name: &str, command: &mut Command, log: Option<PathBuf>) {
+        if let Some(log) = &log {
+            command.stderr(std::fs::File::create(log).unwrap());
+            self.logs.push(log.clone());
+        } else {
+            command.stderr(Stdio::null());
+        }
+        // Its own process group: a server's helpers (fcgiwrap's preforked
+        // children, which outlive their parent) are stopped with it.
+        let child = command
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.processes.push((name.to_owned(), child));
+    }
+
+    /// Waits until the HTTP port answers.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self
+                .processes
+                .iter_mut()
+                .find_map(|(name, child)| Some((name.clone(), child.try_wait().ok()??)));
+            if let Some((name, status)) = exited {
+                panic!(
+                    "{name} exited ({status}) before serving:\n{}",
+                    self.logs_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server never listened:\n{}",
+                self.logs_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs_text(&self) -> String {
+        let mut text = String::new();
+        for log in &self.logs {
+            text += &format!(
+                "--- {}\n{}\n",
+                log.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        text
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}{}{path_and_query}",
+            self.port, self.prefix
+        )
+    }
+
+    pub fn get(&self, path_and_query: &str) -> (u16, String) {
+        let target = format!("{}{path_and_query}", self.prefix);
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(stream, "GET {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    pub fn status(&self, id: &str) -> serde_json::Value {
+        let (code, body) = self.get(&format!("/upload/status?X-Progress-ID={id}"));
+        assert_eq!(code, 200, "status of {id}: {body}\n{}", self.logs_text());
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("status of {id} is not JSON ({e}): {body}"))
+    }
+
+    pub fn upload(&self, id: &str, file: &Path, rate: Option<&str>) -> Curl {
+        let out = self.path(&format!("curl-{id}.out"));
+        let mut command = Command::new("curl");
+        command
+            .args(["-s", "-o"])
+            .arg(&out)
+            .args(["-w", "%{http_code}"]);
+        if let Some(rate) = rate {
+            command.args(["--limit-rate", rate]);
+        }
+        command
+            .arg("-F")
+            .arg(format!(
+                "file=@{};type=application/octet-stream",
+                file.display()
+            ))
+            .arg(self.url(&format!("/upload?X-Progress-ID={id}")))
+            .stdout(Stdio::piped());
+        Curl {
+            child: command.spawn().expect("run curl"),
+            out,
+        }
+    }
+
+    pub fn data_file(&self, name: &str, len: usize, seed: u64) -> (PathBuf, String) {
+        let data = random_bytes(len, seed);
+        let path = self.path(name);
+        std::fs::write(&path, &data).unwrap();
+        (path, sha256_hex(&data))
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        // Stop each by its own pid (and the process group it leads):
+        // SIGTERM, then SIGKILL if it lingers.
+        for (_, child) in self.processes.iter_mut().rev() {
+            let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) else {
+                continue;
+            };
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn run_chown(path: &Path) {
+    run(Command::new("chown").arg("www-data:www-data").arg(path));
+}
+
+/// A curl upload in progress.
+pub struct Curl {
+    pub child: Child,
+    pub out: PathBuf,
+}
+
+impl Curl {
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The HTTP status and body (status 0: no answer, the connection broke).
+    pub fn finish(self) -> (u16, String) {
+        let output = self.child.wait_with_output().unwrap();
+        let code = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        (code, std::fs::read_to_string(&self.out).unwrap_or_default())
+    }
+}
+
+// ---- launchers -------------------------------------------------------------
+
+pub fn start_nginx(site: &mut Site, example: &str, extra: &[(&str, String)]) {
+    let nginx = require("nginx", "nginx");
+    let mut substitutions = vec![
+        site.port_substitution(),
+        (
+            "client_max_body_size 101m;",
+            format!("client_max_body_size {SERVER_LIMIT_MIB}m;"),
+        ),
+    ];
+    substitutions.extend(extra.iter().cloned());
+    let server_block = site.render(example, &substitutions);
+    site.write("site.conf", &server_block);
+    std::fs::copy("/etc/nginx/fastcgi_params", site.path("fastcgi_params")).unwrap();
+    let temp = site.path("nginx-temp");
+    std::fs::create_dir(&temp).unwrap();
+    run_chown(&temp);
+    let dir = site.dir.path().display().to_string();
+    // The main configuration is Debian's in substance (workers as
+    // www-data); the site is the example.
+    let main = format!(
+        "user www-data;\ndaemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir}/nginx-temp/body;\n  fastcgi_temp_path {dir}/nginx-temp/fastcgi;\n\
+         proxy_temp_path {dir}/nginx-temp/proxy;\n  uwsgi_temp_path {dir}/nginx-temp/uwsgi;\n  scgi_temp_path {dir}/nginx-temp/scgi;\n\
+         include {dir}/site.conf;\n}}\n"
+    );
+    let conf = site.write("nginx.conf", &main);
+    let log = site.path("nginx-error.log");
+    site.logs.push(log);
+    site.spawn(
+        "nginx",
+        Command::new(nginx)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(site.dir.path()),
+        None,
+    );
+    site.wait_ready();
+}
+
+/// fcgiwrap as Debian's fcgiwrap.socket and .service run it: as www-data,
+/// on a socket only www-data may use.
+pub fn start_fcgiwrap(site: &mut Site) -> PathBuf {
+    let fcgiwrap = require("fcgiwrap", "fcgiwrap");
+    let socket = site.run.join("fcgiwrap.socket");
+    let log = site.path("fcgiwrap.log");
+    site.spawn(
+        "fcgiwrap",
+        Command::new("setpriv")
+            .args(["--reuid=www-data", "--regid=www-data", "--init-groups"])
+            .arg(fcgiwrap)
+            .args(["-c", "4", "-s"])
+            .arg(format!("unix:{}", socket.display())),
+        Some(log),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "fcgiwrap never listened:\n{}",
+            site.logs_text()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    socket
+}
+
+/// The daemon as systemd runs it from conf-examples/systemd: the socket
+/// unit's listening socket (owner, mode) on the service's stdin, the
+/// service's command, user and environment (Environment= and the
+/// EnvironmentFile, conf-examples/fileupload.env). The rendered units must
+/// also pass `systemd-analyze verify`.
+pub fn start_systemd_daemon(site: &mut Site) -> PathBuf {
+    let socket_path = site.run.join("fileupload.sock");
+    let env_file = site.path("fileupload.env");
+    let socket_substitution = (
+        "/run/fileupload/fileupload.sock",
+        socket_path.display().to_string(),
+    );
+    let socket_unit = site.write(
+        "systemd/fileupload.socket",
+        &site.render(
+            "systemd/fileupload.socket",
+            std::slice::from_ref(&socket_substitution),
+        ),
+    );
+    let mut substitutions = site.program_substitutions();
+    substitutions.push(("/etc/fileupload.env", env_file.display().to_string()));
+    substitutions.push((
+        "FILEUPLOAD_MAX_SIZE=100",
+        format!("FILEUPLOAD_MAX_SIZE={MAX_SIZE_MIB}"),
+    ));
+    let service_unit = site.write(
+        "systemd/fileupload.service",
+        &site.render("systemd/fileupload.service", &substitutions),
+    );
+    std::fs::copy(Path::new(EXAMPLES).join("fileupload.env"), &env_file).unwrap();
+
+    let verify = Command::new(require("systemd-analyze", "systemd"))
+        .args(["verify", "--man=no"])
+        .arg(&socket_unit)
+        .arg(&service_unit)
+        .output()
+        .unwrap();
+    let complaints = String::from_utf8_lossy(&verify.stderr).into_owned()
+        + &String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && complaints.trim().is_empty(),
+        "systemd-analyze verify: {complaints}"
+    );
+
+    let unit = |path: &Path, key: &str| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let one = |path: &Path, key: &str| {
+        unit(path, key)
+            .pop()
+            .unwrap_or_else(|| panic!("{key}= missing"))
+    };
+    assert_eq!(
+        one(&socket_unit, "ListenStream"),
+        socket_path.display().to_string()
+    );
+    assert_eq!(one(&service_unit, "StandardInput"), "socket");
+    let listener = UnixListener::bind(&socket_path).unwrap();
+    run(Command::new("chown")
+        .arg(format!(
+            "{}:{}",
+            one(&socket_unit, "SocketUser"),
+            one(&socket_unit, "SocketGroup")
+        ))
+        .arg(&socket_path));
+    let mode = u32::from_str_radix(&one(&socket_unit, "SocketMode"), 8).unwrap();
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(mode)).unwrap();
+
+    let exec = one(&service_unit, "ExecStart");
+    let mut words = exec.split_whitespace();
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={}", one(&service_unit, "User")))
+        .arg(format!("--regid={}", one(&service_unit, "Group")))
+        .arg("--init-groups")
+        .arg(words.next().unwrap())
+        .args(words)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)));
+    for assignment in unit(&service_unit, "Environment") {
+        let (name, value) = assignment.split_once('=').unwrap();
+        command.env(name, value);
+    }
+    for file in unit(&service_unit, "EnvironmentFile") {
+        let text = std::fs::read_to_string(file.trim_start_matches('-')).unwrap();
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let (name, value) = line.split_once('=').unwrap();
+            command.env(name, value);
+        }
+    }
+    let log = site.path("daemon.log");
+    site.spawn("fileupload daemon", &mut command, Some(log));
+    socket_path
+}
+
+pub fn start_apache(
+    site: &mut Site,
+    example: &str,
+    site_text: Option<String>,
+    extra: &[(&str, String)],
+) {
+    let apache = require("apache2", "apache2");
+    let text = match site_text {
+        Some(text) => text,
+        None => {
+            let mut substitutions = vec![site.port_substitution()];
+            substitutions.extend(extra.iter().cloned());
+            site.render(example, &substitutions)
+        }
+    };
+    // The example names the modules it needs.
+    let modules: Vec<String> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# Modules:"))
+        .unwrap_or_else(|| panic!("{example} does not name its modules"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let run_dir = site.run.display().to_string();
+    let dir = site.dir.path().display().to_string();
+    let mut main = format!(
+        "ServerRoot /etc/apache2\nServerName localhost\nDefaultRuntimeDir {run_dir}\nPidFile {run_dir}/httpd.pid\n\
+         Mutex file:{run_dir} default\nUser www-data\nGroup www-data\nErrorLog {dir}/apache-error.log\nLogLevel warn\n\
+         TypesConfig /etc/mime.types\n"
+    );
+    for module in ["mpm_event", "authz_core", "mime"]
+        .iter()
+        .copied()
+        .chain(modules.iter().map(String::as_str))
+    {
+        main += &format!("LoadModule {module}_module /usr/lib/apache2/modules/mod_{module}.so\n");
+    }
+    if modules.iter().any(|m| m == "cgid") {
+        main += &format!("ScriptSock {run_dir}/cgisock\n");
+    }
+    if modules.iter().any(|m| m == "fcgid") {
+        main +=
+            &format!("FcgidIPCDir {run_dir}/fcgid\nFcgidProcessTableFile {run_dir}/fcgid_shm\n");
+    }
+    site.write("site.conf", &text);
+    main += &format!("Include {dir}/site.conf\n");
+    let conf = site.write("httpd.conf", &main);
+    site.logs.push(site.path("apache-error.log"));
+    site.spawn(
+        "apache2",
+        Command::new(apache)
+            .arg("-f")
+            .arg(&conf)
+            .arg("-DFOREGROUND"),
+        None,
+    );
+    site.wait_ready();
+}
+
+/// conf-examples/demo/index.html where the nginx example's `root` points.
+pub fn install_demo_page(site: &Site) -> PathBuf {
+    let demo = site.path("demo");
+    std::fs::create_dir_all(&demo).unwrap();
+    std::fs::copy(
+        Path::new(EXAMPLES).join("demo/index.html"),
+        demo.join("index.html"),
+    )
+    .unwrap();
+    demo
+}
