@@ -234,6 +234,11 @@ fn serve_fastcgi(config: Config) -> Result<i32, Exit> {
         options.workers,
         config.directory.display()
     );
+    // Keep serving: the pool may be a mount that comes later, and every
+    // request answers with the reason meanwhile.
+    if let Err(err) = config.pool().check() {
+        crate::log!("warning: {err}; requests fail until this is fixed");
+    }
     serve(config, listener, options).map_err(|e| error(format!("FastCGI server failed: {e}")))?;
     Ok(0)
 }

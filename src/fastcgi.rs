@@ -32,7 +32,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,8 @@ const UNKNOWN_ROLE: u8 = 3;
 const MAX_CONTENT: usize = 65535;
 /// Most bytes of `PARAMS` one request may send (nginx sends a few KiB).
 const MAX_PARAMS: usize = 1 << 20;
+/// The record reader's buffer.
+const READ_BUFFER: usize = 8 * 1024;
 /// How often the acceptor looks at the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -133,13 +135,6 @@ impl Listener {
         }
     }
 
-    fn set_nonblocking(&self) -> io::Result<()> {
-        match self {
-            Listener::Tcp(l) => l.set_nonblocking(true),
-            Listener::Unix(l, _) => l.set_nonblocking(true),
-        }
-    }
-
     fn accept(&self) -> io::Result<Stream> {
         let stream = match self {
             Listener::Tcp(l) => {
@@ -149,14 +144,15 @@ impl Listener {
             }
             Listener::Unix(l, _) => Stream::Unix(l.accept()?.0),
         };
-        // Accepted sockets inherit non-blocking mode on some systems.
-        stream.set_nonblocking(false)?;
         Ok(stream)
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
+impl Listener {
+    /// Refuses further connections (and wakes workers blocked in accept);
+    /// removes the socket file we made.
+    fn stop(&self) {
+        let _ = rustix::net::shutdown(self.as_fd(), rustix::net::Shutdown::Both);
         if let Listener::Unix(_, Some(path)) = self {
             let _ = fs::remove_file(path);
         }
@@ -179,18 +175,15 @@ enum Stream {
 }
 
 impl Stream {
-    fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-        })
+    fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        };
     }
 
     fn shutdown_read(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Read),
-            Stream::Unix(s) => s.shutdown(Shutdown::Read),
-        };
+        self.shutdown(Shutdown::Read);
     }
 
     fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
@@ -199,34 +192,39 @@ impl Stream {
             Stream::Unix(s) => s.set_read_timeout(Some(timeout)),
         }
     }
-
-    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_nonblocking(on),
-            Stream::Unix(s) => s.set_nonblocking(on),
-        }
-    }
 }
 
-impl Read for Stream {
+// Reading, writing and shutting down all work through a shared reference,
+// so one socket serves the record reader, the response and the registry
+// without duplicating its descriptor.
+impl Read for &Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
+        match *self {
+            Stream::Tcp(s) => (&*s).read(buf),
+            Stream::Unix(s) => (&*s).read(buf),
         }
     }
 }
 
-impl Write for Stream {
+impl Write for &Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
+        match *self {
+            Stream::Tcp(s) => (&*s).write(buf),
+            Stream::Unix(s) => (&*s).write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// A connection's reading end, for the `BufReader`.
+struct Incoming(Arc<Stream>);
+
+impl Read for Incoming {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
     }
 }
 
@@ -257,7 +255,7 @@ impl RateLimitedLog {
     }
 }
 
-/// State shared by the acceptor and the workers.
+/// State shared by the workers and the main thread.
 struct Server {
     config: Config,
     options: ServerOptions,
@@ -266,10 +264,8 @@ struct Server {
     /// Set when the grace time is over: running requests are cut short.
     grace_over: AtomicBool,
     /// Open connections, to cut them at shutdown; `true` while a request runs.
-    connections: Mutex<HashMap<u64, (Stream, bool)>>,
+    connections: Mutex<HashMap<u64, (Arc<Stream>, bool)>>,
     next_connection: AtomicU64,
-    idle_workers: Mutex<usize>,
-    worker_freed: Condvar,
     log: RateLimitedLog,
 }
 
@@ -280,7 +276,7 @@ impl Server {
         }
     }
 
-    fn lock_connections(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Stream, bool)>> {
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Arc<Stream>, bool)>> {
         self.connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -300,12 +296,21 @@ impl Server {
 /// Serves FastCGI until SIGTERM or SIGINT, then shuts down cleanly: stops
 /// accepting, gives running requests `grace` to finish, and cuts the rest
 /// short (their uploads end in state `error`, "interrupted").
+///
+/// Each worker accepts its own connections: one that is busy simply does
+/// not accept, so excess connections wait in the listen backlog, and no
+/// connection is handed from thread to thread.
 pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::Result<()> {
     let stopping = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stopping))?;
     }
-    listener.set_nonblocking()?;
+    // A blocked accept returns after this, so a worker notices shutdown.
+    rustix::net::sockopt::set_socket_timeout(
+        listener.as_fd(),
+        rustix::net::sockopt::Timeout::Recv,
+        Some(TICK),
+    )?;
     let workers = options.workers.max(1);
     let server = Arc::new(Server {
         config,
@@ -314,26 +319,26 @@ pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::
         grace_over: AtomicBool::new(false),
         connections: Mutex::new(HashMap::new()),
         next_connection: AtomicU64::new(0),
-        idle_workers: Mutex::new(workers),
-        worker_freed: Condvar::new(),
         log: RateLimitedLog {
             last: Mutex::new(HashMap::new()),
         },
     });
-    let (sender, receiver) = mpsc::channel::<Stream>();
-    let receiver = Arc::new(Mutex::new(receiver));
+    let listener = Arc::new(listener);
     let mut handles = Vec::with_capacity(workers);
     for n in 0..workers {
         let server = Arc::clone(&server);
-        let receiver = Arc::clone(&receiver);
+        let listener = Arc::clone(&listener);
         let handle = thread::Builder::new()
             .name(format!("fastcgi-{n}"))
-            .spawn(move || worker(&server, &receiver))?;
+            .spawn(move || worker(&server, &listener))?;
         handles.push(handle);
     }
-    accept_loop(&server, &listener, &sender);
-    drop(listener); // stop accepting; removes our socket file
-    drop(sender); // workers exit once their connection ends
+    while !server.stopping.load(Ordering::SeqCst) {
+        thread::sleep(TICK);
+    }
+    // Stop accepting now: new connections are refused rather than left
+    // waiting in the backlog for a worker that will not take them.
+    listener.stop();
 
     // Idle kept-alive connections end now; running requests get the grace.
     server.cut(true);
@@ -353,55 +358,23 @@ pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::
     Ok(())
 }
 
-fn accept_loop(server: &Server, listener: &Listener, sender: &mpsc::Sender<Stream>) {
-    let timeout = rustix::fs::Timespec {
-        tv_sec: 0,
-        tv_nsec: TICK.as_nanos() as _,
-    };
+fn worker(server: &Server, listener: &Listener) {
     while !server.stopping.load(Ordering::SeqCst) {
-        // Accept only when a worker is free: the rest wait in the backlog.
-        {
-            let idle = server
-                .idle_workers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if *idle == 0 {
-                let _ = server.worker_freed.wait_timeout(idle, TICK);
-                continue;
-            }
-        }
-        let listening = listener.as_fd();
-        let mut fds = [rustix::event::PollFd::new(
-            &listening,
-            rustix::event::PollFlags::IN,
-        )];
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-            Ok(_) => {}
-            Err(e) => {
-                server
-                    .log
-                    .log("poll", &format!("waiting for connections: {e}"));
-                thread::sleep(TICK);
-                continue;
-            }
-        }
         match listener.accept() {
-            Ok(stream) => {
-                *server
-                    .idle_workers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) -= 1;
-                if sender.send(stream).is_err() {
-                    return;
-                }
-            }
+            Ok(stream) => serve_connection(server, stream),
+            // The accept timeout: look at the shutdown flag again.
             Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted => {}
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::ConnectionAborted
+                ) => {}
+            Err(_) if server.stopping.load(Ordering::SeqCst) => return,
             Err(e) => {
-                // Out of file descriptors (EMFILE, ENFILE), or a connection
-                // that died in the backlog: wait a moment and go on.
+                // Out of file descriptors (EMFILE, ENFILE): wait a moment,
+                // while running requests finish and free some, and go on.
                 server
                     .log
                     .log("accept", &format!("cannot accept a connection: {e}"));
@@ -411,29 +384,13 @@ fn accept_loop(server: &Server, listener: &Listener, sender: &mpsc::Sender<Strea
     }
 }
 
-fn worker(server: &Server, receiver: &Mutex<mpsc::Receiver<Stream>>) {
-    loop {
-        let next = receiver
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .recv();
-        let Ok(stream) = next else { return };
-        serve_connection(server, stream);
-        *server
-            .idle_workers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) += 1;
-        server.worker_freed.notify_one();
-    }
-}
-
 /// A protocol violation: the connection cannot go on.
 #[derive(Debug)]
 struct Malformed(String);
 
 /// The reading half of a connection: records, one at a time.
 struct Records {
-    reader: BufReader<Stream>,
+    reader: BufReader<Incoming>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -488,10 +445,10 @@ impl Records {
     }
 }
 
-/// The writing half, shared by the body reader (which may have to refuse a
+/// The writing side, shared by the body reader (which may have to refuse a
 /// second request on the connection) and the response.
 struct Output {
-    stream: Mutex<Stream>,
+    stream: Arc<Stream>,
 }
 
 impl Output {
@@ -512,10 +469,7 @@ impl Output {
         ]);
         record.extend_from_slice(content);
         record.resize(record.len() + padding, 0);
-        self.stream
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .write_all(&record)
+        (&*self.stream).write_all(&record)
     }
 
     fn end_request(&self, id: u16, protocol_status: u8) -> io::Result<()> {
@@ -547,22 +501,25 @@ struct Begun {
 
 fn serve_connection(server: &Server, stream: Stream) {
     let id = server.next_connection.fetch_add(1, Ordering::Relaxed);
-    let (Ok(write_half), Ok(registry_half)) = (stream.try_clone(), stream.try_clone()) else {
-        return;
-    };
     if stream
         .set_read_timeout(server.options.read_timeout)
         .is_err()
     {
         return;
     }
-    server.lock_connections().insert(id, (registry_half, false));
+    let stream = Arc::new(stream);
+    server
+        .lock_connections()
+        .insert(id, (Arc::clone(&stream), false));
     let mut records = Records {
-        reader: BufReader::with_capacity(MAX_CONTENT + 8 + 256, stream),
+        // Small: record headers and parameters go through it, while body
+        // reads larger than it go straight to the socket. (A large one per
+        // connection costs more than it saves: std zero-fills it on first
+        // use, and glibc consolidates its heap for every allocation of
+        // 64 KiB or more.)
+        reader: BufReader::with_capacity(READ_BUFFER, Incoming(Arc::clone(&stream))),
     };
-    let output = Output {
-        stream: Mutex::new(write_half),
-    };
+    let output = Output { stream };
     loop {
         if server.stopping.load(Ordering::SeqCst) {
             break;
@@ -587,9 +544,10 @@ fn serve_connection(server: &Server, stream: Stream) {
             }
         };
         server.set_busy(id, true);
-        let keep = respond(server, &mut records, &output, &begun);
+        let keep_conn = begun.keep_conn;
+        let keep = respond(server, &mut records, &output, begun);
         server.set_busy(id, false);
-        if !keep || !begun.keep_conn {
+        if !keep || !keep_conn {
             break;
         }
     }
@@ -606,18 +564,17 @@ fn serve_connection(server: &Server, stream: Stream) {
 fn linger(records: &mut Records, output: &Output) {
     const LIMIT: u64 = 64 << 20;
     const TIME: Duration = Duration::from_secs(5);
-    let stream = output.stream.lock().unwrap_or_else(PoisonError::into_inner);
-    let _ = match &*stream {
-        Stream::Tcp(s) => s.shutdown(Shutdown::Write),
-        Stream::Unix(s) => s.shutdown(Shutdown::Write),
-    };
-    if stream.set_read_timeout(Duration::from_millis(500)).is_err() {
+    output.stream.shutdown(Shutdown::Write);
+    if output
+        .stream
+        .set_read_timeout(Duration::from_millis(500))
+        .is_err()
+    {
         return;
     }
-    drop(stream);
     let deadline = Instant::now() + TIME;
     let mut drained = 0u64;
-    let mut scratch = [0u8; 16 * 1024];
+    let mut scratch = [0u8; 4096];
     while drained < LIMIT && Instant::now() < deadline {
         match records.reader.read(&mut scratch) {
             Ok(0) | Err(_) => return,
@@ -695,7 +652,7 @@ fn next_request(
 
 /// Runs the handler for one request. Returns whether the connection may
 /// serve another.
-fn respond(server: &Server, records: &mut Records, output: &Output, begun: &Begun) -> bool {
+fn respond(server: &Server, records: &mut Records, output: &Output, begun: Begun) -> bool {
     let mut body = Body {
         records,
         output,
@@ -708,12 +665,34 @@ fn respond(server: &Server, records: &mut Records, output: &Output, begun: &Begu
     let mut response = Stdout {
         output,
         id: begun.id,
-        buffer: Vec::with_capacity(MAX_CONTENT),
+        buffer: Vec::new(),
         started: false,
     };
+    // A request with a body runs on a thread of its own at lower priority
+    // (see upload::lower_priority), so the worker keeps its priority for
+    // the status polls it serves next.
+    let bulk = begun
+        .params
+        .iter()
+        .any(|(name, value)| name == "REQUEST_METHOD" && value == "POST");
+    let params = begun.params;
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut request = Request::new(begun.params.clone(), &mut body, true);
-        handler::handle(&server.config, &mut request, &mut response)
+        let serve = || {
+            let mut request = Request::new(params, &mut body, true);
+            handler::handle(&server.config, &mut request, &mut response)
+        };
+        if !bulk {
+            return serve();
+        }
+        thread::scope(|scope| {
+            let receiving = scope.spawn(|| {
+                crate::upload::lower_priority();
+                serve()
+            });
+            receiving
+                .join()
+                .unwrap_or_else(|panic| panic::resume_unwind(panic))
+        })
     }));
     let answered = match outcome {
         Ok(result) => result.is_ok(),

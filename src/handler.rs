@@ -166,14 +166,14 @@ fn identifier(config: &Config, request: &Request<'_>) -> Result<Identifier, Http
     let text = request
         .query_param("X-Progress-ID")
         .filter(|id| !id.is_empty())
-        .or_else(|| request.header("X-Progress-ID").map(str::to_owned))
+        .or_else(|| request.header("X-Progress-ID"))
         .ok_or_else(|| {
             HttpError::new(
                 400,
                 "missing upload identifier: pass X-Progress-ID in the query string or as a header",
             )
         })?;
-    verify_identifier(&text, config.upload_key.as_ref())
+    verify_identifier(text, config.upload_key.as_ref())
         .map_err(|e| HttpError::new(e.http_status(), e.to_string()))
 }
 
@@ -222,7 +222,7 @@ fn valid_callback(name: &str) -> bool {
 
 fn check_callback(request: &Request<'_>) -> Result<(), HttpError> {
     match request.query_param("callback") {
-        Some(name) if !valid_callback(&name) => Err(HttpError::new(
+        Some(name) if !valid_callback(name) => Err(HttpError::new(
             400,
             "invalid JSONP callback: use a JavaScript name of letters, digits, '_', '$' and '.', \
              at most 64 characters",
@@ -242,7 +242,7 @@ fn wrap_jsonp(request: &Request<'_>, mut response: Response) -> Response {
         .headers
         .iter()
         .any(|(n, v)| n == "Content-Type" && v == "application/json");
-    if !is_json || !valid_callback(&callback) {
+    if !is_json || !valid_callback(callback) {
         return response;
     }
     let mut body = format!("/**/{callback}(").into_bytes();

@@ -13,6 +13,7 @@
 //! output can be streamed through without being held in memory.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::io::{self, Read, Write};
 
 use serde::Serialize;
@@ -61,6 +62,8 @@ pub struct Request<'a> {
     vars: Vec<(String, String)>,
     body: &'a mut dyn Read,
     end_is_marked: bool,
+    /// The query string's pairs, decoded on first use.
+    query: OnceCell<Vec<(String, String)>>,
 }
 
 impl<'a> Request<'a> {
@@ -76,6 +79,7 @@ impl<'a> Request<'a> {
             vars,
             body,
             end_is_marked,
+            query: OnceCell::new(),
         }
     }
 
@@ -123,10 +127,12 @@ impl<'a> Request<'a> {
     /// The first value of a query parameter, percent-decoded. Parameter
     /// names compare without regard to case (`X-Progress-ID`,
     /// `x-progress-id`).
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        query_pairs(self.query())
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .get_or_init(|| query_pairs(self.query()).collect())
+            .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether a flag such as `&status` or `&clear` is present.
@@ -390,11 +396,11 @@ mod tests {
             &mut empty,
             false,
         );
-        assert_eq!(req.query_param("X-Progress-ID").as_deref(), Some("a-b"));
+        assert_eq!(req.query_param("X-Progress-ID"), Some("a-b"));
         assert!(req.query_flag("status"));
         assert!(!req.query_flag("clear"));
-        assert_eq!(req.query_param("sp").as_deref(), Some("a b"));
-        assert_eq!(req.query_param("bad").as_deref(), Some("%zz%4"));
+        assert_eq!(req.query_param("sp"), Some("a b"));
+        assert_eq!(req.query_param("bad"), Some("%zz%4"));
         assert_eq!(req.header("X-Progress-ID"), Some("from-header"));
         assert_eq!(req.method(), "GET");
         assert_eq!(percent_decode("%2e%2e%2F"), "../");

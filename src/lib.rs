@@ -44,6 +44,7 @@ pub mod cli;
 pub mod config;
 pub mod fastcgi;
 pub mod handler;
+pub mod hashing;
 pub mod http;
 pub mod identifier;
 pub mod multipart;

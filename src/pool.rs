@@ -163,6 +163,12 @@ impl Pool {
         &self.dir
     }
 
+    /// Whether the pool can be opened (and, for the default pool, made):
+    /// for a server to say at start what every request would fail with.
+    pub fn check(&self) -> Result<(), PoolError> {
+        self.open_root().map(drop)
+    }
+
     /// The folder of the upload with this identifier.
     pub fn bucket_path(&self, id: &Identifier) -> PathBuf {
         self.dir.join(id.name())
@@ -236,11 +242,37 @@ impl Pool {
         }
     }
 
+    /// Opens an existing bucket, for reading. Status polls are the most
+    /// frequent request, so a configured pool is not opened first: the
+    /// bucket is opened by its full path in one step (`O_NOFOLLOW` still
+    /// guards its last component, the only one a client names), and the
+    /// pool itself is only looked at when the bucket is missing, to tell an
+    /// unknown upload from a missing pool. The default pool, in the shared
+    /// temp directory, always goes through `open_root` and its owner check.
+    fn find_bucket(&self, name: &str) -> Result<Option<OwnedFd>, PoolError> {
+        if self.create {
+            let root = self.open_root()?;
+            return self.open_bucket(&root, name);
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::open(self.dir.join(name), flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::NOENT | Errno::NOTDIR) => {
+                let root = self.open_root()?;
+                self.open_bucket(&root, name)
+            }
+            Err(Errno::LOOP) => Err(PoolError::Unusable {
+                path: self.dir.clone(),
+                reason: format!("{name} is not a folder (a link or a file was put in its place)"),
+            }),
+            Err(e) => Err(errno_error(format!("cannot open upload folder {name}"))(e)),
+        }
+    }
+
     /// The upload's status. An unknown identifier is `starting`; an upload
     /// whose receiver died is `error` ("interrupted").
     pub fn status(&self, id: &Identifier) -> Result<Status, PoolError> {
-        let root = self.open_root()?;
-        let Some(bucket) = self.open_bucket(&root, id.name())? else {
+        let Some(bucket) = self.find_bucket(id.name())? else {
             return Ok(Status::starting());
         };
         let Some(status) = read_status(&bucket, id)? else {
@@ -334,7 +366,16 @@ impl Pool {
                 rustix::fs::fchmod(&bucket, Mode::from_raw_mode(self.dir_mode()))
                     .map_err(errno_error("cannot set upload folder permissions"))?;
             }
-            let lock = self.create_file(&bucket, LOCK, false)?;
+            let lock = match self.create_file(&bucket, LOCK, false) {
+                Ok(lock) => lock,
+                // Removed between our open and this create: start over.
+                Err(PoolError::Io { source, .. })
+                    if source.raw_os_error() == Some(Errno::NOENT.raw_os_error()) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             lock_exclusive(&lock)?;
             let identity = identity_of(&bucket)?;
             if self.identity_at(&root, name) != Some(identity) {
@@ -563,9 +604,11 @@ impl Upload {
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(self.file_mode);
-        let fd = rustix::fs::openat(&self.bucket, &name, flags, mode).map_err(errno_error(
-            format!("cannot create {name} in upload folder"),
-        ))?;
+        let fd = rustix::fs::openat(&self.bucket, &name, flags, mode)
+            .map_err(errno_error(format!(
+                "cannot create {name} in upload folder"
+            )))
+            .map_err(|e| self.explain(e))?;
         rustix::fs::fchmod(&fd, mode)
             .map_err(errno_error(format!("cannot set permissions of {name}")))?;
         Ok((File::from(fd), self.path.join(name)))
@@ -573,10 +616,22 @@ impl Upload {
 
     /// Replaces the status document atomically.
     pub fn write_status(&self, status: &Status) -> Result<(), PoolError> {
-        write_status_file(&self.bucket, status, self.file_mode).map_err(io_error(format!(
-            "cannot write status of upload {}",
-            self.identifier
-        )))
+        write_status_file(&self.bucket, status, self.file_mode)
+            .map_err(io_error(format!(
+                "cannot write status of upload {}",
+                self.identifier
+            )))
+            .map_err(|e| self.explain(e))
+    }
+
+    /// A failure inside a bucket that a clear (or gc) removed is the
+    /// cancellation, not an I/O error of its own.
+    fn explain(&self, err: PoolError) -> PoolError {
+        if self.is_cancelled() {
+            PoolError::Cancelled
+        } else {
+            err
+        }
     }
 
     /// Whether the bucket was cleared (renamed out of the pool) since the

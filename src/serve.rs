@@ -35,6 +35,9 @@ pub fn run(config: Config, address: &str) -> Result<(), String> {
          This is a development server; in production run fileupload behind a web server.",
         config.directory.display()
     );
+    if let Err(err) = config.pool().check() {
+        crate::log!("warning: {err}; requests fail until this is fixed");
+    }
     if bound.is_some_and(|a| !a.ip().is_loopback()) {
         crate::log!("warning: {shown} is reachable from other machines");
     }

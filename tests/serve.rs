@@ -105,9 +105,10 @@ fn says_where_to_point_the_browser_and_serves_the_page() {
 fn binds_to_loopback_by_default() {
     // Port 8080 may be taken on this machine; either way the address it
     // names is the loopback one.
+    let pool = TestPool::new();
     let mut child = Command::new(bin())
         .env_clear()
-        .env("FILEUPLOAD_DIRECTORY", TestPool::new().path())
+        .env("FILEUPLOAD_DIRECTORY", pool.path())
         .arg("serve")
         .stderr(Stdio::piped())
         .spawn()
@@ -215,9 +216,10 @@ fn with_a_key_the_page_carries_a_signed_identifier() {
 
 #[test]
 fn warns_when_reachable_from_other_machines() {
+    let pool = TestPool::new();
     let mut child = Command::new(bin())
         .env_clear()
-        .env("FILEUPLOAD_DIRECTORY", TestPool::new().path())
+        .env("FILEUPLOAD_DIRECTORY", pool.path())
         .args(["serve", "--http", "0.0.0.0:0"])
         .stderr(Stdio::piped())
         .spawn()

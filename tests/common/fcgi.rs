@@ -19,6 +19,10 @@ pub const GET_VALUES_RESULT: u8 = 10;
 pub const UNKNOWN_TYPE: u8 = 11;
 
 pub fn record(kind: u8, id: u16, content: &[u8]) -> Vec<u8> {
+    assert!(
+        content.len() <= 65535,
+        "a FastCGI record carries at most 65535 bytes"
+    );
     let mut out = vec![1, kind];
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&(content.len() as u16).to_be_bytes());
@@ -61,12 +65,16 @@ pub fn request_head(id: u16, params: &[(&str, &str)], keep_conn: bool) -> Vec<u8
 
 /// STDIN records carrying `body`, and the empty one that ends it.
 pub fn stdin_records(id: u16, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for chunk in body.chunks(65535) {
-        out.extend(record(STDIN, id, chunk));
-    }
+    let mut out = stdin_data(id, body);
     out.extend(record(STDIN, id, &[]));
     out
+}
+
+/// STDIN records carrying `body`, without the end.
+pub fn stdin_data(id: u16, body: &[u8]) -> Vec<u8> {
+    body.chunks(65535)
+        .flat_map(|chunk| record(STDIN, id, chunk))
+        .collect()
 }
 
 #[derive(Debug)]

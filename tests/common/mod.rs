@@ -221,6 +221,14 @@ impl Cgi {
         self
     }
 
+    /// A variable this invocation sets.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn without(mut self, name: &str) -> Cgi {
         self.env.retain(|(n, _)| n != name);
         self

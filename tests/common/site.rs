@@ -64,6 +64,11 @@ pub struct Site {
     pub processes: Vec<(String, Child)>,
     /// Logs to show when something fails.
     pub logs: Vec<PathBuf>,
+    /// The size limits put in place of the examples' 100/101 MiB.
+    pub max_size_mib: u64,
+    pub server_limit_mib: u64,
+    /// Settings added to the daemon's environment file, as an admin would.
+    pub daemon_env: Vec<(String, String)>,
 }
 
 impl Site {
@@ -93,6 +98,9 @@ impl Site {
             prefix: String::new(),
             processes: Vec::new(),
             logs: Vec::new(),
+            max_size_mib: MAX_SIZE_MIB,
+            server_limit_mib: SERVER_LIMIT_MIB,
+            daemon_env: Vec::new(),
         }
     }
 
@@ -304,7 +312,7 @@ pub fn start_nginx(site: &mut Site, example: &str, extra: &[(&str, String)]) {
         site.port_substitution(),
         (
             "client_max_body_size 101m;",
-            format!("client_max_body_size {SERVER_LIMIT_MIB}m;"),
+            format!("client_max_body_size {}m;", site.server_limit_mib),
         ),
     ];
     substitutions.extend(extra.iter().cloned());
@@ -389,13 +397,17 @@ pub fn start_systemd_daemon(site: &mut Site) -> PathBuf {
     substitutions.push(("/etc/fileupload.env", env_file.display().to_string()));
     substitutions.push((
         "FILEUPLOAD_MAX_SIZE=100",
-        format!("FILEUPLOAD_MAX_SIZE={MAX_SIZE_MIB}"),
+        format!("FILEUPLOAD_MAX_SIZE={}", site.max_size_mib),
     ));
     let service_unit = site.write(
         "systemd/fileupload.service",
         &site.render("systemd/fileupload.service", &substitutions),
     );
-    std::fs::copy(Path::new(EXAMPLES).join("fileupload.env"), &env_file).unwrap();
+    let mut env_text = std::fs::read_to_string(Path::new(EXAMPLES).join("fileupload.env")).unwrap();
+    for (name, value) in &site.daemon_env {
+        env_text += &format!("{name}={value}\n");
+    }
+    std::fs::write(&env_file, env_text).unwrap();
 
     let verify = Command::new(require("systemd-analyze", "systemd"))
         .args(["verify", "--man=no"])
