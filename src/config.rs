@@ -339,10 +339,7 @@ impl Config {
                 "upload_key" => config.upload_key = Key::new(value.as_bytes()),
                 "upload_key_file" => {
                     let path = PathBuf::from(value);
-                    let text = fs::read(&path).map_err(|source| ConfigError::KeyFile {
-                        path: path.clone(),
-                        source,
-                    })?;
+                    let text = read_key_file(&path)?;
                     let text = text
                         .strip_suffix(b"\n")
                         .map(|t| t.strip_suffix(b"\r").unwrap_or(t))
@@ -416,6 +413,29 @@ impl Config {
     pub fn pool(&self) -> Pool {
         Pool::new(&self.directory, self.file_mode, self.directory_is_default)
     }
+}
+
+/// Longest key file read: a key is a few dozen bytes, and a path to
+/// something endless (`/dev/zero`) must not exhaust memory.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+fn read_key_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let error = |source| ConfigError::KeyFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut text = Vec::new();
+    fs::File::open(path)
+        .and_then(|file| file.take(MAX_KEY_FILE + 1).read_to_end(&mut text))
+        .map_err(error)?;
+    if text.len() as u64 > MAX_KEY_FILE {
+        return Err(error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {MAX_KEY_FILE} bytes; is this the key?"),
+        )));
+    }
+    Ok(text)
 }
 
 /// Reads `key = value` lines. `#` and `;` start comment lines; `[section]`
@@ -619,6 +639,8 @@ mod tests {
         assert_eq!(config.upload_key, None);
         let err = load(&[], &[("FILEUPLOAD_UPLOAD_KEY_FILE", "/nonexistent/key")]).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/key"), "{err}");
+        let err = load(&[], &[("FILEUPLOAD_UPLOAD_KEY_FILE", "/dev/zero")]).unwrap_err();
+        assert!(err.to_string().contains("longer than 65536 bytes"), "{err}");
     }
 
     #[test]

@@ -232,10 +232,15 @@ impl Read for Incoming {
 /// were held back: a peer sending garbage cannot flood the log.
 struct RateLimitedLog {
     last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+    /// `serve_bytes` (fuzzing) logs nothing.
+    quiet: bool,
 }
 
 impl RateLimitedLog {
     fn log(&self, kind: &'static str, message: &str) {
+        if self.quiet {
+            return;
+        }
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         let entry = last
@@ -270,6 +275,21 @@ struct Server {
 }
 
 impl Server {
+    fn new(config: Config, options: ServerOptions, stopping: Arc<AtomicBool>) -> Server {
+        Server {
+            config,
+            options,
+            stopping,
+            grace_over: AtomicBool::new(false),
+            connections: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(0),
+            log: RateLimitedLog {
+                last: Mutex::new(HashMap::new()),
+                quiet: false,
+            },
+        }
+    }
+
     fn set_busy(&self, id: u64, busy: bool) {
         if let Some(entry) = self.lock_connections().get_mut(&id) {
             entry.1 = busy;
@@ -312,17 +332,7 @@ pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::
         Some(TICK),
     )?;
     let workers = options.workers.max(1);
-    let server = Arc::new(Server {
-        config,
-        options,
-        stopping,
-        grace_over: AtomicBool::new(false),
-        connections: Mutex::new(HashMap::new()),
-        next_connection: AtomicU64::new(0),
-        log: RateLimitedLog {
-            last: Mutex::new(HashMap::new()),
-        },
-    });
+    let server = Arc::new(Server::new(config, options, stopping));
     let listener = Arc::new(listener);
     let mut handles = Vec::with_capacity(workers);
     for n in 0..workers {
@@ -356,6 +366,36 @@ pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::
         thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Serves one connection on which the peer sends `input` and then closes
+/// its side; returns everything the peer received. The way in for fuzzing
+/// the record stream (fuzz/fuzz_targets/fastcgi_stream.rs), not a stable
+/// API.
+#[doc(hidden)]
+pub fn serve_bytes(config: Config, input: &[u8]) -> io::Result<Vec<u8>> {
+    let (ours, mut theirs) = UnixStream::pair()?;
+    let options = ServerOptions {
+        workers: 1,
+        grace: Duration::ZERO,
+        read_timeout: Duration::from_secs(5),
+    };
+    let mut server = Server::new(config, options, Arc::new(AtomicBool::new(false)));
+    server.log.quiet = true;
+    thread::scope(|scope| {
+        let peer = scope.spawn(move || {
+            // The server may stop reading (a malformed record) and close:
+            // the rest of the input is then refused, which is fine.
+            let _ = theirs.write_all(input);
+            let _ = theirs.shutdown(Shutdown::Write);
+            let mut received = Vec::new();
+            let _ = theirs.read_to_end(&mut received);
+            received
+        });
+        serve_connection(&server, Stream::Unix(ours));
+        peer.join()
+            .map_err(|_| io::Error::other("the peer thread panicked"))
+    })
 }
 
 fn worker(server: &Server, listener: &Listener) {

@@ -123,8 +123,17 @@ fn cases() -> Vec<Case> {
         case("fields only", ok, 400, "no file part").form(&Form::new().field("a", "b")),
         case("no parts at all", ok, 400, "no file part").body(raw("--B--\r\n")),
         case("1001 parts", ok, 400, "more than 1000 parts").form(&many_parts),
+        case("a million tiny parts", ok, 400, "more than 1000 parts").body(million_parts(&boundary)),
         case("70 KB of fields", ok, 413, "text fields are larger than 65536 bytes").form(&big_fields),
     ]
+}
+
+/// 1,000,000 one-byte fields: 62 MB of body. Refused at part 1001.
+fn million_parts(boundary: &str) -> Vec<u8> {
+    let part = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"p\"\r\n\r\nx\r\n");
+    let mut body = part.repeat(1_000_000).into_bytes();
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    body
 }
 
 #[test]
