@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::site::{Site, install_demo_page, start_nginx, start_systemd_daemon};
+use common::site::{Site, start_nginx_with_the_daemon};
 use common::webdriver::Browser;
 use common::*;
 
@@ -191,19 +191,7 @@ fn the_page_from_fileupload_serve_with_a_watching_tab() {
 #[test]
 fn the_same_page_served_by_nginx_in_front_of_the_fastcgi_daemon() {
     let mut site = Site::new();
-    let socket = start_systemd_daemon(&mut site);
-    let demo = install_demo_page(&site);
-    start_nginx(
-        &mut site,
-        "nginx-fastcgi.conf",
-        &[
-            (
-                "unix:/run/fileupload/fileupload.sock",
-                format!("unix:{}", socket.display()),
-            ),
-            ("/usr/local/share/fileupload", demo.display().to_string()),
-        ],
-    );
+    start_nginx_with_the_daemon(&mut site);
     let browser = Browser::start();
     let status = |id: &str| site.status(id);
     // Under the harness's 4 MiB max_size.

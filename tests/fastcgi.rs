@@ -12,13 +12,6 @@ use std::time::Duration;
 use common::fcgi::*;
 use common::*;
 
-fn upload_params<'a>(form: &'a Form, target: &'a str, body_len: usize) -> Vec<(String, String)> {
-    let mut params = params_for("POST", target);
-    params.push(("CONTENT_TYPE".into(), form.content_type()));
-    params.push(("CONTENT_LENGTH".into(), body_len.to_string()));
-    params
-}
-
 fn pairs(params: &[(String, String)]) -> Vec<(&str, &str)> {
     params
         .iter()
@@ -191,9 +184,8 @@ fn a_connection_cut_mid_upload_fails_that_upload_only() {
         &random_bytes(1 << 20, 4),
     );
     let body = form.body();
-    let params = upload_params(&form, "/upload?X-Progress-ID=cut", body.len());
     let mut stream = daemon.connect();
-    let mut bytes = request_head(1, &pairs(&params), false);
+    let mut bytes = upload_head(&form, "/upload?X-Progress-ID=cut", body.len(), false);
     bytes.extend(record(STDIN, 1, &body[..60_000]));
     stream.write_all(&bytes).unwrap();
     wait_for(Duration::from_secs(10), || {
@@ -229,9 +221,8 @@ fn an_aborted_request_ends_with_end_request_and_an_error_status() {
         &random_bytes(1 << 20, 5),
     );
     let body = form.body();
-    let params = upload_params(&form, "/upload?X-Progress-ID=aborted", body.len());
     let mut stream = daemon.connect();
-    let mut bytes = request_head(1, &pairs(&params), false);
+    let mut bytes = upload_head(&form, "/upload?X-Progress-ID=aborted", body.len(), false);
     bytes.extend(record(STDIN, 1, &body[..50_000]));
     stream.write_all(&bytes).unwrap();
     wait_for(Duration::from_secs(10), || {
@@ -280,8 +271,7 @@ fn management_records_multiplexing_and_roles() {
     // A second request while one runs: FCGI_CANT_MPX_CONN.
     let form = Form::new().file("f", "m", "text/plain", b"mpx");
     let body = form.body();
-    let params = upload_params(&form, "/upload?X-Progress-ID=mpx", body.len());
-    let mut bytes = request_head(1, &pairs(&params), true);
+    let mut bytes = upload_head(&form, "/upload?X-Progress-ID=mpx", body.len(), true);
     bytes.extend(record(STDIN, 1, &body[..10]));
     bytes.extend(begin(2, 1, true));
     bytes.extend(stdin_records(1, &body[10..]));
@@ -340,13 +330,13 @@ fn excess_connections_wait_for_a_worker() {
             &random_bytes(100_000, u64::from(n)),
         );
         let body = form.body();
-        let params = upload_params(
+        let mut stream = daemon.connect();
+        let mut bytes = upload_head(
             &form,
             &format!("/upload?X-Progress-ID=wait-{n}"),
             body.len(),
+            false,
         );
-        let mut stream = daemon.connect();
-        let mut bytes = request_head(1, &pairs(&params), false);
         bytes.extend(record(STDIN, 1, &body[..1000]));
         stream.write_all(&bytes).unwrap();
         streams.push(stream);
@@ -387,9 +377,13 @@ fn sigterm_lets_running_uploads_finish_then_cuts_the_rest() {
             &random_bytes(200_000, 7),
         );
         let body = form.body();
-        let params = upload_params(&form, &format!("/upload?X-Progress-ID={id}"), body.len());
         let mut stream = daemon.connect();
-        let mut bytes = request_head(1, &pairs(&params), false);
+        let mut bytes = upload_head(
+            &form,
+            &format!("/upload?X-Progress-ID={id}"),
+            body.len(),
+            false,
+        );
         bytes.extend(record(STDIN, 1, &body[..5000]));
         stream.write_all(&bytes).unwrap();
         (stream, body)

@@ -141,15 +141,13 @@ fn the_client_disappears_at_50_offsets_through_the_daemon() {
     let body = form.body();
     for (n, cut) in cut_points(&body, &form.boundary).into_iter().enumerate() {
         let id = format!("fcut-{n}");
-        let mut params = params_for("POST", &format!("/upload?X-Progress-ID={id}"));
-        params.push(("CONTENT_TYPE".into(), form.content_type()));
-        params.push(("CONTENT_LENGTH".into(), body.len().to_string()));
-        let pairs: Vec<(&str, &str)> = params
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         let mut stream = daemon.connect();
-        let mut bytes = request_head(1, &pairs, false);
+        let mut bytes = upload_head(
+            &form,
+            &format!("/upload?X-Progress-ID={id}"),
+            body.len(),
+            false,
+        );
         bytes.extend(stdin_data(1, &body[..cut]));
         stream.write_all(&bytes).unwrap();
         drop(stream); // the web server's connection goes
@@ -329,15 +327,8 @@ fn the_daemon_killed_mid_upload_leaves_an_interrupted_upload_that_gc_removes() {
         &random_bytes(1 << 20, 6),
     );
     let body = form.body();
-    let mut params = params_for("POST", "/upload?X-Progress-ID=killed");
-    params.push(("CONTENT_TYPE".into(), form.content_type()));
-    params.push(("CONTENT_LENGTH".into(), body.len().to_string()));
-    let pairs: Vec<(&str, &str)> = params
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let mut stream = daemon.connect();
-    let mut bytes = request_head(1, &pairs, false);
+    let mut bytes = upload_head(&form, "/upload?X-Progress-ID=killed", body.len(), false);
     bytes.extend(stdin_data(1, &body[..100_000]));
     stream.write_all(&bytes).unwrap();
     wait_for(Duration::from_secs(10), || {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use common::site::{Site, install_demo_page, start_nginx, start_systemd_daemon};
+use common::site::{Site, start_nginx_with_the_daemon};
 
 const UPLOADERS: usize = 64;
 const POLLERS: usize = 100;
@@ -158,19 +158,7 @@ fn sixty_four_uploads_and_500_status_polls_a_second() {
     // idle connections (keepalive 8 per nginx worker).
     site.daemon_env
         .push(("FILEUPLOAD_WORKERS".into(), "160".into()));
-    let socket = start_systemd_daemon(&mut site);
-    let demo = install_demo_page(&site);
-    start_nginx(
-        &mut site,
-        "nginx-fastcgi.conf",
-        &[
-            (
-                "unix:/run/fileupload/fileupload.sock",
-                format!("unix:{}", socket.display()),
-            ),
-            ("/usr/local/share/fileupload", demo.display().to_string()),
-        ],
-    );
+    start_nginx_with_the_daemon(&mut site);
     let port = site.port;
     let daemon_pid = site.processes[0].1.id();
     let bodies = Arc::new(make_bodies(max_mib));

@@ -188,19 +188,7 @@ fn nginx_with_fcgiwrap() {
 #[test]
 fn nginx_with_the_fastcgi_daemon() {
     let mut site = Site::new();
-    let socket = start_systemd_daemon(&mut site);
-    let demo = install_demo_page(&site);
-    start_nginx(
-        &mut site,
-        "nginx-fastcgi.conf",
-        &[
-            (
-                "unix:/run/fileupload/fileupload.sock",
-                format!("unix:{}", socket.display()),
-            ),
-            ("/usr/local/share/fileupload", demo.display().to_string()),
-        ],
-    );
+    start_nginx_with_the_daemon(&mut site);
     // nginx serves the demo page next to the upload location.
     let (code, page) = site.get("/");
     assert_eq!(code, 200);

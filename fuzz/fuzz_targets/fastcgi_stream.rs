@@ -1,29 +1,12 @@
 //! The FastCGI record stream: whatever a peer sends on a connection, the
 //! server answers with well-formed records (or nothing) and never panics.
 #![no_main]
-use std::sync::OnceLock;
+mod common;
 
-use fileupload::Config;
 use libfuzzer_sys::fuzz_target;
 
-fn config() -> &'static Config {
-    static CONFIG: OnceLock<(tempfile::TempDir, Config)> = OnceLock::new();
-    let (_, config) = CONFIG.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = Config {
-            directory: dir.path().to_owned(),
-            directory_is_default: false,
-            max_size: Some(1 << 20),
-            progress_interval: None,
-            ..Config::default()
-        };
-        (dir, config)
-    });
-    config
-}
-
 fuzz_target!(|data: &[u8]| {
-    let received = fileupload::fastcgi::serve_bytes(config().clone(), data).expect("socket pair");
+    let received = fileupload::fastcgi::serve_bytes(common::config().clone(), data).expect("socket pair");
     // Every byte sent back belongs to a whole record of version 1.
     let mut rest = &received[..];
     while !rest.is_empty() {

@@ -2,11 +2,11 @@
 //! Whatever the body, the answer is JSON, and either the upload is done
 //! with files whose SHA-256 matches their bytes, or no file is left.
 #![no_main]
-use std::io::{self, Write};
-use std::sync::OnceLock;
+mod common;
 
+use std::io::{self, Write};
 use fileupload::http::{Request, ResponseWriter};
-use fileupload::{Config, State, handler, verify_identifier};
+use fileupload::{State, handler, verify_identifier};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 
@@ -23,22 +23,6 @@ impl ResponseWriter for Collect {
     }
 }
 
-fn config() -> &'static Config {
-    static CONFIG: OnceLock<(tempfile::TempDir, Config)> = OnceLock::new();
-    let (_, config) = CONFIG.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = Config {
-            directory: dir.path().to_owned(),
-            directory_is_default: false,
-            max_size: Some(1 << 20),
-            progress_interval: None,
-            ..Config::default()
-        };
-        (dir, config)
-    });
-    config
-}
-
 fuzz_target!(|data: &[u8]| {
     // An optional first line `CT:<content type>`; else a fixed boundary.
     let (content_type, body) = match data.strip_prefix(b"CT:") {
@@ -49,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         }
         None => ("multipart/form-data; boundary=fuzz".to_owned(), data),
     };
-    let config = config();
+    let config = common::config();
     let vars: Vec<(String, String)> = [
         ("REQUEST_METHOD", "POST"),
         ("PATH_INFO", "/upload"),

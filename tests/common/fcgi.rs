@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Reply, bin, parse_cgi};
+use super::{Form, Reply, bin, parse_cgi};
 
 pub const BEGIN_REQUEST: u8 = 1;
 pub const ABORT_REQUEST: u8 = 2;
@@ -295,4 +295,17 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// BEGIN_REQUEST and PARAMS of a POST of `form` (whose body is `body_len`
+/// bytes) to `target`, as request 1.
+pub fn upload_head(form: &Form, target: &str, body_len: usize, keep_conn: bool) -> Vec<u8> {
+    let mut params = params_for("POST", target);
+    params.push(("CONTENT_TYPE".into(), form.content_type()));
+    params.push(("CONTENT_LENGTH".into(), body_len.to_string()));
+    let pairs: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    request_head(1, &pairs, keep_conn)
 }

@@ -553,3 +553,21 @@ pub fn install_demo_page(site: &Site) -> PathBuf {
     .unwrap();
     demo
 }
+
+/// nginx-fastcgi.conf in front of the daemon as the systemd units start
+/// it, with the demo page where the example serves it.
+pub fn start_nginx_with_the_daemon(site: &mut Site) {
+    let socket = start_systemd_daemon(site);
+    let demo = install_demo_page(site);
+    start_nginx(
+        site,
+        "nginx-fastcgi.conf",
+        &[
+            (
+                "unix:/run/fileupload/fileupload.sock",
+                format!("unix:{}", socket.display()),
+            ),
+            ("/usr/local/share/fileupload", demo.display().to_string()),
+        ],
+    );
+}
