@@ -25,16 +25,7 @@ fn answers_match_the_cgi_transport() {
     let daemon = Daemon::start(pool.path(), &[]);
     let data = random_bytes(500_000, 1);
     let form = Form::new().file("f", "a.bin", "application/octet-stream", &data);
-    let body = form.body();
-    let reply = daemon.request(
-        "POST",
-        "/upload?X-Progress-ID=fcgi-1",
-        &[
-            ("CONTENT_TYPE", &form.content_type()),
-            ("CONTENT_LENGTH", &body.len().to_string()),
-        ],
-        &body,
-    );
+    let reply = daemon.post_form("/upload?X-Progress-ID=fcgi-1", &form);
     assert_eq!(reply.status, 200, "{}", reply.text());
     let json = reply.json();
     assert_eq!(json["files"][0]["sha256"], sha256_hex(&data));

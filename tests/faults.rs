@@ -346,16 +346,7 @@ fn the_daemon_killed_mid_upload_leaves_an_interrupted_upload_that_gc_removes() {
     // A new daemon serves a new upload at once.
     let daemon = Daemon::start(pool.path(), &[]);
     let small = Form::new().file("f", "n.bin", "application/octet-stream", b"fresh");
-    let small_body = small.body();
-    let reply = daemon.request(
-        "POST",
-        "/upload?X-Progress-ID=after-kill",
-        &[
-            ("CONTENT_TYPE", &small.content_type()),
-            ("CONTENT_LENGTH", &small_body.len().to_string()),
-        ],
-        &small_body,
-    );
+    let reply = daemon.post_form("/upload?X-Progress-ID=after-kill", &small);
     assert_eq!(reply.json()["state"], "done");
     // gc takes what the killed daemon left.
     thread::sleep(Duration::from_millis(1100));

@@ -232,3 +232,27 @@ fn warns_when_reachable_from_other_machines() {
     assert!(first.contains("http://0.0.0.0:"), "{first}");
     assert!(second.contains("reachable from other machines"), "{second}");
 }
+
+#[test]
+fn the_demo_page_loads_nothing_from_elsewhere() {
+    // One file, no CDN: no absolute or protocol-relative URL, no external
+    // script or stylesheet; every request it makes is relative to itself.
+    let page = fileupload::serve::DEMO_PAGE;
+    for pattern in [
+        "http://",
+        "https://",
+        "src=\"//",
+        "href=\"//",
+        "<link",
+        "<script src",
+    ] {
+        assert!(
+            !page.contains(pattern),
+            "the demo page contains {pattern:?}"
+        );
+    }
+    assert!(
+        page.contains("<script>") && page.contains("<style>"),
+        "inline script and style"
+    );
+}

@@ -261,6 +261,21 @@ impl Daemon {
         reply
     }
 
+    /// POSTs a form with its Content-Type and Content-Length.
+    pub fn post_form(&self, target: &str, form: &Form) -> Reply {
+        let body = form.body();
+        let length = body.len().to_string();
+        self.request(
+            "POST",
+            target,
+            &[
+                ("CONTENT_TYPE", &form.content_type()),
+                ("CONTENT_LENGTH", &length),
+            ],
+            &body,
+        )
+    }
+
     pub fn get(&self, target: &str) -> Reply {
         self.request("GET", target, &[], b"")
     }
