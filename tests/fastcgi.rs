@@ -168,21 +168,7 @@ fn malformed_records_end_the_connection_with_little_log() {
 fn a_connection_cut_mid_upload_fails_that_upload_only() {
     let pool = TestPool::new();
     let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
-    let form = Form::new().file(
-        "f",
-        "cut.bin",
-        "application/octet-stream",
-        &random_bytes(1 << 20, 4),
-    );
-    let body = form.body();
-    let mut stream = daemon.connect();
-    let mut bytes = upload_head(&form, "/upload?X-Progress-ID=cut", body.len(), false);
-    bytes.extend(record(STDIN, 1, &body[..60_000]));
-    stream.write_all(&bytes).unwrap();
-    wait_for(Duration::from_secs(10), || {
-        (status_of(&pool.cgi(), "cut")["received"] == 60_000).then_some(())
-    })
-    .expect("upload never started");
+    let stream = daemon.begin_partial_upload(&pool, "cut", 4, 60_000);
     drop(stream);
     let status = wait_for(Duration::from_secs(10), || {
         let status = status_of(&pool.cgi(), "cut");
@@ -205,21 +191,7 @@ fn a_connection_cut_mid_upload_fails_that_upload_only() {
 fn an_aborted_request_ends_with_end_request_and_an_error_status() {
     let pool = TestPool::new();
     let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
-    let form = Form::new().file(
-        "f",
-        "ab.bin",
-        "application/octet-stream",
-        &random_bytes(1 << 20, 5),
-    );
-    let body = form.body();
-    let mut stream = daemon.connect();
-    let mut bytes = upload_head(&form, "/upload?X-Progress-ID=aborted", body.len(), false);
-    bytes.extend(record(STDIN, 1, &body[..50_000]));
-    stream.write_all(&bytes).unwrap();
-    wait_for(Duration::from_secs(10), || {
-        (status_of(&pool.cgi(), "aborted")["received"] == 50_000).then_some(())
-    })
-    .expect("upload never started");
+    let mut stream = daemon.begin_partial_upload(&pool, "aborted", 5, 50_000);
     stream.write_all(&record(ABORT_REQUEST, 1, &[])).unwrap();
     let (reply, protocol_status) = read_response(&mut stream, 1);
     assert_eq!(protocol_status, 0, "REQUEST_COMPLETE");

@@ -320,21 +320,7 @@ fn a_missing_read_only_or_full_pool_is_a_clear_error() {
 fn the_daemon_killed_mid_upload_leaves_an_interrupted_upload_that_gc_removes() {
     let pool = TestPool::new();
     let mut daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
-    let form = Form::new().file(
-        "f",
-        "k.bin",
-        "application/octet-stream",
-        &random_bytes(1 << 20, 6),
-    );
-    let body = form.body();
-    let mut stream = daemon.connect();
-    let mut bytes = upload_head(&form, "/upload?X-Progress-ID=killed", body.len(), false);
-    bytes.extend(stdin_data(1, &body[..100_000]));
-    stream.write_all(&bytes).unwrap();
-    wait_for(Duration::from_secs(10), || {
-        (status_of(&pool.cgi(), "killed")["received"] == 100_000).then_some(())
-    })
-    .expect("upload never progressed");
+    let _open = daemon.begin_partial_upload(&pool, "killed", 6, 100_000);
     daemon.child.kill().unwrap(); // SIGKILL
     daemon.child.wait().unwrap();
     let status = status_of(&pool.cgi(), "killed");

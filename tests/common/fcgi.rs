@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Form, Reply, bin, parse_cgi};
+use super::{Form, Reply, TestPool, bin, parse_cgi, random_bytes, status_of, wait_for};
 
 pub const BEGIN_REQUEST: u8 = 1;
 pub const ABORT_REQUEST: u8 = 2;
@@ -175,14 +175,36 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = command.spawn().expect("start fileupload --listen");
-        let daemon = Daemon {
-            child,
-            socket,
-            log,
-            _dir: dir,
-        };
-        daemon.wait_ready();
-        daemon
+        Daemon::adopt(child, socket, log, dir)
+    }
+
+    /// Starts a 1 MiB upload under `id` on a new connection, sends the first
+    /// `sent` bytes of its body and returns once the pool's status counts
+    /// them: the point at which fault tests cut, abort or kill.
+    pub fn begin_partial_upload(
+        &self,
+        pool: &TestPool,
+        id: &str,
+        seed: u64,
+        sent: usize,
+    ) -> UnixStream {
+        let form = Form::new().file(
+            "f",
+            "partial.bin",
+            "application/octet-stream",
+            &random_bytes(1 << 20, seed),
+        );
+        let body = form.body();
+        let mut stream = self.connect();
+        let target = format!("/upload?X-Progress-ID={id}");
+        let mut bytes = upload_head(&form, &target, body.len(), false);
+        bytes.extend(stdin_data(1, &body[..sent]));
+        stream.write_all(&bytes).unwrap();
+        wait_for(Duration::from_secs(10), || {
+            (status_of(&pool.cgi(), id)["received"] == sent).then_some(())
+        })
+        .expect("upload never started");
+        stream
     }
 
     /// Adopts a daemon started otherwise (e.g. with a socket on stdin).
