@@ -112,6 +112,15 @@ pub const SETTINGS: &[Setting] = &[
         option: true,
     },
     Setting {
+        name: "fsync",
+        value: "on|off",
+        default: "on",
+        help: "Sync each stored file, then its status, to disk before an upload is reported done, so a power \
+               cut cannot lose an upload the client was told is stored. off is faster and may lose the last \
+               uploads on a crash.",
+        option: true,
+    },
+    Setting {
         name: "file_mode",
         value: "MODE",
         default: "0600",
@@ -214,6 +223,7 @@ pub struct Config {
     pub max_age: Option<Duration>,
     pub app: Option<PathBuf>,
     pub sha256: bool,
+    pub fsync: bool,
     pub file_mode: u32,
     pub progress_interval: Option<Duration>,
     /// FastCGI address; `None`: the socket on stdin.
@@ -235,6 +245,7 @@ impl Default for Config {
             max_age: None,
             app: None,
             sha256: true,
+            fsync: true,
             file_mode: 0o600,
             progress_interval: Some(Duration::from_millis(200)),
             listen: None,
@@ -367,6 +378,9 @@ impl Config {
                 "sha256" => {
                     config.sha256 = parse_bool(value).ok_or_else(|| bad("switch: use on or off"))?
                 }
+                "fsync" => {
+                    config.fsync = parse_bool(value).ok_or_else(|| bad("switch: use on or off"))?
+                }
                 "file_mode" => {
                     config.file_mode = u32::from_str_radix(value, 8)
                         .ok()
@@ -411,7 +425,7 @@ impl Config {
 
     /// The pool this configuration names.
     pub fn pool(&self) -> Pool {
-        Pool::new(&self.directory, self.file_mode, self.directory_is_default)
+        Pool::new(&self.directory, self.file_mode, self.directory_is_default).with_fsync(self.fsync)
     }
 }
 
@@ -709,7 +723,7 @@ mod tests {
                 "directory" | "app" => "/x",
                 "listen" => "127.0.0.1:9000",
                 "upload_key_file" => continue,
-                "sha256" => "on",
+                "sha256" | "fsync" => "on",
                 "file_mode" | "socket_mode" => "600",
                 _ => "1",
             };

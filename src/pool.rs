@@ -9,6 +9,7 @@
 //!   <name>/                   one bucket per upload, named by the unsigned identifier
 //!     status.json             the status document; always replaced whole (rename)
 //!     lock                    flock()ed exclusively by the receiving process
+//!     status.reserve          space held for the final status while an upload runs
 //!     file-1, file-2, ...     the stored files, in the order they arrived (mode 0600)
 //!   .trash-<name>-<random>/   a bucket being deleted (clear, gc); safe to remove
 //!   .gc                       its modification time is when automatic gc last ran
@@ -31,11 +32,20 @@
 //! - Inside the pool nothing is opened by path: buckets are opened with
 //!   `O_NOFOLLOW | O_DIRECTORY` relative to the pool's descriptor, and files
 //!   relative to the bucket's, created with `O_EXCL | O_NOFOLLOW`, so a
-//!   planted symlink or a renamed folder cannot redirect a write.
+//!   planted symlink or a renamed folder cannot redirect a write. Files that
+//!   are read or locked are opened with `O_NONBLOCK` and must be regular
+//!   files: a FIFO or a device planted in a bucket is refused, not waited on.
+//! - The outcome is told truthfully even on a full disk: while an upload
+//!   runs, `status.reserve` holds the room its final status needs, and is
+//!   given back just before that status is written; the lock is held until
+//!   the final status is in place.
+//! - With `fsync` on (the default), `done` is only written once every
+//!   stored file is on disk, and the status itself and the folder entries
+//!   that lead to it are synced before the answer goes out.
 
 use std::fs::{self, File, TryLockError};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -50,12 +60,18 @@ use crate::status::{State, Status};
 
 const STATUS: &str = "status.json";
 const STATUS_TMP: &str = "status.json.tmp";
+const RESERVE: &str = "status.reserve";
 const LOCK: &str = "lock";
 const FILE_PREFIX: &str = "file-";
 const TRASH_PREFIX: &str = ".trash-";
 const GC_STAMP: &str = ".gc";
-/// A status document is small; anything bigger is not ours.
+/// A status document is small (the upload driver keeps ours under
+/// [`crate::upload::MAX_STATUS_DOCUMENT`]); anything bigger is not ours.
 const MAX_STATUS_BYTES: u64 = 16 << 20;
+/// Room held for an upload's final status: a failed upload's status lists
+/// no files, so it is a few hundred bytes; this leaves a wide margin, and
+/// covers a done status of a few hundred files.
+const RESERVE_BYTES: u64 = 64 * 1024;
 /// How long a new upload waits for a lock held by someone else before it
 /// concludes an upload is running. Status readers hold a shared lock for a
 /// few microseconds while they check for a dead receiver; a real upload
@@ -80,16 +96,22 @@ pub enum PoolError {
     Complete,
     #[error("the upload was cancelled by a clear request")]
     Cancelled,
+    #[error(
+        "the status of this upload cannot be read ({0}); nothing was changed: \
+         clear it or use a new identifier"
+    )]
+    Unreadable(String),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
 
 impl PoolError {
-    /// 409 for a conflict with another upload, 410 for a cancelled one,
+    /// 409 for a conflict with another upload (or with a status that cannot
+    /// be read, which may be a complete upload's), 410 for a cancelled one,
     /// 507 when the disk is full, 500 otherwise.
     pub fn http_status(&self) -> u16 {
         match self {
-            PoolError::Busy | PoolError::Complete => 409,
+            PoolError::Busy | PoolError::Complete | PoolError::Unreadable(_) => 409,
             PoolError::Cancelled => 410,
             PoolError::Io { source, .. } if is_disk_full(source) => 507,
             _ => 500,
@@ -146,17 +168,29 @@ pub struct Pool {
     dir: PathBuf,
     file_mode: u32,
     create: bool,
+    fsync: bool,
 }
 
 impl Pool {
     /// A pool at `dir`. With `create`, the directory is made on first use
     /// (and must then be owned by this user); otherwise it must exist.
+    /// Uploads are durable (see [`Pool::with_fsync`]).
     pub fn new(dir: impl Into<PathBuf>, file_mode: u32, create: bool) -> Pool {
         Pool {
             dir: dir.into(),
             file_mode,
             create,
+            fsync: true,
         }
+    }
+
+    /// With `fsync` (the default), an upload is only marked `done` once its
+    /// files, its status and the folder entries leading to them are on
+    /// disk, so a power cut after the answer loses nothing the client was
+    /// told is stored. Without it, `done` may still be in the page cache.
+    pub fn with_fsync(mut self, fsync: bool) -> Pool {
+        self.fsync = fsync;
+        self
     }
 
     pub fn directory(&self) -> &Path {
@@ -281,16 +315,11 @@ impl Pool {
         if status.state != State::Uploading {
             return Ok(status);
         }
-        let lock = match rustix::fs::openat(
-            &bucket,
-            LOCK,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
+        let lock = match open_regular(&bucket, LOCK, OFlags::RDONLY, 0) {
             Ok(fd) => File::from(fd),
             // The receiver makes the lock before it writes `uploading`.
-            Err(Errno::NOENT) => return Ok(interrupted(status)),
-            Err(e) => return Err(errno_error(format!("cannot open lock of upload {id}"))(e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(interrupted(status)),
+            Err(e) => return Err(io_error(format!("cannot open lock of upload {id}"))(e)),
         };
         match lock.try_lock_shared() {
             Err(TryLockError::WouldBlock) => Ok(status),
@@ -381,13 +410,18 @@ impl Pool {
             if self.identity_at(&root, name) != Some(identity) {
                 continue;
             }
-            // A corrupt or unreadable old status is replaced like a failed one.
-            if let Ok(Some(previous)) = read_status(&bucket, id)
-                && previous.state == State::Done
-            {
-                return Err(PoolError::Complete);
+            // A status that cannot be read may be a complete upload's:
+            // never treat it as a failed one, whose files may be replaced.
+            match read_status_file(&bucket) {
+                Ok(Some(previous)) if previous.state == State::Done => {
+                    return Err(PoolError::Complete);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(PoolError::Unreadable(e.to_string())),
             }
             remove_leftovers(&bucket)?;
+            reserve_space(&bucket, self.file_mode)
+                .map_err(io_error("cannot reserve room for the upload's status"))?;
             return Ok(Upload {
                 root,
                 bucket,
@@ -398,6 +432,8 @@ impl Pool {
                 path: self.dir.join(name),
                 file_mode: self.file_mode,
                 files: AtomicU32::new(0),
+                fsync: self.fsync,
+                created,
                 settled: false,
             });
         }
@@ -501,12 +537,12 @@ impl Pool {
     /// Opens (creating if needed) a regular file relative to `dir` with the
     /// pool's permissions, never following a link.
     fn create_file(&self, dir: &OwnedFd, name: &str, exclusive: bool) -> Result<File, PoolError> {
-        let mut flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut flags = OFlags::RDWR | OFlags::CREATE;
         if exclusive {
             flags |= OFlags::EXCL;
         }
-        let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(self.file_mode))
-            .map_err(errno_error(format!("cannot create {name}")))?;
+        let fd = open_regular(dir, name, flags, self.file_mode)
+            .map_err(io_error(format!("cannot create {name}")))?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(self.file_mode))
             .map_err(errno_error(format!("cannot set permissions of {name}")))?;
         Ok(File::from(fd))
@@ -592,6 +628,9 @@ pub struct Upload {
     path: PathBuf,
     file_mode: u32,
     files: AtomicU32,
+    fsync: bool,
+    /// This upload made the bucket, so the pool's entry for it is new too.
+    created: bool,
     settled: bool,
 }
 
@@ -614,9 +653,14 @@ impl Upload {
         Ok((File::from(fd), self.path.join(name)))
     }
 
-    /// Replaces the status document atomically.
+    /// Replaces the status document atomically (a progress update: not
+    /// synced to disk).
     pub fn write_status(&self, status: &Status) -> Result<(), PoolError> {
-        write_status_file(&self.bucket, status, self.file_mode)
+        self.replace_status(status, false)
+    }
+
+    fn replace_status(&self, status: &Status, durable: bool) -> Result<(), PoolError> {
+        write_status_file(&self.bucket, status, self.file_mode, durable)
             .map_err(io_error(format!(
                 "cannot write status of upload {}",
                 self.identifier
@@ -645,16 +689,40 @@ impl Upload {
         }
     }
 
-    /// Records success; the lock is released when this returns. If even
-    /// that cannot be written, the files go: a complete upload that does
-    /// not say so would be reported as interrupted anyway.
+    /// Records success; the lock is released when this returns. With
+    /// `fsync`, every stored file is synced first, then the status, then
+    /// the folders whose entries lead to it: `done` is never on disk before
+    /// the data it vouches for. If any of that fails, the upload fails.
     pub fn finish(mut self, status: &Status) -> Result<(), PoolError> {
         self.settled = true;
-        self.write_status(status).inspect_err(|err| {
+        self.release_reserve();
+        let stored = self.sync_files().and_then(|()| {
+            self.replace_status(status, self.fsync)?;
+            if self.fsync && self.created {
+                rustix::fs::fsync(&self.root)
+                    .map_err(errno_error("cannot sync the pool directory"))?;
+            }
+            Ok(())
+        });
+        stored.map_err(|e| self.explain(e)).inspect_err(|err| {
             let mut failed = status.clone();
             failed.fail(err.http_status(), err.to_string(), unix_now());
             self.discard(&failed);
         })
+    }
+
+    fn sync_files(&self) -> Result<(), PoolError> {
+        if !self.fsync {
+            return Ok(());
+        }
+        for n in 1..=self.files.load(Ordering::Relaxed) {
+            let name = format!("{FILE_PREFIX}{n}");
+            // An fsync through any descriptor writes back the file's pages.
+            let fd = open_regular(&self.bucket, &name, OFlags::RDONLY, 0)
+                .map_err(io_error(format!("cannot open {name} to sync it")))?;
+            rustix::fs::fsync(&fd).map_err(errno_error(format!("cannot sync {name} to disk")))?;
+        }
+        Ok(())
     }
 
     /// Removes the stored files and records the failure (unless the upload
@@ -664,13 +732,47 @@ impl Upload {
         self.discard(status);
     }
 
+    /// Gives back the room held for the final status, just before writing it.
+    fn release_reserve(&self) {
+        let _ = rustix::fs::unlinkat(&self.bucket, RESERVE, AtFlags::empty());
+    }
+
+    /// Removes the stored files, then records the failure while the lock is
+    /// still held, so no reader can take the upload for interrupted. The
+    /// status lists no files: none is there any more. Should even that not
+    /// fit on the disk, a status without the form's details is tried; and
+    /// should that fail too, the bucket goes, so that no status is left
+    /// saying something false.
     fn discard(&self, status: &Status) {
         for n in 1..=self.files.load(Ordering::Relaxed) {
             let _ =
                 rustix::fs::unlinkat(&self.bucket, format!("{FILE_PREFIX}{n}"), AtFlags::empty());
         }
-        if !self.is_cancelled() {
-            let _ = self.write_status(status);
+        self.release_reserve();
+        if self.is_cancelled() {
+            return;
+        }
+        let mut recorded = status.clone();
+        recorded.files = recorded.files.map(|_| Vec::new());
+        if self.write_status(&recorded).is_ok() {
+            return;
+        }
+        let brief = Status {
+            files: None,
+            fields: None,
+            filename: None,
+            content_type: None,
+            ..recorded
+        };
+        if let Err(err) = self.write_status(&brief) {
+            crate::log!(
+                "cannot record the failure of upload {}: {err}; removing it",
+                self.identifier
+            );
+            let trash = trash_name(&self.name);
+            if rustix::fs::renameat(&self.root, self.name.as_str(), &self.root, &trash).is_ok() {
+                let _ = fs::remove_dir_all(self.path.with_file_name(&trash));
+            }
         }
     }
 }
@@ -739,28 +841,77 @@ fn remove_leftovers(bucket: &OwnedFd) -> Result<(), PoolError> {
     Ok(())
 }
 
-fn write_status_file(bucket: &OwnedFd, status: &Status, file_mode: u32) -> io::Result<()> {
+/// Opens `name` in `dir` as a regular file: never through a link, and
+/// never waiting on a FIFO or a device that someone put in its place (those
+/// are refused, as a planted link is).
+fn open_regular(dir: &OwnedFd, name: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode))?;
+    let kind = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
+    if kind != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name} is not a regular file ({kind:?}): something was put in its place"),
+        ));
+    }
+    Ok(fd)
+}
+
+/// Makes `status.reserve`: room on the disk that the final status can have
+/// even when the data filled it.
+fn reserve_space(bucket: &OwnedFd, file_mode: u32) -> io::Result<()> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(bucket, RESERVE, flags, Mode::from_raw_mode(file_mode))?;
+    match rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES) {
+        Ok(()) => Ok(()),
+        // Not every file system allocates on request (NFS before 4.2):
+        // written zeros take the room as well.
+        Err(Errno::OPNOTSUPP | Errno::NOSYS) => {
+            File::from(fd).write_all(&[0u8; RESERVE_BYTES as usize])
+        }
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(bucket, RESERVE, AtFlags::empty());
+            Err(e.into())
+        }
+    }
+}
+
+/// Writes the status to `status.json.tmp` and renames it over
+/// `status.json`. With `durable`, the new file is synced before the rename
+/// and the folder after it, so the status on disk is whole and in place.
+fn write_status_file(
+    bucket: &OwnedFd,
+    status: &Status,
+    file_mode: u32,
+    durable: bool,
+) -> io::Result<()> {
     let _ = rustix::fs::unlinkat(bucket, STATUS_TMP, AtFlags::empty());
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(bucket, STATUS_TMP, flags, Mode::from_raw_mode(file_mode))?;
     let mut file = File::from(fd);
-    file.write_all(status.to_json().as_bytes())?;
+    let written = file
+        .write_all(status.to_json().as_bytes())
+        .and_then(|()| if durable { file.sync_all() } else { Ok(()) });
     drop(file);
-    rustix::fs::renameat(bucket, STATUS_TMP, bucket, STATUS)?;
+    if let Err(e) =
+        written.and_then(|()| Ok(rustix::fs::renameat(bucket, STATUS_TMP, bucket, STATUS)?))
+    {
+        // A half-written temporary file helps nobody.
+        let _ = rustix::fs::unlinkat(bucket, STATUS_TMP, AtFlags::empty());
+        return Err(e);
+    }
+    if durable {
+        rustix::fs::fsync(bucket)?;
+    }
     Ok(())
 }
 
 /// Reads a bucket's `status.json`; `None` if there is none yet.
 fn read_status_file(bucket: &OwnedFd) -> io::Result<Option<Status>> {
-    let fd = match rustix::fs::openat(
-        bucket.as_fd(),
-        STATUS,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
+    let fd = match open_regular(bucket, STATUS, OFlags::RDONLY, 0) {
         Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok(None),
-        Err(e) => return Err(e.into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
     };
     let mut text = String::new();
     File::from(fd)

@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -28,6 +28,22 @@ use crate::status::{FileInfo, State, Status};
 pub const MAX_PARTS: usize = 1000;
 /// Most bytes of field names and values kept in the status.
 pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+/// Longest file name kept (in bytes of UTF-8). Browsers send a base name,
+/// old ones a full Windows path; both are far shorter.
+pub const MAX_FILENAME_BYTES: usize = 1024;
+/// Longest part `Content-Type` kept.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
+/// Largest status document an upload may have, as JSON. Names of control
+/// characters take six bytes each in JSON, so a thousand parts could
+/// otherwise make one of tens of megabytes, rewritten on every progress
+/// update and, past the reader's limit, unreadable for good.
+pub const MAX_STATUS_DOCUMENT: usize = 1 << 20;
+/// Progress rewrites of the status may write this much more than the body
+/// brought in, in all: the cost of progress stays proportional to the
+/// upload's bytes, whatever the number of parts or the speed of the client.
+pub const STATUS_WRITE_ALLOWANCE: u64 = 1 << 20;
+/// What a file entry's SHA-256 and a growing size add to its JSON later.
+const FILE_ENTRY_GROWTH: usize = r#","sha256":""#.len() + 64 + 20;
 /// Most bytes read after the closing boundary before answering.
 const MAX_EPILOGUE: u64 = 64 * 1024;
 /// How often a clear is looked for when progress is off.
@@ -140,6 +156,8 @@ fn check(request: &Request<'_>, options: &Options) -> Result<(String, BodyLength
 struct Shared {
     status: Mutex<Status>,
     cancelled: AtomicBool,
+    /// An upper bound of the status document's length as JSON.
+    document: AtomicUsize,
 }
 
 impl Shared {
@@ -156,9 +174,13 @@ fn stream(
     body: impl Read,
     options: &Options,
 ) -> (Status, Result<(), HttpError>) {
+    // The numbers still to come (size, received, times, an error) fit in
+    // the margin.
+    let document = status.to_json().len() + 256;
     let shared = Shared {
         status: Mutex::new(status),
         cancelled: AtomicBool::new(false),
+        document: AtomicUsize::new(document),
     };
     let received = Cell::new(0);
     let counted = Counted {
@@ -211,8 +233,14 @@ fn stream(
 }
 
 /// The watcher: publishes progress and looks for a clear.
+///
+/// A rewrite costs the whole document, so it is skipped while the
+/// rewrites so far plus this one would exceed the body's bytes received
+/// plus [`STATUS_WRITE_ALLOWANCE`]: a small status is rewritten every
+/// interval, a large one only as often as the body pays for it.
 fn watch(upload: &Upload, shared: &Shared, stop: mpsc::Receiver<()>, interval: Option<Duration>) {
     let mut published = Some(0);
+    let mut written = 0u64;
     loop {
         match stop.recv_timeout(interval.unwrap_or(CANCEL_CHECK)) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -225,9 +253,13 @@ fn watch(upload: &Upload, shared: &Shared, stop: mpsc::Receiver<()>, interval: O
         if interval.is_none() {
             continue;
         }
+        let cost = shared.document.load(Ordering::Relaxed) as u64;
         let snapshot = {
             let mut status = shared.status();
-            if status.received == published {
+            let received = status.received.unwrap_or(0);
+            if status.received == published
+                || written + cost > received.saturating_add(STATUS_WRITE_ALLOWANCE)
+            {
                 continue;
             }
             status.updated = Some(unix_now());
@@ -235,6 +267,7 @@ fn watch(upload: &Upload, shared: &Shared, stop: mpsc::Receiver<()>, interval: O
         };
         // A failed write (disk full) is the data writer's to report.
         let _ = upload.write_status(&snapshot);
+        written += cost;
         published = snapshot.received;
     }
 }
@@ -321,7 +354,7 @@ impl Receiver<'_> {
                 }
                 Event::PartEnd => {
                     if let Some(sink) = sink.take() {
-                        self.close(sink);
+                        self.close(sink)?;
                     }
                 }
                 Event::End => break,
@@ -390,6 +423,12 @@ impl Receiver<'_> {
     }
 
     fn open_file(&mut self, headers: PartHeaders) -> Result<Sink, HttpError> {
+        check_length("file name", headers.filename.as_deref(), MAX_FILENAME_BYTES)?;
+        check_length(
+            "part Content-Type",
+            headers.content_type.as_deref(),
+            MAX_CONTENT_TYPE_BYTES,
+        )?;
         let (file, path) = self.upload.create_file()?;
         let info = FileInfo {
             field: headers.name,
@@ -402,7 +441,14 @@ impl Receiver<'_> {
             path: path.to_string_lossy().into_owned(),
         };
         let mut status = self.shared.status();
-        if status.filename.is_none() {
+        let first = status.filename.is_none();
+        let mut cost = json_len(&info) + FILE_ENTRY_GROWTH + 1;
+        if first {
+            // The first file's name and type are also at the top.
+            cost += json_len(&info.filename) + json_len(&info.content_type) + 32;
+        }
+        self.grow_document(cost)?;
+        if first {
             status.filename = Some(info.filename.clone());
             status.content_type = Some(info.content_type.clone());
         }
@@ -440,7 +486,7 @@ impl Receiver<'_> {
         }
     }
 
-    fn close(&mut self, sink: Sink) {
+    fn close(&mut self, sink: Sink) -> Result<(), HttpError> {
         match sink {
             Sink::File { index, .. } => {
                 if let Some(hashing) = self.hashing {
@@ -450,6 +496,7 @@ impl Receiver<'_> {
             Sink::Pending(_) => {}
             Sink::Field { name, value } => {
                 let value = String::from_utf8_lossy(&value).into_owned();
+                self.grow_document(json_len(&name) + json_len(&value) + 2)?;
                 // As in PHP's $_POST, a repeated name keeps its last value.
                 self.shared
                     .status()
@@ -458,6 +505,22 @@ impl Receiver<'_> {
                     .insert(name, value);
             }
         }
+        Ok(())
+    }
+
+    /// Counts `bytes` more of the status document against its limit.
+    fn grow_document(&self, bytes: usize) -> Result<(), HttpError> {
+        let total = self.shared.document.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total > MAX_STATUS_DOCUMENT {
+            return Err(HttpError::new(
+                413,
+                format!(
+                    "the form's file names, types and fields are too many or too long: \
+                     their record would exceed {MAX_STATUS_DOCUMENT} bytes"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn count_field_bytes(&mut self, n: usize) -> Result<(), HttpError> {
@@ -470,6 +533,25 @@ impl Receiver<'_> {
         }
         Ok(())
     }
+}
+
+/// Refuses a part header value longer than `max` bytes.
+fn check_length(what: &str, value: Option<&str>, max: usize) -> Result<(), HttpError> {
+    match value {
+        Some(value) if value.len() > max => Err(HttpError::new(
+            400,
+            format!(
+                "a {what} is {} bytes long, more than the {max} bytes allowed",
+                value.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The length of `value` as JSON.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    serde_json::to_string(value).map_or(0, |text| text.len())
 }
 
 fn store_error(err: io::Error) -> HttpError {

@@ -265,6 +265,60 @@ fn the_disk_fills_mid_upload() {
 }
 
 #[test]
+fn a_disk_filled_by_someone_else_mid_upload_still_gets_a_true_status() {
+    // Another writer takes the last free byte while our upload has stored
+    // nothing yet, so removing our partial file frees nothing: the error
+    // status must still be written (from the room reserved for it), and
+    // the upload must not be reported as interrupted.
+    let disk = Tmpfs::mount("1M", false);
+    let pool = disk.path().join("pool");
+    std::fs::create_dir(&pool).unwrap();
+    let cgi = Cgi::new().env("FILEUPLOAD_DIRECTORY", pool.to_str().unwrap());
+    let data = random_bytes(200_000, 8);
+    let form = Form::new().file("f", "victim.bin", "application/octet-stream", &data);
+    let body = form.body();
+    let head = find(&body, b"\r\n\r\n").unwrap() + 4;
+    let mut child = cgi
+        .clone()
+        .request("POST", "/upload?X-Progress-ID=victim")
+        .env("CONTENT_TYPE", &form.content_type())
+        .env("CONTENT_LENGTH", &body.len().to_string())
+        .spawn();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&body[..head]).unwrap();
+    stdin.flush().unwrap();
+    wait_for(Duration::from_secs(10), || {
+        pool.join("victim/file-1").exists().then_some(())
+    })
+    .expect("the upload never created its file");
+    let mut filler = std::fs::File::create(disk.path().join("filler")).unwrap();
+    while filler.write_all(&[0u8; 4096]).is_ok() {}
+    while filler.write_all(&[0u8; 1]).is_ok() {}
+    drop(filler);
+    let _ = stdin.write_all(&body[head..]);
+    drop(stdin);
+    let reply = finish(child);
+    reply.assert_error(507, "the disk is full");
+    let status = status_of(&cgi, "victim");
+    assert_eq!(status["state"], "error", "{status}");
+    assert_eq!(status["status"], 507, "{status}");
+    assert!(
+        status["error"].as_str().unwrap().contains("disk is full"),
+        "{status}"
+    );
+    let mut left: Vec<_> = std::fs::read_dir(pool.join("victim"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["lock", "status.json"],
+        "no temporary file or reserve left"
+    );
+}
+
+#[test]
 fn a_missing_read_only_or_full_pool_is_a_clear_error() {
     let form = Form::new().file(
         "f",

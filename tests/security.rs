@@ -170,3 +170,95 @@ fn pool_and_files_are_private() {
     assert_eq!(mode(&stored), 0o600);
     assert_eq!(mode(&stored.parent().unwrap().join("status.json")), 0o600);
 }
+
+/// Runs `command` and fails the test if it has not ended within 10 s (it
+/// is then stopped by its pid).
+fn within_10s(mut child: std::process::Child, what: &str) -> std::process::Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} hung on a planted FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn a_fifo_planted_in_a_bucket_is_refused_not_waited_on() {
+    let pool = TestPool::new();
+    // A FIFO in place of the status, and one in place of the lock of an
+    // upload whose status says it is running.
+    let status_fifo = pool.path().join("fifo-status");
+    std::fs::create_dir(&status_fifo).unwrap();
+    mkfifo(&status_fifo.join("status.json"));
+    let lock_fifo = pool.path().join("fifo-lock");
+    std::fs::create_dir(&lock_fifo).unwrap();
+    std::fs::write(
+        lock_fifo.join("status.json"),
+        r#"{"identifier":"fifo-lock","state":"uploading","received":0,"files":[],"fields":{}}"#,
+    )
+    .unwrap();
+    mkfifo(&lock_fifo.join("lock"));
+    let form = Form::new().file("f", "a.bin", "application/octet-stream", b"data");
+    let body = form.body();
+    for id in ["fifo-status", "fifo-lock"] {
+        let status = pool
+            .cgi()
+            .request("GET", &format!("/upload/status?X-Progress-ID={id}"))
+            .spawn();
+        let answer = reply(within_10s(status, "a status query"));
+        answer.assert_error(500, "not a regular file");
+        let mut upload = pool
+            .cgi()
+            .request("POST", &format!("/upload?X-Progress-ID={id}"))
+            .env("CONTENT_TYPE", &form.content_type())
+            .env("CONTENT_LENGTH", &body.len().to_string())
+            .spawn();
+        let mut stdin = upload.stdin.take().unwrap();
+        let _ = std::io::Write::write_all(&mut stdin, &body);
+        drop(stdin);
+        let answer = reply(within_10s(upload, "an upload"));
+        assert!(
+            matches!(answer.status, 409 | 500) && answer.text().contains("not a regular file"),
+            "{id}: {} {}",
+            answer.status,
+            answer.text()
+        );
+    }
+    let gc = std::process::Command::new(bin())
+        .env_clear()
+        .env("FILEUPLOAD_DIRECTORY", pool.path())
+        .args(["gc", "--max-age", "1d"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(within_10s(gc, "gc").status.success());
+    // The daemon: more polls of the planted upload than it has workers,
+    // then a poll of another upload is still answered.
+    let daemon = common::fcgi::Daemon::start(pool.path(), &[("FILEUPLOAD_WORKERS", "2")]);
+    for _ in 0..4 {
+        daemon
+            .get("/upload/status?X-Progress-ID=fifo-status")
+            .assert_error(500, "not a regular file");
+    }
+    assert_eq!(
+        daemon.get("/upload/status?X-Progress-ID=other").json()["state"],
+        "starting"
+    );
+    assert!(
+        status_fifo.join("status.json").exists(),
+        "the FIFO stays put"
+    );
+}
