@@ -222,10 +222,23 @@ def run_cat_file(body, out):
         return measure(["cat", str(body)], stdout=dst)
 
 
+def run_cat_file_sync(body, out):
+    """`cat body > file && sync file`: the floor for a durable copy."""
+    out.unlink(missing_ok=True)
+    settle(body)
+    return measure(["sh", "-c", 'cat "$0" > "$1" && sync "$1"', str(body), str(out)])
+
+
+# Every figure compared with a program that does not sync (cat, PHP,
+# python-multipart, the discarding C CGI) runs with fsync off, so that like
+# is compared with like; the fsync figures show what the default costs.
+NO_FSYNC = {"FILEUPLOAD_FSYNC": "off"}
+
+
 def run_fileupload(body, length, digests, pool, extra=None, pipe=False):
     fresh(pool)
     settle(body)
-    env = cgi_env(pool, length, extra)
+    env = cgi_env(pool, length, {**NO_FSYNC, **(extra or {})})
     if pipe:
         # As a web server hands it over: through a pipe.
         feeder = subprocess.Popen(["cat", str(body)], stdout=subprocess.PIPE)
@@ -369,7 +382,7 @@ class Servers:
         self.fcgiwrap_sock = run / "fcgiwrap.sock"
         self.start(["setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups", str(BIN),
                     "--listen", f"unix:{self.daemon_sock}"],
-                   env={"FILEUPLOAD_DIRECTORY": str(pool), "PATH": "/usr/bin:/bin"})
+                   env={"FILEUPLOAD_DIRECTORY": str(pool), "PATH": "/usr/bin:/bin", **NO_FSYNC})
         self.start(["setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups", "fcgiwrap",
                     "-c", "4", "-s", f"unix:{self.fcgiwrap_sock}"])
         self.wait_for_path(self.daemon_sock)
@@ -524,6 +537,8 @@ def main():
         "cgi.sha_on.pipe": lambda: run_fileupload(one, one_len, one_sha, pool, pipe=True),
         "cgi.sha_off.pipe": lambda: run_fileupload(one, one_len, one_sha, pool, {"FILEUPLOAD_SHA256": "off"}, pipe=True),
         "cgi.three_files_and_a_field.sha_on": lambda: run_fileupload(three, three_len, three_sha, pool),
+        "limit.cat_file_to_file_and_sync": lambda: run_cat_file_sync(one, out),
+        "cgi.sha_on.fsync_on": lambda: run_fileupload(one, one_len, one_sha, pool, {"FILEUPLOAD_FSYNC": "on"}),
         "php_cgi": lambda: run_php(one, one_len, one_sha[0], work),
         "python_multipart": lambda: run_python_multipart(one, one_len, one_sha[0], work),
     }
@@ -550,6 +565,30 @@ def main():
         pairs.append((on, off))
     figure(f"cgi.sha_off.progress_off.{label}.wall", statistics.median(p[1] for p in pairs), "s")
     progress_ratio = statistics.median(on / off for on, off in pairs)
+
+    # A durable done for a small upload: the syncs are most of its time, so
+    # on and off alternate, each upload under an identifier of its own.
+    say("fsync on and off, 1 MiB uploads")
+    mib = work / "mib.body"
+    mib_len, mib_sha = make_body(mib, [MIB])
+    fresh(pool)
+    settle(mib)
+    small_times = {"on": [], "off": [], "cat_sync": []}
+    for n in range(20 if args.quick else 60):
+        for mode in ("on", "off"):
+            env = cgi_env(pool, mib_len, {"FILEUPLOAD_FSYNC": mode, "QUERY_STRING": f"X-Progress-ID={mode}-{n}"})
+            with open(mib, "rb") as src:
+                small_times[mode].append(measure([str(BIN)], env=env, stdin=src, stdout=subprocess.PIPE)[0])
+            if sha256_file(pool / f"{mode}-{n}" / "file-1") != mib_sha[0]:
+                raise RuntimeError("fileupload stored other bytes (1 MiB)")
+        target = work / f"cat-sync-{n}"
+        small_times["cat_sync"].append(
+            measure(["sh", "-c", 'cat "$0" > "$1" && sync "$1"', str(mib), str(target)])[0])
+    figure("cgi.1m.fsync_on.wall", statistics.median(small_times["on"]) * 1000, "ms")
+    figure("cgi.1m.fsync_off.wall", statistics.median(small_times["off"]) * 1000, "ms")
+    figure("limit.cat_file_to_file_and_sync.1m.wall", statistics.median(small_times["cat_sync"]) * 1000, "ms")
+    figure(f"fsync.cost_per_gib.{label}",
+           (get(f"cgi.sha_on.fsync_on.{label}.wall") - get(f"cgi.sha_on.{label}.wall")) * GIB / big, "s")
 
     # 5: memory against size.
     say("memory against size")
@@ -630,6 +669,12 @@ def main():
         ("ratio.python_multipart_vs_cgi_sha_on",
          get(f"python_multipart.{label}.wall") / get(f"cgi.sha_on.{label}.wall"), "(we also hash)"),
         ("ratio.progress_on_vs_off", progress_ratio, "< 1.02"),
+        ("ratio.cgi_fsync_on_vs_off",
+         get(f"cgi.sha_on.fsync_on.{label}.wall") / get(f"cgi.sha_on.{label}.wall"), "(the cost of a durable done)"),
+        ("ratio.cgi_fsync_on_vs_cat_sync",
+         get(f"cgi.sha_on.fsync_on.{label}.wall") / get(f"limit.cat_file_to_file_and_sync.{label}.wall"),
+         "(against a durable copy)"),
+        ("ratio.cgi_1m_fsync_on_vs_off", get("cgi.1m.fsync_on.wall") / get("cgi.1m.fsync_off.wall"), "(1 MiB)"),
         ("ratio.fastcgi_status_vs_uploadprogress_module",
          get("status.fastcgi_via_nginx.rps") / get("status.nginx_uploadprogress_module.rps"), ">= 0.60"),
         ("ratio.fastcgi_keepalive_vs_connection_per_request",
