@@ -130,10 +130,7 @@ fn done_is_on_disk_before_it_is_answered() {
     body.truncate(body.len() - 5);
     let failed = pool
         .cgi()
-        .request("POST", "/upload?X-Progress-ID=again")
-        .env("CONTENT_TYPE", &form.content_type())
-        .env("CONTENT_LENGTH", &body.len().to_string())
-        .run(&body);
+        .post_body("/upload?X-Progress-ID=again", &form, &body);
     assert_eq!(failed.status, 400);
     let (reply, lines) = traced_upload(&pool, "again", Some("on"));
     assert_eq!(reply.status, 200, "{}", reply.text());

@@ -200,10 +200,7 @@ fn a_failed_upload_lists_no_files() {
     body.truncate(body.len() - 100);
     let reply = pool
         .cgi()
-        .request("POST", "/upload?X-Progress-ID=cut")
-        .env("CONTENT_TYPE", &form.content_type())
-        .env("CONTENT_LENGTH", &body.len().to_string())
-        .run(&body);
+        .post_body("/upload?X-Progress-ID=cut", &form, &body);
     reply.assert_error(400, "ended before");
     let status = status_of(&pool.cgi(), "cut");
     assert_eq!(status["state"], "error", "{status}");

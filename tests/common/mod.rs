@@ -295,6 +295,16 @@ impl Cgi {
             .run(&body)
     }
 
+    /// POSTs `body` (a form, cut or changed) with the form's Content-Type
+    /// and the body's own length.
+    pub fn post_body(&self, target: &str, form: &Form, body: &[u8]) -> Reply {
+        self.clone()
+            .request("POST", target)
+            .env("CONTENT_TYPE", &form.content_type())
+            .env("CONTENT_LENGTH", &body.len().to_string())
+            .run(body)
+    }
+
     /// Starts the program with stdin left open for the test to feed.
     pub fn spawn(&self) -> Child {
         self.command()
