@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
@@ -28,13 +29,15 @@ use common::site::*;
 struct Expect {
     /// The server hands the body over while it arrives.
     streams: bool,
+    /// fileupload runs as a CGI program (a process per request).
+    cgi: bool,
 }
 
 fn exercise(site: &Site, expect: Expect) {
     progress_mid_upload(site, expect);
     over_size(site);
     if expect.streams {
-        clear_cancels(site);
+        clear_cancels(site, expect);
         concurrent_and_conflict(site);
     } else {
         two_at_once(site);
@@ -105,8 +108,9 @@ fn over_size(site: &Site) {
     assert_eq!(status["status"], 413, "{status}");
 }
 
-fn clear_cancels(site: &Site) {
-    let (file, _) = site.data_file("cancel.bin", 2 << 20, 3);
+fn clear_cancels(site: &Site, expect: Expect) {
+    let length = 2 << 20;
+    let (file, _) = site.data_file("cancel.bin", length, 3);
     let curl = site.upload("cancel", &file, Some("500K"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while site.status("cancel")["received"].as_u64().unwrap_or(0) == 0 {
@@ -115,12 +119,23 @@ fn clear_cancels(site: &Site) {
     }
     let (code, body) = site.get("/upload?X-Progress-ID=cancel&clear");
     assert_eq!((code, body.as_str()), (200, r#"{"success":true}"#));
-    let (code, body) = curl.finish();
+    let (code, body, sent) = curl.finish_counting();
     assert_ne!(code, 200, "a cleared upload must not succeed: {body}");
+    if expect.cgi {
+        // A CGI program that exits with its input unread loses its answer
+        // (fcgiwrap answers 502), so fileupload drains the body first: the
+        // 410 reaches the client only once it has sent the whole body.
+        assert_eq!(code, 410, "{body}\n{}", site.logs_text());
+        assert!(
+            sent >= length as u64,
+            "410 before the body was sent: {sent} of {length} bytes"
+        );
+    }
     if code != 0 {
         assert_eq!(code, 410, "{body}");
         assert!(body.contains("cancelled by a clear request"), "{body}");
     }
+    eprintln!("clear: {code} after {sent} of {length} bytes sent");
     assert_eq!(site.status("cancel")["state"], "starting");
     assert!(
         !site.pool.join("cancel").exists(),
@@ -163,10 +178,15 @@ fn two_at_once(site: &Site) {
 
 // ---- the configurations ------------------------------------------------------
 
-#[test]
-fn nginx_with_fcgiwrap() {
-    let mut site = Site::new();
-    let socket = start_fcgiwrap(&mut site);
+/// nginx-fcgiwrap.conf in front of fcgiwrap started from `dropin` (none:
+/// Debian's units as installed), with the program both where the
+/// `/upload` location names it and in a cgi-bin folder for the
+/// `/cgi-bin/fileupload/` location.
+fn start_nginx_fcgiwrap(site: &mut Site, dropin: Option<&str>) {
+    let socket = start_fcgiwrap_with(site, dropin);
+    let cgi_bin = site.path("cgi-bin");
+    std::fs::create_dir(&cgi_bin).unwrap();
+    std::fs::copy(&site.bin, cgi_bin.join("fileupload")).unwrap();
     let substitutions = [
         site.program_substitutions(),
         vec![
@@ -178,11 +198,129 @@ fn nginx_with_fcgiwrap() {
                 "FILEUPLOAD_MAX_SIZE 100;",
                 format!("FILEUPLOAD_MAX_SIZE {MAX_SIZE_MIB};"),
             ),
+            (
+                "/usr/lib$fastcgi_script_name",
+                format!("{}$fastcgi_script_name", site.dir.path().display()),
+            ),
         ],
     ]
     .concat();
-    start_nginx(&mut site, "nginx-fcgiwrap.conf", &substitutions);
-    exercise(&site, Expect { streams: true });
+    start_nginx(site, "nginx-fcgiwrap.conf", &substitutions);
+}
+
+fn children_dropin() -> String {
+    std::fs::read_to_string(Path::new(EXAMPLES).join("systemd/fcgiwrap.service.d/children.conf"))
+        .unwrap()
+}
+
+#[test]
+fn nginx_with_fcgiwrap() {
+    let mut site = Site::new();
+    start_nginx_fcgiwrap(&mut site, Some(&children_dropin()));
+    let expect = Expect {
+        streams: true,
+        cgi: true,
+    };
+    exercise(&site, expect);
+    // The same program under /cgi-bin/, through the example's split path,
+    // with the same identifiers: empty the pool first.
+    for entry in std::fs::read_dir(&site.pool).unwrap() {
+        std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
+    }
+    site.prefix = "/cgi-bin/fileupload".into();
+    exercise(&site, expect);
+    let (code, body) = site.get("/upload/status?X-Progress-ID=progress");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""state":"done""#), "{body}");
+}
+
+/// Without the drop-in, Debian's fcgiwrap.service runs one process: an
+/// upload holds it, polls wait until it is over, and progress never shows.
+#[test]
+fn debian_fcgiwrap_as_installed_serves_one_request_at_a_time() {
+    let mut site = Site::new();
+    start_nginx_fcgiwrap(&mut site, None);
+    let (file, sha) = site.data_file("progress.bin", 3 << 20, 1);
+    let mut curl = site.upload("progress", &file, Some("1M"));
+    let began = Instant::now();
+    let mut states = Vec::new();
+    let mut longest = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl.running() && Instant::now() < deadline {
+        let asked = Instant::now();
+        let status = site.status("progress");
+        longest = longest.max(asked.elapsed());
+        states.push(status["state"].as_str().unwrap_or("").to_owned());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let took = began.elapsed();
+    let (code, body) = curl.finish();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(site.status("progress")["files"][0]["sha256"], sha.as_str());
+    assert!(
+        !states.iter().any(|s| s == "uploading"),
+        "progress seen with one fcgiwrap process: {states:?}"
+    );
+    assert!(
+        longest > took / 2,
+        "a poll should wait behind the upload: longest {longest:?} of {took:?}"
+    );
+}
+
+/// What Debian's own example (/usr/share/doc/fcgiwrap/examples/default)
+/// suggests, `/etc/default/fcgiwrap` with
+/// `DAEMON_OPTS="-f -c 4"`, stops fcgiwrap under Debian's systemd unit:
+/// `${DAEMON_OPTS}` is one argument there.
+#[test]
+fn debian_daemon_opts_with_a_space_stops_fcgiwrap() {
+    let site = Site::new();
+    let (mut command, _) = debian_fcgiwrap(&site, None, Some("DAEMON_OPTS=\"-f -c 4\"\n"));
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let exited = common::wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());
+    let Some(status) = exited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("fcgiwrap kept running with DAEMON_OPTS=\"-f -c 4\"");
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("invalid option -- ' '"), "{stderr}");
+}
+
+/// Debian's stock cgi-bin snippet takes the whole path for the program's.
+#[test]
+fn debian_stock_cgi_bin_snippet_cannot_find_the_program() {
+    let mut site = Site::new();
+    let socket = start_fcgiwrap(&mut site);
+    let cgi_bin = site.path("cgi-bin");
+    std::fs::create_dir(&cgi_bin).unwrap();
+    std::fs::copy(&site.bin, cgi_bin.join("fileupload")).unwrap();
+    let stock = std::fs::read_to_string("/usr/share/doc/fcgiwrap/examples/nginx.conf")
+        .expect("fcgiwrap's example nginx.conf: apt-get install -y fcgiwrap");
+    let dir = site.dir.path().display().to_string();
+    assert!(stock.contains("/usr/lib$fastcgi_script_name"), "{stock}");
+    let stock = stock.replace("/usr/lib", &dir).replace(
+        "unix:/run/fcgiwrap.socket",
+        &format!("unix:{}", socket.display()),
+    );
+    let server_block = format!(
+        "server {{\n  listen 127.0.0.1:{};\n{stock}\n}}\n",
+        site.port
+    );
+    start_nginx_with(&mut site, &server_block);
+    let (code, body) = site.get("/cgi-bin/fileupload/upload/status?X-Progress-ID=x");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        site.logs_text().contains("Cannot get script name"),
+        "{}",
+        site.logs_text()
+    );
 }
 
 #[test]
@@ -193,7 +331,13 @@ fn nginx_with_the_fastcgi_daemon() {
     let (code, page) = site.get("/");
     assert_eq!(code, 200);
     assert_eq!(page, fileupload::serve::DEMO_PAGE);
-    exercise(&site, Expect { streams: true });
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            cgi: false,
+        },
+    );
 }
 
 #[test]
@@ -214,7 +358,13 @@ fn apache_cgi_with_setenv() {
     ]
     .concat();
     start_apache(&mut site, "apache-cgi.conf", None, &substitutions);
-    exercise(&site, Expect { streams: true });
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            cgi: true,
+        },
+    );
 }
 
 #[test]
@@ -247,7 +397,13 @@ fn apache_shared_hosting_htaccess() {
     );
     start_apache(&mut site, "shared-hosting/.htaccess", Some(host), &[]);
     site.prefix = "/cgi-bin/fileupload.cgi".into();
-    exercise(&site, Expect { streams: true });
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            cgi: true,
+        },
+    );
 }
 
 #[test]
@@ -268,7 +424,13 @@ fn apache_mod_fcgid_buffers_the_body() {
     ]
     .concat();
     start_apache(&mut site, "apache-fcgid.conf", None, &substitutions);
-    exercise(&site, Expect { streams: false });
+    exercise(
+        &site,
+        Expect {
+            streams: false,
+            cgi: false,
+        },
+    );
 }
 
 #[test]
@@ -290,7 +452,13 @@ fn apache_mod_proxy_fcgi_with_the_daemon() {
             ),
         ],
     );
-    exercise(&site, Expect { streams: true });
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            cgi: false,
+        },
+    );
 }
 
 #[test]
@@ -338,7 +506,13 @@ fn lighttpd_starting_the_fastcgi_backend() {
         Some(log),
     );
     site.wait_ready();
-    exercise(&site, Expect { streams: true });
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            cgi: false,
+        },
+    );
 }
 
 #[test]
