@@ -555,3 +555,107 @@ fn the_environment_file_lists_every_setting_with_its_default() {
     });
     assert!(config.is_ok(), "{:?}", config.err());
 }
+
+/// The by-hand commands in nginx-fastcgi.conf's header (the README shows
+/// the same lines), rendered with the test's paths.
+fn by_hand_commands(site: &Site, socket_dir: &Path) -> String {
+    let text = std::fs::read_to_string(Path::new(EXAMPLES).join("nginx-fastcgi.conf")).unwrap();
+    let commands: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("or by hand"))
+        .skip_while(|l| !l.starts_with("#   "))
+        .map_while(|l| l.strip_prefix("#   "))
+        .collect();
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let readme = include_str!("../README.md");
+    for line in &commands {
+        assert!(
+            readme.contains(line),
+            "the README does not show the by-hand line {line:?}"
+        );
+    }
+    commands
+        .join("\n")
+        .replace("/run/fileupload", &socket_dir.display().to_string())
+        .replace("/var/lib/fileupload", &site.pool.display().to_string())
+        .replace("/usr/local/bin/fileupload", &site.bin.display().to_string())
+        .replace("--max-size 100", &format!("--max-size {MAX_SIZE_MIB}"))
+}
+
+fn wait_for_socket(site: &Site, socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never listened:\n{}",
+            site.logs_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_daemon_started_by_hand_as_the_example_says() {
+    let mut site = Site::new();
+    let socket_dir = site.run.join("fileupload");
+    let script = by_hand_commands(&site, &socket_dir);
+    let log = site.path("daemon.log");
+    site.spawn(
+        "fileupload by hand",
+        Command::new("sh").arg("-ec").arg(&script),
+        Some(log),
+    );
+    let socket = socket_dir.join("fileupload.sock");
+    wait_for_socket(&site, &socket);
+    let demo = install_demo_page(&site);
+    start_nginx(
+        &mut site,
+        "nginx-fastcgi.conf",
+        &[
+            (
+                "unix:/run/fileupload/fileupload.sock",
+                format!("unix:{}", socket.display()),
+            ),
+            ("/usr/local/share/fileupload", demo.display().to_string()),
+        ],
+    );
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            cgi: false,
+        },
+    );
+}
+
+/// What the example warns of: started as root, the daemon's socket is
+/// root's and nginx's workers cannot connect.
+#[test]
+fn the_daemon_started_as_root_locks_nginx_out() {
+    let mut site = Site::new();
+    let socket = site.run.join("root.sock");
+    let log = site.path("daemon.log");
+    let mut command = Command::new(&site.bin);
+    command
+        .env_clear()
+        .env("FILEUPLOAD_DIRECTORY", &site.pool)
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()));
+    site.spawn("fileupload as root", &mut command, Some(log));
+    wait_for_socket(&site, &socket);
+    start_nginx(
+        &mut site,
+        "nginx-fastcgi.conf",
+        &[(
+            "unix:/run/fileupload/fileupload.sock",
+            format!("unix:{}", socket.display()),
+        )],
+    );
+    let (code, body) = site.get("/upload/status?X-Progress-ID=x");
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        site.logs_text().contains("Permission denied"),
+        "{}",
+        site.logs_text()
+    );
+}
