@@ -659,3 +659,128 @@ fn the_daemon_started_as_root_locks_nginx_out() {
         site.logs_text()
     );
 }
+
+/// curl over HTTP/2 without TLS (h2c, prior knowledge), as `Curl`.
+fn h2_curl(site: &Site, name: &str, args: &[String]) -> Curl {
+    let out = site.path(&format!("curl-h2-{name}.out"));
+    let child = Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-o"])
+        .arg(&out)
+        .args(["-w", "%{http_code} %{size_upload} %{http_version}"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run curl");
+    Curl { child, out }
+}
+
+fn h2_status(site: &Site, id: &str) -> serde_json::Value {
+    let url = site.url(&format!("/upload/status?X-Progress-ID={id}"));
+    let (code, body) = h2_curl(site, "status", &[url]).finish();
+    assert_eq!(code, 200, "{body}\n{}", site.logs_text());
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn h2_upload(site: &Site, id: &str, file: &Path, rate: Option<&str>) -> Curl {
+    let mut args = Vec::new();
+    if let Some(rate) = rate {
+        args.extend(["--limit-rate".to_owned(), rate.to_owned()]);
+    }
+    args.extend([
+        "-F".to_owned(),
+        format!("file=@{};type=application/octet-stream", file.display()),
+        site.url(&format!("/upload?X-Progress-ID={id}")),
+    ]);
+    h2_curl(site, id, &args)
+}
+
+#[test]
+fn nginx_over_http2_in_front_of_the_daemon() {
+    let mut site = Site::new();
+    let socket = start_systemd_daemon(&mut site);
+    // (start_nginx has put the test's port in already.)
+    let plain = format!("listen 127.0.0.1:{};", site.port);
+    let h2c = (
+        plain.as_str(),
+        format!("listen 127.0.0.1:{} http2;", site.port),
+    );
+    start_nginx(
+        &mut site,
+        "nginx-fastcgi.conf",
+        &[
+            (
+                "unix:/run/fileupload/fileupload.sock",
+                format!("unix:{}", socket.display()),
+            ),
+            h2c,
+        ],
+    );
+    let (file, sha) = site.data_file("progress.bin", 3 << 20, 1);
+    let mut curl = h2_upload(&site, "h2", &file, Some("1M"));
+    let mut seen_mid = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl.running() && Instant::now() < deadline {
+        let status = h2_status(&site, "h2");
+        let received = status["received"].as_u64().unwrap_or(0);
+        let size = status["size"].as_u64().unwrap_or(0);
+        if received > 0 && received < size {
+            seen_mid.get_or_insert(received);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let output = curl.child.wait_with_output().unwrap();
+    let written = String::from_utf8_lossy(&output.stdout).into_owned();
+    // `%{http_version}` says which protocol carried it.
+    assert!(
+        written.starts_with("200 ") && written.ends_with(" 2"),
+        "{written}"
+    );
+    assert!(
+        seen_mid.is_some(),
+        "progress never seen mid-upload over HTTP/2"
+    );
+    let status = h2_status(&site, "h2");
+    assert_eq!(status["state"], "done", "{status}");
+    let stored = std::fs::read(status["files"][0]["path"].as_str().unwrap()).unwrap();
+    assert_eq!(sha256_hex(&stored), sha);
+
+    // Over the limit: fileupload answers 413 from Content-Length, before
+    // the body has arrived, and nginx passes it on at once. This machine's
+    // curl (Debian 12's 7.88.1) stops sending either way, but over HTTP/2 it
+    // sometimes loses that answer and ends with none: what curl issue 15316
+    // and pull request 22987 describe for other versions. Over HTTP/1.1 (the
+    // other tests) it always gets it. The status says 413 every time.
+    let big_len = (MAX_SIZE_MIB as usize) * (1 << 20) + 300_000;
+    let (big, _) = site.data_file("big.bin", big_len, 2);
+    let version = Command::new("curl").arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let version = version.split_whitespace().nth(1).unwrap_or("?");
+    let mut outcomes = Vec::new();
+    for round in 0..10 {
+        let id = format!("h2-big-{round}");
+        let curl = h2_upload(&site, &id, &big, None);
+        let output = curl.child.wait_with_output().unwrap();
+        let written = String::from_utf8_lossy(&output.stdout).into_owned();
+        let code: u16 = written
+            .split_whitespace()
+            .next()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        let sent: u64 = written
+            .split_whitespace()
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        let body =
+            std::fs::read_to_string(site.path(&format!("curl-h2-{id}.out"))).unwrap_or_default();
+        assert!(
+            (code == 413 && body.contains("more than the limit")) || (code == 0 && body.is_empty()),
+            "curl {version}: {written} {body}"
+        );
+        assert!(sent < big_len as u64, "curl {version} sent the whole body");
+        let status = h2_status(&site, &id);
+        assert_eq!(status["status"], 413, "{status}");
+        outcomes.push((code, output.status.code(), sent));
+    }
+    eprintln!("HTTP/2 early 413 with curl {version}: (answer, curl exit, bytes sent) {outcomes:?}");
+}
