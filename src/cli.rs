@@ -34,7 +34,7 @@ Commands:
     clear ID        delete the upload (cancelling it if it is running)
     gc              delete finished, failed and abandoned uploads older than
                     --max-age (or the max_age setting); --max-age 0 deletes
-                    them whatever their age. Running uploads are never touched
+                    them whatever their age. Running uploads are never touched.
     serve           a development web server with a demo page, on
                     --http ADDRESS (default 127.0.0.1:8080)
 
