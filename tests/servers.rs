@@ -7,8 +7,14 @@
 //! - a rate-limited upload is polled while in flight: `0 < received < size`
 //!   at least once, then `done`, with the stored file's SHA-256 the sent one;
 //! - an over-size upload gets 413 with the JSON error, and its status says so;
-//! - a clear during an upload cancels it;
+//! - a clear during an upload cancels it, and its 410 arrives when the
+//!   server in front lets it (after the whole body under CGI);
 //! - two uploads at once both succeed; a second under a running id gets 409.
+//!
+//! fcgiwrap runs from Debian's own installed units (with the example
+//! drop-in, and without it to show what one process does); the daemon from
+//! the example units, and by hand as the example's comment says; nginx also
+//! over HTTP/2.
 //!
 //! Every server is stopped by its own pid. A missing server fails the test
 //! with the package to install (scripts/test installs them).
