@@ -32,7 +32,9 @@ Commands:
     path ID         print the stored files' paths, one a line, if the upload
                     is complete; exit 1 if it is not
     clear ID        delete the upload (cancelling it if it is running)
-    gc              delete uploads older than --max-age (or max_age)
+    gc              delete finished, failed and abandoned uploads older than
+                    --max-age (or the max_age setting); --max-age 0 deletes
+                    them whatever their age. Running uploads are never touched.
     serve           a development web server with a demo page, on
                     --http ADDRESS (default 127.0.0.1:8080)
 
@@ -196,9 +198,16 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
         }
         "gc" => {
             expect_args(0)?;
-            let max_age = config
-                .max_age
-                .ok_or_else(|| error("gc needs --max-age DURATION (or the max_age setting)"))?;
+            // The setting's 0 means "no automatic gc", which is no age to
+            // collect by; on the command line the administrator asked for a
+            // collection now, so 0 there means "whatever the age".
+            let max_age = if matches.opt_present("max-age") {
+                config.max_age.unwrap_or(std::time::Duration::ZERO)
+            } else {
+                config
+                    .max_age
+                    .ok_or_else(|| error("gc needs --max-age DURATION (or the max_age setting)"))?
+            };
             let report = pool.gc(max_age).map_err(error)?;
             print(out, &serde_json::to_string(&report).unwrap_or_default())?;
             Ok(0)

@@ -94,7 +94,7 @@ pub const SETTINGS: &[Setting] = &[
         value: "DURATION",
         default: "0 (never)",
         help: "Remove finished, failed and abandoned uploads older than this, now and then on its own \
-               (e.g. 3600, 90m, 12h, 7d). 0 turns it off.",
+               (e.g. 3600, 90m, 12h, 7d). 0 turns it off; `gc --max-age 0` removes them all now, whatever their age.",
         option: true,
     },
     Setting {

@@ -8,14 +8,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::site::{Site, start_nginx_with_the_daemon};
+use common::site::{Site, install_demo_page, start_nginx, start_systemd_daemon};
 use common::webdriver::Browser;
 use common::*;
 
@@ -27,10 +31,16 @@ struct Serve {
 
 impl Serve {
     fn start(pool: &Path) -> Serve {
+        Serve::start_with(pool, &[])
+    }
+
+    /// With more settings in its environment.
+    fn start_with(pool: &Path, settings: &[(&str, &str)]) -> Serve {
         let mut child = Command::new(bin())
             .env_clear()
             .env("FILEUPLOAD_DIRECTORY", pool)
             .env("FILEUPLOAD_PROGRESS_INTERVAL", "100ms")
+            .envs(settings.iter().copied())
             .args(["serve", "--http", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -191,7 +201,27 @@ fn the_page_from_fileupload_serve_with_a_watching_tab() {
 #[test]
 fn the_same_page_served_by_nginx_in_front_of_the_fastcgi_daemon() {
     let mut site = Site::new();
-    start_nginx_with_the_daemon(&mut site);
+    // As start_nginx_with_the_daemon does, with an access log: the test
+    // reads every request the browser made.
+    let socket = start_systemd_daemon(&mut site);
+    let demo = install_demo_page(&site);
+    let access_log = site.path("access.log");
+    let listen = format!("listen 127.0.0.1:{};", site.port);
+    start_nginx(
+        &mut site,
+        "nginx-fastcgi.conf",
+        &[
+            (
+                "unix:/run/fileupload/fileupload.sock",
+                format!("unix:{}", socket.display()),
+            ),
+            ("/usr/local/share/fileupload", demo.display().to_string()),
+            (
+                listen.as_str(),
+                format!("{listen}\n    access_log {};", access_log.display()),
+            ),
+        ],
+    );
     let browser = Browser::start();
     let status = |id: &str| site.status(id);
     // Under the harness's 4 MiB max_size.
@@ -203,6 +233,175 @@ fn the_same_page_served_by_nginx_in_front_of_the_fastcgi_daemon() {
         false,
         "nginx",
     );
+    // The page's icon is inline: the browser never asked for /favicon.ico
+    // (which would be a 404 in its console).
+    let log = std::fs::read_to_string(&access_log).unwrap();
+    assert!(
+        log.contains("GET / ") && log.contains("POST /upload?X-Progress-ID="),
+        "the access log misses the page's requests:\n{log}"
+    );
+    assert!(!log.contains("favicon"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.contains("\" 404 ")),
+        "a request answered 404:\n{log}"
+    );
+}
+
+/// What is left on the page after an upload ends badly: the message only.
+fn assert_progress_cleared(browser: &Browser) {
+    let shown = browser.script(
+        "return { hidden: document.getElementById('progress').hidden, \
+                  bar: document.getElementById('bar').value, \
+                  amount: document.getElementById('amount').textContent, \
+                  rate: document.getElementById('rate').textContent, \
+                  starting: document.body.innerText.includes('Starting') };",
+    );
+    assert_eq!(
+        shown,
+        serde_json::json!({"hidden": true, "bar": 0, "amount": "", "rate": "", "starting": false}),
+        "the old progress is still shown"
+    );
+}
+
+#[test]
+fn an_upload_refused_as_too_large_leaves_only_the_message() {
+    let pool = TestPool::new();
+    let serve = Serve::start_with(pool.path(), &[("FILEUPLOAD_MAX_SIZE", "1M")]);
+    let file = output_dir().join("too-large.bin");
+    std::fs::create_dir_all(output_dir()).unwrap();
+    std::fs::write(&file, random_bytes(2 << 20, 14)).unwrap();
+    let browser = Browser::start();
+    browser.goto(&serve.url);
+    browser.send_keys(&browser.find("#files"), file.to_str().unwrap());
+    browser.click(&browser.find("#start"));
+    browser.wait_for(
+        "document.body.dataset.state === 'error'",
+        Duration::from_secs(30),
+    );
+    browser.screenshot(&output_dir().join("too-large.png"));
+    let message = browser.script("return document.getElementById('message').textContent;");
+    assert!(
+        message
+            .as_str()
+            .unwrap()
+            .starts_with("Too large: the upload is"),
+        "{message}"
+    );
+    assert_progress_cleared(&browser);
+    std::fs::remove_file(file).unwrap();
+}
+
+/// A TCP relay in front of a server that can hold back, on the connection
+/// carrying the upload, what the browser sends: a network stall, while the
+/// page's status polls (on other connections) still get answers. DevTools
+/// throttling cannot do this: changing it mid-request releases the request.
+struct StallingRelay {
+    url: String,
+    paused: Arc<AtomicBool>,
+}
+
+impl StallingRelay {
+    fn start(upstream: &str) -> StallingRelay {
+        let upstream: SocketAddr = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let paused = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&paused);
+        // Lives as long as the test process; each connection's threads end
+        // when either side closes.
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut from_server, mut to_client) = (server, client);
+                let paused = Arc::clone(&flag);
+                thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut upload = false;
+                    while let Ok(n) = from_client.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        upload |= buf[..n].windows(12).any(|w| w == b"POST /upload");
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        while upload && paused.load(Ordering::SeqCst) && Instant::now() < deadline {
+                            thread::sleep(Duration::from_millis(20));
+                        }
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown(Shutdown::Write);
+                });
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_server, &mut to_client);
+                    let _ = to_client.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        StallingRelay { url, paused }
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_stalled_upload_says_stalled_then_goes_on() {
+    let pool = TestPool::new();
+    let serve = Serve::start(pool.path());
+    let relay = StallingRelay::start(&serve.url);
+    let data = random_bytes(4 << 20, 15);
+    let file = output_dir().join("stalled.bin");
+    std::fs::create_dir_all(output_dir()).unwrap();
+    std::fs::write(&file, &data).unwrap();
+    let browser = Browser::start();
+    browser.goto(&relay.url);
+    browser.throttle_upload(1 << 20);
+    browser.send_keys(&browser.find("#files"), file.to_str().unwrap());
+    browser.click(&browser.find("#start"));
+    let rate = "document.getElementById('rate').textContent";
+    browser.wait_for(
+        &format!("{BAR} > 0 && / s left$/.test({rate})"),
+        Duration::from_secs(30),
+    );
+    relay.pause(true);
+    let stalled = browser.wait_for(
+        &format!("{rate}.startsWith('stalled') && {rate}"),
+        Duration::from_secs(20),
+    );
+    browser.screenshot(&output_dir().join("stalled.png"));
+    assert!(
+        stalled.as_str().unwrap().contains("nothing received for"),
+        "{stalled}"
+    );
+    let id = page_identifier(&browser);
+    let status = status_of(&pool.cgi(), &id);
+    assert_eq!(status["state"], "uploading", "{status}");
+    assert!(status["received"].as_u64().unwrap() < data.len() as u64);
+    // Bytes again: a rate and a time left again, then done.
+    relay.pause(false);
+    browser.wait_for(
+        &format!("document.body.dataset.state === 'done' || / s left$/.test({rate})"),
+        Duration::from_secs(30),
+    );
+    browser.wait_for(
+        "document.body.dataset.state === 'done'",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        status_of(&pool.cgi(), &id)["files"][0]["sha256"],
+        sha256_hex(&data).as_str()
+    );
+    std::fs::remove_file(file).unwrap();
 }
 
 #[test]
@@ -232,6 +431,7 @@ fn cancel_clears_the_upload_on_the_server() {
     browser.screenshot(&output_dir().join("cancelled.png"));
     let message = browser.script("return document.getElementById('message').textContent;");
     assert_eq!(message, "Upload cancelled.");
+    assert_progress_cleared(&browser);
     // Cleared on the server: nothing stored, nothing known.
     let cleared = wait_for(Duration::from_secs(10), || {
         (status_of(&pool.cgi(), &id)["state"] == "starting" && !pool.path().join(&id).exists())

@@ -84,3 +84,76 @@ fn gc_by_hand() {
     );
     assert_eq!(pool.top_level(), ["b"]);
 }
+
+#[test]
+fn gc_max_age_0_removes_every_upload_that_is_not_running() {
+    let pool = TestPool::new();
+    // Done a moment ago: young, but finished.
+    let form = Form::new().file("f", "a", "text/plain", b"done");
+    let cgi = pool.cgi();
+    assert_eq!(
+        cgi.post_form("/upload?X-Progress-ID=done", &form).status,
+        200
+    );
+    // Failed: over max_size, refused from its Content-Length.
+    let big = Form::new().file("f", "b", "text/plain", &[b'x'; 4096]);
+    let refused = cgi
+        .clone()
+        .env("FILEUPLOAD_MAX_SIZE", "1K")
+        .post_form("/upload?X-Progress-ID=failed", &big);
+    assert_eq!(refused.status, 413);
+    assert_eq!(status_of(&cgi, "failed")["state"], "error");
+    // Running: half its body sent, the rest held back.
+    let body = Form::new()
+        .file("f", "c", "text/plain", &[b'y'; 64 * 1024])
+        .body();
+    let mut running = cgi
+        .clone()
+        .request("POST", "/upload?X-Progress-ID=running")
+        .env("CONTENT_TYPE", &Form::new().content_type())
+        .env("CONTENT_LENGTH", &body.len().to_string())
+        .env("FILEUPLOAD_PROGRESS_INTERVAL", "50ms")
+        .spawn();
+    let mut stdin = running.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &body[..body.len() / 2]).unwrap();
+    let started = wait_for(Duration::from_secs(10), || {
+        (status_of(&cgi, "running")["state"] == "uploading").then_some(())
+    });
+    assert!(started.is_some(), "{}", status_of(&cgi, "running"));
+
+    let out = pool.cli(&["gc", "--max-age", "0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report,
+        serde_json::json!({"removed": 2, "kept": 0, "running": 1, "trash": 0})
+    );
+    assert_eq!(pool.top_level(), ["running"]);
+
+    // The running upload goes on, untouched.
+    std::io::Write::write_all(&mut stdin, &body[body.len() / 2..]).unwrap();
+    running.stdin = Some(stdin);
+    let reply = finish(running);
+    assert_eq!(reply.status, 200, "{}", reply.stderr);
+    assert_eq!(status_of(&cgi, "running")["state"], "done");
+
+    // Without --max-age and without the setting, gc still asks for one.
+    let out = pool.cli(&["gc"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gc needs --max-age DURATION"));
+    // The setting's 0 is "no automatic gc", not "collect everything".
+    let out = std::process::Command::new(bin())
+        .env_clear()
+        .env("FILEUPLOAD_DIRECTORY", pool.path())
+        .env("FILEUPLOAD_MAX_AGE", "0")
+        .arg("gc")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(pool.path().join("running").exists());
+}

@@ -7,14 +7,21 @@
 //! - a rate-limited upload is polled while in flight: `0 < received < size`
 //!   at least once, then `done`, with the stored file's SHA-256 the sent one;
 //! - an over-size upload gets 413 with the JSON error, and its status says so;
-//! - a clear during an upload cancels it;
+//! - a clear during an upload cancels it, and its 410 arrives when the
+//!   server in front lets it (after the whole body under CGI);
 //! - two uploads at once both succeed; a second under a running id gets 409.
+//!
+//! fcgiwrap runs from Debian's own installed units (with the example
+//! drop-in, and without it to show what one process does); the daemon from
+//! the example units, and by hand as the example's comment says; nginx also
+//! over HTTP/2.
 //!
 //! Every server is stopped by its own pid. A missing server fails the test
 //! with the package to install (scripts/test installs them).
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
@@ -28,13 +35,19 @@ use common::site::*;
 struct Expect {
     /// The server hands the body over while it arrives.
     streams: bool,
+    /// A clear's 410 reaches the client only once it has sent its whole
+    /// body: under CGI, because the program drains the body before it
+    /// exits (or fcgiwrap would answer 502); Apache's mod_proxy_fcgi sends
+    /// the body on before it passes the answer back. Otherwise it comes
+    /// while the body is still being sent.
+    late_410: bool,
 }
 
 fn exercise(site: &Site, expect: Expect) {
     progress_mid_upload(site, expect);
     over_size(site);
     if expect.streams {
-        clear_cancels(site);
+        clear_cancels(site, expect);
         concurrent_and_conflict(site);
     } else {
         two_at_once(site);
@@ -105,8 +118,9 @@ fn over_size(site: &Site) {
     assert_eq!(status["status"], 413, "{status}");
 }
 
-fn clear_cancels(site: &Site) {
-    let (file, _) = site.data_file("cancel.bin", 2 << 20, 3);
+fn clear_cancels(site: &Site, expect: Expect) {
+    let length = 2 << 20;
+    let (file, _) = site.data_file("cancel.bin", length, 3);
     let curl = site.upload("cancel", &file, Some("500K"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while site.status("cancel")["received"].as_u64().unwrap_or(0) == 0 {
@@ -115,12 +129,25 @@ fn clear_cancels(site: &Site) {
     }
     let (code, body) = site.get("/upload?X-Progress-ID=cancel&clear");
     assert_eq!((code, body.as_str()), (200, r#"{"success":true}"#));
-    let (code, body) = curl.finish();
+    let (code, body, sent) = curl.finish_counting();
     assert_ne!(code, 200, "a cleared upload must not succeed: {body}");
+    if expect.late_410 {
+        assert_eq!(code, 410, "{body}\n{}", site.logs_text());
+        assert!(
+            sent >= length as u64,
+            "410 before the body was sent: {sent} of {length} bytes"
+        );
+    } else {
+        assert!(
+            sent < length as u64,
+            "410 only after the whole body was sent ({code})"
+        );
+    }
     if code != 0 {
         assert_eq!(code, 410, "{body}");
         assert!(body.contains("cancelled by a clear request"), "{body}");
     }
+    eprintln!("clear: {code} after {sent} of {length} bytes sent");
     assert_eq!(site.status("cancel")["state"], "starting");
     assert!(
         !site.pool.join("cancel").exists(),
@@ -163,10 +190,15 @@ fn two_at_once(site: &Site) {
 
 // ---- the configurations ------------------------------------------------------
 
-#[test]
-fn nginx_with_fcgiwrap() {
-    let mut site = Site::new();
-    let socket = start_fcgiwrap(&mut site);
+/// nginx-fcgiwrap.conf in front of fcgiwrap started from `dropin` (none:
+/// Debian's units as installed), with the program both where the
+/// `/upload` location names it and in a cgi-bin folder for the
+/// `/cgi-bin/fileupload/` location.
+fn start_nginx_fcgiwrap(site: &mut Site, dropin: Option<&str>) {
+    let socket = start_fcgiwrap_with(site, dropin);
+    let cgi_bin = site.path("cgi-bin");
+    std::fs::create_dir(&cgi_bin).unwrap();
+    std::fs::copy(&site.bin, cgi_bin.join("fileupload")).unwrap();
     let substitutions = [
         site.program_substitutions(),
         vec![
@@ -178,11 +210,129 @@ fn nginx_with_fcgiwrap() {
                 "FILEUPLOAD_MAX_SIZE 100;",
                 format!("FILEUPLOAD_MAX_SIZE {MAX_SIZE_MIB};"),
             ),
+            (
+                "/usr/lib$fastcgi_script_name",
+                format!("{}$fastcgi_script_name", site.dir.path().display()),
+            ),
         ],
     ]
     .concat();
-    start_nginx(&mut site, "nginx-fcgiwrap.conf", &substitutions);
-    exercise(&site, Expect { streams: true });
+    start_nginx(site, "nginx-fcgiwrap.conf", &substitutions);
+}
+
+fn children_dropin() -> String {
+    std::fs::read_to_string(Path::new(EXAMPLES).join("systemd/fcgiwrap.service.d/children.conf"))
+        .unwrap()
+}
+
+#[test]
+fn nginx_with_fcgiwrap() {
+    let mut site = Site::new();
+    start_nginx_fcgiwrap(&mut site, Some(&children_dropin()));
+    let expect = Expect {
+        streams: true,
+        late_410: true,
+    };
+    exercise(&site, expect);
+    // The same program under /cgi-bin/, through the example's split path,
+    // with the same identifiers: empty the pool first.
+    for entry in std::fs::read_dir(&site.pool).unwrap() {
+        std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
+    }
+    site.prefix = "/cgi-bin/fileupload".into();
+    exercise(&site, expect);
+    let (code, body) = site.get("/upload/status?X-Progress-ID=progress");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""state":"done""#), "{body}");
+}
+
+/// Without the drop-in, Debian's fcgiwrap.service runs one process: an
+/// upload holds it, polls wait until it is over, and progress never shows.
+#[test]
+fn debian_fcgiwrap_as_installed_serves_one_request_at_a_time() {
+    let mut site = Site::new();
+    start_nginx_fcgiwrap(&mut site, None);
+    let (file, sha) = site.data_file("progress.bin", 3 << 20, 1);
+    let mut curl = site.upload("progress", &file, Some("1M"));
+    let began = Instant::now();
+    let mut states = Vec::new();
+    let mut longest = Duration::ZERO;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl.running() && Instant::now() < deadline {
+        let asked = Instant::now();
+        let status = site.status("progress");
+        longest = longest.max(asked.elapsed());
+        states.push(status["state"].as_str().unwrap_or("").to_owned());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let took = began.elapsed();
+    let (code, body) = curl.finish();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(site.status("progress")["files"][0]["sha256"], sha.as_str());
+    assert!(
+        !states.iter().any(|s| s == "uploading"),
+        "progress seen with one fcgiwrap process: {states:?}"
+    );
+    assert!(
+        longest > took / 2,
+        "a poll should wait behind the upload: longest {longest:?} of {took:?}"
+    );
+}
+
+/// What Debian's own example (/usr/share/doc/fcgiwrap/examples/default)
+/// suggests, `/etc/default/fcgiwrap` with
+/// `DAEMON_OPTS="-f -c 4"`, stops fcgiwrap under Debian's systemd unit:
+/// `${DAEMON_OPTS}` is one argument there.
+#[test]
+fn debian_daemon_opts_with_a_space_stops_fcgiwrap() {
+    let site = Site::new();
+    let (mut command, _) = debian_fcgiwrap(&site, None, Some("DAEMON_OPTS=\"-f -c 4\"\n"));
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let exited = common::wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());
+    let Some(status) = exited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("fcgiwrap kept running with DAEMON_OPTS=\"-f -c 4\"");
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("invalid option -- ' '"), "{stderr}");
+}
+
+/// Debian's stock cgi-bin snippet takes the whole path for the program's.
+#[test]
+fn debian_stock_cgi_bin_snippet_cannot_find_the_program() {
+    let mut site = Site::new();
+    let socket = start_fcgiwrap(&mut site);
+    let cgi_bin = site.path("cgi-bin");
+    std::fs::create_dir(&cgi_bin).unwrap();
+    std::fs::copy(&site.bin, cgi_bin.join("fileupload")).unwrap();
+    let stock = std::fs::read_to_string("/usr/share/doc/fcgiwrap/examples/nginx.conf")
+        .expect("fcgiwrap's example nginx.conf: apt-get install -y fcgiwrap");
+    let dir = site.dir.path().display().to_string();
+    assert!(stock.contains("/usr/lib$fastcgi_script_name"), "{stock}");
+    let stock = stock.replace("/usr/lib", &dir).replace(
+        "unix:/run/fcgiwrap.socket",
+        &format!("unix:{}", socket.display()),
+    );
+    let server_block = format!(
+        "server {{\n  listen 127.0.0.1:{};\n{stock}\n}}\n",
+        site.port
+    );
+    start_nginx_with(&mut site, &server_block);
+    let (code, body) = site.get("/cgi-bin/fileupload/upload/status?X-Progress-ID=x");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        site.logs_text().contains("Cannot get script name"),
+        "{}",
+        site.logs_text()
+    );
 }
 
 #[test]
@@ -193,7 +343,13 @@ fn nginx_with_the_fastcgi_daemon() {
     let (code, page) = site.get("/");
     assert_eq!(code, 200);
     assert_eq!(page, fileupload::serve::DEMO_PAGE);
-    exercise(&site, Expect { streams: true });
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            late_410: false,
+        },
+    );
 }
 
 #[test]
@@ -214,7 +370,13 @@ fn apache_cgi_with_setenv() {
     ]
     .concat();
     start_apache(&mut site, "apache-cgi.conf", None, &substitutions);
-    exercise(&site, Expect { streams: true });
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            late_410: true,
+        },
+    );
 }
 
 #[test]
@@ -247,7 +409,13 @@ fn apache_shared_hosting_htaccess() {
     );
     start_apache(&mut site, "shared-hosting/.htaccess", Some(host), &[]);
     site.prefix = "/cgi-bin/fileupload.cgi".into();
-    exercise(&site, Expect { streams: true });
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            late_410: true,
+        },
+    );
 }
 
 #[test]
@@ -268,7 +436,13 @@ fn apache_mod_fcgid_buffers_the_body() {
     ]
     .concat();
     start_apache(&mut site, "apache-fcgid.conf", None, &substitutions);
-    exercise(&site, Expect { streams: false });
+    exercise(
+        &site,
+        Expect {
+            streams: false,
+            late_410: false,
+        },
+    );
 }
 
 #[test]
@@ -290,7 +464,13 @@ fn apache_mod_proxy_fcgi_with_the_daemon() {
             ),
         ],
     );
-    exercise(&site, Expect { streams: true });
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            late_410: true,
+        },
+    );
 }
 
 #[test]
@@ -338,7 +518,13 @@ fn lighttpd_starting_the_fastcgi_backend() {
         Some(log),
     );
     site.wait_ready();
-    exercise(&site, Expect { streams: true });
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            late_410: false,
+        },
+    );
 }
 
 #[test]
@@ -380,4 +566,233 @@ fn the_environment_file_lists_every_setting_with_its_default() {
         env.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone())
     });
     assert!(config.is_ok(), "{:?}", config.err());
+}
+
+/// The by-hand commands in nginx-fastcgi.conf's header (the README shows
+/// the same lines), rendered with the test's paths.
+fn by_hand_commands(site: &Site, socket_dir: &Path) -> String {
+    let text = std::fs::read_to_string(Path::new(EXAMPLES).join("nginx-fastcgi.conf")).unwrap();
+    let commands: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("or by hand"))
+        .skip_while(|l| !l.starts_with("#   "))
+        .map_while(|l| l.strip_prefix("#   "))
+        .collect();
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let readme = include_str!("../README.md");
+    for line in &commands {
+        assert!(
+            readme.contains(line),
+            "the README does not show the by-hand line {line:?}"
+        );
+    }
+    commands
+        .join("\n")
+        .replace("/run/fileupload", &socket_dir.display().to_string())
+        .replace("/var/lib/fileupload", &site.pool.display().to_string())
+        .replace("/usr/local/bin/fileupload", &site.bin.display().to_string())
+        .replace("--max-size 100", &format!("--max-size {MAX_SIZE_MIB}"))
+}
+
+fn wait_for_socket(site: &Site, socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never listened:\n{}",
+            site.logs_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_daemon_started_by_hand_as_the_example_says() {
+    let mut site = Site::new();
+    let socket_dir = site.run.join("fileupload");
+    let script = by_hand_commands(&site, &socket_dir);
+    let log = site.path("daemon.log");
+    site.spawn(
+        "fileupload by hand",
+        Command::new("sh").arg("-ec").arg(&script),
+        Some(log),
+    );
+    let socket = socket_dir.join("fileupload.sock");
+    wait_for_socket(&site, &socket);
+    let demo = install_demo_page(&site);
+    start_nginx(
+        &mut site,
+        "nginx-fastcgi.conf",
+        &[
+            (
+                "unix:/run/fileupload/fileupload.sock",
+                format!("unix:{}", socket.display()),
+            ),
+            ("/usr/local/share/fileupload", demo.display().to_string()),
+        ],
+    );
+    exercise(
+        &site,
+        Expect {
+            streams: true,
+            late_410: false,
+        },
+    );
+}
+
+/// What the example warns of: started as root, the daemon's socket is
+/// root's and nginx's workers cannot connect.
+#[test]
+fn the_daemon_started_as_root_locks_nginx_out() {
+    let mut site = Site::new();
+    let socket = site.run.join("root.sock");
+    let log = site.path("daemon.log");
+    let mut command = Command::new(&site.bin);
+    command
+        .env_clear()
+        .env("FILEUPLOAD_DIRECTORY", &site.pool)
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()));
+    site.spawn("fileupload as root", &mut command, Some(log));
+    wait_for_socket(&site, &socket);
+    start_nginx(
+        &mut site,
+        "nginx-fastcgi.conf",
+        &[(
+            "unix:/run/fileupload/fileupload.sock",
+            format!("unix:{}", socket.display()),
+        )],
+    );
+    let (code, body) = site.get("/upload/status?X-Progress-ID=x");
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        site.logs_text().contains("Permission denied"),
+        "{}",
+        site.logs_text()
+    );
+}
+
+/// curl over HTTP/2 without TLS (h2c, prior knowledge), as `Curl`.
+fn h2_curl(site: &Site, name: &str, args: &[String]) -> Curl {
+    let out = site.path(&format!("curl-h2-{name}.out"));
+    let child = Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-o"])
+        .arg(&out)
+        .args(["-w", "%{http_code} %{size_upload} %{http_version}"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run curl");
+    Curl { child, out }
+}
+
+fn h2_status(site: &Site, id: &str) -> serde_json::Value {
+    let url = site.url(&format!("/upload/status?X-Progress-ID={id}"));
+    let (code, body) = h2_curl(site, "status", &[url]).finish();
+    assert_eq!(code, 200, "{body}\n{}", site.logs_text());
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn h2_upload(site: &Site, id: &str, file: &Path, rate: Option<&str>) -> Curl {
+    let mut args = Vec::new();
+    if let Some(rate) = rate {
+        args.extend(["--limit-rate".to_owned(), rate.to_owned()]);
+    }
+    args.extend([
+        "-F".to_owned(),
+        format!("file=@{};type=application/octet-stream", file.display()),
+        site.url(&format!("/upload?X-Progress-ID={id}")),
+    ]);
+    h2_curl(site, id, &args)
+}
+
+#[test]
+fn nginx_over_http2_in_front_of_the_daemon() {
+    let mut site = Site::new();
+    let socket = start_systemd_daemon(&mut site);
+    // (start_nginx has put the test's port in already.)
+    let plain = format!("listen 127.0.0.1:{};", site.port);
+    let h2c = (
+        plain.as_str(),
+        format!("listen 127.0.0.1:{} http2;", site.port),
+    );
+    start_nginx(
+        &mut site,
+        "nginx-fastcgi.conf",
+        &[
+            (
+                "unix:/run/fileupload/fileupload.sock",
+                format!("unix:{}", socket.display()),
+            ),
+            h2c,
+        ],
+    );
+    let (file, sha) = site.data_file("progress.bin", 3 << 20, 1);
+    let mut curl = h2_upload(&site, "h2", &file, Some("1M"));
+    let mut seen_mid = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl.running() && Instant::now() < deadline {
+        let status = h2_status(&site, "h2");
+        let received = status["received"].as_u64().unwrap_or(0);
+        let size = status["size"].as_u64().unwrap_or(0);
+        if received > 0 && received < size {
+            seen_mid.get_or_insert(received);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let output = curl.child.wait_with_output().unwrap();
+    let written = String::from_utf8_lossy(&output.stdout).into_owned();
+    // `%{http_version}` says which protocol carried it.
+    assert!(
+        written.starts_with("200 ") && written.ends_with(" 2"),
+        "{written}"
+    );
+    assert!(
+        seen_mid.is_some(),
+        "progress never seen mid-upload over HTTP/2"
+    );
+    let status = h2_status(&site, "h2");
+    assert_eq!(status["state"], "done", "{status}");
+    let stored = std::fs::read(status["files"][0]["path"].as_str().unwrap()).unwrap();
+    assert_eq!(sha256_hex(&stored), sha);
+
+    // Over the limit: fileupload answers 413 from Content-Length, before
+    // the body has arrived, and nginx passes it on at once. This machine's
+    // curl (Debian 12's 7.88.1) stops sending either way, but over HTTP/2 it
+    // sometimes loses that answer and ends with none: what curl issue 15316
+    // and pull request 22987 describe for other versions. Over HTTP/1.1 (the
+    // other tests) it always gets it. The status says 413 every time.
+    let big_len = (MAX_SIZE_MIB as usize) * (1 << 20) + 300_000;
+    let (big, _) = site.data_file("big.bin", big_len, 2);
+    let version = Command::new("curl").arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let version = version.split_whitespace().nth(1).unwrap_or("?");
+    let mut outcomes = Vec::new();
+    for round in 0..10 {
+        let id = format!("h2-big-{round}");
+        let curl = h2_upload(&site, &id, &big, None);
+        let output = curl.child.wait_with_output().unwrap();
+        let written = String::from_utf8_lossy(&output.stdout).into_owned();
+        let code: u16 = written
+            .split_whitespace()
+            .next()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        let sent: u64 = written
+            .split_whitespace()
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        let body =
+            std::fs::read_to_string(site.path(&format!("curl-h2-{id}.out"))).unwrap_or_default();
+        assert!(
+            (code == 413 && body.contains("more than the limit")) || (code == 0 && body.is_empty()),
+            "curl {version}: {written} {body}"
+        );
+        assert!(sent < big_len as u64, "curl {version} sent the whole body");
+        let status = h2_status(&site, &id);
+        assert_eq!(status["status"], 413, "{status}");
+        outcomes.push((code, output.status.code(), sent));
+    }
+    eprintln!("HTTP/2 early 413 with curl {version}: (answer, curl exit, bytes sent) {outcomes:?}");
 }

@@ -233,7 +233,7 @@ impl Site {
         command
             .args(["-s", "-o"])
             .arg(&out)
-            .args(["-w", "%{http_code}"]);
+            .args(["-w", "%{http_code} %{size_upload}"]);
         if let Some(rate) = rate {
             command.args(["--limit-rate", rate]);
         }
@@ -295,19 +295,28 @@ impl Curl {
 
     /// The HTTP status and body (status 0: no answer, the connection broke).
     pub fn finish(self) -> (u16, String) {
+        let (code, body, _) = self.finish_counting();
+        (code, body)
+    }
+
+    /// Also how many bytes of the request curl sent before it ended.
+    pub fn finish_counting(self) -> (u16, String, u64) {
         let output = self.child.wait_with_output().unwrap();
-        let code = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        (code, std::fs::read_to_string(&self.out).unwrap_or_default())
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let mut words = text.split_whitespace();
+        let code = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        let sent = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        (
+            code,
+            std::fs::read_to_string(&self.out).unwrap_or_default(),
+            sent,
+        )
     }
 }
 
 // ---- launchers -------------------------------------------------------------
 
 pub fn start_nginx(site: &mut Site, example: &str, extra: &[(&str, String)]) {
-    let nginx = require("nginx", "nginx");
     let mut substitutions = vec![
         site.port_substitution(),
         (
@@ -317,7 +326,13 @@ pub fn start_nginx(site: &mut Site, example: &str, extra: &[(&str, String)]) {
     ];
     substitutions.extend(extra.iter().cloned());
     let server_block = site.render(example, &substitutions);
-    site.write("site.conf", &server_block);
+    start_nginx_with(site, &server_block);
+}
+
+/// nginx with `server_block` as its only site.
+pub fn start_nginx_with(site: &mut Site, server_block: &str) {
+    let nginx = require("nginx", "nginx");
+    site.write("site.conf", server_block);
     std::fs::copy("/etc/nginx/fastcgi_params", site.path("fastcgi_params")).unwrap();
     let temp = site.path("nginx-temp");
     std::fs::create_dir(&temp).unwrap();
@@ -347,30 +362,179 @@ pub fn start_nginx(site: &mut Site, example: &str, extra: &[(&str, String)]) {
     site.wait_ready();
 }
 
-/// fcgiwrap as Debian's fcgiwrap.socket and .service run it: as www-data,
-/// on a socket only www-data may use.
-pub fn start_fcgiwrap(site: &mut Site) -> PathBuf {
-    let fcgiwrap = require("fcgiwrap", "fcgiwrap");
-    let socket = site.run.join("fcgiwrap.socket");
-    let log = site.path("fcgiwrap.log");
-    site.spawn(
-        "fcgiwrap",
-        Command::new("setpriv")
-            .args(["--reuid=www-data", "--regid=www-data", "--init-groups"])
-            .arg(fcgiwrap)
-            .args(["-c", "4", "-s"])
-            .arg(format!("unix:{}", socket.display())),
-        Some(log),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "fcgiwrap never listened:\n{}",
-            site.logs_text()
-        );
-        thread::sleep(Duration::from_millis(10));
+/// Debian's own fcgiwrap units, read from where the package installs them.
+fn debian_unit(name: &str) -> PathBuf {
+    ["/usr/lib/systemd/system", "/lib/systemd/system"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is missing: apt-get install -y fcgiwrap (scripts/test installs it)")
+        })
+}
+
+/// `KEY=VALUE` lines of a `[Section]` of a unit file, in order.
+fn unit_directives(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == format!("[{section}]");
+        } else if inside && !line.is_empty() && !line.starts_with('#') && !line.starts_with(';') {
+            let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
+            out.push((key.trim().to_owned(), value.trim().to_owned()));
+        }
     }
+    out
+}
+
+/// An assignment as systemd reads it from `Environment=` or an
+/// `EnvironmentFile=`: surrounding quotes removed.
+fn env_assignment(text: &str) -> (String, String) {
+    let (name, value) = text.split_once('=').unwrap_or_else(|| panic!("{text:?}"));
+    let value = value.trim();
+    let unquoted = ['"', '\'']
+        .iter()
+        .find_map(|q| value.strip_prefix(*q)?.strip_suffix(*q))
+        .unwrap_or(value);
+    (name.trim().to_owned(), unquoted.to_owned())
+}
+
+/// systemd's `ExecStart=` expansion (systemd.service(5), "Command lines"):
+/// `${NAME}` is replaced by the exact value, ALWAYS one argument, whitespace
+/// and all; `$NAME` as a word of its own is split at whitespace.
+fn expand_exec(exec: &str, env: &[(String, String)]) -> Vec<String> {
+    let value = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mut args = Vec::new();
+    for word in exec.split_whitespace() {
+        if let Some(name) = word.strip_prefix('$').filter(|n| !n.starts_with('{')) {
+            args.extend(value(name).split_whitespace().map(str::to_owned));
+            continue;
+        }
+        let mut arg = String::new();
+        let mut rest = word;
+        while let Some(at) = rest.find("${") {
+            arg += &rest[..at];
+            let close = rest[at..].find('}').unwrap_or_else(|| panic!("{word:?}")) + at;
+            arg += &value(&rest[at + 2..close]);
+            rest = &rest[close + 1..];
+        }
+        arg += rest;
+        args.push(arg);
+    }
+    args
+}
+
+/// fcgiwrap as Debian's fcgiwrap.socket and fcgiwrap.service run it, read
+/// from the installed units: the socket unit's listening socket (owner,
+/// mode) as the FastCGI socket on stdin, the service's user, its
+/// `Environment=`, its `EnvironmentFile=-/etc/default/fcgiwrap` (here the
+/// test's `etc_default`, if given) and its `ExecStart=`, with `dropin` (a
+/// drop-in's text) applied on top as systemd applies one. Returns the
+/// command, not started, and the socket path.
+pub fn debian_fcgiwrap(
+    site: &Site,
+    dropin: Option<&str>,
+    etc_default: Option<&str>,
+) -> (Command, PathBuf) {
+    require("fcgiwrap", "fcgiwrap");
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let socket_unit = unit_directives(&read(&debian_unit("fcgiwrap.socket")), "Socket");
+    let mut service = unit_directives(&read(&debian_unit("fcgiwrap.service")), "Service");
+    if let Some(dropin) = dropin {
+        service.extend(unit_directives(dropin, "Service"));
+    }
+    let one = |directives: &[(String, String)], key: &str| {
+        directives
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{key}= missing"))
+    };
+    let mut env = Vec::new();
+    let mut exec = None;
+    for (key, value) in &service {
+        match key.as_str() {
+            "Environment" => env.push(env_assignment(value)),
+            "EnvironmentFile" => {
+                let optional = value.starts_with('-');
+                assert_eq!(
+                    value.trim_start_matches('-'),
+                    "/etc/default/fcgiwrap",
+                    "Debian's unit changed"
+                );
+                match etc_default {
+                    Some(text) => env.extend(
+                        text.lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                            .map(env_assignment),
+                    ),
+                    None => assert!(optional, "the unit needs /etc/default/fcgiwrap"),
+                }
+            }
+            // An empty ExecStart= resets the command, as a drop-in does
+            // before giving its own.
+            "ExecStart" => exec = (!value.is_empty()).then(|| value.clone()),
+            _ => {}
+        }
+    }
+    let args = expand_exec(&exec.expect("no ExecStart="), &env);
+    assert_eq!(
+        one(&socket_unit, "ListenStream"),
+        "/run/fcgiwrap.socket",
+        "Debian's socket unit changed"
+    );
+    let socket = site.run.join("fcgiwrap.socket");
+    let listener = UnixListener::bind(&socket).unwrap();
+    run(Command::new("chown")
+        .arg(format!(
+            "{}:{}",
+            one(&socket_unit, "SocketUser"),
+            one(&socket_unit, "SocketGroup")
+        ))
+        .arg(&socket));
+    let mode = u32::from_str_radix(&one(&socket_unit, "SocketMode"), 8).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode)).unwrap();
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={}", one(&service, "User")))
+        .arg(format!("--regid={}", one(&service, "Group")))
+        .arg("--init-groups")
+        .args(&args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)));
+    for (name, value) in &env {
+        command.env(name, value);
+    }
+    (command, socket)
+}
+
+/// fcgiwrap as the README tells an administrator to run it: Debian's units
+/// with conf-examples/systemd/fcgiwrap.service.d/children.conf.
+pub fn start_fcgiwrap(site: &mut Site) -> PathBuf {
+    let dropin = std::fs::read_to_string(
+        Path::new(EXAMPLES).join("systemd/fcgiwrap.service.d/children.conf"),
+    )
+    .unwrap();
+    start_fcgiwrap_with(site, Some(&dropin))
+}
+
+/// Debian's fcgiwrap units with `dropin`, started.
+pub fn start_fcgiwrap_with(site: &mut Site, dropin: Option<&str>) -> PathBuf {
+    let (mut command, socket) = debian_fcgiwrap(site, dropin, None);
+    let log = site.path("fcgiwrap.log");
+    site.spawn("fcgiwrap", &mut command, Some(log));
     socket
 }
 
