@@ -201,7 +201,11 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
             // The setting's 0 means "no automatic gc", which is no age to
             // collect by; on the command line the administrator asked for a
             // collection now, so 0 there means "whatever the age".
-            let max_age = if matches.opt_present("max-age") {
+            // (An empty value is unset, as everywhere else.)
+            let asked = matches
+                .opt_str("max-age")
+                .is_some_and(|v| !v.trim().is_empty());
+            let max_age = if asked {
                 config.max_age.unwrap_or(std::time::Duration::ZERO)
             } else {
                 config
