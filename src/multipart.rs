@@ -721,7 +721,10 @@ fn parse_params(text: &[u8]) -> Result<(&[u8], Vec<(&[u8], Vec<u8>)>), ()> {
             .unwrap_or(rest.len());
         let key = &rest[..key_len];
         rest = trim_start(&rest[key_len..]);
-        if rest.first() != Some(&b'=') || key.is_empty() {
+        // A parameter name is a token: a control character in it (a bare
+        // CR, say) is a broken header, not a name to match or ignore.
+        let token = !key.is_empty() && key.iter().all(u8::is_ascii_graphic);
+        if rest.first() != Some(&b'=') || !token {
             return Err(());
         }
         rest = trim_start(&rest[1..]);
@@ -1023,6 +1026,10 @@ mod tests {
             ),
             (
                 b"--b\r\nContent-Disposition: form-data; name=\"f\r\n\r\nx\r\n--b--".to_vec(),
+                "malformed Content-Disposition",
+            ),
+            (
+                b"--b\r\nContent-Disposition: form-data; n\rme=\"f\"\r\n\r\nx\r\n--b--".to_vec(),
                 "malformed Content-Disposition",
             ),
             (
