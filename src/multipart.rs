@@ -593,8 +593,8 @@ fn continuation(key: &[u8], value: Vec<u8>) -> Result<Option<Piece>, MultipartEr
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Ok(None);
     }
-    // RFC 2231 3: no leading zeros. A number too large to be a piece of a
-    // bounded header fails the numbering check below.
+    // RFC 2231 3: no leading zeros. A number past the bound (or too large
+    // for usize) is refused here, so no piece is ever kept for it.
     if digits.len() > 1 && digits[0] == b'0' {
         return Err(MultipartError::BadContinuation);
     }
