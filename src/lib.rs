@@ -51,6 +51,7 @@ pub mod multipart;
 pub mod pool;
 pub mod serve;
 pub mod status;
+pub mod transfer_encoding;
 pub mod upload;
 
 pub use config::Config;
