@@ -63,6 +63,16 @@ const MAX_PARAMS: usize = 1 << 20;
 const READ_BUFFER: usize = 8 * 1024;
 /// How often the acceptor looks at the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
+/// After an answer given before the request's STDIN ended (a 413, a 400,
+/// a 410), at most this much of the rest of the body is read and discarded
+/// to keep the connection. A web server sends the rest of a body it has
+/// buffered at once (it sits in the socket buffers, a few MiB at most);
+/// more than this is a client still sending, and such a connection is not
+/// worth its wait: it is closed instead.
+const DISCARD_LIMIT: u64 = 4 << 20;
+/// And the rest must arrive within this time (each read waits at most this
+/// long, so the whole takes at most twice it).
+const DISCARD_TIME: Duration = Duration::from_secs(1);
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -683,15 +693,19 @@ fn next_request(
                 current = None;
                 params.clear();
             }
-            // Leftovers of a request already answered (its body's tail, a
-            // late abort): they need nothing.
+            // Records of a request already answered (a late abort; its
+            // body was read to its end before this request began): they
+            // need nothing.
             _ => {}
         }
     }
 }
 
 /// Runs the handler for one request. Returns whether the connection may
-/// serve another.
+/// serve another: only when it answered the request, the peer asked to
+/// keep the connection, and the request's STDIN has ended, so the next
+/// byte read is the header of a record the web server wrote, never a byte
+/// of a client's body.
 fn respond(server: &Server, records: &mut Records, output: &Output, begun: Begun) -> bool {
     let mut body = Body {
         records,
@@ -747,7 +761,13 @@ fn respond(server: &Server, records: &mut Records, output: &Output, begun: Begun
         && response.flush().is_ok()
         && output.record(STDOUT, begun.id, &[]).is_ok()
         && output.end_request(begun.id, REQUEST_COMPLETE).is_ok();
-    finished && clean
+    // An answer may come before the body has ended (a 413 from
+    // Content-Length, a malformed form, a clear): the reader may then be in
+    // the middle of a STDIN record, whose rest is the client's bytes. Read
+    // as record headers, they would be a request the client wrote itself
+    // (request smuggling). So the rest of STDIN is read, record by record,
+    // and discarded first; the answer is already on its way.
+    finished && clean && begun.keep_conn && body.discard_rest()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -770,6 +790,59 @@ struct Body<'a> {
 }
 
 impl Body<'_> {
+    /// Reads and discards what is left of this request's STDIN, record by
+    /// record, up to its empty end record. False when the stream broke or
+    /// the end did not come within [`DISCARD_LIMIT`] and [`DISCARD_TIME`]:
+    /// the connection must then close.
+    ///
+    /// When the end record is already buffered, as after every request
+    /// without a body (status polls), this costs no system call.
+    fn discard_rest(&mut self) -> bool {
+        let deadline = Instant::now() + DISCARD_TIME;
+        let mut discarded = 0u64;
+        let mut waiting = false;
+        let mut scratch = [0u8; 8192];
+        let ended = loop {
+            match self.state {
+                BodyState::Ended => break true,
+                BodyState::Broken => break false,
+                BodyState::Open => {}
+            }
+            if discarded > DISCARD_LIMIT || Instant::now() >= deadline {
+                break false;
+            }
+            // A read that has to wait for the socket waits the short time,
+            // not the connection's read timeout.
+            let needed = if self.left > 0 { 1 } else { 8 };
+            if !waiting && self.records.reader.buffer().len() < needed {
+                if self.output.stream.set_read_timeout(DISCARD_TIME).is_err() {
+                    break false;
+                }
+                waiting = true;
+            }
+            let step = if self.left == 0 {
+                self.next_record().map(|_| 8)
+            } else {
+                self.read(&mut scratch)
+            };
+            match step {
+                Ok(n) => discarded += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break false,
+            }
+        };
+        if waiting
+            && self
+                .output
+                .stream
+                .set_read_timeout(self.server.options.read_timeout)
+                .is_err()
+        {
+            return false;
+        }
+        ended
+    }
+
     /// Fails the read with an HTTP status the upload records.
     fn fail(&mut self, status: u16, message: &str) -> io::Error {
         self.state = BodyState::Broken;
