@@ -381,3 +381,52 @@ fn the_environment_file_lists_every_setting_with_its_default() {
     });
     assert!(config.is_ok(), "{:?}", config.err());
 }
+
+/// nginx-fastcgi.conf keeps its connections to the daemon (`keepalive`,
+/// `fastcgi_keep_conn on`). An answer given mid-body must leave them
+/// sound: the rest of the body is the client's bytes (`v`, 118), and read
+/// as a record header it would be "unsupported FastCGI version 118".
+#[test]
+fn nginx_kept_connections_to_the_daemon_survive_early_answers() {
+    let mut site = Site::new();
+    start_nginx_with_the_daemon(&mut site);
+    let mut body = b"--XX\r\nContent-Disposition: attachment; name=\"f\"\r\n\r\n".to_vec();
+    body.resize(200_000, b'v');
+    body.extend_from_slice(b"\r\n--XX--\r\n");
+    let body_file = site.write("early.body", "");
+    std::fs::write(&body_file, &body).unwrap();
+    for round in 0..5 {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-H"])
+            .arg("Content-Type: multipart/form-data; boundary=XX")
+            .arg("--data-binary")
+            .arg(format!("@{}", body_file.display()))
+            .arg(site.url(&format!("/upload?X-Progress-ID=early-{round}")))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (answer, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        assert_eq!(code, "400", "{text}\n{}", site.logs_text());
+        assert!(answer.contains("not form-data"), "{answer}");
+        // The connections nginx kept serve the next requests.
+        for _ in 0..3 {
+            assert_eq!(site.status("never")["state"], "starting");
+        }
+        assert_eq!(site.status(&format!("early-{round}"))["status"], 400);
+    }
+    let (file, sha) = site.data_file("after.bin", 300_000, 9);
+    let (code, answer) = site.upload("after", &file, None).finish();
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(site.status("after")["files"][0]["sha256"], sha.as_str());
+    let daemon_log = std::fs::read_to_string(site.path("daemon.log")).unwrap();
+    let lines: Vec<&str> = daemon_log
+        .lines()
+        .filter(|l| !l.starts_with("fileupload: serving FastCGI"))
+        .collect();
+    assert!(lines.is_empty(), "the daemon logged: {lines:#?}");
+    let nginx_log = std::fs::read_to_string(site.path("nginx-error.log")).unwrap_or_default();
+    assert!(
+        !nginx_log.contains("upstream"),
+        "nginx logged upstream trouble: {nginx_log}"
+    );
+}
