@@ -122,7 +122,7 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
     let config = Config::load(&given, |var| std::env::var(var).ok()).map_err(error)?;
     let listen_given = matches.opt_present("listen") && matches.free.is_empty();
     if matches.opt_present("fastcgi") || listen_given {
-        return serve_fastcgi(config);
+        return serve_fastcgi(config, &given);
     }
     let (name, args) = matches
         .free
@@ -209,8 +209,8 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
     }
 }
 
-fn serve_fastcgi(config: Config) -> Result<i32, Exit> {
-    use crate::fastcgi::{Listener, ServerOptions, serve};
+fn serve_fastcgi(config: Config, given: &[(&str, String)]) -> Result<i32, Exit> {
+    use crate::fastcgi::{ConfigSources, Listener, ServerOptions, serve};
     let (listener, place) = match &config.listen {
         Some(address) => {
             let listener = Listener::bind(address, config.socket_mode)
@@ -239,6 +239,8 @@ fn serve_fastcgi(config: Config) -> Result<i32, Exit> {
     if let Err(err) = config.pool().check() {
         crate::log!("warning: {err}; requests fail until this is fixed");
     }
-    serve(config, listener, options).map_err(|e| error(format!("FastCGI server failed: {e}")))?;
+    let sources = ConfigSources::capture(given);
+    serve(config, sources, listener, options)
+        .map_err(|e| error(format!("FastCGI server failed: {e}")))?;
     Ok(0)
 }

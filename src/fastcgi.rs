@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, DAEMON_ONLY, SETTINGS};
 use crate::handler;
 use crate::http::{HttpError, Request, Response, ResponseWriter, write_cgi_head};
 
@@ -61,6 +61,11 @@ const MAX_CONTENT: usize = 65535;
 const MAX_PARAMS: usize = 1 << 20;
 /// The record reader's buffer.
 const READ_BUFFER: usize = 8 * 1024;
+/// Most distinct sets of per-request settings kept merged (see
+/// [`Server::request_config`]); past this the cache starts over.
+const MAX_MERGED: usize = 64;
+/// What the names of settings' variables and parameters begin with.
+const SETTING_PREFIX: &str = "FILEUPLOAD_";
 /// How often the acceptor looks at the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
 /// After an answer given before the request's STDIN ended (a 413, a 400,
@@ -84,6 +89,40 @@ pub struct ServerOptions {
     /// How long a read from the web server may wait; also how long an idle
     /// kept-alive connection is kept.
     pub read_timeout: Duration,
+}
+
+/// What the daemon's configuration was loaded from, kept so that the
+/// `FILEUPLOAD_*` parameters a web server passes with a request can be
+/// placed between them: options, then the request's parameters, then the
+/// daemon's environment, then the config file, then defaults.
+///
+/// No `Debug`: the environment may hold the upload key.
+#[derive(Clone, Default)]
+pub struct ConfigSources {
+    /// Command-line options, by setting name (and `config`).
+    pub options: Vec<(String, String)>,
+    /// The daemon's own `FILEUPLOAD_*` environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl ConfigSources {
+    /// `options` as given to [`Config::load`], and this process's
+    /// environment.
+    pub fn capture(options: &[(&str, String)]) -> ConfigSources {
+        let names = SETTINGS
+            .iter()
+            .map(|s| s.env_var())
+            .chain(["FILEUPLOAD_CONFIG".to_owned()]);
+        ConfigSources {
+            options: options
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.clone()))
+                .collect(),
+            env: names
+                .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
+                .collect(),
+        }
+    }
 }
 
 /// Where connections come from.
@@ -272,7 +311,15 @@ impl RateLimitedLog {
 
 /// State shared by the workers and the main thread.
 struct Server {
+    /// The daemon's own configuration: what a request without
+    /// `FILEUPLOAD_*` parameters gets.
     config: Config,
+    /// Where a request's own configuration is merged from; `None`
+    /// (fuzzing): requests may not bring settings.
+    sources: Option<ConfigSources>,
+    /// Configurations merged with requests' parameters, by those
+    /// parameters (sorted).
+    merged: Mutex<HashMap<Vec<(String, String)>, Arc<Config>>>,
     options: ServerOptions,
     /// Set by SIGTERM/SIGINT.
     stopping: Arc<AtomicBool>,
@@ -285,9 +332,16 @@ struct Server {
 }
 
 impl Server {
-    fn new(config: Config, options: ServerOptions, stopping: Arc<AtomicBool>) -> Server {
+    fn new(
+        config: Config,
+        sources: Option<ConfigSources>,
+        options: ServerOptions,
+        stopping: Arc<AtomicBool>,
+    ) -> Server {
         Server {
             config,
+            sources,
+            merged: Mutex::new(HashMap::new()),
             options,
             stopping,
             grace_over: AtomicBool::new(false),
@@ -298,6 +352,113 @@ impl Server {
                 quiet: false,
             },
         }
+    }
+
+    /// The configuration a request runs with. Without `FILEUPLOAD_*`
+    /// parameters (the usual case, and every status poll behind a server
+    /// that passes none) it is the daemon's own: `None`, at the cost of one
+    /// look at each parameter's first bytes. With them, the daemon's
+    /// sources merged with them, once per distinct set: a key file is read
+    /// when a set is first seen, not on every poll.
+    ///
+    /// A parameter that cannot apply (a [`DAEMON_ONLY`] setting,
+    /// `FILEUPLOAD_CONFIG`, an unknown `FILEUPLOAD_` name) or a bad value
+    /// is a 500 and a rate-limited log line naming it: an administrator who
+    /// set a limit or a key must not believe it active when it is not.
+    fn request_config(
+        &self,
+        params: &[(String, String)],
+    ) -> Result<Option<Arc<Config>>, HttpError> {
+        if !params
+            .iter()
+            .any(|(name, _)| name.starts_with(SETTING_PREFIX))
+        {
+            return Ok(None);
+        }
+        let mut given: Vec<(String, String)> = params
+            .iter()
+            .filter(|(name, _)| name.starts_with(SETTING_PREFIX))
+            .cloned()
+            .collect();
+        given.sort();
+        if let Some(config) = self.lock_merged().get(&given) {
+            return Ok(Some(Arc::clone(config)));
+        }
+        let config = self.merge(&given).map_err(|message| {
+            self.log
+                .log("settings", &format!("refusing a request: {message}"));
+            HttpError::new(
+                500,
+                "the upload service is misconfigured; the details are in the server's log",
+            )
+        })?;
+        let config = Arc::new(config);
+        let mut merged = self.lock_merged();
+        if merged.len() >= MAX_MERGED {
+            merged.clear();
+        }
+        merged.insert(given, Arc::clone(&config));
+        Ok(Some(config))
+    }
+
+    fn merge(&self, given: &[(String, String)]) -> Result<Config, String> {
+        let Some(sources) = &self.sources else {
+            return Err("this server takes no settings from requests".into());
+        };
+        // An empty value counts as unset, as everywhere.
+        for (name, _) in given.iter().filter(|(_, value)| !value.is_empty()) {
+            if name == "FILEUPLOAD_CONFIG" {
+                return Err(format!(
+                    "FastCGI parameter {name}: the config file is the daemon's (its --config or \
+                     environment); pass the settings themselves as FILEUPLOAD_* parameters"
+                ));
+            }
+            match SETTINGS.iter().find(|s| s.env_var() == *name) {
+                None => {
+                    let known: Vec<String> = SETTINGS
+                        .iter()
+                        .filter(|s| !DAEMON_ONLY.contains(&s.name))
+                        .map(|s| s.env_var())
+                        .collect();
+                    return Err(format!(
+                        "FastCGI parameter {name}: no such setting; a request may set {}",
+                        known.join(", ")
+                    ));
+                }
+                Some(setting) if DAEMON_ONLY.contains(&setting.name) => {
+                    return Err(format!(
+                        "FastCGI parameter {name}: {} is a setting of the daemon as a whole and \
+                         cannot change per request; set it in the daemon's options, environment \
+                         or config file",
+                        setting.name
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let lookup = |pairs: &[(String, String)], var: &str| {
+            pairs
+                .iter()
+                .find(|(name, _)| name == var)
+                .map(|(_, value)| value.clone())
+        };
+        let options: Vec<(&str, String)> = sources
+            .options
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.clone()))
+            .collect();
+        Config::load_layered(
+            &options,
+            |var| lookup(given, var),
+            |var| lookup(&sources.env, var),
+        )
+        .map_err(|err| err.to_string())
+    }
+
+    fn lock_merged(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Vec<(String, String)>, Arc<Config>>> {
+        self.merged.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn set_busy(&self, id: u64, busy: bool) {
@@ -330,7 +491,15 @@ impl Server {
 /// Each worker accepts its own connections: one that is busy simply does
 /// not accept, so excess connections wait in the listen backlog, and no
 /// connection is handed from thread to thread.
-pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::Result<()> {
+///
+/// `sources` are what `config` was loaded from: a request whose parameters
+/// carry settings runs with them merged in (see [`ConfigSources`]).
+pub fn serve(
+    config: Config,
+    sources: ConfigSources,
+    listener: Listener,
+    options: ServerOptions,
+) -> io::Result<()> {
     let stopping = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stopping))?;
@@ -342,7 +511,7 @@ pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::
         Some(TICK),
     )?;
     let workers = options.workers.max(1);
-    let server = Arc::new(Server::new(config, options, stopping));
+    let server = Arc::new(Server::new(config, Some(sources), options, stopping));
     let listener = Arc::new(listener);
     let mut handles = Vec::with_capacity(workers);
     for n in 0..workers {
@@ -381,7 +550,8 @@ pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::
 /// Serves one connection on which the peer sends `input` and then closes
 /// its side; returns everything the peer received. The way in for fuzzing
 /// the record stream (fuzz/fuzz_targets/fastcgi_stream.rs), not a stable
-/// API.
+/// API. Requests may not bring settings here (they are answered 500): a
+/// fuzzer's parameters could name any directory or program.
 #[doc(hidden)]
 pub fn serve_bytes(config: Config, input: &[u8]) -> io::Result<Vec<u8>> {
     let (ours, mut theirs) = UnixStream::pair()?;
@@ -390,7 +560,7 @@ pub fn serve_bytes(config: Config, input: &[u8]) -> io::Result<Vec<u8>> {
         grace: Duration::ZERO,
         read_timeout: Duration::from_secs(5),
     };
-    let mut server = Server::new(config, options, Arc::new(AtomicBool::new(false)));
+    let mut server = Server::new(config, None, options, Arc::new(AtomicBool::new(false)));
     server.log.quiet = true;
     thread::scope(|scope| {
         let peer = scope.spawn(move || {
@@ -729,11 +899,19 @@ fn respond(server: &Server, records: &mut Records, output: &Output, begun: Begun
         .params
         .iter()
         .any(|(name, value)| name == "REQUEST_METHOD" && value == "POST");
+    let config = server.request_config(&begun.params);
     let params = begun.params;
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
         let serve = || {
             let mut request = Request::new(params, &mut body, true);
-            handler::handle(&server.config, &mut request, &mut response)
+            match &config {
+                Ok(None) => handler::handle(&server.config, &mut request, &mut response),
+                Ok(Some(merged)) => handler::handle(merged, &mut request, &mut response),
+                Err(err) => {
+                    let head_only = request.method() == "HEAD";
+                    Response::error(err).send(&mut response, head_only)
+                }
+            }
         };
         if !bulk {
             return serve();

@@ -769,3 +769,240 @@ fn a_body_that_does_not_end_soon_after_an_early_answer_closes_the_connection() {
     assert!(!pool.top_level().iter().any(|name| name == "smuggled"));
     assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
 }
+
+// ---- settings the web server passes with a request ----------------------------
+
+/// A POST of `form` with `settings` among its parameters.
+fn post_with(daemon: &Daemon, target: &str, form: &Form, settings: &[(&str, &str)]) -> Reply {
+    let body = form.body();
+    let length = body.len().to_string();
+    let content_type = form.content_type();
+    let mut extra = vec![
+        ("CONTENT_TYPE", content_type.as_str()),
+        ("CONTENT_LENGTH", length.as_str()),
+    ];
+    extra.extend_from_slice(settings);
+    daemon.request("POST", target, &extra, &body)
+}
+
+fn two_mib_form(seed: u64) -> Form {
+    Form::new().file(
+        "f",
+        "big.bin",
+        "application/octet-stream",
+        &random_bytes(2 << 20, seed),
+    )
+}
+
+#[test]
+fn a_size_limit_passed_with_the_request_is_enforced() {
+    // The parameter beats the daemon's environment (4M).
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_MAX_SIZE", "4M")]);
+    let limited = [("FILEUPLOAD_MAX_SIZE", "1M")];
+    let reply = post_with(
+        &daemon,
+        "/upload?X-Progress-ID=p-big",
+        &two_mib_form(1),
+        &limited,
+    );
+    reply.assert_error(413, "more than the limit of 1048576 bytes");
+    assert_eq!(status_of(&pool.cgi(), "p-big")["status"], 413);
+    // Without it, the daemon's own limit.
+    let reply = post_with(&daemon, "/upload?X-Progress-ID=p-ok", &two_mib_form(2), &[]);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
+
+#[test]
+fn a_daemon_option_beats_the_request_parameter() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start_with_args(pool.path(), &[], &["--max-size", "4M"]);
+    let limited = [("FILEUPLOAD_MAX_SIZE", "1M")];
+    let reply = post_with(
+        &daemon,
+        "/upload?X-Progress-ID=opt",
+        &two_mib_form(3),
+        &limited,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let form = Form::new().file("f", "b", "text/plain", &random_bytes(5 << 20, 4));
+    let reply = post_with(&daemon, "/upload?X-Progress-ID=opt-big", &form, &limited);
+    reply.assert_error(413, "more than the limit of 4194304 bytes");
+}
+
+#[test]
+fn a_key_passed_with_the_request_requires_signed_identifiers() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "per-location key\n").unwrap();
+    let key_path = key_file.to_str().unwrap();
+    let signed = std::process::Command::new(bin())
+        .env_clear()
+        .env("FILEUPLOAD_DIRECTORY", pool.path())
+        .env("FILEUPLOAD_UPLOAD_KEY_FILE", key_path)
+        .arg("new-id")
+        .output()
+        .unwrap();
+    let signed = String::from_utf8(signed.stdout).unwrap().trim().to_owned();
+    let form = Form::new().file("f", "k.txt", "text/plain", b"keyed");
+    for settings in [
+        [("FILEUPLOAD_UPLOAD_KEY", "per-location key")],
+        [("FILEUPLOAD_UPLOAD_KEY_FILE", key_path)],
+    ] {
+        let target = "/upload?X-Progress-ID=unsigned";
+        post_with(&daemon, target, &form, &settings).assert_error(403, "not signed");
+        let status = format!("/upload/status?X-Progress-ID={signed}");
+        let reply = daemon.request("GET", &status, &settings, b"");
+        assert_eq!(reply.body, br#"{"state":"starting"}"#, "{}", reply.text());
+    }
+    assert!(pool.top_level().is_empty(), "{:?}", pool.top_level());
+    // Without the parameter the daemon has no key: the same unsigned
+    // identifier is taken.
+    let reply = daemon.post_form("/upload?X-Progress-ID=unsigned", &form);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // The key file was read once for its set of parameters, not per poll:
+    // gone now, polls still verify with the key read before.
+    std::fs::remove_file(&key_file).unwrap();
+    let file_setting = [("FILEUPLOAD_UPLOAD_KEY_FILE", key_path)];
+    for _ in 0..3 {
+        let status = format!("/upload/status?X-Progress-ID={signed}");
+        let reply = daemon.request("GET", &status, &file_setting, b"");
+        assert_eq!(reply.body, br#"{"state":"starting"}"#, "{}", reply.text());
+        daemon
+            .request("GET", "/upload/status?X-Progress-ID=x", &file_setting, b"")
+            .assert_error(403, "not signed");
+    }
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
+
+#[test]
+fn a_directory_passed_with_the_request_chooses_the_pool() {
+    let pool = TestPool::new();
+    let other = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let data = random_bytes(100_000, 5);
+    let form = Form::new().file("f", "elsewhere.bin", "application/octet-stream", &data);
+    let settings = [("FILEUPLOAD_DIRECTORY", other.path().to_str().unwrap())];
+    let reply = post_with(&daemon, "/upload?X-Progress-ID=elsewhere", &form, &settings);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let stored = path_of(&reply.json(), 0);
+    assert!(stored.starts_with(other.path()), "{}", stored.display());
+    assert_eq!(std::fs::read(&stored).unwrap(), data);
+    assert_eq!(other.top_level(), ["elsewhere"]);
+    assert!(pool.top_level().is_empty(), "{:?}", pool.top_level());
+    // Status polls with the same parameter see it; those without do not.
+    let reply = daemon.request(
+        "GET",
+        "/upload/status?X-Progress-ID=elsewhere",
+        &settings,
+        b"",
+    );
+    assert_eq!(reply.json()["state"], "done");
+    let reply = daemon.get("/upload/status?X-Progress-ID=elsewhere");
+    assert_eq!(reply.json()["state"], "starting");
+}
+
+#[test]
+fn settings_that_cannot_change_per_request_are_a_500_naming_them() {
+    let cases = [
+        (
+            "FILEUPLOAD_WORKERS",
+            "2",
+            "workers is a setting of the daemon as a whole",
+        ),
+        (
+            "FILEUPLOAD_LISTEN",
+            "127.0.0.1:1",
+            "listen is a setting of the daemon",
+        ),
+        ("FILEUPLOAD_GRACE", "1s", "grace is a setting of the daemon"),
+        (
+            "FILEUPLOAD_SOCKET_MODE",
+            "0666",
+            "socket_mode is a setting of the daemon",
+        ),
+        (
+            "FILEUPLOAD_CONFIG",
+            "/etc/passwd",
+            "the config file is the daemon's",
+        ),
+        ("FILEUPLOAD_MAX_SZIE", "1M", "no such setting"),
+    ];
+    for (name, value, why) in cases {
+        let pool = TestPool::new();
+        let daemon = Daemon::start(pool.path(), &[]);
+        let form = Form::new().file("f", "a", "text/plain", b"x");
+        let reply = post_with(
+            &daemon,
+            "/upload?X-Progress-ID=refused",
+            &form,
+            &[(name, value)],
+        );
+        reply.assert_error(500, "misconfigured");
+        assert!(
+            pool.top_level().is_empty(),
+            "{name}: {:?}",
+            pool.top_level()
+        );
+        let lines = daemon.log_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains(&format!("FastCGI parameter {name}: ")) && lines[0].contains(why),
+            "{name}: {lines:?}"
+        );
+        // An empty value counts as unset, as everywhere.
+        let reply = daemon.request("GET", "/upload/new", &[(name, "")], b"");
+        assert_eq!(reply.status, 200, "{name}: {}", reply.text());
+    }
+}
+
+#[test]
+fn a_bad_value_passed_with_the_request_is_a_500_naming_the_parameter() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let form = Form::new().file("f", "a", "text/plain", b"x");
+    for _ in 0..20 {
+        let reply = post_with(
+            &daemon,
+            "/upload?X-Progress-ID=bad",
+            &form,
+            &[("FILEUPLOAD_MAX_SIZE", "12X")],
+        );
+        reply.assert_error(500, "misconfigured");
+    }
+    for (name, value, message) in [
+        (
+            "FILEUPLOAD_DIRECTORY",
+            "relative",
+            "must be an absolute path",
+        ),
+        (
+            "FILEUPLOAD_UPLOAD_KEY_FILE",
+            "/nonexistent/key",
+            "/nonexistent/key",
+        ),
+    ] {
+        thread::sleep(Duration::from_millis(1100));
+        daemon
+            .request("GET", "/upload/new", &[(name, value)], b"")
+            .assert_error(500, "misconfigured");
+        let lines = daemon.log_lines();
+        assert!(
+            lines.last().is_some_and(|l| l.contains(message)),
+            "{name}: {lines:?}"
+        );
+    }
+    assert!(pool.top_level().is_empty(), "{:?}", pool.top_level());
+    let lines = daemon.log_lines();
+    assert!(
+        lines[0].contains("FastCGI parameter FILEUPLOAD_MAX_SIZE: invalid size \"12X\""),
+        "{lines:?}"
+    );
+    assert!(
+        lines.len() <= 4,
+        "20 bad requests flooded the log: {lines:#?}"
+    );
+}
