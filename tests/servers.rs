@@ -430,3 +430,37 @@ fn nginx_kept_connections_to_the_daemon_survive_early_answers() {
         "nginx logged upstream trouble: {nginx_log}"
     );
 }
+
+/// `fastcgi_param FILEUPLOAD_MAX_SIZE` in the location, as the example's
+/// comment shows, is the daemon's limit for that location (its own,
+/// from fileupload.env, is 4 MiB here).
+#[test]
+fn nginx_fastcgi_param_settings_reach_the_daemon() {
+    let mut site = Site::new();
+    let socket = start_systemd_daemon(&mut site);
+    let demo = install_demo_page(&site);
+    start_nginx(
+        &mut site,
+        "nginx-fastcgi.conf",
+        &[
+            (
+                "unix:/run/fileupload/fileupload.sock",
+                format!("unix:{}", socket.display()),
+            ),
+            ("/usr/local/share/fileupload", demo.display().to_string()),
+            (
+                "# fastcgi_param FILEUPLOAD_MAX_SIZE 100;",
+                "fastcgi_param FILEUPLOAD_MAX_SIZE 1;".to_owned(),
+            ),
+        ],
+    );
+    let (big, _) = site.data_file("big.bin", 2 << 20, 1);
+    let (code, body) = site.upload("param-big", &big, None).finish();
+    assert_eq!(code, 413, "{body}\n{}", site.logs_text());
+    assert!(body.contains("limit of 1048576 bytes"), "{body}");
+    assert_eq!(site.status("param-big")["status"], 413);
+    let (small, sha) = site.data_file("small.bin", 500_000, 2);
+    let (code, body) = site.upload("param-small", &small, None).finish();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(site.status("param-small")["files"][0]["sha256"], sha.as_str());
+}
