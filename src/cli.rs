@@ -38,7 +38,9 @@ Commands:
 
 Every setting is also an environment variable FILEUPLOAD_<NAME> and a
 `name = value` line of the config file; options win over the environment,
-which wins over the file.";
+which wins over the file. The FastCGI daemon also takes a request's
+FILEUPLOAD_* parameters (nginx fastcgi_param), between its options and
+its environment.";
 
 /// A failure of the command line, with its exit status.
 #[derive(Debug)]

@@ -1,5 +1,8 @@
 //! Configuration: command-line options, environment variables, a config
-//! file, and defaults, in that order of precedence.
+//! file, and defaults, in that order of precedence. The FastCGI daemon
+//! adds one source between options and environment: the `FILEUPLOAD_*`
+//! parameters the web server passes with a request
+//! ([`Config::load_layered`]).
 //!
 //! A CGI program is configured by its environment (Apache `SetEnv`, nginx
 //! `fastcgi_param`), so every setting has a `FILEUPLOAD_*` variable. The

@@ -14,13 +14,29 @@
 //! descriptors on `accept` waits and retries, and a panic in a request is
 //! caught and answered with a 500. Nothing here can take the process down.
 //!
+//! A kept connection (`FCGI_KEEP_CONN`) serves its next request only once
+//! the current one's STDIN has ended. An answer may come first (a 413
+//! from `Content-Length`, a malformed form, a clear); the reader is then
+//! inside a STDIN record whose rest is the client's bytes, and reading
+//! those as record headers would serve whatever request a client hid in
+//! its upload. So the rest is read and discarded record by record, at most
+//! 4 MiB within about a second (`DISCARD_LIMIT`, `DISCARD_TIME`), or the
+//! connection is closed.
+//!
+//! Settings can come with a request: `FILEUPLOAD_*` parameters, which the
+//! web server's configuration sets (nginx `fastcgi_param`), are merged
+//! between the daemon's options and its environment (see
+//! [`ConfigSources`] and `Server::request_config`), with CGI's errors.
+//!
 //! Why not a crate: `fastcgi` 1.0.0 `unwrap()`s the first record of every
 //! connection and `panic!`s when `accept` fails, so a bad peer or a full
 //! file table kills the process; `outer_cgi` takes over `main` (its own
 //! option parser, a forked syslog diverter) and `expect()`s on `fcntl` and
 //! `fstat` errors; `tokio-fastcgi` would bring an async runtime into a
-//! synchronous program. The responder role fcgiwrap implements in a few
-//! hundred lines is what this needs, no more.
+//! synchronous program. What this needs is the responder role alone (no
+//! multiplexing, no other roles), so it is written here, record layer
+//! included; fcgiwrap, for comparison, leaves the record layer to libfcgi,
+//! the FastCGI reference library, and implements the CGI side only.
 
 use std::collections::HashMap;
 use std::fs;
@@ -309,6 +325,10 @@ impl RateLimitedLog {
     }
 }
 
+/// Configurations merged with requests' `FILEUPLOAD_*` parameters, by
+/// those parameters (sorted).
+type Merged = HashMap<Vec<(String, String)>, Arc<Config>>;
+
 /// State shared by the workers and the main thread.
 struct Server {
     /// The daemon's own configuration: what a request without
@@ -317,9 +337,7 @@ struct Server {
     /// Where a request's own configuration is merged from; `None`
     /// (fuzzing): requests may not bring settings.
     sources: Option<ConfigSources>,
-    /// Configurations merged with requests' parameters, by those
-    /// parameters (sorted).
-    merged: Mutex<HashMap<Vec<(String, String)>, Arc<Config>>>,
+    merged: Mutex<Merged>,
     options: ServerOptions,
     /// Set by SIGTERM/SIGINT.
     stopping: Arc<AtomicBool>,
@@ -455,9 +473,7 @@ impl Server {
         .map_err(|err| err.to_string())
     }
 
-    fn lock_merged(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Vec<(String, String)>, Arc<Config>>> {
+    fn lock_merged(&self) -> std::sync::MutexGuard<'_, Merged> {
         self.merged.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -1207,6 +1223,43 @@ mod tests {
                 ("EMPTY".to_string(), String::new())
             ]
         );
+    }
+
+    #[test]
+    fn merged_configurations_are_cached_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = ConfigSources {
+            options: vec![("directory".into(), dir.path().display().to_string())],
+            env: vec![("FILEUPLOAD_MAX_SIZE".into(), "100".into())],
+        };
+        let options = ServerOptions {
+            workers: 1,
+            grace: Duration::ZERO,
+            read_timeout: Duration::from_secs(1),
+        };
+        let server = Server::new(
+            Config::default(),
+            Some(sources),
+            options,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let params = |size: usize| {
+            vec![
+                ("REQUEST_METHOD".to_string(), "GET".to_string()),
+                ("FILEUPLOAD_MAX_SIZE".to_string(), format!("{size}K")),
+            ]
+        };
+        assert!(server.request_config(&params(0)[..1]).unwrap().is_none());
+        let first = server.request_config(&params(1)).unwrap().unwrap();
+        let again = server.request_config(&params(1)).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "merged once per set");
+        assert_eq!(first.max_size, Some(1024));
+        assert_eq!(first.directory, dir.path(), "the option beats the default");
+        for size in 2..200 {
+            let config = server.request_config(&params(size)).unwrap().unwrap();
+            assert_eq!(config.max_size, Some(size as u64 * 1024));
+            assert!(server.lock_merged().len() <= MAX_MERGED);
+        }
     }
 
     #[test]

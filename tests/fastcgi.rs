@@ -1006,3 +1006,42 @@ fn a_bad_value_passed_with_the_request_is_a_500_naming_the_parameter() {
         "20 bad requests flooded the log: {lines:#?}"
     );
 }
+
+#[test]
+fn a_key_per_request_replaces_the_daemons_key_but_not_its_key_file() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_UPLOAD_KEY", "daemon key")]);
+    // The same setting: the parameter wins.
+    let reply = daemon.request(
+        "GET",
+        "/upload/status?X-Progress-ID=x",
+        &[("FILEUPLOAD_UPLOAD_KEY", "location key")],
+        b"",
+    );
+    reply.assert_error(403, "not signed");
+    // The other half of the pair: both set, refused as in one environment.
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "file key").unwrap();
+    let reply = daemon.request(
+        "GET",
+        "/upload/status?X-Progress-ID=x",
+        &[("FILEUPLOAD_UPLOAD_KEY_FILE", key_file.to_str().unwrap())],
+        b"",
+    );
+    reply.assert_error(500, "misconfigured");
+    let lines = daemon.log_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(
+            "both upload_key (environment variable FILEUPLOAD_UPLOAD_KEY) and upload_key_file \
+             (FastCGI parameter FILEUPLOAD_UPLOAD_KEY_FILE)"
+        ),
+        "{lines:?}"
+    );
+    let log = daemon.log_text();
+    assert!(
+        !log.contains("daemon key") && !log.contains("location key") && !log.contains("file key"),
+        "a key was logged: {log}"
+    );
+}

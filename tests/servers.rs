@@ -414,9 +414,21 @@ fn nginx_kept_connections_to_the_daemon_survive_early_answers() {
         }
         assert_eq!(site.status(&format!("early-{round}"))["status"], 400);
     }
+    // A client's headers are no settings: they arrive as HTTP_FILEUPLOAD_*.
     let (file, sha) = site.data_file("after.bin", 300_000, 9);
-    let (code, answer) = site.upload("after", &file, None).finish();
-    assert_eq!(code, 200, "{answer}");
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "-H",
+            "Fileupload-Max-Size: 100K",
+            "-H",
+            "Fileupload-Workers: 2",
+        ])
+        .arg("-F")
+        .arg(format!("file=@{}", file.display()))
+        .arg(site.url("/upload?X-Progress-ID=after"));
+    let code = String::from_utf8(curl.output().unwrap().stdout).unwrap();
+    assert_eq!(code, "200", "{}", site.logs_text());
     assert_eq!(site.status("after")["files"][0]["sha256"], sha.as_str());
     let daemon_log = std::fs::read_to_string(site.path("daemon.log")).unwrap();
     let lines: Vec<&str> = daemon_log
@@ -462,5 +474,8 @@ fn nginx_fastcgi_param_settings_reach_the_daemon() {
     let (small, sha) = site.data_file("small.bin", 500_000, 2);
     let (code, body) = site.upload("param-small", &small, None).finish();
     assert_eq!(code, 200, "{body}");
-    assert_eq!(site.status("param-small")["files"][0]["sha256"], sha.as_str());
+    assert_eq!(
+        site.status("param-small")["files"][0]["sha256"],
+        sha.as_str()
+    );
 }
