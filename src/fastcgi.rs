@@ -771,7 +771,16 @@ fn serve_connection(server: &Server, stream: Stream) {
                 break;
             }
             Err(e) => {
-                if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::TimedOut {
+                // An idle connection timing out, or a web server closing
+                // one with our last answer unread (its client went away):
+                // an ordinary end, not worth a line.
+                let ordinary = matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::ConnectionReset
+                );
+                if !ordinary {
                     server
                         .log
                         .log("read", &format!("FastCGI connection failed: {e}"));

@@ -1045,3 +1045,24 @@ fn a_key_per_request_replaces_the_daemons_key_but_not_its_key_file() {
         "a key was logged: {log}"
     );
 }
+
+#[test]
+fn a_web_server_closing_with_our_answer_unread_logs_nothing() {
+    // What nginx does when its client goes away mid-request: it closes the
+    // kept connection without reading our answer, and the daemon's next
+    // read gets ECONNRESET. That is a close, not a failure.
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    for _ in 0..5 {
+        let mut stream = daemon.connect();
+        let params = params_for("GET", "/upload/status?X-Progress-ID=gone");
+        let mut bytes = request_head(1, &pairs(&params), true);
+        bytes.extend(stdin_records(1, b""));
+        stream.write_all(&bytes).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        drop(stream);
+    }
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(daemon.get("/upload/new").status, 200);
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
