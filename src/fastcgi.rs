@@ -91,8 +91,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// more than this is a client still sending, and such a connection is not
 /// worth its wait: it is closed instead.
 const DISCARD_LIMIT: u64 = 4 << 20;
-/// And the rest must arrive within this time (each read waits at most this
-/// long, so the whole takes at most twice it).
+/// And the rest must arrive within this time, counted from the first
+/// wait on the socket (each read waits at most this long, so the whole
+/// takes at most twice it).
 const DISCARD_TIME: Duration = Duration::from_secs(1);
 
 /// How the server runs.
@@ -1001,9 +1002,10 @@ impl Body<'_> {
     /// When the end record is already buffered, as after every request
     /// without a body (status polls), this costs no system call.
     fn discard_rest(&mut self) -> bool {
-        let deadline = Instant::now() + DISCARD_TIME;
+        // The time counts from the first wait on the socket, so a worker
+        // that was not scheduled for a while still takes what has arrived.
+        let mut deadline: Option<Instant> = None;
         let mut discarded = 0u64;
-        let mut waiting = false;
         let mut scratch = [0u8; 8192];
         let ended = loop {
             match self.state {
@@ -1011,17 +1013,23 @@ impl Body<'_> {
                 BodyState::Broken => break false,
                 BodyState::Open => {}
             }
-            if discarded > DISCARD_LIMIT || Instant::now() >= deadline {
+            if discarded > DISCARD_LIMIT {
                 break false;
             }
             // A read that has to wait for the socket waits the short time,
             // not the connection's read timeout.
             let needed = if self.left > 0 { 1 } else { 8 };
-            if !waiting && self.records.reader.buffer().len() < needed {
-                if self.output.stream.set_read_timeout(DISCARD_TIME).is_err() {
-                    break false;
+            if self.records.reader.buffer().len() < needed {
+                match deadline {
+                    Some(deadline) if Instant::now() >= deadline => break false,
+                    Some(_) => {}
+                    None => {
+                        if self.output.stream.set_read_timeout(DISCARD_TIME).is_err() {
+                            break false;
+                        }
+                        deadline = Some(Instant::now() + DISCARD_TIME);
+                    }
                 }
-                waiting = true;
             }
             let step = if self.left == 0 {
                 self.next_record().map(|_| 8)
@@ -1034,7 +1042,7 @@ impl Body<'_> {
                 Err(_) => break false,
             }
         };
-        if waiting
+        if deadline.is_some()
             && self
                 .output
                 .stream
