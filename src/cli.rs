@@ -40,7 +40,9 @@ Commands:
 
 Every setting is also an environment variable FILEUPLOAD_<NAME> and a
 `name = value` line of the config file; options win over the environment,
-which wins over the file.";
+which wins over the file. The FastCGI daemon also takes a request's
+FILEUPLOAD_* parameters (nginx fastcgi_param), between its options and
+its environment.";
 
 /// A failure of the command line, with its exit status.
 #[derive(Debug)]
@@ -124,7 +126,7 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
     let config = Config::load(&given, |var| std::env::var(var).ok()).map_err(error)?;
     let listen_given = matches.opt_present("listen") && matches.free.is_empty();
     if matches.opt_present("fastcgi") || listen_given {
-        return serve_fastcgi(config);
+        return serve_fastcgi(config, &given);
     }
     let (name, args) = matches
         .free
@@ -222,8 +224,8 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
     }
 }
 
-fn serve_fastcgi(config: Config) -> Result<i32, Exit> {
-    use crate::fastcgi::{Listener, ServerOptions, serve};
+fn serve_fastcgi(config: Config, given: &[(&str, String)]) -> Result<i32, Exit> {
+    use crate::fastcgi::{ConfigSources, Listener, ServerOptions, serve};
     let (listener, place) = match &config.listen {
         Some(address) => {
             let listener = Listener::bind(address, config.socket_mode)
@@ -252,6 +254,8 @@ fn serve_fastcgi(config: Config) -> Result<i32, Exit> {
     if let Err(err) = config.pool().check() {
         crate::log!("warning: {err}; requests fail until this is fixed");
     }
-    serve(config, listener, options).map_err(|e| error(format!("FastCGI server failed: {e}")))?;
+    let sources = ConfigSources::capture(given);
+    serve(config, sources, listener, options)
+        .map_err(|e| error(format!("FastCGI server failed: {e}")))?;
     Ok(0)
 }

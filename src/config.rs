@@ -1,5 +1,8 @@
 //! Configuration: command-line options, environment variables, a config
-//! file, and defaults, in that order of precedence.
+//! file, and defaults, in that order of precedence. The FastCGI daemon
+//! adds one source between options and environment: the `FILEUPLOAD_*`
+//! parameters the web server passes with a request
+//! ([`Config::load_layered`]).
 //!
 //! A CGI program is configured by its environment (Apache `SetEnv`, nginx
 //! `fastcgi_param`), so every setting has a `FILEUPLOAD_*` variable. The
@@ -166,10 +169,18 @@ pub const SETTINGS: &[Setting] = &[
     },
 ];
 
+/// Settings of the FastCGI daemon as a whole: they take effect when it
+/// starts, so a request's `FILEUPLOAD_*` parameter cannot change them
+/// (and is refused, see [`Config::load_layered`]).
+pub const DAEMON_ONLY: &[&str] = &["listen", "socket_mode", "workers", "grace"];
+
 /// Where a value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Origin {
     Option(&'static str),
+    /// A FastCGI request's parameter, which the web server's configuration
+    /// set (nginx `fastcgi_param`).
+    Param(String),
     Env(String),
     File(PathBuf, usize),
 }
@@ -178,6 +189,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Option(name) => write!(f, "option --{}", name.replace('_', "-")),
+            Origin::Param(var) => write!(f, "FastCGI parameter {var}"),
             Origin::Env(var) => write!(f, "environment variable {var}"),
             Origin::File(path, line) => write!(f, "{} line {line}", path.display()),
         }
@@ -282,6 +294,39 @@ impl Config {
         options: &[(&str, String)],
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Config::load_layered(options, |_| None, env)
+    }
+
+    /// As [`Config::load`], with one more source between the options and
+    /// the environment: `params`, a FastCGI request's `FILEUPLOAD_*`
+    /// parameters (what the web server's configuration passes with the
+    /// request), named as the environment variables are. Errors in them
+    /// name them (`FastCGI parameter FILEUPLOAD_MAX_SIZE: ...`). The
+    /// config file is still the one the options or `env` name: the caller
+    /// refuses `FILEUPLOAD_CONFIG` and the [`DAEMON_ONLY`] settings as
+    /// parameters.
+    ///
+    /// ```
+    /// use fileupload::Config;
+    ///
+    /// let config = Config::load_layered(
+    ///     &[("sha256", "on".into())],
+    ///     |var| match var {
+    ///         "FILEUPLOAD_MAX_SIZE" => Some("1M".into()), // beats the environment
+    ///         "FILEUPLOAD_SHA256" => Some("off".into()),  // loses to the option
+    ///         _ => None,
+    ///     },
+    ///     |var| (var == "FILEUPLOAD_MAX_SIZE").then(|| "100".into()),
+    /// )
+    /// .unwrap();
+    /// assert_eq!(config.max_size, Some(1 << 20));
+    /// assert!(config.sha256);
+    /// ```
+    pub fn load_layered(
+        options: &[(&str, String)],
+        params: impl Fn(&str) -> Option<String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let set = |v: &Option<String>| v.as_ref().is_some_and(|v| !v.is_empty());
         let option = |name: &str| {
             options
@@ -304,7 +349,17 @@ impl Config {
             let var = setting.env_var();
             let value = env(&var);
             if set(&value) {
-                values.insert(setting.name, (value.unwrap_or_default(), Origin::Env(var)));
+                values.insert(
+                    setting.name,
+                    (value.unwrap_or_default(), Origin::Env(var.clone())),
+                );
+            }
+            let value = params(&var);
+            if set(&value) {
+                values.insert(
+                    setting.name,
+                    (value.unwrap_or_default(), Origin::Param(var)),
+                );
             }
             let value = option(setting.name);
             if setting.option && set(&value) {
@@ -699,6 +754,45 @@ mod tests {
             .to_string();
         assert!(
             err.contains("line 2: unknown setting \"max_szie\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn request_parameters_sit_between_options_and_environment() {
+        let options = vec![("max_age", "1h".to_string())];
+        let params = |var: &str| match var {
+            "FILEUPLOAD_MAX_SIZE" => Some("1M".to_string()),
+            "FILEUPLOAD_MAX_AGE" => Some("2h".to_string()),
+            "FILEUPLOAD_SHA256" => Some(String::new()),
+            _ => None,
+        };
+        let env = |var: &str| match var {
+            "FILEUPLOAD_MAX_SIZE" => Some("100".to_string()),
+            "FILEUPLOAD_SHA256" => Some("off".to_string()),
+            _ => None,
+        };
+        let config = Config::load_layered(&options, params, env).unwrap();
+        assert_eq!(
+            config.max_size,
+            Some(1 << 20),
+            "parameter beats environment"
+        );
+        assert_eq!(
+            config.max_age,
+            Some(Duration::from_secs(3600)),
+            "option beats parameter"
+        );
+        assert!(!config.sha256, "an empty parameter is unset");
+        let err = Config::load_layered(
+            &[],
+            |var| (var == "FILEUPLOAD_MAX_SIZE").then(|| "12X".to_string()),
+            |_| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("FastCGI parameter FILEUPLOAD_MAX_SIZE: invalid size \"12X\""),
             "{err}"
         );
     }

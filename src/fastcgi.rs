@@ -14,13 +14,29 @@
 //! descriptors on `accept` waits and retries, and a panic in a request is
 //! caught and answered with a 500. Nothing here can take the process down.
 //!
+//! A kept connection (`FCGI_KEEP_CONN`) serves its next request only once
+//! the current one's STDIN has ended. An answer may come first (a 413
+//! from `Content-Length`, a malformed form, a clear); the reader is then
+//! inside a STDIN record whose rest is the client's bytes, and reading
+//! those as record headers would serve whatever request a client hid in
+//! its upload. So the rest is read and discarded record by record, at most
+//! 4 MiB within about a second (`DISCARD_LIMIT`, `DISCARD_TIME`), or the
+//! connection is closed.
+//!
+//! Settings can come with a request: `FILEUPLOAD_*` parameters, which the
+//! web server's configuration sets (nginx `fastcgi_param`), are merged
+//! between the daemon's options and its environment (see
+//! [`ConfigSources`] and `Server::request_config`), with CGI's errors.
+//!
 //! Why not a crate: `fastcgi` 1.0.0 `unwrap()`s the first record of every
 //! connection and `panic!`s when `accept` fails, so a bad peer or a full
 //! file table kills the process; `outer_cgi` takes over `main` (its own
 //! option parser, a forked syslog diverter) and `expect()`s on `fcntl` and
 //! `fstat` errors; `tokio-fastcgi` would bring an async runtime into a
-//! synchronous program. The responder role fcgiwrap implements in a few
-//! hundred lines is what this needs, no more.
+//! synchronous program. What this needs is the responder role alone (no
+//! multiplexing, no other roles), so it is written here, record layer
+//! included; fcgiwrap, for comparison, leaves the record layer to libfcgi,
+//! the FastCGI reference library, and implements the CGI side only.
 
 use std::collections::HashMap;
 use std::fs;
@@ -36,7 +52,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, DAEMON_ONLY, SETTINGS};
 use crate::handler;
 use crate::http::{HttpError, Request, Response, ResponseWriter, write_cgi_head};
 
@@ -61,8 +77,24 @@ const MAX_CONTENT: usize = 65535;
 const MAX_PARAMS: usize = 1 << 20;
 /// The record reader's buffer.
 const READ_BUFFER: usize = 8 * 1024;
+/// Most distinct sets of per-request settings kept merged (see
+/// [`Server::request_config`]); past this the cache starts over.
+const MAX_MERGED: usize = 64;
+/// What the names of settings' variables and parameters begin with.
+const SETTING_PREFIX: &str = "FILEUPLOAD_";
 /// How often the acceptor looks at the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
+/// After an answer given before the request's STDIN ended (a 413, a 400,
+/// a 410), at most this much of the rest of the body is read and discarded
+/// to keep the connection. A web server sends the rest of a body it has
+/// buffered at once (it sits in the socket buffers, a few MiB at most);
+/// more than this is a client still sending, and such a connection is not
+/// worth its wait: it is closed instead.
+const DISCARD_LIMIT: u64 = 4 << 20;
+/// And the rest must arrive within this time, counted from the first
+/// wait on the socket (each read waits at most this long, so the whole
+/// takes at most twice it).
+const DISCARD_TIME: Duration = Duration::from_secs(1);
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -74,6 +106,40 @@ pub struct ServerOptions {
     /// How long a read from the web server may wait; also how long an idle
     /// kept-alive connection is kept.
     pub read_timeout: Duration,
+}
+
+/// What the daemon's configuration was loaded from, kept so that the
+/// `FILEUPLOAD_*` parameters a web server passes with a request can be
+/// placed between them: options, then the request's parameters, then the
+/// daemon's environment, then the config file, then defaults.
+///
+/// No `Debug`: the environment may hold the upload key.
+#[derive(Clone, Default)]
+pub struct ConfigSources {
+    /// Command-line options, by setting name (and `config`).
+    pub options: Vec<(String, String)>,
+    /// The daemon's own `FILEUPLOAD_*` environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl ConfigSources {
+    /// `options` as given to [`Config::load`], and this process's
+    /// environment.
+    pub fn capture(options: &[(&str, String)]) -> ConfigSources {
+        let names = SETTINGS
+            .iter()
+            .map(|s| s.env_var())
+            .chain(["FILEUPLOAD_CONFIG".to_owned()]);
+        ConfigSources {
+            options: options
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), v.clone()))
+                .collect(),
+            env: names
+                .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
+                .collect(),
+        }
+    }
 }
 
 /// Where connections come from.
@@ -260,9 +326,19 @@ impl RateLimitedLog {
     }
 }
 
+/// Configurations merged with requests' `FILEUPLOAD_*` parameters, by
+/// those parameters (sorted).
+type Merged = HashMap<Vec<(String, String)>, Arc<Config>>;
+
 /// State shared by the workers and the main thread.
 struct Server {
+    /// The daemon's own configuration: what a request without
+    /// `FILEUPLOAD_*` parameters gets.
     config: Config,
+    /// Where a request's own configuration is merged from; `None`
+    /// (fuzzing): requests may not bring settings.
+    sources: Option<ConfigSources>,
+    merged: Mutex<Merged>,
     options: ServerOptions,
     /// Set by SIGTERM/SIGINT.
     stopping: Arc<AtomicBool>,
@@ -275,9 +351,16 @@ struct Server {
 }
 
 impl Server {
-    fn new(config: Config, options: ServerOptions, stopping: Arc<AtomicBool>) -> Server {
+    fn new(
+        config: Config,
+        sources: Option<ConfigSources>,
+        options: ServerOptions,
+        stopping: Arc<AtomicBool>,
+    ) -> Server {
         Server {
             config,
+            sources,
+            merged: Mutex::new(HashMap::new()),
             options,
             stopping,
             grace_over: AtomicBool::new(false),
@@ -288,6 +371,111 @@ impl Server {
                 quiet: false,
             },
         }
+    }
+
+    /// The configuration a request runs with. Without `FILEUPLOAD_*`
+    /// parameters (the usual case, and every status poll behind a server
+    /// that passes none) it is the daemon's own: `None`, at the cost of one
+    /// look at each parameter's first bytes. With them, the daemon's
+    /// sources merged with them, once per distinct set: a key file is read
+    /// when a set is first seen, not on every poll.
+    ///
+    /// A parameter that cannot apply (a [`DAEMON_ONLY`] setting,
+    /// `FILEUPLOAD_CONFIG`, an unknown `FILEUPLOAD_` name) or a bad value
+    /// is a 500 and a rate-limited log line naming it: an administrator who
+    /// set a limit or a key must not believe it active when it is not.
+    fn request_config(
+        &self,
+        params: &[(String, String)],
+    ) -> Result<Option<Arc<Config>>, HttpError> {
+        if !params
+            .iter()
+            .any(|(name, _)| name.starts_with(SETTING_PREFIX))
+        {
+            return Ok(None);
+        }
+        let mut given: Vec<(String, String)> = params
+            .iter()
+            .filter(|(name, _)| name.starts_with(SETTING_PREFIX))
+            .cloned()
+            .collect();
+        given.sort();
+        if let Some(config) = self.lock_merged().get(&given) {
+            return Ok(Some(Arc::clone(config)));
+        }
+        let config = self.merge(&given).map_err(|message| {
+            self.log
+                .log("settings", &format!("refusing a request: {message}"));
+            HttpError::new(
+                500,
+                "the upload service is misconfigured; the details are in the server's log",
+            )
+        })?;
+        let config = Arc::new(config);
+        let mut merged = self.lock_merged();
+        if merged.len() >= MAX_MERGED {
+            merged.clear();
+        }
+        merged.insert(given, Arc::clone(&config));
+        Ok(Some(config))
+    }
+
+    fn merge(&self, given: &[(String, String)]) -> Result<Config, String> {
+        let Some(sources) = &self.sources else {
+            return Err("this server takes no settings from requests".into());
+        };
+        // An empty value counts as unset, as everywhere.
+        for (name, _) in given.iter().filter(|(_, value)| !value.is_empty()) {
+            if name == "FILEUPLOAD_CONFIG" {
+                return Err(format!(
+                    "FastCGI parameter {name}: the config file is the daemon's (its --config or \
+                     environment); pass the settings themselves as FILEUPLOAD_* parameters"
+                ));
+            }
+            match SETTINGS.iter().find(|s| s.env_var() == *name) {
+                None => {
+                    let known: Vec<String> = SETTINGS
+                        .iter()
+                        .filter(|s| !DAEMON_ONLY.contains(&s.name))
+                        .map(|s| s.env_var())
+                        .collect();
+                    return Err(format!(
+                        "FastCGI parameter {name}: no such setting; a request may set {}",
+                        known.join(", ")
+                    ));
+                }
+                Some(setting) if DAEMON_ONLY.contains(&setting.name) => {
+                    return Err(format!(
+                        "FastCGI parameter {name}: {} is a setting of the daemon as a whole and \
+                         cannot change per request; set it in the daemon's options, environment \
+                         or config file",
+                        setting.name
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let lookup = |pairs: &[(String, String)], var: &str| {
+            pairs
+                .iter()
+                .find(|(name, _)| name == var)
+                .map(|(_, value)| value.clone())
+        };
+        let options: Vec<(&str, String)> = sources
+            .options
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.clone()))
+            .collect();
+        Config::load_layered(
+            &options,
+            |var| lookup(given, var),
+            |var| lookup(&sources.env, var),
+        )
+        .map_err(|err| err.to_string())
+    }
+
+    fn lock_merged(&self) -> std::sync::MutexGuard<'_, Merged> {
+        self.merged.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn set_busy(&self, id: u64, busy: bool) {
@@ -320,7 +508,15 @@ impl Server {
 /// Each worker accepts its own connections: one that is busy simply does
 /// not accept, so excess connections wait in the listen backlog, and no
 /// connection is handed from thread to thread.
-pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::Result<()> {
+///
+/// `sources` are what `config` was loaded from: a request whose parameters
+/// carry settings runs with them merged in (see [`ConfigSources`]).
+pub fn serve(
+    config: Config,
+    sources: ConfigSources,
+    listener: Listener,
+    options: ServerOptions,
+) -> io::Result<()> {
     let stopping = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stopping))?;
@@ -332,7 +528,7 @@ pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::
         Some(TICK),
     )?;
     let workers = options.workers.max(1);
-    let server = Arc::new(Server::new(config, options, stopping));
+    let server = Arc::new(Server::new(config, Some(sources), options, stopping));
     let listener = Arc::new(listener);
     let mut handles = Vec::with_capacity(workers);
     for n in 0..workers {
@@ -371,7 +567,8 @@ pub fn serve(config: Config, listener: Listener, options: ServerOptions) -> io::
 /// Serves one connection on which the peer sends `input` and then closes
 /// its side; returns everything the peer received. The way in for fuzzing
 /// the record stream (fuzz/fuzz_targets/fastcgi_stream.rs), not a stable
-/// API.
+/// API. Requests may not bring settings here (they are answered 500): a
+/// fuzzer's parameters could name any directory or program.
 #[doc(hidden)]
 pub fn serve_bytes(config: Config, input: &[u8]) -> io::Result<Vec<u8>> {
     let (ours, mut theirs) = UnixStream::pair()?;
@@ -380,7 +577,7 @@ pub fn serve_bytes(config: Config, input: &[u8]) -> io::Result<Vec<u8>> {
         grace: Duration::ZERO,
         read_timeout: Duration::from_secs(5),
     };
-    let mut server = Server::new(config, options, Arc::new(AtomicBool::new(false)));
+    let mut server = Server::new(config, None, options, Arc::new(AtomicBool::new(false)));
     server.log.quiet = true;
     thread::scope(|scope| {
         let peer = scope.spawn(move || {
@@ -575,7 +772,16 @@ fn serve_connection(server: &Server, stream: Stream) {
                 break;
             }
             Err(e) => {
-                if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::TimedOut {
+                // An idle connection timing out, or a web server closing
+                // one with our last answer unread (its client went away):
+                // an ordinary end, not worth a line.
+                let ordinary = matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::ConnectionReset
+                );
+                if !ordinary {
                     server
                         .log
                         .log("read", &format!("FastCGI connection failed: {e}"));
@@ -683,15 +889,19 @@ fn next_request(
                 current = None;
                 params.clear();
             }
-            // Leftovers of a request already answered (its body's tail, a
-            // late abort): they need nothing.
+            // Records of a request already answered (a late abort; its
+            // body was read to its end before this request began): they
+            // need nothing.
             _ => {}
         }
     }
 }
 
 /// Runs the handler for one request. Returns whether the connection may
-/// serve another.
+/// serve another: only when it answered the request, the peer asked to
+/// keep the connection, and the request's STDIN has ended, so the next
+/// byte read is the header of a record the web server wrote, never a byte
+/// of a client's body.
 fn respond(server: &Server, records: &mut Records, output: &Output, begun: Begun) -> bool {
     let mut body = Body {
         records,
@@ -715,11 +925,19 @@ fn respond(server: &Server, records: &mut Records, output: &Output, begun: Begun
         .params
         .iter()
         .any(|(name, value)| name == "REQUEST_METHOD" && value == "POST");
+    let config = server.request_config(&begun.params);
     let params = begun.params;
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
         let serve = || {
             let mut request = Request::new(params, &mut body, true);
-            handler::handle(&server.config, &mut request, &mut response)
+            match &config {
+                Ok(None) => handler::handle(&server.config, &mut request, &mut response),
+                Ok(Some(merged)) => handler::handle(merged, &mut request, &mut response),
+                Err(err) => {
+                    let head_only = request.method() == "HEAD";
+                    Response::error(err).send(&mut response, head_only)
+                }
+            }
         };
         if !bulk {
             return serve();
@@ -747,7 +965,13 @@ fn respond(server: &Server, records: &mut Records, output: &Output, begun: Begun
         && response.flush().is_ok()
         && output.record(STDOUT, begun.id, &[]).is_ok()
         && output.end_request(begun.id, REQUEST_COMPLETE).is_ok();
-    finished && clean
+    // An answer may come before the body has ended (a 413 from
+    // Content-Length, a malformed form, a clear): the reader may then be in
+    // the middle of a STDIN record, whose rest is the client's bytes. Read
+    // as record headers, they would be a request the client wrote itself
+    // (request smuggling). So the rest of STDIN is read, record by record,
+    // and discarded first; the answer is already on its way.
+    finished && clean && begun.keep_conn && body.discard_rest()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -770,6 +994,66 @@ struct Body<'a> {
 }
 
 impl Body<'_> {
+    /// Reads and discards what is left of this request's STDIN, record by
+    /// record, up to its empty end record. False when the stream broke or
+    /// the end did not come within [`DISCARD_LIMIT`] and [`DISCARD_TIME`]:
+    /// the connection must then close.
+    ///
+    /// When the end record is already buffered, as after every request
+    /// without a body (status polls), this costs no system call.
+    fn discard_rest(&mut self) -> bool {
+        // The time counts from the first wait on the socket, so a worker
+        // that was not scheduled for a while still takes what has arrived.
+        let mut deadline: Option<Instant> = None;
+        let mut discarded = 0u64;
+        let mut scratch = [0u8; 8192];
+        let ended = loop {
+            match self.state {
+                BodyState::Ended => break true,
+                BodyState::Broken => break false,
+                BodyState::Open => {}
+            }
+            if discarded > DISCARD_LIMIT {
+                break false;
+            }
+            // A read that has to wait for the socket waits the short time,
+            // not the connection's read timeout.
+            let needed = if self.left > 0 { 1 } else { 8 };
+            if self.records.reader.buffer().len() < needed {
+                match deadline {
+                    Some(deadline) if Instant::now() >= deadline => break false,
+                    Some(_) => {}
+                    None => {
+                        if self.output.stream.set_read_timeout(DISCARD_TIME).is_err() {
+                            break false;
+                        }
+                        deadline = Some(Instant::now() + DISCARD_TIME);
+                    }
+                }
+            }
+            let step = if self.left == 0 {
+                self.next_record().map(|_| 8)
+            } else {
+                self.read(&mut scratch)
+            };
+            match step {
+                Ok(n) => discarded += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break false,
+            }
+        };
+        if deadline.is_some()
+            && self
+                .output
+                .stream
+                .set_read_timeout(self.server.options.read_timeout)
+                .is_err()
+        {
+            return false;
+        }
+        ended
+    }
+
     /// Fails the read with an HTTP status the upload records.
     fn fail(&mut self, status: u16, message: &str) -> io::Error {
         self.state = BodyState::Broken;
@@ -956,6 +1240,43 @@ mod tests {
                 ("EMPTY".to_string(), String::new())
             ]
         );
+    }
+
+    #[test]
+    fn merged_configurations_are_cached_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = ConfigSources {
+            options: vec![("directory".into(), dir.path().display().to_string())],
+            env: vec![("FILEUPLOAD_MAX_SIZE".into(), "100".into())],
+        };
+        let options = ServerOptions {
+            workers: 1,
+            grace: Duration::ZERO,
+            read_timeout: Duration::from_secs(1),
+        };
+        let server = Server::new(
+            Config::default(),
+            Some(sources),
+            options,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let params = |size: usize| {
+            vec![
+                ("REQUEST_METHOD".to_string(), "GET".to_string()),
+                ("FILEUPLOAD_MAX_SIZE".to_string(), format!("{size}K")),
+            ]
+        };
+        assert!(server.request_config(&params(0)[..1]).unwrap().is_none());
+        let first = server.request_config(&params(1)).unwrap().unwrap();
+        let again = server.request_config(&params(1)).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "merged once per set");
+        assert_eq!(first.max_size, Some(1024));
+        assert_eq!(first.directory, dir.path(), "the option beats the default");
+        for size in 2..200 {
+            let config = server.request_config(&params(size)).unwrap().unwrap();
+            assert_eq!(config.max_size, Some(size as u64 * 1024));
+            assert!(server.lock_merged().len() <= MAX_MERGED);
+        }
     }
 
     #[test]

@@ -502,3 +502,567 @@ fn listens_on_tcp_and_sets_the_unix_socket_mode() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+// ---- request smuggling after an early answer ---------------------------------
+
+/// How long request 1's STDIN record is: room for the start of a form,
+/// the smuggled request and some filler.
+const SMUGGLING_RECORD: usize = 30_000;
+
+/// A complete FastCGI request, id 2, as a client would hide it in its
+/// upload: a forged `REMOTE_USER`, an upload under `smuggled` that would
+/// show in the pool, and keep_conn so that the daemon would go on.
+fn smuggled_request() -> Vec<u8> {
+    let form = Form::new().file("f", "smuggled.txt", "text/plain", b"smuggled");
+    let body = form.body();
+    let mut params = params_for("POST", "/upload?X-Progress-ID=smuggled");
+    params.push(("REMOTE_USER".into(), "admin".into()));
+    params.push(("CONTENT_TYPE".into(), form.content_type()));
+    params.push(("CONTENT_LENGTH".into(), body.len().to_string()));
+    let mut bytes = request_head(2, &pairs(&params), true);
+    bytes.extend(stdin_records(2, &body));
+    bytes
+}
+
+/// Request 1 on a kept connection, whose body is one STDIN record of
+/// [`SMUGGLING_RECORD`] bytes sent in pieces.
+struct Smuggler {
+    stream: UnixStream,
+    sent: usize,
+}
+
+impl Smuggler {
+    fn open(daemon: &Daemon, params: &[(String, String)]) -> Smuggler {
+        let mut stream = daemon.connect();
+        let mut bytes = request_head(1, &pairs(params), true);
+        // The record's header only: its content follows in pieces.
+        bytes.extend_from_slice(&[1, STDIN, 0, 1]);
+        bytes.extend_from_slice(&(SMUGGLING_RECORD as u16).to_be_bytes());
+        bytes.extend_from_slice(&[0, 0]);
+        stream.write_all(&bytes).unwrap();
+        Smuggler { stream, sent: 0 }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+        self.sent += bytes.len();
+    }
+
+    /// Request 1's answer, given before its body ended.
+    fn answer(&mut self) -> Reply {
+        read_response(&mut self.stream, 1).0
+    }
+
+    /// Sends the rest of the record, beginning right where the daemon
+    /// stopped reading with a complete request, then the end of STDIN and
+    /// request 3 (a status of `smuggled`). The next answer must be request
+    /// 3's, on the same connection, saying nothing was stored.
+    fn smuggle_and_check(mut self, daemon: &Daemon, pool: &TestPool) {
+        let hidden = smuggled_request();
+        let filler = SMUGGLING_RECORD - self.sent - hidden.len();
+        let mut rest = hidden;
+        rest.resize(rest.len() + filler, 0);
+        rest.extend(record(STDIN, 1, &[]));
+        let params = params_for("GET", "/upload/status?X-Progress-ID=smuggled");
+        rest.extend(request_head(3, &pairs(&params), true));
+        rest.extend(stdin_records(3, b""));
+        self.stream.write_all(&rest).unwrap();
+        let first = read_record(&mut self.stream)
+            .expect("the daemon closed a connection it could have kept");
+        assert_eq!(
+            first.id,
+            3,
+            "the daemon answered a request hidden in a body: {:?} {}",
+            first.kind,
+            String::from_utf8_lossy(&first.content)
+        );
+        assert_eq!(first.kind, STDOUT);
+        let mut stdout = first.content;
+        loop {
+            let next = read_record(&mut self.stream).expect("request 3 was not finished");
+            assert_eq!(next.id, 3, "{next:?}");
+            match next.kind {
+                STDOUT => stdout.extend(next.content),
+                END_REQUEST => break,
+                other => panic!("unexpected record type {other}"),
+            }
+        }
+        let (status, _, body) = parse_cgi(&stdout);
+        assert_eq!((status, &body[..]), (200, &br#"{"state":"starting"}"#[..]));
+        assert!(
+            !pool.top_level().iter().any(|name| name == "smuggled"),
+            "the smuggled upload was stored: {:?}",
+            pool.top_level()
+        );
+        assert!(
+            daemon.log_lines().is_empty(),
+            "a web server's connection must log nothing: {:?}",
+            daemon.log_lines()
+        );
+    }
+}
+
+fn post_params(target: &str, content_type: &str, length: Option<usize>) -> Vec<(String, String)> {
+    let mut params = params_for("POST", target);
+    params.push(("CONTENT_TYPE".into(), content_type.into()));
+    if let Some(length) = length {
+        params.push(("CONTENT_LENGTH".into(), length.to_string()));
+    }
+    params
+}
+
+const BOUNDARY_TYPE: &str = "multipart/form-data; boundary=XX";
+
+#[test]
+fn no_smuggling_after_a_malformed_form_is_refused() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let params = post_params(
+        "/upload?X-Progress-ID=malformed",
+        BOUNDARY_TYPE,
+        Some(SMUGGLING_RECORD),
+    );
+    let mut smuggler = Smuggler::open(&daemon, &params);
+    smuggler.send(b"--XX\r\nContent-Disposition: attachment; name=\"f\"\r\n\r\n");
+    smuggler
+        .answer()
+        .assert_error(400, "Content-Disposition is not form-data");
+    smuggler.smuggle_and_check(&daemon, &pool);
+}
+
+#[test]
+fn no_smuggling_after_a_413_while_streaming() {
+    // No Content-Length: the limit is found in the middle of the record.
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_MAX_SIZE", "1K")]);
+    let params = post_params("/upload?X-Progress-ID=streamed", BOUNDARY_TYPE, None);
+    let mut smuggler = Smuggler::open(&daemon, &params);
+    let mut start =
+        b"--XX\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\n".to_vec();
+    // The daemon reads one byte past the limit, and no further.
+    start.resize(1025, b'v');
+    smuggler.send(&start);
+    smuggler.answer().assert_error(413, "larger than the limit");
+    smuggler.smuggle_and_check(&daemon, &pool);
+}
+
+#[test]
+fn no_smuggling_after_a_413_by_content_length() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_MAX_SIZE", "1K")]);
+    let params = post_params("/upload?X-Progress-ID=long", BOUNDARY_TYPE, Some(2 << 20));
+    let mut smuggler = Smuggler::open(&daemon, &params);
+    smuggler.answer().assert_error(413, "more than the limit");
+    smuggler.smuggle_and_check(&daemon, &pool);
+}
+
+#[test]
+fn no_smuggling_after_a_clear_cancels_the_upload() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
+    let params = post_params(
+        "/upload?X-Progress-ID=cleared",
+        BOUNDARY_TYPE,
+        Some(SMUGGLING_RECORD),
+    );
+    let mut smuggler = Smuggler::open(&daemon, &params);
+    let mut start =
+        b"--XX\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\n".to_vec();
+    start.resize(2000, b'v');
+    smuggler.send(&start);
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&pool.cgi(), "cleared")["received"] == 2000).then_some(())
+    })
+    .expect("upload never started");
+    let reply = pool.cgi().get("/upload?X-Progress-ID=cleared&clear");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // The receiver notices the clear when its next read returns.
+    thread::sleep(Duration::from_millis(100));
+    smuggler.send(&[b'v'; 1000]);
+    smuggler
+        .answer()
+        .assert_error(410, "cancelled by a clear request");
+    smuggler.smuggle_and_check(&daemon, &pool);
+}
+
+#[test]
+fn no_smuggling_after_a_409_for_a_running_upload() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
+    let _running = daemon.begin_partial_upload(&pool, "busy", 11, 10_000);
+    let params = post_params(
+        "/upload?X-Progress-ID=busy",
+        BOUNDARY_TYPE,
+        Some(SMUGGLING_RECORD),
+    );
+    let mut smuggler = Smuggler::open(&daemon, &params);
+    smuggler.answer().assert_error(409, "already running");
+    smuggler.smuggle_and_check(&daemon, &pool);
+}
+
+#[test]
+fn no_smuggling_after_a_403_for_an_unsigned_identifier() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_UPLOAD_KEY", "k3y")]);
+    let params = post_params(
+        "/upload?X-Progress-ID=unsigned",
+        BOUNDARY_TYPE,
+        Some(SMUGGLING_RECORD),
+    );
+    let mut smuggler = Smuggler::open(&daemon, &params);
+    let reply = smuggler.answer();
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    // The status of `smuggled` needs a signature here too: check the pool
+    // and the connection by hand.
+    let hidden = smuggled_request();
+    let mut rest = hidden.clone();
+    rest.resize(SMUGGLING_RECORD, 0);
+    rest.extend(record(STDIN, 1, &[]));
+    let params = params_for("GET", "/upload/new");
+    rest.extend(request_head(3, &pairs(&params), true));
+    rest.extend(stdin_records(3, b""));
+    smuggler.stream.write_all(&rest).unwrap();
+    let (reply, _) = read_response(&mut smuggler.stream, 3);
+    reply.assert_error(403, "signs upload identifiers");
+    assert!(pool.top_level().is_empty(), "{:?}", pool.top_level());
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
+
+#[test]
+fn a_body_that_does_not_end_soon_after_an_early_answer_closes_the_connection() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let params = post_params(
+        "/upload?X-Progress-ID=stalled",
+        BOUNDARY_TYPE,
+        Some(SMUGGLING_RECORD),
+    );
+    // The rest of the body never comes: closed after about a second.
+    let mut smuggler = Smuggler::open(&daemon, &params);
+    smuggler.send(b"--XX\r\nContent-Disposition: attachment; name=\"f\"\r\n\r\n");
+    smuggler.answer().assert_error(400, "not form-data");
+    let answered = std::time::Instant::now();
+    assert!(read_record(&mut smuggler.stream).is_none());
+    let waited = answered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(8),
+        "closed after {waited:?}"
+    );
+    // More than 4 MiB still to come: not read to its end, closed, and
+    // what follows is never served.
+    let mut smuggler = Smuggler::open(&daemon, &params);
+    smuggler.send(b"--XX\r\nContent-Disposition: attachment; name=\"f\"\r\n\r\n");
+    smuggler.answer().assert_error(400, "not form-data");
+    let mut rest = vec![b'v'; SMUGGLING_RECORD - smuggler.sent];
+    rest.extend(stdin_data(1, &vec![b'v'; 5 << 20]));
+    rest.extend(record(STDIN, 1, &[]));
+    rest.extend(smuggled_request());
+    let mut writer = smuggler.stream.try_clone().unwrap();
+    let feeder = thread::spawn(move || {
+        let _ = writer.write_all(&rest);
+    });
+    assert!(
+        read_record(&mut smuggler.stream).is_none(),
+        "a request after a 5 MiB tail was answered"
+    );
+    let _ = feeder.join();
+    assert!(!pool.top_level().iter().any(|name| name == "smuggled"));
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
+
+// ---- settings the web server passes with a request ----------------------------
+
+/// A POST of `form` with `settings` among its parameters.
+fn post_with(daemon: &Daemon, target: &str, form: &Form, settings: &[(&str, &str)]) -> Reply {
+    let body = form.body();
+    let length = body.len().to_string();
+    let content_type = form.content_type();
+    let mut extra = vec![
+        ("CONTENT_TYPE", content_type.as_str()),
+        ("CONTENT_LENGTH", length.as_str()),
+    ];
+    extra.extend_from_slice(settings);
+    daemon.request("POST", target, &extra, &body)
+}
+
+fn two_mib_form(seed: u64) -> Form {
+    Form::new().file(
+        "f",
+        "big.bin",
+        "application/octet-stream",
+        &random_bytes(2 << 20, seed),
+    )
+}
+
+#[test]
+fn a_size_limit_passed_with_the_request_is_enforced() {
+    // The parameter beats the daemon's environment (4M).
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_MAX_SIZE", "4M")]);
+    let limited = [("FILEUPLOAD_MAX_SIZE", "1M")];
+    let reply = post_with(
+        &daemon,
+        "/upload?X-Progress-ID=p-big",
+        &two_mib_form(1),
+        &limited,
+    );
+    reply.assert_error(413, "more than the limit of 1048576 bytes");
+    assert_eq!(status_of(&pool.cgi(), "p-big")["status"], 413);
+    // Without it, the daemon's own limit.
+    let reply = post_with(&daemon, "/upload?X-Progress-ID=p-ok", &two_mib_form(2), &[]);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
+
+#[test]
+fn a_daemon_option_beats_the_request_parameter() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start_with_args(pool.path(), &[], &["--max-size", "4M"]);
+    let limited = [("FILEUPLOAD_MAX_SIZE", "1M")];
+    let reply = post_with(
+        &daemon,
+        "/upload?X-Progress-ID=opt",
+        &two_mib_form(3),
+        &limited,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let form = Form::new().file("f", "b", "text/plain", &random_bytes(5 << 20, 4));
+    let reply = post_with(&daemon, "/upload?X-Progress-ID=opt-big", &form, &limited);
+    reply.assert_error(413, "more than the limit of 4194304 bytes");
+}
+
+#[test]
+fn a_key_passed_with_the_request_requires_signed_identifiers() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "per-location key\n").unwrap();
+    let key_path = key_file.to_str().unwrap();
+    let signed = std::process::Command::new(bin())
+        .env_clear()
+        .env("FILEUPLOAD_DIRECTORY", pool.path())
+        .env("FILEUPLOAD_UPLOAD_KEY_FILE", key_path)
+        .arg("new-id")
+        .output()
+        .unwrap();
+    let signed = String::from_utf8(signed.stdout).unwrap().trim().to_owned();
+    let form = Form::new().file("f", "k.txt", "text/plain", b"keyed");
+    for settings in [
+        [("FILEUPLOAD_UPLOAD_KEY", "per-location key")],
+        [("FILEUPLOAD_UPLOAD_KEY_FILE", key_path)],
+    ] {
+        let target = "/upload?X-Progress-ID=unsigned";
+        post_with(&daemon, target, &form, &settings).assert_error(403, "not signed");
+        let status = format!("/upload/status?X-Progress-ID={signed}");
+        let reply = daemon.request("GET", &status, &settings, b"");
+        assert_eq!(reply.body, br#"{"state":"starting"}"#, "{}", reply.text());
+    }
+    assert!(pool.top_level().is_empty(), "{:?}", pool.top_level());
+    // Without the parameter the daemon has no key: the same unsigned
+    // identifier is taken.
+    let reply = daemon.post_form("/upload?X-Progress-ID=unsigned", &form);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // The key file was read once for its set of parameters, not per poll:
+    // gone now, polls still verify with the key read before.
+    std::fs::remove_file(&key_file).unwrap();
+    let file_setting = [("FILEUPLOAD_UPLOAD_KEY_FILE", key_path)];
+    for _ in 0..3 {
+        let status = format!("/upload/status?X-Progress-ID={signed}");
+        let reply = daemon.request("GET", &status, &file_setting, b"");
+        assert_eq!(reply.body, br#"{"state":"starting"}"#, "{}", reply.text());
+        daemon
+            .request("GET", "/upload/status?X-Progress-ID=x", &file_setting, b"")
+            .assert_error(403, "not signed");
+    }
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
+
+#[test]
+fn a_directory_passed_with_the_request_chooses_the_pool() {
+    let pool = TestPool::new();
+    let other = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let data = random_bytes(100_000, 5);
+    let form = Form::new().file("f", "elsewhere.bin", "application/octet-stream", &data);
+    let settings = [("FILEUPLOAD_DIRECTORY", other.path().to_str().unwrap())];
+    let reply = post_with(&daemon, "/upload?X-Progress-ID=elsewhere", &form, &settings);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let stored = path_of(&reply.json(), 0);
+    assert!(stored.starts_with(other.path()), "{}", stored.display());
+    assert_eq!(std::fs::read(&stored).unwrap(), data);
+    assert_eq!(other.top_level(), ["elsewhere"]);
+    assert!(pool.top_level().is_empty(), "{:?}", pool.top_level());
+    // Status polls with the same parameter see it; those without do not.
+    let reply = daemon.request(
+        "GET",
+        "/upload/status?X-Progress-ID=elsewhere",
+        &settings,
+        b"",
+    );
+    assert_eq!(reply.json()["state"], "done");
+    let reply = daemon.get("/upload/status?X-Progress-ID=elsewhere");
+    assert_eq!(reply.json()["state"], "starting");
+}
+
+#[test]
+fn settings_that_cannot_change_per_request_are_a_500_naming_them() {
+    let cases = [
+        (
+            "FILEUPLOAD_WORKERS",
+            "2",
+            "workers is a setting of the daemon as a whole",
+        ),
+        (
+            "FILEUPLOAD_LISTEN",
+            "127.0.0.1:1",
+            "listen is a setting of the daemon",
+        ),
+        ("FILEUPLOAD_GRACE", "1s", "grace is a setting of the daemon"),
+        (
+            "FILEUPLOAD_SOCKET_MODE",
+            "0666",
+            "socket_mode is a setting of the daemon",
+        ),
+        (
+            "FILEUPLOAD_CONFIG",
+            "/etc/passwd",
+            "the config file is the daemon's",
+        ),
+        ("FILEUPLOAD_MAX_SZIE", "1M", "no such setting"),
+    ];
+    for (name, value, why) in cases {
+        let pool = TestPool::new();
+        let daemon = Daemon::start(pool.path(), &[]);
+        let form = Form::new().file("f", "a", "text/plain", b"x");
+        let reply = post_with(
+            &daemon,
+            "/upload?X-Progress-ID=refused",
+            &form,
+            &[(name, value)],
+        );
+        reply.assert_error(500, "misconfigured");
+        assert!(
+            pool.top_level().is_empty(),
+            "{name}: {:?}",
+            pool.top_level()
+        );
+        let lines = daemon.log_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains(&format!("FastCGI parameter {name}: ")) && lines[0].contains(why),
+            "{name}: {lines:?}"
+        );
+        // An empty value counts as unset, as everywhere.
+        let reply = daemon.request("GET", "/upload/new", &[(name, "")], b"");
+        assert_eq!(reply.status, 200, "{name}: {}", reply.text());
+    }
+}
+
+#[test]
+fn a_bad_value_passed_with_the_request_is_a_500_naming_the_parameter() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let form = Form::new().file("f", "a", "text/plain", b"x");
+    for _ in 0..20 {
+        let reply = post_with(
+            &daemon,
+            "/upload?X-Progress-ID=bad",
+            &form,
+            &[("FILEUPLOAD_MAX_SIZE", "12X")],
+        );
+        reply.assert_error(500, "misconfigured");
+    }
+    for (name, value, message) in [
+        (
+            "FILEUPLOAD_DIRECTORY",
+            "relative",
+            "must be an absolute path",
+        ),
+        (
+            "FILEUPLOAD_UPLOAD_KEY_FILE",
+            "/nonexistent/key",
+            "/nonexistent/key",
+        ),
+    ] {
+        thread::sleep(Duration::from_millis(1100));
+        daemon
+            .request("GET", "/upload/new", &[(name, value)], b"")
+            .assert_error(500, "misconfigured");
+        let lines = daemon.log_lines();
+        assert!(
+            lines.last().is_some_and(|l| l.contains(message)),
+            "{name}: {lines:?}"
+        );
+    }
+    assert!(pool.top_level().is_empty(), "{:?}", pool.top_level());
+    let lines = daemon.log_lines();
+    assert!(
+        lines[0].contains("FastCGI parameter FILEUPLOAD_MAX_SIZE: invalid size \"12X\""),
+        "{lines:?}"
+    );
+    assert!(
+        lines.len() <= 4,
+        "20 bad requests flooded the log: {lines:#?}"
+    );
+}
+
+#[test]
+fn a_key_per_request_replaces_the_daemons_key_but_not_its_key_file() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_UPLOAD_KEY", "daemon key")]);
+    // The same setting: the parameter wins.
+    let reply = daemon.request(
+        "GET",
+        "/upload/status?X-Progress-ID=x",
+        &[("FILEUPLOAD_UPLOAD_KEY", "location key")],
+        b"",
+    );
+    reply.assert_error(403, "not signed");
+    // The other half of the pair: both set, refused as in one environment.
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "file key").unwrap();
+    let reply = daemon.request(
+        "GET",
+        "/upload/status?X-Progress-ID=x",
+        &[("FILEUPLOAD_UPLOAD_KEY_FILE", key_file.to_str().unwrap())],
+        b"",
+    );
+    reply.assert_error(500, "misconfigured");
+    let lines = daemon.log_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(
+            "both upload_key (environment variable FILEUPLOAD_UPLOAD_KEY) and upload_key_file \
+             (FastCGI parameter FILEUPLOAD_UPLOAD_KEY_FILE)"
+        ),
+        "{lines:?}"
+    );
+    let log = daemon.log_text();
+    assert!(
+        !log.contains("daemon key") && !log.contains("location key") && !log.contains("file key"),
+        "a key was logged: {log}"
+    );
+}
+
+#[test]
+fn a_web_server_closing_with_our_answer_unread_logs_nothing() {
+    // What nginx does when its client goes away mid-request: it closes the
+    // kept connection without reading our answer, and the daemon's next
+    // read gets ECONNRESET. That is a close, not a failure.
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    for _ in 0..5 {
+        let mut stream = daemon.connect();
+        let params = params_for("GET", "/upload/status?X-Progress-ID=gone");
+        let mut bytes = request_head(1, &pairs(&params), true);
+        bytes.extend(stdin_records(1, b""));
+        stream.write_all(&bytes).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        drop(stream);
+    }
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(daemon.get("/upload/new").status, 200);
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}

@@ -123,6 +123,47 @@ fn the_key_is_withheld_from_the_application() {
 }
 
 #[test]
+fn a_key_passed_to_the_daemon_as_a_parameter_is_withheld_from_the_application() {
+    let s = setup();
+    let daemon = common::fcgi::Daemon::start(
+        s.pool.path(),
+        &[("FILEUPLOAD_APP", s.echo.to_str().unwrap())],
+    );
+    let key = [("FILEUPLOAD_UPLOAD_KEY", "sekrit")];
+    // A request that is not ours, and a completed upload handed over.
+    let reply = daemon.request("GET", "/app", &key, b"");
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(value(&reply.text(), "key"), "withheld");
+    assert!(!reply.text().contains("sekrit"));
+    let id = std::process::Command::new(bin())
+        .env_clear()
+        .env("FILEUPLOAD_DIRECTORY", s.pool.path())
+        .env("FILEUPLOAD_UPLOAD_KEY", "sekrit")
+        .arg("new-id")
+        .output()
+        .unwrap();
+    let id = String::from_utf8(id.stdout).unwrap().trim().to_owned();
+    let form = Form::new().file("f", "a.txt", "text/plain", b"handed over");
+    let body = form.body();
+    let length = body.len().to_string();
+    let content_type = form.content_type();
+    let reply = daemon.request(
+        "POST",
+        &format!("/upload?X-Progress-ID={id}"),
+        &[
+            ("CONTENT_TYPE", &content_type),
+            ("CONTENT_LENGTH", &length),
+            key[0],
+        ],
+        &body,
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(value(&reply.text(), "id"), id);
+    assert_eq!(value(&reply.text(), "key"), "withheld");
+    assert!(!reply.text().contains("sekrit"));
+}
+
+#[test]
 fn with_an_upload_url_everything_goes_to_the_application() {
     let s = setup();
     let cgi = s

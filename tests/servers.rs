@@ -796,3 +796,101 @@ fn nginx_over_http2_in_front_of_the_daemon() {
     }
     eprintln!("HTTP/2 early 413 with curl {version}: (answer, curl exit, bytes sent) {outcomes:?}");
 }
+
+/// nginx-fastcgi.conf keeps its connections to the daemon (`keepalive`,
+/// `fastcgi_keep_conn on`). An answer given mid-body must leave them
+/// sound: the rest of the body is the client's bytes (`v`, 118), and read
+/// as a record header it would be "unsupported FastCGI version 118".
+#[test]
+fn nginx_kept_connections_to_the_daemon_survive_early_answers() {
+    let mut site = Site::new();
+    start_nginx_with_the_daemon(&mut site);
+    let mut body = b"--XX\r\nContent-Disposition: attachment; name=\"f\"\r\n\r\n".to_vec();
+    body.resize(200_000, b'v');
+    body.extend_from_slice(b"\r\n--XX--\r\n");
+    let body_file = site.write("early.body", "");
+    std::fs::write(&body_file, &body).unwrap();
+    for round in 0..5 {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-H"])
+            .arg("Content-Type: multipart/form-data; boundary=XX")
+            .arg("--data-binary")
+            .arg(format!("@{}", body_file.display()))
+            .arg(site.url(&format!("/upload?X-Progress-ID=early-{round}")))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (answer, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        assert_eq!(code, "400", "{text}\n{}", site.logs_text());
+        assert!(answer.contains("not form-data"), "{answer}");
+        // The connections nginx kept serve the next requests.
+        for _ in 0..3 {
+            assert_eq!(site.status("never")["state"], "starting");
+        }
+        assert_eq!(site.status(&format!("early-{round}"))["status"], 400);
+    }
+    // A client's headers are no settings: they arrive as HTTP_FILEUPLOAD_*.
+    let (file, sha) = site.data_file("after.bin", 300_000, 9);
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "-H",
+            "Fileupload-Max-Size: 100K",
+            "-H",
+            "Fileupload-Workers: 2",
+        ])
+        .arg("-F")
+        .arg(format!("file=@{}", file.display()))
+        .arg(site.url("/upload?X-Progress-ID=after"));
+    let code = String::from_utf8(curl.output().unwrap().stdout).unwrap();
+    assert_eq!(code, "200", "{}", site.logs_text());
+    assert_eq!(site.status("after")["files"][0]["sha256"], sha.as_str());
+    let daemon_log = std::fs::read_to_string(site.path("daemon.log")).unwrap();
+    let lines: Vec<&str> = daemon_log
+        .lines()
+        .filter(|l| !l.starts_with("fileupload: serving FastCGI"))
+        .collect();
+    assert!(lines.is_empty(), "the daemon logged: {lines:#?}");
+    let nginx_log = std::fs::read_to_string(site.path("nginx-error.log")).unwrap_or_default();
+    assert!(
+        !nginx_log.contains("upstream"),
+        "nginx logged upstream trouble: {nginx_log}"
+    );
+}
+
+/// `fastcgi_param FILEUPLOAD_MAX_SIZE` in the location, as the example's
+/// comment shows, is the daemon's limit for that location (its own,
+/// from fileupload.env, is 4 MiB here).
+#[test]
+fn nginx_fastcgi_param_settings_reach_the_daemon() {
+    let mut site = Site::new();
+    let socket = start_systemd_daemon(&mut site);
+    let demo = install_demo_page(&site);
+    start_nginx(
+        &mut site,
+        "nginx-fastcgi.conf",
+        &[
+            (
+                "unix:/run/fileupload/fileupload.sock",
+                format!("unix:{}", socket.display()),
+            ),
+            ("/usr/local/share/fileupload", demo.display().to_string()),
+            (
+                "# fastcgi_param FILEUPLOAD_MAX_SIZE 100;",
+                "fastcgi_param FILEUPLOAD_MAX_SIZE 1;".to_owned(),
+            ),
+        ],
+    );
+    let (big, _) = site.data_file("big.bin", 2 << 20, 1);
+    let (code, body) = site.upload("param-big", &big, None).finish();
+    assert_eq!(code, 413, "{body}\n{}", site.logs_text());
+    assert!(body.contains("limit of 1048576 bytes"), "{body}");
+    assert_eq!(site.status("param-big")["status"], 413);
+    let (small, sha) = site.data_file("small.bin", 500_000, 2);
+    let (code, body) = site.upload("param-small", &small, None).finish();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        site.status("param-small")["files"][0]["sha256"],
+        sha.as_str()
+    );
+}

@@ -152,6 +152,20 @@ impl Daemon {
 
     /// With `prelude`, through `bash -c "PRELUDE; exec fileupload ..."`.
     pub fn start_with(pool: &Path, env: &[(&str, &str)], prelude: Option<&str>) -> Daemon {
+        Daemon::start_full(pool, env, prelude, &[])
+    }
+
+    /// With more command-line options before `--listen`.
+    pub fn start_with_args(pool: &Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        Daemon::start_full(pool, env, None, args)
+    }
+
+    fn start_full(
+        pool: &Path,
+        env: &[(&str, &str)],
+        prelude: Option<&str>,
+        args: &[&str],
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("fcgi.sock");
         let log = dir.path().join("daemon.log");
@@ -170,6 +184,7 @@ impl Daemon {
             .env_clear()
             .env("FILEUPLOAD_DIRECTORY", pool)
             .envs(env.iter().copied())
+            .args(args)
             .args(["--listen", &listen])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
