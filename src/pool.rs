@@ -420,8 +420,14 @@ impl Pool {
                 Err(e) => return Err(PoolError::Unreadable(e.to_string())),
             }
             remove_leftovers(&bucket)?;
-            reserve_space(&bucket, self.file_mode)
-                .map_err(io_error("cannot reserve room for the upload's status"))?;
+            match reserve_space(&bucket, self.file_mode) {
+                Ok(()) => {}
+                // Cleared since our check (the folder is gone): start over.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(io_error("cannot reserve room for the upload's status")(e));
+                }
+            }
             return Ok(Upload {
                 root,
                 bucket,
