@@ -747,8 +747,8 @@ impl Upload {
     /// still held, so no reader can take the upload for interrupted. The
     /// status lists no files: none is there any more. Should even that not
     /// fit on the disk, a status without the form's details is tried; and
-    /// should that fail too, the bucket goes, so that no status is left
-    /// saying something false.
+    /// should that fail too, the old status goes (the upload then reads as
+    /// unknown), so that none is left saying something false.
     fn discard(&self, status: &Status) {
         for n in 1..=self.files.load(Ordering::Relaxed) {
             let _ =
@@ -772,13 +772,12 @@ impl Upload {
         };
         if let Err(err) = self.write_status(&brief) {
             crate::log!(
-                "cannot record the failure of upload {}: {err}; removing it",
+                "cannot record the failure of upload {}: {err}; removing its status",
                 self.identifier
             );
-            let trash = trash_name(&self.name);
-            if rustix::fs::renameat(&self.root, self.name.as_str(), &self.root, &trash).is_ok() {
-                let _ = fs::remove_dir_all(self.path.with_file_name(&trash));
-            }
+            // Through the bucket's own descriptor: whatever now has this
+            // name in the pool (a new upload after a clear) is not touched.
+            let _ = rustix::fs::unlinkat(&self.bucket, STATUS, AtFlags::empty());
         }
     }
 }
