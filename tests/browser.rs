@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::site::{Site, install_demo_page, start_nginx, start_systemd_daemon};
+use common::site::{Site, start_nginx_fastcgi, start_systemd_daemon};
 use common::webdriver::Browser;
 use common::*;
 
@@ -204,23 +204,15 @@ fn the_same_page_served_by_nginx_in_front_of_the_fastcgi_daemon() {
     // As start_nginx_with_the_daemon does, with an access log: the test
     // reads every request the browser made.
     let socket = start_systemd_daemon(&mut site);
-    let demo = install_demo_page(&site);
     let access_log = site.path("access.log");
     let listen = format!("listen 127.0.0.1:{};", site.port);
-    start_nginx(
+    start_nginx_fastcgi(
         &mut site,
-        "nginx-fastcgi.conf",
-        &[
-            (
-                "unix:/run/fileupload/fileupload.sock",
-                format!("unix:{}", socket.display()),
-            ),
-            ("/usr/local/share/fileupload", demo.display().to_string()),
-            (
-                listen.as_str(),
-                format!("{listen}\n    access_log {};", access_log.display()),
-            ),
-        ],
+        &socket,
+        &[(
+            listen.as_str(),
+            format!("{listen}\n    access_log {};", access_log.display()),
+        )],
     );
     let browser = Browser::start();
     let status = |id: &str| site.status(id);

@@ -619,18 +619,7 @@ fn the_daemon_started_by_hand_as_the_example_says() {
     );
     let socket = socket_dir.join("fileupload.sock");
     wait_for_socket(&site, &socket);
-    let demo = install_demo_page(&site);
-    start_nginx(
-        &mut site,
-        "nginx-fastcgi.conf",
-        &[
-            (
-                "unix:/run/fileupload/fileupload.sock",
-                format!("unix:{}", socket.display()),
-            ),
-            ("/usr/local/share/fileupload", demo.display().to_string()),
-        ],
-    );
+    start_nginx_fastcgi(&mut site, &socket, &[]);
     exercise(
         &site,
         Expect {
@@ -655,14 +644,7 @@ fn the_daemon_started_as_root_locks_nginx_out() {
         .arg(format!("unix:{}", socket.display()));
     site.spawn("fileupload as root", &mut command, Some(log));
     wait_for_socket(&site, &socket);
-    start_nginx(
-        &mut site,
-        "nginx-fastcgi.conf",
-        &[(
-            "unix:/run/fileupload/fileupload.sock",
-            format!("unix:{}", socket.display()),
-        )],
-    );
+    start_nginx_fastcgi(&mut site, &socket, &[]);
     let (code, body) = site.get("/upload/status?X-Progress-ID=x");
     assert_eq!(code, 502, "{body}");
     assert!(
@@ -716,17 +698,7 @@ fn nginx_over_http2_in_front_of_the_daemon() {
         plain.as_str(),
         format!("listen 127.0.0.1:{} http2;", site.port),
     );
-    start_nginx(
-        &mut site,
-        "nginx-fastcgi.conf",
-        &[
-            (
-                "unix:/run/fileupload/fileupload.sock",
-                format!("unix:{}", socket.display()),
-            ),
-            h2c,
-        ],
-    );
+    start_nginx_fastcgi(&mut site, &socket, &[h2c]);
     let (file, sha) = site.data_file("progress.bin", 3 << 20, 1);
     let mut curl = h2_upload(&site, "h2", &file, Some("1M"));
     let mut seen_mid = None;
@@ -867,21 +839,13 @@ fn nginx_kept_connections_to_the_daemon_survive_early_answers() {
 fn nginx_fastcgi_param_settings_reach_the_daemon() {
     let mut site = Site::new();
     let socket = start_systemd_daemon(&mut site);
-    let demo = install_demo_page(&site);
-    start_nginx(
+    start_nginx_fastcgi(
         &mut site,
-        "nginx-fastcgi.conf",
-        &[
-            (
-                "unix:/run/fileupload/fileupload.sock",
-                format!("unix:{}", socket.display()),
-            ),
-            ("/usr/local/share/fileupload", demo.display().to_string()),
-            (
-                "# fastcgi_param FILEUPLOAD_MAX_SIZE 100;",
-                "fastcgi_param FILEUPLOAD_MAX_SIZE 1;".to_owned(),
-            ),
-        ],
+        &socket,
+        &[(
+            "# fastcgi_param FILEUPLOAD_MAX_SIZE 100;",
+            "fastcgi_param FILEUPLOAD_MAX_SIZE 1;".to_owned(),
+        )],
     );
     let (big, _) = site.data_file("big.bin", 2 << 20, 1);
     let (code, body) = site.upload("param-big", &big, None).finish();

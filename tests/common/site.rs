@@ -722,16 +722,20 @@ pub fn install_demo_page(site: &Site) -> PathBuf {
 /// it, with the demo page where the example serves it.
 pub fn start_nginx_with_the_daemon(site: &mut Site) {
     let socket = start_systemd_daemon(site);
+    start_nginx_fastcgi(site, &socket, &[]);
+}
+
+/// nginx-fastcgi.conf pointed at the daemon's `socket`, with the demo page
+/// where the example serves it, and the test's own `extra` substitutions.
+pub fn start_nginx_fastcgi(site: &mut Site, socket: &Path, extra: &[(&str, String)]) {
     let demo = install_demo_page(site);
-    start_nginx(
-        site,
-        "nginx-fastcgi.conf",
-        &[
-            (
-                "unix:/run/fileupload/fileupload.sock",
-                format!("unix:{}", socket.display()),
-            ),
-            ("/usr/local/share/fileupload", demo.display().to_string()),
-        ],
-    );
+    let mut substitutions = vec![
+        (
+            "unix:/run/fileupload/fileupload.sock",
+            format!("unix:{}", socket.display()),
+        ),
+        ("/usr/local/share/fileupload", demo.display().to_string()),
+    ];
+    substitutions.extend(extra.iter().cloned());
+    start_nginx(site, "nginx-fastcgi.conf", &substitutions);
 }
