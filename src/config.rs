@@ -809,6 +809,32 @@ mod tests {
     }
 
     #[test]
+    fn every_documented_default_is_the_default() {
+        // The help text, the README and fileupload.env show `default`; it
+        // must be what the program does when nothing is set.
+        let default = format!("{:?}", Config::default());
+        let mut checked = 0;
+        for setting in SETTINGS {
+            if matches!(setting.default, "unset" | "the socket on stdin")
+                || setting.default.starts_with('<')
+            {
+                continue; // no value to give (the temp dir is the machine's)
+            }
+            let value = setting.default.split_whitespace().next().unwrap_or("");
+            let mut values = BTreeMap::new();
+            values.insert(
+                setting.name,
+                (value.to_owned(), Origin::Option(setting.name)),
+            );
+            let loaded = Config::from_values(values)
+                .unwrap_or_else(|e| panic!("{}'s default {value:?}: {e}", setting.name));
+            assert_eq!(format!("{loaded:?}"), default, "{}", setting.name);
+            checked += 1;
+        }
+        assert!(checked >= 9, "only {checked} defaults checked");
+    }
+
+    #[test]
     fn every_setting_is_handled() {
         // from_values matches on names; a setting added to SETTINGS without a
         // match arm would hit unreachable!() here.

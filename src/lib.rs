@@ -27,6 +27,8 @@
 //! assert!(!bucket.clear().unwrap());                                  // clear_upload()
 //! ```
 
+#![forbid(unsafe_code)]
+
 /// Writes one line to stderr (the web server's error log, or the journal),
 /// prefixed `fileupload: `. Unlike `eprintln!`, it cannot panic: a closed or
 /// broken stderr must not take a request, or the daemon, down with it.

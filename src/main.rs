@@ -2,6 +2,8 @@
 //! listening socket it serves FastCGI; from a shell it runs a command (see
 //! `fileupload --help`).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
