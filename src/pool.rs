@@ -556,9 +556,7 @@ impl Pool {
 
     /// Device and inode of the entry `name` in the pool, if it is there.
     fn identity_at(&self, root: &OwnedFd, name: &str) -> Option<(u64, u64)> {
-        let stat = rustix::fs::statat(root, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
-        #[allow(clippy::unnecessary_cast)] // the field types differ by platform
-        Some((stat.st_dev as u64, stat.st_ino as u64))
+        identity_at(root, name).ok()
     }
 }
 
@@ -646,16 +644,11 @@ impl Upload {
     pub fn create_file(&self) -> Result<(File, PathBuf), PoolError> {
         let n = self.files.fetch_add(1, Ordering::Relaxed) + 1;
         let name = format!("{FILE_PREFIX}{n}");
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mode = Mode::from_raw_mode(self.file_mode);
-        let fd = rustix::fs::openat(&self.bucket, &name, flags, mode)
+        let fd = create_new(&self.bucket, &name, self.file_mode)
             .map_err(errno_error(format!(
                 "cannot create {name} in upload folder"
             )))
             .map_err(|e| self.explain(e))?;
-        rustix::fs::fchmod(&fd, mode)
-            .map_err(errno_error(format!("cannot set permissions of {name}")))?;
         Ok((File::from(fd), self.path.join(name)))
     }
 
@@ -687,9 +680,8 @@ impl Upload {
     /// Whether the bucket was cleared (renamed out of the pool) since the
     /// upload began.
     pub fn is_cancelled(&self) -> bool {
-        match rustix::fs::statat(&self.root, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            #[allow(clippy::unnecessary_cast)]
-            Ok(stat) => (stat.st_dev as u64, stat.st_ino as u64) != self.identity,
+        match identity_at(&self.root, &self.name) {
+            Ok(identity) => identity != self.identity,
             Err(Errno::NOENT) => true,
             Err(_) => false,
         }
@@ -806,10 +798,20 @@ fn trash_name(name: &str) -> String {
     format!("{TRASH_PREFIX}{name}-{nonce:016x}")
 }
 
+/// What tells one folder from another that later takes its name.
+fn identity(stat: &rustix::fs::Stat) -> (u64, u64) {
+    #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+    (stat.st_dev as u64, stat.st_ino as u64)
+}
+
 fn identity_of(fd: &OwnedFd) -> Result<(u64, u64), PoolError> {
     let stat = rustix::fs::fstat(fd).map_err(errno_error("cannot inspect upload folder"))?;
-    #[allow(clippy::unnecessary_cast)]
-    Ok((stat.st_dev as u64, stat.st_ino as u64))
+    Ok(identity(&stat))
+}
+
+/// The identity of the entry `name` in `dir` itself (a link is not followed).
+fn identity_at(dir: &OwnedFd, name: &str) -> Result<(u64, u64), Errno> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map(|stat| identity(&stat))
 }
 
 /// Takes the bucket's exclusive lock, waiting briefly for status readers.
@@ -835,7 +837,7 @@ fn remove_leftovers(bucket: &OwnedFd) -> Result<(), PoolError> {
     for entry in dir {
         let entry = entry.map_err(errno_error("cannot list upload folder"))?;
         let name = entry.file_name().to_bytes();
-        if matches!(name, b"." | b".." | b"lock" | b"status.json") {
+        if [b".".as_slice(), b"..", LOCK.as_bytes(), STATUS.as_bytes()].contains(&name) {
             continue;
         }
         match rustix::fs::unlinkat(bucket, entry.file_name(), AtFlags::empty()) {
@@ -862,11 +864,20 @@ fn open_regular(dir: &OwnedFd, name: &str, flags: OFlags, mode: u32) -> io::Resu
     Ok(fd)
 }
 
+/// Creates `name` in `dir`, which must not exist (so nothing planted is
+/// written through), with exactly `file_mode`, whatever the umask.
+fn create_new(dir: &OwnedFd, name: &str, file_mode: u32) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mode = Mode::from_raw_mode(file_mode);
+    let fd = rustix::fs::openat(dir, name, flags, mode)?;
+    rustix::fs::fchmod(&fd, mode)?;
+    Ok(fd)
+}
+
 /// Makes `status.reserve`: room on the disk that the final status can have
 /// even when the data filled it.
 fn reserve_space(bucket: &OwnedFd, file_mode: u32) -> io::Result<()> {
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(bucket, RESERVE, flags, Mode::from_raw_mode(file_mode))?;
+    let fd = create_new(bucket, RESERVE, file_mode)?;
     match rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES) {
         Ok(()) => Ok(()),
         // Not every file system allocates on request (NFS before 4.2):
@@ -891,9 +902,7 @@ fn write_status_file(
     durable: bool,
 ) -> io::Result<()> {
     let _ = rustix::fs::unlinkat(bucket, STATUS_TMP, AtFlags::empty());
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(bucket, STATUS_TMP, flags, Mode::from_raw_mode(file_mode))?;
-    let mut file = File::from(fd);
+    let mut file = File::from(create_new(bucket, STATUS_TMP, file_mode)?);
     let written = file
         .write_all(status.to_json().as_bytes())
         .and_then(|()| if durable { file.sync_all() } else { Ok(()) });
