@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Form, Reply, TestPool, bin, parse_cgi, random_bytes, status_of, wait_for};
+use super::{Form, Reply, TestPool, launcher, parse_cgi, random_bytes, status_of, wait_for};
 
 pub const BEGIN_REQUEST: u8 = 1;
 pub const ABORT_REQUEST: u8 = 2;
@@ -170,16 +170,7 @@ impl Daemon {
         let socket = dir.path().join("fcgi.sock");
         let log = dir.path().join("daemon.log");
         let listen = format!("unix:{}", socket.display());
-        let mut command = match prelude {
-            Some(prelude) => {
-                let mut c = Command::new("bash");
-                c.arg("-c")
-                    .arg(format!("{prelude}; exec \"$0\" \"$@\""))
-                    .arg(bin());
-                c
-            }
-            None => Command::new(bin()),
-        };
+        let mut command = launcher(prelude);
         command
             .env_clear()
             .env("FILEUPLOAD_DIRECTORY", pool)

@@ -9,7 +9,7 @@ pub mod site;
 pub mod webdriver;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +19,22 @@ use sha2::{Digest, Sha256};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_fileupload")
+}
+
+/// The program, or with `prelude` the program through
+/// `bash -c "PRELUDE; exec fileupload ARGS"` (limits, wrappers, counters).
+pub fn launcher(prelude: Option<&str>) -> Command {
+    match prelude {
+        Some(prelude) => {
+            let mut command = Command::new("bash");
+            command
+                .arg("-c")
+                .arg(format!("{prelude}; exec \"$0\" \"$@\""))
+                .arg(bin());
+            command
+        }
+        None => Command::new(bin()),
+    }
 }
 
 /// A temporary pool directory.
@@ -244,16 +260,7 @@ impl Cgi {
     }
 
     fn command(&self) -> Command {
-        let mut command = match &self.prelude {
-            Some(prelude) => {
-                let mut c = Command::new("bash");
-                c.arg("-c")
-                    .arg(format!("{prelude}; exec \"$0\""))
-                    .arg(bin());
-                c
-            }
-            None => Command::new(bin()),
-        };
+        let mut command = launcher(self.prelude.as_deref());
         command.env_clear();
         for (k, v) in &self.env {
             command.env(k, v);
@@ -330,29 +337,9 @@ pub fn reply(output: Output) -> Reply {
 /// Waits for a spawned CGI process and parses its answer.
 pub fn finish(mut child: Child) -> Reply {
     drop(child.stdin.take());
-    let mut stdout = Vec::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    let mut stderr = Vec::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut stderr)
-        .unwrap();
-    let exit = child.wait().unwrap();
-    let (status, headers, body) = parse_cgi(&stdout);
-    Reply {
-        status,
-        headers,
-        body,
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        exit,
-    }
+    // Everything was piped: wait_with_output reads both streams to their
+    // ends (at once, so a full stderr cannot stall a large stdout).
+    reply(child.wait_with_output().expect("wait fileupload"))
 }
 
 /// A multipart/form-data body under construction.
