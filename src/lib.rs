@@ -42,6 +42,7 @@ pub mod app;
 pub mod cgi;
 pub mod cli;
 pub mod config;
+pub mod error_code;
 pub mod fastcgi;
 pub mod handler;
 pub mod hashing;
@@ -55,6 +56,7 @@ pub mod transfer_encoding;
 pub mod upload;
 
 pub use config::Config;
+pub use error_code::ErrorCode;
 pub use identifier::{Identifier, Key, create_identifier, verify_identifier};
 pub use pool::{Bucket, Pool, PoolError};
 pub use status::{FileInfo, State, Status};
