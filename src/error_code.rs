@@ -96,7 +96,8 @@ pub enum ErrorCode {
     Interrupted,
     /// The daemon shut down before the upload finished.
     Shutdown,
-    /// A bug, or a system without randomness.
+    /// A bug, or a system without randomness. (Keep it last: see the
+    /// test `all_lists_every_variant`.)
     Internal,
 }
 
@@ -359,6 +360,17 @@ mod tests {
             assert!((400..600).contains(&code.status()), "{text}");
         }
         assert_eq!(ErrorCode::parse("ERR_NOPE"), None);
+    }
+
+    /// `ALL` is every variant, in declaration order: with `Internal` kept
+    /// last, a variant added anywhere without adding it to `ALL` makes the
+    /// lengths differ.
+    #[test]
+    fn all_lists_every_variant() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{code}");
+        }
+        assert_eq!(ErrorCode::ALL.len(), ErrorCode::Internal as usize + 1);
     }
 
     #[test]

@@ -121,6 +121,7 @@ fn every_corpus_body_is_stored_exactly_or_refused_with_nothing_stored() {
             let recorded = status_of(&pool.cgi(), &id);
             assert_eq!(recorded["state"], "error", "{name}: {recorded}");
             assert_eq!(recorded["status"], status, "{name}: {recorded}");
+            assert_eq!(recorded["code"], reply.code(), "{name}: {recorded}");
             refused += 1;
             continue;
         }
