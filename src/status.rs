@@ -4,7 +4,8 @@
 //! The keys are the Python original's (`identifier`, `filename`,
 //! `content-type`, `state`, `size`, `received`, `error`) plus `status`, the
 //! HTTP status of a failed upload under the key nginx's upload-progress
-//! module uses, so its existing clients can read it. Everything a client
+//! module uses, so its existing clients can read it, and `code`, its stable
+//! error code (see [`crate::error_code`]). Everything a client
 //! needs for a progress bar is here: `received` against `size` and the
 //! `started`/`updated` times for rate and ETA.
 

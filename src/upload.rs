@@ -82,7 +82,7 @@ pub fn lower_priority() {
 /// returns the final status.
 ///
 /// Every failure after the bucket is claimed is recorded in its status
-/// (state `error`, with the HTTP status), and the files stored so far are
+/// (state `error`, with the answer's HTTP status and code), and the files stored so far are
 /// removed. A conflict with a running upload (409) changes nothing.
 pub fn receive(
     pool: &Pool,

@@ -188,6 +188,7 @@ fn a_connection_cut_mid_upload_fails_that_upload_only() {
             .contains("closed the connection"),
         "{status}"
     );
+    assert_eq!(status["code"], "ERR_TRUNCATED", "{status}");
     assert_eq!(pool.bucket_files("cut"), ["lock", "status.json"]);
     assert_eq!(daemon.get("/upload/new").status, 200);
     assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());

@@ -206,6 +206,7 @@ fn a_killed_receiver_is_reported_interrupted_and_gc_removes_it() {
     running.feeder.join().unwrap();
     let status = status_of(&pool.cgi(), "killed");
     assert_eq!(status["state"], "error", "{status}");
+    assert_eq!(status["code"], "ERR_INTERRUPTED", "{status}");
     assert!(
         status["error"].as_str().unwrap().starts_with("interrupted"),
         "{status}"
