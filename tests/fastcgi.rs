@@ -211,6 +211,21 @@ fn an_aborted_request_ends_with_end_request_and_an_error_status() {
 }
 
 #[test]
+fn a_malformed_record_inside_the_body_fails_the_upload_with_its_code() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
+    let mut stream = daemon.begin_partial_upload(&pool, "mangled", 7, 50_000);
+    // A record header of FastCGI version 2 where the next STDIN record
+    // should be.
+    stream.write_all(&[2, 5, 0, 1, 0, 0, 0, 0]).unwrap();
+    let (reply, _) = read_response(&mut stream, 1);
+    reply.assert_error_code(400, "ERR_BAD_FASTCGI", "malformed FastCGI stream");
+    let status = status_of(&pool.cgi(), "mangled");
+    assert_eq!(status["code"], "ERR_BAD_FASTCGI", "{status}");
+    assert_eq!(pool.bucket_files("mangled"), ["lock", "status.json"]);
+}
+
+#[test]
 fn management_records_multiplexing_and_roles() {
     let pool = TestPool::new();
     let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_WORKERS", "7")]);
