@@ -18,6 +18,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use crate::config::Config;
+use crate::error_code::ErrorCode;
 use crate::http::{HttpError, Request, Response, ResponseWriter};
 use crate::status::Status;
 
@@ -131,11 +132,17 @@ fn run(
     if let Some(dir) = program.parent() {
         command.current_dir(dir);
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| HttpError::new(500, format!("cannot run the application: {e}")))?;
+    let mut child = command.spawn().map_err(|e| {
+        HttpError::new(
+            ErrorCode::AppStart,
+            format!("cannot run the application: {e}"),
+        )
+    })?;
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        return Err(HttpError::new(500, "cannot connect to the application"));
+        return Err(HttpError::new(
+            ErrorCode::AppStart,
+            "cannot connect to the application",
+        ));
     };
     // This thread feeds the body while another collects the answer: an
     // application may write before it has read all its input, and then
@@ -201,7 +208,7 @@ fn relay(
 ) -> Result<(), HttpError> {
     let bad = |why: &str| {
         HttpError::new(
-            502,
+            ErrorCode::App,
             format!("the application's answer is not a CGI response: {why}"),
         )
     };
@@ -212,8 +219,12 @@ fn relay(
     let mut line = Vec::new();
     loop {
         line.clear();
-        head.read_until(b'\n', &mut line)
-            .map_err(|e| HttpError::new(502, format!("reading the application's answer: {e}")))?;
+        head.read_until(b'\n', &mut line).map_err(|e| {
+            HttpError::new(
+                ErrorCode::App,
+                format!("reading the application's answer: {e}"),
+            )
+        })?;
         if !line.ends_with(b"\n") {
             return Err(bad("it ended inside its header block"));
         }

@@ -7,6 +7,7 @@ use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::config::{Config, ConfigError};
+use crate::error_code::ErrorCode;
 use crate::handler;
 use crate::http::{BodyLength, HttpError, Request, Response, ResponseWriter, write_cgi_head};
 
@@ -110,7 +111,7 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
                     return Ok(());
                 }
                 let err = HttpError::new(
-                    500,
+                    ErrorCode::Internal,
                     "internal error; the details are in the web server's error log",
                 );
                 Response::error(&err).send(&mut out, false)
@@ -119,7 +120,7 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
         Err(err) => {
             crate::log!("configuration error: {err}");
             let err = HttpError::new(
-                500,
+                ErrorCode::Config,
                 "the upload service is misconfigured; the details are in the web server's error log",
             );
             Response::error(&err).send(&mut out, false)

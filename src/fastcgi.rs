@@ -53,6 +53,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, DAEMON_ONLY, SETTINGS};
+use crate::error_code::ErrorCode;
 use crate::handler;
 use crate::http::{HttpError, Request, Response, ResponseWriter, write_cgi_head};
 
@@ -407,7 +408,7 @@ impl Server {
             self.log
                 .log("settings", &format!("refusing a request: {message}"));
             HttpError::new(
-                500,
+                ErrorCode::Config,
                 "the upload service is misconfigured; the details are in the server's log",
             )
         })?;
@@ -955,7 +956,10 @@ fn respond(server: &Server, records: &mut Records, output: &Output, begun: Begun
     let answered = match outcome {
         Ok(result) => result.is_ok(),
         Err(_) if !response.started => {
-            let err = HttpError::new(500, "internal error; the details are in the server's log");
+            let err = HttpError::new(
+                ErrorCode::Internal,
+                "internal error; the details are in the server's log",
+            );
             Response::error(&err).send(&mut response, false).is_ok()
         }
         Err(_) => false,
@@ -1054,16 +1058,18 @@ impl Body<'_> {
         ended
     }
 
-    /// Fails the read with an HTTP status the upload records.
-    fn fail(&mut self, status: u16, message: &str) -> io::Error {
+    /// Fails the read with an error the upload answers and records: it
+    /// travels inside the `io::Error`, code and all, through the parser
+    /// (see `error_code::carried`).
+    fn fail(&mut self, code: ErrorCode, message: &str) -> io::Error {
         self.state = BodyState::Broken;
         let err = if self.server.grace_over.load(Ordering::SeqCst) {
             HttpError::new(
-                503,
+                ErrorCode::Shutdown,
                 "interrupted: the server shut down before the upload finished",
             )
         } else {
-            HttpError::new(status, message)
+            HttpError::new(code, message)
         };
         io::Error::other(err)
     }
@@ -1075,12 +1081,15 @@ impl Body<'_> {
                 Ok(Ok(Next::Record(header))) => header,
                 Ok(Ok(Next::Closed)) | Err(_) => {
                     return Err(self.fail(
-                        400,
+                        ErrorCode::Truncated,
                         "the web server closed the connection before the body was complete",
                     ));
                 }
                 Ok(Err(Malformed(why))) => {
-                    return Err(self.fail(400, &format!("malformed FastCGI stream: {why}")));
+                    return Err(self.fail(
+                        ErrorCode::BadFastcgi,
+                        &format!("malformed FastCGI stream: {why}"),
+                    ));
                 }
             };
             match header.kind {
@@ -1096,7 +1105,7 @@ impl Body<'_> {
                 }
                 ABORT_REQUEST if header.id == self.id => {
                     self.records.skip(header.length + header.padding)?;
-                    return Err(self.fail(400, "the web server aborted the request"));
+                    return Err(self.fail(ErrorCode::Aborted, "the web server aborted the request"));
                 }
                 BEGIN_REQUEST if header.id != self.id => {
                     self.records.skip(header.length + header.padding)?;
@@ -1120,7 +1129,7 @@ impl Read for Body<'_> {
         let n = match self.records.reader.read(&mut buf[..want]) {
             Ok(0) => {
                 return Err(self.fail(
-                    400,
+                    ErrorCode::Truncated,
                     "the web server closed the connection before the body was complete",
                 ));
             }
@@ -1128,7 +1137,7 @@ impl Read for Body<'_> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
             Err(e) => {
                 return Err(self.fail(
-                    400,
+                    ErrorCode::Truncated,
                     &format!("reading the body from the web server failed: {e}"),
                 ));
             }

@@ -12,8 +12,8 @@
 //!
 //! Every answer of ours is JSON (JSONP with a valid `callback`, HTML after
 //! an upload when the client prefers it). Errors carry
-//! `{"state": "error", "error": ..., "status": ...}` and the matching HTTP
-//! status; server-side errors (5xx) are also logged on stderr, which is the
+//! `{"state": "error", "error": ..., "status": ..., "code": ...}` and the
+//! matching HTTP status (the code's, see [`crate::error_code`]); server-side errors (5xx) are also logged on stderr, which is the
 //! web server's error log.
 
 use std::io;
@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::app;
 use crate::config::Config;
+use crate::error_code::ErrorCode;
 use crate::http::{HttpError, Request, Response, ResponseWriter};
 use crate::identifier::{Identifier, create_identifier, verify_identifier};
 use crate::status::Status;
@@ -73,7 +74,7 @@ pub fn handle(
     let answer = check_callback(request).and_then(|()| match route {
         Some(route) => dispatch(config, route, request),
         None => Err(HttpError::new(
-            404,
+            ErrorCode::NotFound,
             format!(
                 "no such endpoint: {}; use .../upload, .../upload/status or .../upload/new",
                 request.path()
@@ -87,12 +88,12 @@ pub fn handle(
         },
         Ok(Answer::Response(response)) => response,
         Err(err) => {
-            if err.status >= 500 {
+            if err.status() >= 500 {
                 crate::log!("{} {}: {}", request.method(), request.path(), err.message);
             }
             let response = Response::error(&err);
-            match err.status {
-                405 => response.with_header("Allow", allowed_methods(route)),
+            match err.code {
+                ErrorCode::Method => response.with_header("Allow", allowed_methods(route)),
                 _ => response,
             }
         }
@@ -110,7 +111,7 @@ fn dispatch(config: &Config, route: Route, request: &mut Request<'_>) -> Result<
     let method = request.method();
     let wrong_method = || {
         HttpError::new(
-            405,
+            ErrorCode::Method,
             format!(
                 "method {method} is not allowed here; use {}",
                 allowed_methods(Some(route))
@@ -169,12 +170,11 @@ fn identifier(config: &Config, request: &Request<'_>) -> Result<Identifier, Http
         .or_else(|| request.header("X-Progress-ID"))
         .ok_or_else(|| {
             HttpError::new(
-                400,
+                ErrorCode::NoIdentifier,
                 "missing upload identifier: pass X-Progress-ID in the query string or as a header",
             )
         })?;
-    verify_identifier(text, config.upload_key.as_ref())
-        .map_err(|e| HttpError::new(e.http_status(), e.to_string()))
+    Ok(verify_identifier(text, config.upload_key.as_ref())?)
 }
 
 fn status(config: &Config, request: &Request<'_>) -> Result<Answer, HttpError> {
@@ -195,13 +195,17 @@ fn clear(config: &Config, request: &Request<'_>) -> Result<Answer, HttpError> {
 fn new_identifier(config: &Config) -> Result<Answer, HttpError> {
     if config.upload_key.is_some() {
         return Err(HttpError::new(
-            403,
+            ErrorCode::NewIdRefused,
             "this server signs upload identifiers, so the application issues them \
              (fileupload new-id, or the library); they are not handed out over HTTP",
         ));
     }
-    let id = create_identifier(None)
-        .map_err(|e| HttpError::new(500, format!("no randomness for a new identifier: {e}")))?;
+    let id = create_identifier(None).map_err(|e| {
+        HttpError::new(
+            ErrorCode::Internal,
+            format!("no randomness for a new identifier: {e}"),
+        )
+    })?;
     Ok(Answer::Response(Response::json(
         200,
         &json!({"identifier": id.as_str()}),
@@ -223,7 +227,7 @@ fn valid_callback(name: &str) -> bool {
 fn check_callback(request: &Request<'_>) -> Result<(), HttpError> {
     match request.query_param("callback") {
         Some(name) if !valid_callback(name) => Err(HttpError::new(
-            400,
+            ErrorCode::BadCallback,
             "invalid JSONP callback: use a JavaScript name of letters, digits, '_', '$' and '.', \
              at most 64 characters",
         )),

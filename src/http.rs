@@ -18,20 +18,27 @@ use std::io::{self, Read, Write};
 
 use serde::Serialize;
 
-/// An error answered with an HTTP status and a JSON body.
+use crate::error_code::ErrorCode;
+
+/// An error answered with an HTTP status and a JSON body. The status is
+/// the code's: a code always has the same one.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct HttpError {
-    pub status: u16,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl HttpError {
-    pub fn new(status: u16, message: impl Into<String>) -> HttpError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> HttpError {
         HttpError {
-            status,
+            code,
             message: message.into(),
         }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code.status()
     }
 }
 
@@ -164,7 +171,12 @@ impl<'a> Request<'a> {
                 .trim()
                 .parse::<u64>()
                 .map(BodyLength::Known)
-                .map_err(|_| HttpError::new(400, format!("invalid Content-Length {text:?}"))),
+                .map_err(|_| {
+                    HttpError::new(
+                        ErrorCode::BadLength,
+                        format!("invalid Content-Length {text:?}"),
+                    )
+                }),
             None if self.end_is_marked => Ok(BodyLength::UntilEnd),
             None => Ok(BodyLength::Absent),
         }
@@ -241,11 +253,17 @@ impl Response {
         }
     }
 
-    /// The JSON error body: `{"state": "error", "error": ..., "status": ...}`.
+    /// The JSON error body:
+    /// `{"state": "error", "error": ..., "status": ..., "code": ...}`.
     pub fn error(err: &HttpError) -> Response {
         Response::json(
-            err.status,
-            &serde_json::json!({"state": "error", "error": err.message, "status": err.status}),
+            err.status(),
+            &serde_json::json!({
+                "state": "error",
+                "error": err.message,
+                "status": err.status(),
+                "code": err.code.as_str(),
+            }),
         )
     }
 
@@ -425,10 +443,8 @@ mod tests {
         );
         for bad in ["-1", "abc", "1e3", "99999999999999999999999"] {
             assert_eq!(
-                length(&[("CONTENT_LENGTH", bad)], false)
-                    .unwrap_err()
-                    .status,
-                400,
+                length(&[("CONTENT_LENGTH", bad)], false).unwrap_err().code,
+                ErrorCode::BadLength,
                 "{bad}"
             );
         }

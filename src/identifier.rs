@@ -17,6 +17,8 @@ use std::fmt;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::error_code::ErrorCode;
+
 /// Longest accepted name part (before the `:`).
 pub const MAX_NAME_LEN: usize = 64;
 /// Length of the hex signature after the `:`.
@@ -97,13 +99,16 @@ pub enum IdError {
 }
 
 impl IdError {
+    /// The stable error code; the mapping is in [`crate::error_code`].
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::from(self)
+    }
+
     /// The HTTP status a request with this identifier is answered with:
-    /// 403 when the signature is wrong or missing, 400 when the text itself is.
+    /// 403 when the signature is wrong or missing, 400 when the text itself
+    /// is (the status of its [`code`](IdError::code)).
     pub fn http_status(&self) -> u16 {
-        match self {
-            IdError::Malformed | IdError::UnexpectedSignature => 400,
-            IdError::Unsigned | IdError::BadSignature => 403,
-        }
+        self.code().status()
     }
 }
 

@@ -44,6 +44,7 @@ pub mod app;
 pub mod cgi;
 pub mod cli;
 pub mod config;
+pub mod error_code;
 pub mod fastcgi;
 pub mod handler;
 pub mod hashing;
@@ -57,6 +58,7 @@ pub mod transfer_encoding;
 pub mod upload;
 
 pub use config::Config;
+pub use error_code::ErrorCode;
 pub use identifier::{Identifier, Key, create_identifier, verify_identifier};
 pub use pool::{Bucket, Pool, PoolError};
 pub use status::{FileInfo, State, Status};

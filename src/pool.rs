@@ -55,6 +55,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::error_code::ErrorCode;
 use crate::identifier::{self, Identifier};
 use crate::status::{State, Status};
 
@@ -106,16 +107,17 @@ pub enum PoolError {
 }
 
 impl PoolError {
+    /// The stable error code; the mapping is in [`crate::error_code`].
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::from(self)
+    }
+
     /// 409 for a conflict with another upload (or with a status that cannot
     /// be read, which may be a complete upload's), 410 for a cancelled one,
-    /// 507 when the disk is full, 500 otherwise.
+    /// 507 when the disk is full, 500 otherwise: the status of its
+    /// [`code`](PoolError::code).
     pub fn http_status(&self) -> u16 {
-        match self {
-            PoolError::Busy | PoolError::Complete | PoolError::Unreadable(_) => 409,
-            PoolError::Cancelled => 410,
-            PoolError::Io { source, .. } if is_disk_full(source) => 507,
-            _ => 500,
-        }
+        self.code().status()
     }
 }
 
@@ -704,7 +706,7 @@ impl Upload {
         });
         stored.map_err(|e| self.explain(e)).inspect_err(|err| {
             let mut failed = status.clone();
-            failed.fail(err.http_status(), err.to_string(), unix_now());
+            failed.fail(err.code(), err.to_string(), unix_now());
             self.discard(&failed);
         })
     }
@@ -778,7 +780,11 @@ impl Drop for Upload {
     fn drop(&mut self) {
         if !self.settled {
             let mut status = Status::uploading(&self.identifier, None, unix_now());
-            status.fail(500, "internal error while receiving the upload", unix_now());
+            status.fail(
+                ErrorCode::Internal,
+                "internal error while receiving the upload",
+                unix_now(),
+            );
             self.discard(&status);
         }
     }
@@ -788,7 +794,8 @@ fn interrupted(mut status: Status) -> Status {
     status.state = State::Error;
     status.error =
         Some("interrupted: the process receiving the upload stopped before it finished".into());
-    status.status = Some(500);
+    status.status = Some(ErrorCode::Interrupted.status());
+    status.code = Some(ErrorCode::Interrupted.as_str().to_owned());
     status
 }
 
@@ -1015,6 +1022,7 @@ mod tests {
         let status = pool.status(&id).unwrap();
         assert_eq!(status.state, State::Error);
         assert_eq!(status.status, Some(500));
+        assert_eq!(status.code.as_deref(), Some("ERR_INTERNAL"));
         // A failed upload may be retried under the same identifier.
         pool.begin_upload(&id).unwrap().fail(&status);
     }
@@ -1034,6 +1042,8 @@ mod tests {
         .unwrap();
         let status = pool.status(&id).unwrap();
         assert_eq!(status.state, State::Error);
+        assert_eq!(status.status, Some(500));
+        assert_eq!(status.code.as_deref(), Some("ERR_INTERRUPTED"));
         assert!(status.error.unwrap().starts_with("interrupted"));
         // Still uploading while somebody holds the lock.
         let lock = File::open(bucket.join("lock")).unwrap();

@@ -4,13 +4,16 @@
 //! The keys are the Python original's (`identifier`, `filename`,
 //! `content-type`, `state`, `size`, `received`, `error`) plus `status`, the
 //! HTTP status of a failed upload under the key nginx's upload-progress
-//! module uses, so its existing clients can read it. Everything a client
+//! module uses, so its existing clients can read it, and `code`, its stable
+//! error code (see [`crate::error_code`]). Everything a client
 //! needs for a progress bar is here: `received` against `size` and the
 //! `started`/`updated` times for rate and ETA.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::error_code::ErrorCode;
 
 /// Where an upload stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +67,12 @@ pub struct Status {
     /// The HTTP status the failed upload was answered with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// The stable error code (an [`ErrorCode`]'s text) the failed upload
+    /// was answered with. Text, not the enum: a status written by a newer
+    /// version sharing the pool may hold a code this one does not know,
+    /// and must still be readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     /// Name of the first file, as the original reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
@@ -101,6 +110,7 @@ impl Status {
             state: State::Starting,
             error: None,
             status: None,
+            code: None,
             filename: None,
             content_type: None,
             size: None,
@@ -127,11 +137,13 @@ impl Status {
         }
     }
 
-    /// Marks the upload failed, with the HTTP status its request got.
-    pub fn fail(&mut self, http_status: u16, message: impl Into<String>, now: u64) {
+    /// Marks the upload failed, with the code (and so the HTTP status)
+    /// its request got.
+    pub fn fail(&mut self, code: ErrorCode, message: impl Into<String>, now: u64) {
         self.state = State::Error;
         self.error = Some(message.into());
-        self.status = Some(http_status);
+        self.status = Some(code.status());
+        self.code = Some(code.as_str().to_owned());
         self.updated = Some(now);
     }
 
@@ -179,10 +191,11 @@ mod tests {
         let mut status = Status::uploading("abc", None, 5);
         status.filename = Some("a.txt".into());
         status.content_type = Some("text/plain".into());
-        status.fail(413, "too large", 6);
+        status.fail(ErrorCode::TooLarge, "too large", 6);
         let json = status.to_json();
         assert!(json.contains(r#""content-type":"text/plain""#), "{json}");
         assert!(json.contains(r#""status":413"#), "{json}");
+        assert!(json.contains(r#""code":"ERR_TOO_LARGE""#), "{json}");
         assert!(json.contains(r#""state":"error""#), "{json}");
         assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), status);
     }

@@ -17,11 +17,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
+use crate::error_code::{ErrorCode, carried, store_error};
 use crate::hashing::Hashing;
 use crate::http::{BodyLength, HttpError, Request};
 use crate::identifier::Identifier;
-use crate::multipart::{self, ContentTypeError, Event, MultipartError, Parser, PartHeaders};
-use crate::pool::{Pool, PoolError, Upload, is_disk_full, unix_now};
+use crate::multipart::{self, Event, MultipartError, Parser, PartHeaders};
+use crate::pool::{Pool, PoolError, Upload, unix_now};
 use crate::status::{FileInfo, State, Status};
 
 /// Most parts (files and fields) one request may carry.
@@ -77,17 +78,11 @@ pub fn lower_priority() {
     let _ = rustix::process::setpriority_process(None, 19);
 }
 
-impl From<PoolError> for HttpError {
-    fn from(err: PoolError) -> HttpError {
-        HttpError::new(err.http_status(), err.to_string())
-    }
-}
-
 /// Receives the request's multipart body into the bucket of `id`, and
 /// returns the final status.
 ///
 /// Every failure after the bucket is claimed is recorded in its status
-/// (state `error`, with the HTTP status), and the files stored so far are
+/// (state `error`, with the answer's HTTP status and code), and the files stored so far are
 /// removed. A conflict with a running upload (409) changes nothing.
 pub fn receive(
     pool: &Pool,
@@ -100,7 +95,7 @@ pub fn receive(
     let (boundary, length) = match check(request, options) {
         Ok(checked) => checked,
         Err(err) => {
-            status.fail(err.status, &err.message, unix_now());
+            status.fail(err.code, &err.message, unix_now());
             upload.fail(&status);
             return Err(err);
         }
@@ -108,7 +103,7 @@ pub fn receive(
     status.size = length.known();
     if let Err(err) = upload.write_status(&status) {
         let err = HttpError::from(err);
-        status.fail(err.status, &err.message, unix_now());
+        status.fail(err.code, &err.message, unix_now());
         upload.fail(&status);
         return Err(err);
     }
@@ -131,21 +126,15 @@ pub fn receive(
 /// announced length.
 fn check(request: &Request<'_>, options: &Options) -> Result<(String, BodyLength), HttpError> {
     let content_type = request.content_type().unwrap_or("");
-    let boundary = multipart::boundary(content_type).map_err(|err| {
-        let status = match err {
-            ContentTypeError::NotMultipart(_) => 415,
-            _ => 400,
-        };
-        HttpError::new(status, err.to_string())
-    })?;
+    let boundary = multipart::boundary(content_type)?;
     let length = request.body_length()?;
     match (length, options.max_size) {
         (BodyLength::Absent, _) => Err(HttpError::new(
-            411,
+            ErrorCode::LengthRequired,
             "the request has no Content-Length and is not chunked, so its body cannot be read",
         )),
         (BodyLength::Known(n), Some(max)) if n > max => Err(HttpError::new(
-            413,
+            ErrorCode::TooLarge,
             format!("the upload is {n} bytes, more than the limit of {max} bytes"),
         )),
         _ => Ok((boundary, length)),
@@ -227,7 +216,7 @@ fn stream(
             status.size = status.size.or(Some(received.get()));
             status.updated = Some(now);
         }
-        Err(err) => status.fail(err.status, &err.message, now),
+        Err(err) => status.fail(err.code, &err.message, now),
     }
     (status, outcome)
 }
@@ -294,8 +283,10 @@ impl<R: Read> Read for Counted<'_, R> {
         let count = self.count.get() + n as u64;
         self.count.set(count);
         match self.max {
+            // Carried inside the io::Error to the parser's caller, code and
+            // all (see `error_code::carried`).
             Some(max) if count > max => Err(io::Error::other(HttpError::new(
-                413,
+                ErrorCode::TooLarge,
                 format!("the upload is larger than the limit of {max} bytes"),
             ))),
             _ => Ok(n),
@@ -341,7 +332,7 @@ impl Receiver<'_> {
                     self.parts += 1;
                     if self.parts > MAX_PARTS {
                         return Err(HttpError::new(
-                            400,
+                            ErrorCode::TooManyParts,
                             format!("the form has more than {MAX_PARTS} parts"),
                         ));
                     }
@@ -369,7 +360,7 @@ impl Receiver<'_> {
         let expected = self.shared.status().size;
         if let Some(expected) = expected.filter(|&n| at_end && self.received.get() < n) {
             return Err(HttpError::new(
-                400,
+                ErrorCode::Truncated,
                 format!(
                     "the body ended early: received {} of {expected} bytes",
                     self.received.get()
@@ -378,33 +369,34 @@ impl Receiver<'_> {
         }
         if self.shared.status().files().is_empty() {
             return Err(HttpError::new(
-                400,
+                ErrorCode::NoFile,
                 "the form has no file part: nothing to store",
             ));
         }
         Ok(())
     }
 
+    /// The code comes from the error (`error_code`); the message adds how
+    /// far the body got.
     fn parse_error(&self, err: MultipartError) -> HttpError {
         let received = self.received.get();
+        let code = ErrorCode::from(&err);
         match err {
             // A reader that knows why it failed (the size limit, a
             // FastCGI abort, a shutdown) says so with an HttpError.
-            MultipartError::Io(e) => {
-                match e.get_ref().and_then(|e| e.downcast_ref::<HttpError>()) {
-                    Some(err) => err.clone(),
-                    None => HttpError::new(
-                        400,
-                        format!("reading the request body failed after {received} bytes: {e}"),
-                    ),
-                }
-            }
+            MultipartError::Io(e) => match carried(&e) {
+                Some(err) => err.clone(),
+                None => HttpError::new(
+                    code,
+                    format!("reading the request body failed after {received} bytes: {e}"),
+                ),
+            },
             MultipartError::Truncated => {
                 let expected = self.shared.status().size;
                 let of = expected.map(|n| format!(" of {n}")).unwrap_or_default();
-                HttpError::new(400, format!("{err} (received {received}{of} bytes)"))
+                HttpError::new(code, format!("{err} (received {received}{of} bytes)"))
             }
-            err => HttpError::new(400, err.to_string()),
+            err => HttpError::new(code, err.to_string()),
         }
     }
 
@@ -513,7 +505,7 @@ impl Receiver<'_> {
         let total = self.shared.document.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if total > MAX_STATUS_DOCUMENT {
             return Err(HttpError::new(
-                413,
+                ErrorCode::FormTooLarge,
                 format!(
                     "the form's file names, types and fields are too many or too long: \
                      their record would exceed {MAX_STATUS_DOCUMENT} bytes"
@@ -527,7 +519,7 @@ impl Receiver<'_> {
         self.field_bytes += n;
         if self.field_bytes > MAX_FIELD_BYTES {
             return Err(HttpError::new(
-                413,
+                ErrorCode::FormTooLarge,
                 format!("the form's text fields are larger than {MAX_FIELD_BYTES} bytes in all"),
             ));
         }
@@ -539,7 +531,7 @@ impl Receiver<'_> {
 fn check_length(what: &str, value: Option<&str>, max: usize) -> Result<(), HttpError> {
     match value {
         Some(value) if value.len() > max => Err(HttpError::new(
-            400,
+            ErrorCode::BadPartHeader,
             format!(
                 "a {what} is {} bytes long, more than the {max} bytes allowed",
                 value.len()
@@ -552,12 +544,4 @@ fn check_length(what: &str, value: Option<&str>, max: usize) -> Result<(), HttpE
 /// The length of `value` as JSON.
 fn json_len(value: &impl serde::Serialize) -> usize {
     serde_json::to_string(value).map_or(0, |text| text.len())
-}
-
-fn store_error(err: io::Error) -> HttpError {
-    if is_disk_full(&err) {
-        HttpError::new(507, format!("the disk is full: {err}"))
-    } else {
-        HttpError::new(500, format!("cannot store the upload: {err}"))
-    }
 }

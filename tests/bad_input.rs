@@ -13,6 +13,8 @@ struct Case {
     env: Vec<(&'static str, String)>,
     body: Vec<u8>,
     status: u16,
+    /// The stable code the answer and the recorded status carry.
+    code: &'static str,
     message: &'static str,
 }
 
@@ -21,7 +23,13 @@ fn form_body() -> (String, Vec<u8>) {
     (form.content_type(), form.body())
 }
 
-fn case(name: &'static str, query: &str, status: u16, message: &'static str) -> Case {
+fn case(
+    name: &'static str,
+    query: &str,
+    status: u16,
+    code: &'static str,
+    message: &'static str,
+) -> Case {
     let (content_type, body) = form_body();
     Case {
         name,
@@ -32,6 +40,7 @@ fn case(name: &'static str, query: &str, status: u16, message: &'static str) -> 
         ],
         body,
         status,
+        code,
         message,
     }
 }
@@ -75,56 +84,56 @@ fn cases() -> Vec<Case> {
     }
     vec![
         // Identifiers: nothing that is not [A-Za-z0-9-] reaches a path.
-        case("id with ../", "X-Progress-ID=../../etc", 400, "malformed upload identifier"),
-        case("id with /", "X-Progress-ID=a/b", 400, "malformed upload identifier"),
-        case("id with NUL", "X-Progress-ID=a%00b", 400, "malformed upload identifier"),
-        case("id %2e%2e", "X-Progress-ID=%2e%2e", 400, "malformed upload identifier"),
-        case("id of 65 characters", &format!("X-Progress-ID={}", "a".repeat(65)), 400, "malformed"),
-        case("id with space", "X-Progress-ID=a+b", 400, "malformed upload identifier"),
-        case("signed id without key", &format!("X-Progress-ID=abc:{}", "0".repeat(64)), 400, "no upload key"),
+        case("id with ../", "X-Progress-ID=../../etc", 400, "ERR_BAD_IDENTIFIER", "malformed upload identifier"),
+        case("id with /", "X-Progress-ID=a/b", 400, "ERR_BAD_IDENTIFIER", "malformed upload identifier"),
+        case("id with NUL", "X-Progress-ID=a%00b", 400, "ERR_BAD_IDENTIFIER", "malformed upload identifier"),
+        case("id %2e%2e", "X-Progress-ID=%2e%2e", 400, "ERR_BAD_IDENTIFIER", "malformed upload identifier"),
+        case("id of 65 characters", &format!("X-Progress-ID={}", "a".repeat(65)), 400, "ERR_BAD_IDENTIFIER", "malformed"),
+        case("id with space", "X-Progress-ID=a+b", 400, "ERR_BAD_IDENTIFIER", "malformed upload identifier"),
+        case("signed id without key", &format!("X-Progress-ID=abc:{}", "0".repeat(64)), 400, "ERR_BAD_IDENTIFIER", "no upload key"),
         // The request itself.
-        case("no content type", ok, 415, "expected a multipart/form-data body").without("CONTENT_TYPE"),
-        case("text/plain", ok, 415, "expected a multipart/form-data body").env("CONTENT_TYPE", "text/plain"),
-        case("multipart/mixed", ok, 415, "expected a multipart/form-data body")
+        case("no content type", ok, 415, "ERR_NOT_MULTIPART", "expected a multipart/form-data body").without("CONTENT_TYPE"),
+        case("text/plain", ok, 415, "ERR_NOT_MULTIPART", "expected a multipart/form-data body").env("CONTENT_TYPE", "text/plain"),
+        case("multipart/mixed", ok, 415, "ERR_NOT_MULTIPART", "expected a multipart/form-data body")
             .env("CONTENT_TYPE", &format!("multipart/mixed; boundary={boundary}")),
-        case("no boundary", ok, 400, "no boundary parameter").env("CONTENT_TYPE", "multipart/form-data"),
-        case("boundary of 71 characters", ok, 400, "boundary must be 1 to 70 bytes long, with no CR, LF or NUL")
+        case("no boundary", ok, 400, "ERR_BAD_BOUNDARY", "no boundary parameter").env("CONTENT_TYPE", "multipart/form-data"),
+        case("boundary of 71 characters", ok, 400, "ERR_BAD_BOUNDARY", "boundary must be 1 to 70 bytes long, with no CR, LF or NUL")
             .env("CONTENT_TYPE", &format!("multipart/form-data; boundary={}", "b".repeat(71))),
-        case("negative length", ok, 400, "invalid Content-Length").env("CONTENT_LENGTH", "-1"),
-        case("non-numeric length", ok, 400, "invalid Content-Length").env("CONTENT_LENGTH", "12abc"),
-        case("length larger than the body", ok, 400, "the body ended early: received 173 of 100000 bytes")
+        case("negative length", ok, 400, "ERR_BAD_LENGTH", "invalid Content-Length").env("CONTENT_LENGTH", "-1"),
+        case("non-numeric length", ok, 400, "ERR_BAD_LENGTH", "invalid Content-Length").env("CONTENT_LENGTH", "12abc"),
+        case("length larger than the body", ok, 400, "ERR_TRUNCATED", "the body ended early: received 173 of 100000 bytes")
             .env("CONTENT_LENGTH", "100000"),
-        case("length smaller than the body", ok, 400, "ended before the closing multipart boundary")
+        case("length smaller than the body", ok, 400, "ERR_TRUNCATED", "ended before the closing multipart boundary")
             .env("CONTENT_LENGTH", "120"),
-        case("no length, not chunked", ok, 411, "no Content-Length").without("CONTENT_LENGTH"),
+        case("no length, not chunked", ok, 411, "ERR_LENGTH_REQUIRED", "no Content-Length").without("CONTENT_LENGTH"),
         // The body.
-        case("empty body", ok, 400, "does not start with the multipart boundary").body(Vec::new()),
-        case("random bytes", ok, 400, "does not start with the multipart boundary").body(random_bytes(50_000, 9)),
-        case("wrong boundary in body", ok, 400, "does not start with the multipart boundary")
+        case("empty body", ok, 400, "ERR_BAD_MULTIPART", "does not start with the multipart boundary").body(Vec::new()),
+        case("random bytes", ok, 400, "ERR_BAD_MULTIPART", "does not start with the multipart boundary").body(random_bytes(50_000, 9)),
+        case("wrong boundary in body", ok, 400, "ERR_BAD_MULTIPART", "does not start with the multipart boundary")
             .body(b"--other\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nx\r\n--other--\r\n".to_vec()),
-        case("part header over 8 KiB", ok, 400, "header block is longer than 8192 bytes").body(raw(&format!(
+        case("part header over 8 KiB", ok, 400, "ERR_BAD_PART_HEADER", "header block is longer than 8192 bytes").body(raw(&format!(
             "--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"{}\"\r\n\r\nx\r\n--B--\r\n",
             "n".repeat(9000)
         ))),
-        case("part without Content-Disposition", ok, 400, "no Content-Disposition")
+        case("part without Content-Disposition", ok, 400, "ERR_BAD_PART_HEADER", "no Content-Disposition")
             .body(raw("--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B--\r\n")),
-        case("part that is not form-data", ok, 400, "not form-data")
+        case("part that is not form-data", ok, 400, "ERR_BAD_PART_HEADER", "not form-data")
             .body(raw("--B\r\nContent-Disposition: attachment; filename=\"a\"\r\n\r\nx\r\n--B--\r\n")),
-        case("header line without colon", ok, 400, "malformed part header")
+        case("header line without colon", ok, 400, "ERR_BAD_PART_HEADER", "malformed part header")
             .body(raw("--B\r\nContent-Disposition: form-data; name=\"f\"\r\nbroken\r\n\r\nx\r\n--B--\r\n")),
-        case("unterminated quote", ok, 400, "malformed Content-Disposition")
+        case("unterminated quote", ok, 400, "ERR_BAD_PART_HEADER", "malformed Content-Disposition")
             .body(raw("--B\r\nContent-Disposition: form-data; name=\"f; filename=\"a\r\n\r\nx\r\n--B--\r\n")),
-        case("missing closing boundary", ok, 400, "ended before the closing multipart boundary").body(raw(
+        case("missing closing boundary", ok, 400, "ERR_TRUNCATED", "ended before the closing multipart boundary").body(raw(
             "--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\nxyz",
         )),
-        case("garbage after a boundary", ok, 400, "malformed multipart boundary line").body(raw(
+        case("garbage after a boundary", ok, 400, "ERR_BAD_MULTIPART", "malformed multipart boundary line").body(raw(
             "--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\nxyz\r\n--Bjunk\r\n",
         )),
-        case("fields only", ok, 400, "no file part").form(&Form::new().field("a", "b")),
-        case("no parts at all", ok, 400, "no file part").body(raw("--B--\r\n")),
-        case("1001 parts", ok, 400, "more than 1000 parts").form(&many_parts),
-        case("a million tiny parts", ok, 400, "more than 1000 parts").body(million_parts(&boundary)),
-        case("70 KB of fields", ok, 413, "text fields are larger than 65536 bytes").form(&big_fields),
+        case("fields only", ok, 400, "ERR_NO_FILE", "no file part").form(&Form::new().field("a", "b")),
+        case("no parts at all", ok, 400, "ERR_NO_FILE", "no file part").body(raw("--B--\r\n")),
+        case("1001 parts", ok, 400, "ERR_TOO_MANY_PARTS", "more than 1000 parts").form(&many_parts),
+        case("a million tiny parts", ok, 400, "ERR_TOO_MANY_PARTS", "more than 1000 parts").body(million_parts(&boundary)),
+        case("70 KB of fields", ok, 413, "ERR_FORM_TOO_LARGE", "text fields are larger than 65536 bytes").form(&big_fields),
     ]
 }
 
@@ -159,7 +168,7 @@ fn every_bad_input_is_a_clear_4xx_and_stores_nothing() {
         }
         let reply = cgi.run(&case.body);
         assert_eq!(reply.status, case.status, "{}: {}", case.name, reply.text());
-        reply.assert_error(case.status, case.message);
+        reply.assert_error_code(case.status, case.code, case.message);
         assert!(
             reply.stderr.is_empty(),
             "{}: client errors are not logged: {}",
@@ -187,6 +196,7 @@ fn every_bad_input_is_a_clear_4xx_and_stores_nothing() {
             let status = status_of(&pool.cgi(), "victim");
             assert_eq!(status["state"], "error", "{}: {status}", case.name);
             assert_eq!(status["status"], case.status, "{}: {status}", case.name);
+            assert_eq!(status["code"], case.code, "{}: {status}", case.name);
         } else {
             assert!(
                 !pool.top_level().iter().any(|n| n != "bystander"),
@@ -206,10 +216,11 @@ fn over_size_by_content_length_is_refused_before_reading() {
         .cgi()
         .env("FILEUPLOAD_MAX_SIZE", "1")
         .post_form("/upload?X-Progress-ID=big", &form);
-    reply.assert_error(413, "more than the limit of 1048576 bytes");
+    reply.assert_error_code(413, "ERR_TOO_LARGE", "more than the limit of 1048576 bytes");
     let status = status_of(&pool.cgi(), "big");
     assert_eq!(status["state"], "error");
     assert_eq!(status["status"], 413);
+    assert_eq!(status["code"], "ERR_TOO_LARGE");
     assert_eq!(status["received"], 0, "decided before reading: {status}");
     assert_eq!(pool.bucket_files("big"), ["lock", "status.json"]);
 }
@@ -227,9 +238,17 @@ fn over_size_while_streaming_is_refused() {
         .env("CONTENT_TYPE", &form.content_type())
         .env("HTTP_TRANSFER_ENCODING", "chunked")
         .run(&form.body());
-    reply.assert_error(413, "larger than the limit of 1048576 bytes");
+    reply.assert_error_code(
+        413,
+        "ERR_TOO_LARGE",
+        "larger than the limit of 1048576 bytes",
+    );
     let status = status_of(&pool.cgi(), "streamed");
     assert_eq!(status["status"], 413);
+    assert_eq!(
+        status["code"], "ERR_TOO_LARGE",
+        "the code travels with the reader's error"
+    );
     assert_eq!(
         status["received"],
         (1 << 20) + 1,

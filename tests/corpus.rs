@@ -7,7 +7,8 @@
 //!
 //! Each `NAME.body` has a `NAME.json`: the `Content-Type` to send, the HTTP
 //! status, and for a stored upload every file (field, name, content type,
-//! exact bytes) and every text field; for a refused one, part of the error
+//! exact bytes) and every text field; for a refused one, its stable error
+//! `code` (which the recorded status must carry too) and part of the error
 //! message. Each body goes through the built binary as a CGI program, and
 //! the bytes are checked on disk. The corpus is the project's own; nothing
 //! here reads other projects' vectors.
@@ -113,7 +114,11 @@ fn every_corpus_body_is_stored_exactly_or_refused_with_nothing_stored() {
             .filter(|f| f.starts_with("file-"))
             .collect();
         if status != 200 {
-            reply.assert_error(status, str_field(&case.expect, "error", name));
+            reply.assert_error_code(
+                status,
+                str_field(&case.expect, "code", name),
+                str_field(&case.expect, "error", name),
+            );
             assert!(
                 on_disk.is_empty(),
                 "{name}: refused, but {on_disk:?} stored"
@@ -121,6 +126,7 @@ fn every_corpus_body_is_stored_exactly_or_refused_with_nothing_stored() {
             let recorded = status_of(&pool.cgi(), &id);
             assert_eq!(recorded["state"], "error", "{name}: {recorded}");
             assert_eq!(recorded["status"], status, "{name}: {recorded}");
+            assert_eq!(recorded["code"], reply.code(), "{name}: {recorded}");
             refused += 1;
             continue;
         }

@@ -36,12 +36,14 @@ fn answers_match_the_cgi_transport() {
     assert_eq!(via_fcgi.headers, via_cgi.headers);
     // Errors too.
     let bad = daemon.get("/upload/status?X-Progress-ID=../x");
-    bad.assert_error(400, "malformed upload identifier");
+    bad.assert_error_code(400, "ERR_BAD_IDENTIFIER", "malformed upload identifier");
     assert_eq!(
         bad.body,
         pool.cgi().get("/upload/status?X-Progress-ID=../x").body
     );
-    daemon.get("/nowhere").assert_error(404, "no such endpoint");
+    daemon
+        .get("/nowhere")
+        .assert_error_code(404, "ERR_NOT_FOUND", "no such endpoint");
     assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
 }
 
@@ -72,7 +74,11 @@ fn a_body_without_content_length_is_read_to_the_end_of_stdin() {
         &[("CONTENT_TYPE", &big.content_type())],
         &big.body(),
     );
-    reply.assert_error(413, "larger than the limit of 1048576 bytes");
+    reply.assert_error_code(
+        413,
+        "ERR_TOO_LARGE",
+        "larger than the limit of 1048576 bytes",
+    );
     assert_eq!(status_of(&pool.cgi(), "chunked-big")["status"], 413);
 }
 
@@ -182,6 +188,7 @@ fn a_connection_cut_mid_upload_fails_that_upload_only() {
             .contains("closed the connection"),
         "{status}"
     );
+    assert_eq!(status["code"], "ERR_TRUNCATED", "{status}");
     assert_eq!(pool.bucket_files("cut"), ["lock", "status.json"]);
     assert_eq!(daemon.get("/upload/new").status, 200);
     assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
@@ -195,11 +202,27 @@ fn an_aborted_request_ends_with_end_request_and_an_error_status() {
     stream.write_all(&record(ABORT_REQUEST, 1, &[])).unwrap();
     let (reply, protocol_status) = read_response(&mut stream, 1);
     assert_eq!(protocol_status, 0, "REQUEST_COMPLETE");
-    reply.assert_error(400, "aborted the request");
+    reply.assert_error_code(400, "ERR_ABORTED", "aborted the request");
     let status = status_of(&pool.cgi(), "aborted");
     assert_eq!(status["state"], "error");
+    assert_eq!(status["code"], "ERR_ABORTED", "{status}");
     assert_eq!(pool.bucket_files("aborted"), ["lock", "status.json"]);
     assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
+
+#[test]
+fn a_malformed_record_inside_the_body_fails_the_upload_with_its_code() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
+    let mut stream = daemon.begin_partial_upload(&pool, "mangled", 7, 50_000);
+    // A record header of FastCGI version 2 where the next STDIN record
+    // should be.
+    stream.write_all(&[2, 5, 0, 1, 0, 0, 0, 0]).unwrap();
+    let (reply, _) = read_response(&mut stream, 1);
+    reply.assert_error_code(400, "ERR_BAD_FASTCGI", "malformed FastCGI stream");
+    let status = status_of(&pool.cgi(), "mangled");
+    assert_eq!(status["code"], "ERR_BAD_FASTCGI", "{status}");
+    assert_eq!(pool.bucket_files("mangled"), ["lock", "status.json"]);
 }
 
 #[test]
@@ -377,13 +400,14 @@ fn sigterm_lets_running_uploads_finish_then_cuts_the_rest() {
     assert_eq!(reply.json()["state"], "done");
     // The other is cut short when the grace time is over, and says why.
     let (reply, _) = read_response(&mut stalled, 1);
-    reply.assert_error(503, "interrupted");
+    reply.assert_error_code(503, "ERR_SHUTDOWN", "interrupted");
     let status = daemon
         .terminate(Duration::from_secs(10))
         .expect("daemon did not exit");
     assert!(status.success(), "{status:?}");
     let stalled_status = status_of(&pool.cgi(), "stalled");
     assert_eq!(stalled_status["state"], "error");
+    assert_eq!(stalled_status["code"], "ERR_SHUTDOWN", "{stalled_status}");
     assert!(
         stalled_status["error"]
             .as_str()
@@ -624,9 +648,11 @@ fn no_smuggling_after_a_malformed_form_is_refused() {
     );
     let mut smuggler = Smuggler::open(&daemon, &params);
     smuggler.send(b"--XX\r\nContent-Disposition: attachment; name=\"f\"\r\n\r\n");
-    smuggler
-        .answer()
-        .assert_error(400, "Content-Disposition is not form-data");
+    smuggler.answer().assert_error_code(
+        400,
+        "ERR_BAD_PART_HEADER",
+        "Content-Disposition is not form-data",
+    );
     smuggler.smuggle_and_check(&daemon, &pool);
 }
 
@@ -642,7 +668,9 @@ fn no_smuggling_after_a_413_while_streaming() {
     // The daemon reads one byte past the limit, and no further.
     start.resize(1025, b'v');
     smuggler.send(&start);
-    smuggler.answer().assert_error(413, "larger than the limit");
+    smuggler
+        .answer()
+        .assert_error_code(413, "ERR_TOO_LARGE", "larger than the limit");
     smuggler.smuggle_and_check(&daemon, &pool);
 }
 
@@ -652,7 +680,9 @@ fn no_smuggling_after_a_413_by_content_length() {
     let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_MAX_SIZE", "1K")]);
     let params = post_params("/upload?X-Progress-ID=long", BOUNDARY_TYPE, Some(2 << 20));
     let mut smuggler = Smuggler::open(&daemon, &params);
-    smuggler.answer().assert_error(413, "more than the limit");
+    smuggler
+        .answer()
+        .assert_error_code(413, "ERR_TOO_LARGE", "more than the limit");
     smuggler.smuggle_and_check(&daemon, &pool);
 }
 
@@ -681,7 +711,7 @@ fn no_smuggling_after_a_clear_cancels_the_upload() {
     smuggler.send(&[b'v'; 1000]);
     smuggler
         .answer()
-        .assert_error(410, "cancelled by a clear request");
+        .assert_error_code(410, "ERR_CANCELLED", "cancelled by a clear request");
     smuggler.smuggle_and_check(&daemon, &pool);
 }
 
@@ -696,7 +726,9 @@ fn no_smuggling_after_a_409_for_a_running_upload() {
         Some(SMUGGLING_RECORD),
     );
     let mut smuggler = Smuggler::open(&daemon, &params);
-    smuggler.answer().assert_error(409, "already running");
+    smuggler
+        .answer()
+        .assert_error_code(409, "ERR_UPLOAD_RUNNING", "already running");
     smuggler.smuggle_and_check(&daemon, &pool);
 }
 
@@ -723,7 +755,7 @@ fn no_smuggling_after_a_403_for_an_unsigned_identifier() {
     rest.extend(stdin_records(3, b""));
     smuggler.stream.write_all(&rest).unwrap();
     let (reply, _) = read_response(&mut smuggler.stream, 3);
-    reply.assert_error(403, "signs upload identifiers");
+    reply.assert_error_code(403, "ERR_NEW_ID_REFUSED", "signs upload identifiers");
     assert!(pool.top_level().is_empty(), "{:?}", pool.top_level());
     assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
 }
@@ -740,7 +772,9 @@ fn a_body_that_does_not_end_soon_after_an_early_answer_closes_the_connection() {
     // The rest of the body never comes: closed after about a second.
     let mut smuggler = Smuggler::open(&daemon, &params);
     smuggler.send(b"--XX\r\nContent-Disposition: attachment; name=\"f\"\r\n\r\n");
-    smuggler.answer().assert_error(400, "not form-data");
+    smuggler
+        .answer()
+        .assert_error_code(400, "ERR_BAD_PART_HEADER", "not form-data");
     let answered = std::time::Instant::now();
     assert!(read_record(&mut smuggler.stream).is_none());
     let waited = answered.elapsed();
@@ -752,7 +786,9 @@ fn a_body_that_does_not_end_soon_after_an_early_answer_closes_the_connection() {
     // what follows is never served.
     let mut smuggler = Smuggler::open(&daemon, &params);
     smuggler.send(b"--XX\r\nContent-Disposition: attachment; name=\"f\"\r\n\r\n");
-    smuggler.answer().assert_error(400, "not form-data");
+    smuggler
+        .answer()
+        .assert_error_code(400, "ERR_BAD_PART_HEADER", "not form-data");
     let mut rest = vec![b'v'; SMUGGLING_RECORD - smuggler.sent];
     rest.extend(stdin_data(1, &vec![b'v'; 5 << 20]));
     rest.extend(record(STDIN, 1, &[]));
@@ -806,7 +842,7 @@ fn a_size_limit_passed_with_the_request_is_enforced() {
         &two_mib_form(1),
         &limited,
     );
-    reply.assert_error(413, "more than the limit of 1048576 bytes");
+    reply.assert_error_code(413, "ERR_TOO_LARGE", "more than the limit of 1048576 bytes");
     assert_eq!(status_of(&pool.cgi(), "p-big")["status"], 413);
     // Without it, the daemon's own limit.
     let reply = post_with(&daemon, "/upload?X-Progress-ID=p-ok", &two_mib_form(2), &[]);
@@ -828,7 +864,7 @@ fn a_daemon_option_beats_the_request_parameter() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     let form = Form::new().file("f", "b", "text/plain", &random_bytes(5 << 20, 4));
     let reply = post_with(&daemon, "/upload?X-Progress-ID=opt-big", &form, &limited);
-    reply.assert_error(413, "more than the limit of 4194304 bytes");
+    reply.assert_error_code(413, "ERR_TOO_LARGE", "more than the limit of 4194304 bytes");
 }
 
 #[test]
@@ -853,7 +889,11 @@ fn a_key_passed_with_the_request_requires_signed_identifiers() {
         [("FILEUPLOAD_UPLOAD_KEY_FILE", key_path)],
     ] {
         let target = "/upload?X-Progress-ID=unsigned";
-        post_with(&daemon, target, &form, &settings).assert_error(403, "not signed");
+        post_with(&daemon, target, &form, &settings).assert_error_code(
+            403,
+            "ERR_SIGNATURE",
+            "not signed",
+        );
         let status = format!("/upload/status?X-Progress-ID={signed}");
         let reply = daemon.request("GET", &status, &settings, b"");
         assert_eq!(reply.body, br#"{"state":"starting"}"#, "{}", reply.text());
@@ -873,7 +913,7 @@ fn a_key_passed_with_the_request_requires_signed_identifiers() {
         assert_eq!(reply.body, br#"{"state":"starting"}"#, "{}", reply.text());
         daemon
             .request("GET", "/upload/status?X-Progress-ID=x", &file_setting, b"")
-            .assert_error(403, "not signed");
+            .assert_error_code(403, "ERR_SIGNATURE", "not signed");
     }
     assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
 }
@@ -941,7 +981,7 @@ fn settings_that_cannot_change_per_request_are_a_500_naming_them() {
             &form,
             &[(name, value)],
         );
-        reply.assert_error(500, "misconfigured");
+        reply.assert_error_code(500, "ERR_CONFIG", "misconfigured");
         assert!(
             pool.top_level().is_empty(),
             "{name}: {:?}",
@@ -971,7 +1011,7 @@ fn a_bad_value_passed_with_the_request_is_a_500_naming_the_parameter() {
             &form,
             &[("FILEUPLOAD_MAX_SIZE", "12X")],
         );
-        reply.assert_error(500, "misconfigured");
+        reply.assert_error_code(500, "ERR_CONFIG", "misconfigured");
     }
     for (name, value, message) in [
         (
@@ -988,7 +1028,7 @@ fn a_bad_value_passed_with_the_request_is_a_500_naming_the_parameter() {
         thread::sleep(Duration::from_millis(1100));
         daemon
             .request("GET", "/upload/new", &[(name, value)], b"")
-            .assert_error(500, "misconfigured");
+            .assert_error_code(500, "ERR_CONFIG", "misconfigured");
         let lines = daemon.log_lines();
         assert!(
             lines.last().is_some_and(|l| l.contains(message)),
@@ -1018,7 +1058,7 @@ fn a_key_per_request_replaces_the_daemons_key_but_not_its_key_file() {
         &[("FILEUPLOAD_UPLOAD_KEY", "location key")],
         b"",
     );
-    reply.assert_error(403, "not signed");
+    reply.assert_error_code(403, "ERR_SIGNATURE", "not signed");
     // The other half of the pair: both set, refused as in one environment.
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key");
@@ -1029,7 +1069,7 @@ fn a_key_per_request_replaces_the_daemons_key_but_not_its_key_file() {
         &[("FILEUPLOAD_UPLOAD_KEY_FILE", key_file.to_str().unwrap())],
         b"",
     );
-    reply.assert_error(500, "misconfigured");
+    reply.assert_error_code(500, "ERR_CONFIG", "misconfigured");
     let lines = daemon.log_lines();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(

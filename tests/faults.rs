@@ -379,6 +379,7 @@ fn the_daemon_killed_mid_upload_leaves_an_interrupted_upload_that_gc_removes() {
     daemon.child.wait().unwrap();
     let status = status_of(&pool.cgi(), "killed");
     assert_eq!(status["state"], "error", "{status}");
+    assert_eq!(status["code"], "ERR_INTERRUPTED", "{status}");
     assert!(
         status["error"].as_str().unwrap().starts_with("interrupted"),
         "{status}"

@@ -111,7 +111,7 @@ fn our_own_routes_and_errors_stay_ours() {
     let form = Form::new().file("f", "a", "text/plain", b"x");
     s.cgi()
         .post_form("/upload?X-Progress-ID=../bad", &form)
-        .assert_error(400, "malformed");
+        .assert_error_code(400, "ERR_BAD_IDENTIFIER", "malformed");
 }
 
 #[test]
@@ -193,7 +193,7 @@ fn application_failures_are_answered_by_us() {
         .cgi()
         .env("FILEUPLOAD_APP", missing.to_str().unwrap())
         .get("/page");
-    reply.assert_error(500, "cannot run the application");
+    reply.assert_error_code(500, "ERR_APP_START", "cannot run the application");
     assert!(reply.stderr.contains("missing.cgi"), "{}", reply.stderr);
     let cases = [
         (
@@ -224,7 +224,7 @@ fn application_failures_are_answered_by_us() {
             .cgi()
             .env("FILEUPLOAD_APP", program.to_str().unwrap())
             .get("/page");
-        reply.assert_error(502, message);
+        reply.assert_error_code(502, "ERR_APP", message);
     }
 }
 

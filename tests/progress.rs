@@ -126,7 +126,7 @@ fn a_second_upload_under_a_running_id_gets_409() {
     .expect("first upload never started");
     let (_, other) = self::form(1000, 3);
     let reply = pool.cgi().post_form("/upload?X-Progress-ID=busy", &other);
-    reply.assert_error(409, "already running");
+    reply.assert_error_code(409, "ERR_UPLOAD_RUNNING", "already running");
     // The first goes on undisturbed.
     assert_eq!(status_of(&pool.cgi(), "busy")["state"], "uploading");
     let reply = running.finish();
@@ -177,7 +177,7 @@ fn clear_cancels_a_running_upload() {
     assert_eq!(status_of(&pool.cgi(), "cancel")["state"], "starting");
     // The receiver stops and its request ends with an error.
     let reply = running.finish();
-    reply.assert_error(410, "cancelled by a clear request");
+    reply.assert_error_code(410, "ERR_CANCELLED", "cancelled by a clear request");
     assert!(
         pool.top_level().is_empty(),
         "left behind: {:?}",
@@ -206,6 +206,7 @@ fn a_killed_receiver_is_reported_interrupted_and_gc_removes_it() {
     running.feeder.join().unwrap();
     let status = status_of(&pool.cgi(), "killed");
     assert_eq!(status["state"], "error", "{status}");
+    assert_eq!(status["code"], "ERR_INTERRUPTED", "{status}");
     assert!(
         status["error"].as_str().unwrap().starts_with("interrupted"),
         "{status}"

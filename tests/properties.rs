@@ -216,7 +216,7 @@ proptest! {
         let mut status = Status::uploading(&id, Some(10), 1);
         status.filename = Some(name.clone());
         status.fields.as_mut().unwrap().insert(field, name);
-        status.fail(400, "a \"quoted\"\nmessage", 2);
+        status.fail(fileupload::ErrorCode::BadMultipart, "a \"quoted\"\nmessage", 2);
         let json = status.to_json();
         prop_assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), status);
     }

@@ -85,3 +85,39 @@ fn readme_states_the_parser_size_truly() {
         }
     }
 }
+
+/// The README's error code table lists exactly the program's codes, each
+/// with the HTTP status the program answers it with.
+#[test]
+fn readme_lists_every_error_code_with_its_status() {
+    use fileupload::ErrorCode;
+    let readme = include_str!("../README.md");
+    let mut listed = Vec::new();
+    for row in readme.lines().filter(|l| l.starts_with("| `ERR_")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let text = cells[1].trim_matches('`');
+        let code = ErrorCode::parse(text)
+            .unwrap_or_else(|| panic!("README lists {text}, which the program does not know"));
+        let status: u16 = cells[2]
+            .parse()
+            .unwrap_or_else(|_| panic!("no HTTP status in {row}"));
+        assert_eq!(status, code.status(), "{row}");
+        assert!(!cells[3].is_empty(), "no 'when' in {row}");
+        listed.push(code);
+    }
+    for code in ErrorCode::ALL {
+        let rows = listed.iter().filter(|c| *c == code).count();
+        assert_eq!(rows, 1, "README lists {code} {rows} times");
+    }
+    assert_eq!(listed.len(), ErrorCode::ALL.len());
+    // Every status a code has is in the status table too.
+    for code in ErrorCode::ALL {
+        assert!(
+            readme
+                .lines()
+                .any(|l| l.starts_with(&format!("| {} |", code.status()))),
+            "the status table has no row for {} ({code})",
+            code.status()
+        );
+    }
+}

@@ -147,7 +147,7 @@ fn bad_jsonp_callbacks_are_refused_unechoed() {
         let reply = pool.cgi().get(&format!(
             "/upload/status?X-Progress-ID=x&callback={callback}"
         ));
-        reply.assert_error(400, "invalid JSONP callback");
+        reply.assert_error_code(400, "ERR_BAD_CALLBACK", "invalid JSONP callback");
         let text = reply.text();
         assert!(!text.contains("alert") && !text.contains('<'), "{text}");
     }
@@ -165,7 +165,7 @@ fn unknown_paths_are_404() {
         "/favicon.ico",
     ] {
         let reply = pool.cgi().get(target);
-        reply.assert_error(404, "no such endpoint");
+        reply.assert_error_code(404, "ERR_NOT_FOUND", "no such endpoint");
     }
 }
 
@@ -183,7 +183,11 @@ fn wrong_methods_are_405_with_allow() {
     ];
     for (method, target, allowed) in cases {
         let reply = pool.cgi().request(method, target).run(b"");
-        reply.assert_error(405, &format!("method {method} is not allowed"));
+        reply.assert_error_code(
+            405,
+            "ERR_METHOD",
+            &format!("method {method} is not allowed"),
+        );
         let allow = reply
             .header("Allow")
             .unwrap_or_else(|| panic!("no Allow for {method} {target}"));
@@ -200,13 +204,17 @@ fn missing_identifier_is_400() {
         "/upload?status",
         "/upload/status?X-Progress-ID=",
     ] {
-        pool.cgi()
-            .get(target)
-            .assert_error(400, "missing upload identifier");
+        pool.cgi().get(target).assert_error_code(
+            400,
+            "ERR_NO_IDENTIFIER",
+            "missing upload identifier",
+        );
     }
     let form = Form::new().file("f", "a", "text/plain", b"x");
-    pool.cgi()
-        .post_form("/upload", &form)
-        .assert_error(400, "missing upload identifier");
+    pool.cgi().post_form("/upload", &form).assert_error_code(
+        400,
+        "ERR_NO_IDENTIFIER",
+        "missing upload identifier",
+    );
     assert!(pool.top_level().is_empty());
 }

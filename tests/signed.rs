@@ -77,18 +77,22 @@ fn issued_identifiers_work_and_others_are_refused() {
         ),
     ];
     for (candidate, status, message) in cases {
+        let code = match status {
+            403 => "ERR_SIGNATURE",
+            _ => "ERR_BAD_IDENTIFIER",
+        };
         keyed
             .cgi()
             .post_form(&format!("/upload?X-Progress-ID={candidate}"), &form)
-            .assert_error(*status, message);
+            .assert_error_code(*status, code, message);
         keyed
             .cgi()
             .get(&format!("/upload/status?X-Progress-ID={candidate}"))
-            .assert_error(*status, message);
+            .assert_error_code(*status, code, message);
         keyed
             .cgi()
             .get(&format!("/upload?X-Progress-ID={candidate}&clear"))
-            .assert_error(*status, message);
+            .assert_error_code(*status, code, message);
     }
     // None of that touched the upload.
     assert_eq!(status_of(&keyed.cgi(), &id)["state"], "done");
@@ -97,16 +101,17 @@ fn issued_identifiers_work_and_others_are_refused() {
         .pool
         .cgi()
         .get(&format!("/upload/status?X-Progress-ID={id}"))
-        .assert_error(400, "no upload key");
+        .assert_error_code(400, "ERR_BAD_IDENTIFIER", "no upload key");
 }
 
 #[test]
 fn identifiers_are_not_handed_out_over_http_when_keyed() {
     let keyed = Keyed::new("k");
-    keyed
-        .cgi()
-        .get("/upload/new")
-        .assert_error(403, "the application issues them");
+    keyed.cgi().get("/upload/new").assert_error_code(
+        403,
+        "ERR_NEW_ID_REFUSED",
+        "the application issues them",
+    );
 }
 
 #[test]

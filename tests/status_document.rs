@@ -68,7 +68,7 @@ fn a_form_that_would_make_a_huge_status_is_refused_cheaply() {
     let form = form_with_long_names(1000, 1000, 100);
     let body_len = form.body().len() as u64;
     let reply = post_trickling(&pool, "huge", &form, 50);
-    reply.assert_error(413, "too many or too long");
+    reply.assert_error_code(413, "ERR_FORM_TOO_LARGE", "too many or too long");
     let status = status_of(&pool.cgi(), "huge");
     assert_eq!(status["state"], "error", "{status}");
     assert_eq!(status["status"], 413);
@@ -91,12 +91,12 @@ fn a_file_name_or_type_over_its_limit_is_refused() {
     let form = Form::new().file("f", &long_name, "text/plain", b"x");
     pool.cgi()
         .post_form("/upload?X-Progress-ID=name", &form)
-        .assert_error(400, "file name is 1025 bytes long");
+        .assert_error_code(400, "ERR_BAD_PART_HEADER", "file name is 1025 bytes long");
     let long_type = format!("text/{}", "t".repeat(252));
     let form = Form::new().file("f", "a.txt", &long_type, b"x");
     pool.cgi()
         .post_form("/upload?X-Progress-ID=type", &form)
-        .assert_error(400, "Content-Type is 257 bytes long");
+        .assert_error_code(400, "ERR_BAD_PART_HEADER", "Content-Type is 257 bytes long");
     for id in ["name", "type"] {
         assert_eq!(pool.bucket_files(id), ["lock", "status.json"], "{id}");
     }
@@ -168,7 +168,7 @@ fn an_unreadable_status_is_never_taken_for_a_failed_upload() {
         std::fs::write(&status_file, garbage).unwrap();
         let before = pool.snapshot();
         let again = pool.cgi().post_form("/upload?X-Progress-ID=kept", &form);
-        again.assert_error(409, "cannot be read");
+        again.assert_error_code(409, "ERR_STATUS_UNREADABLE", "cannot be read");
         assert_eq!(pool.snapshot(), before, "nothing changed");
         assert_eq!(
             std::fs::read(pool.path().join("kept/file-1")).unwrap(),
@@ -202,7 +202,7 @@ fn a_failed_upload_lists_no_files() {
     let reply = pool
         .cgi()
         .post_body("/upload?X-Progress-ID=cut", &form, &body);
-    reply.assert_error(400, "ended before");
+    reply.assert_error_code(400, "ERR_TRUNCATED", "ended before");
     let status = status_of(&pool.cgi(), "cut");
     assert_eq!(status["state"], "error", "{status}");
     assert_eq!(status["files"], serde_json::json!([]), "{status}");

@@ -233,13 +233,17 @@ fn a_failed_upload_may_be_retried_but_a_done_one_is_kept() {
         .env("CONTENT_TYPE", &good.content_type())
         .env("CONTENT_LENGTH", &good.body().len().to_string())
         .run(&truncated);
-    reply.assert_error(400, "ended before the closing multipart boundary");
+    reply.assert_error_code(
+        400,
+        "ERR_TRUNCATED",
+        "ended before the closing multipart boundary",
+    );
     assert_eq!(status_of(&pool.cgi(), "retry")["state"], "error");
     let reply = pool.cgi().post_form("/upload?X-Progress-ID=retry", &good);
     assert_eq!(reply.json()["state"], "done");
     let again = Form::new().file("f", "b", "text/plain", b"second");
     let reply = pool.cgi().post_form("/upload?X-Progress-ID=retry", &again);
-    reply.assert_error(409, "already complete");
+    reply.assert_error_code(409, "ERR_UPLOAD_COMPLETE", "already complete");
     let json = status_of(&pool.cgi(), "retry");
     assert_eq!(std::fs::read(path_of(&json, 0)).unwrap(), b"first");
 }
@@ -257,7 +261,11 @@ fn a_body_longer_than_content_length_is_read_only_to_the_length() {
         .env("CONTENT_TYPE", &form.content_type())
         .env("CONTENT_LENGTH", &(body.len() - 20).to_string())
         .run(&body);
-    reply.assert_error(400, "ended before the closing multipart boundary");
+    reply.assert_error_code(
+        400,
+        "ERR_TRUNCATED",
+        "ended before the closing multipart boundary",
+    );
     assert_eq!(pool.bucket_files("short-length"), ["lock", "status.json"]);
 }
 
@@ -272,7 +280,7 @@ fn a_full_disk_is_507_and_leaves_no_partial_file() {
         .cgi()
         .prelude("ulimit -f 256; trap '' XFSZ")
         .post_form("/upload?X-Progress-ID=full", &form);
-    reply.assert_error(507, "the disk is full");
+    reply.assert_error_code(507, "ERR_DISK_FULL", "the disk is full");
     assert!(
         reply.stderr.contains("the disk is full"),
         "5xx are logged: {}",

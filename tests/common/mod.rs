@@ -177,7 +177,8 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// Checks the error answer: status, JSON shape, and message.
+    /// Checks the error answer: status, JSON shape, message, and that its
+    /// `code` is well-formed and one of ours with this status.
     pub fn assert_error(&self, status: u16, message_part: &str) {
         assert_eq!(self.status, status, "status of {}", self.text());
         let json = self.json();
@@ -188,9 +189,41 @@ impl Reply {
             message.contains(message_part),
             "message {message:?} should contain {message_part:?}"
         );
+        assert_code_shape(&json, status);
         assert_eq!(self.header("Content-Type"), Some("application/json"));
         assert!(!self.stderr.contains("panicked"), "stderr: {}", self.stderr);
     }
+
+    /// [`Reply::assert_error`], and the answer's code is `code`.
+    pub fn assert_error_code(&self, status: u16, code: &str, message_part: &str) {
+        self.assert_error(status, message_part);
+        assert_eq!(self.json()["code"], code, "{}", self.text());
+    }
+
+    /// The error answer's code.
+    pub fn code(&self) -> String {
+        let json = self.json();
+        json["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no code in {json}"))
+            .to_owned()
+    }
+}
+
+/// An error document's (answer's or status's) `code` matches
+/// `^ERR_[A-Z_]+$`, is a code the program knows, and is the one for
+/// `status`.
+pub fn assert_code_shape(json: &Value, status: u16) {
+    let code = json["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code in {json}"));
+    let shape_ok = code.strip_prefix("ERR_").is_some_and(|rest| {
+        !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+    });
+    assert!(shape_ok, "code {code:?} is not ERR_[A-Z_]+: {json}");
+    let known = fileupload::ErrorCode::parse(code)
+        .unwrap_or_else(|| panic!("code {code:?} is not one of the program's: {json}"));
+    assert_eq!(known.status(), status, "{code} has another status: {json}");
 }
 
 /// Parses CGI output: `Status:` and headers, a blank line, the body.

@@ -1,0 +1,411 @@
+//! Stable error codes, and the one place where domain errors become HTTP
+//! errors.
+//!
+//! Every error answer and every failed upload's status carries a `code`
+//! beside its English `error`: clients match the code, which never changes
+//! meaning, and may show the sentence. Each code has exactly one HTTP
+//! status, so a code decides the status and the two cannot disagree.
+//!
+//! The pool, the identifier check, the multipart parser and its decoders
+//! each have their own error type and know nothing of HTTP; the `From`
+//! impls below are where each variant gets its code (and so its status).
+//! Errors that exist only at the HTTP layer (an unknown path, a wrong
+//! method) are made with [`HttpError::new`] where they are found, with
+//! their code.
+
+use std::fmt;
+use std::io;
+
+use crate::http::HttpError;
+use crate::identifier::IdError;
+use crate::multipart::{ContentTypeError, MultipartError};
+use crate::pool::{PoolError, is_disk_full};
+use crate::transfer_encoding::DecodeError;
+
+/// A stable, machine-readable reason for an error, as `"ERR_..."` text.
+///
+/// The granularity is what a client can act on: "the identifier is wrong"
+/// and "the signature is wrong" need different fixes, while the dozen ways
+/// a part's headers can be malformed all need the same one (fix the
+/// client's form encoder), so they share [`ErrorCode::BadPartHeader`] and
+/// the sentence says which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// No `X-Progress-ID` in the query or the headers.
+    NoIdentifier,
+    /// The identifier is malformed, or signed where the server has no key.
+    BadIdentifier,
+    /// The signature is wrong, or missing where the server requires one.
+    Signature,
+    /// `/upload/new` on a server that signs identifiers.
+    NewIdRefused,
+    /// An invalid JSONP `callback`.
+    BadCallback,
+    /// No endpoint at this path.
+    NotFound,
+    /// A method the endpoint does not take.
+    Method,
+    /// An upload is running under this identifier.
+    UploadRunning,
+    /// An upload under this identifier is already complete.
+    UploadComplete,
+    /// The status under this identifier cannot be read.
+    StatusUnreadable,
+    /// A clear cancelled the upload while it ran.
+    Cancelled,
+    /// No `Content-Length` and not chunked.
+    LengthRequired,
+    /// `Content-Length` is not a non-negative integer.
+    BadLength,
+    /// The body is larger than `max_size`.
+    TooLarge,
+    /// The form's text fields, file names and types are too large.
+    FormTooLarge,
+    /// Not `multipart/form-data`.
+    NotMultipart,
+    /// The `Content-Type` has no usable boundary.
+    BadBoundary,
+    /// The body is not framed by the boundary.
+    BadMultipart,
+    /// A part's headers are malformed, contradictory or too long.
+    BadPartHeader,
+    /// A part's `Content-Transfer-Encoding` is unknown or its data does not
+    /// decode.
+    BadTransferEncoding,
+    /// More parts than allowed.
+    TooManyParts,
+    /// The form has no file part.
+    NoFile,
+    /// The body ended, or could not be read, before the form was complete.
+    Truncated,
+    /// The web server aborted the request.
+    Aborted,
+    /// The web server's FastCGI records are malformed.
+    BadFastcgi,
+    /// The disk (or a quota, or a file size limit) is full.
+    DiskFull,
+    /// The pool cannot be used, or an I/O error in it.
+    Storage,
+    /// The service's settings are invalid.
+    Config,
+    /// The middleware application could not be started.
+    AppStart,
+    /// The middleware application's answer is not a CGI response.
+    App,
+    /// The process receiving the upload stopped before it finished.
+    Interrupted,
+    /// The daemon shut down before the upload finished.
+    Shutdown,
+    /// A bug, or a system without randomness. (Keep it last: see the
+    /// test `all_lists_every_variant`.)
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in the README's order.
+    pub const ALL: &[ErrorCode] = &[
+        ErrorCode::NoIdentifier,
+        ErrorCode::BadIdentifier,
+        ErrorCode::Signature,
+        ErrorCode::NewIdRefused,
+        ErrorCode::BadCallback,
+        ErrorCode::NotFound,
+        ErrorCode::Method,
+        ErrorCode::UploadRunning,
+        ErrorCode::UploadComplete,
+        ErrorCode::StatusUnreadable,
+        ErrorCode::Cancelled,
+        ErrorCode::LengthRequired,
+        ErrorCode::BadLength,
+        ErrorCode::TooLarge,
+        ErrorCode::FormTooLarge,
+        ErrorCode::NotMultipart,
+        ErrorCode::BadBoundary,
+        ErrorCode::BadMultipart,
+        ErrorCode::BadPartHeader,
+        ErrorCode::BadTransferEncoding,
+        ErrorCode::TooManyParts,
+        ErrorCode::NoFile,
+        ErrorCode::Truncated,
+        ErrorCode::Aborted,
+        ErrorCode::BadFastcgi,
+        ErrorCode::DiskFull,
+        ErrorCode::Storage,
+        ErrorCode::Config,
+        ErrorCode::AppStart,
+        ErrorCode::App,
+        ErrorCode::Interrupted,
+        ErrorCode::Shutdown,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as clients see it: never changed once published.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NoIdentifier => "ERR_NO_IDENTIFIER",
+            ErrorCode::BadIdentifier => "ERR_BAD_IDENTIFIER",
+            ErrorCode::Signature => "ERR_SIGNATURE",
+            ErrorCode::NewIdRefused => "ERR_NEW_ID_REFUSED",
+            ErrorCode::BadCallback => "ERR_BAD_CALLBACK",
+            ErrorCode::NotFound => "ERR_NOT_FOUND",
+            ErrorCode::Method => "ERR_METHOD",
+            ErrorCode::UploadRunning => "ERR_UPLOAD_RUNNING",
+            ErrorCode::UploadComplete => "ERR_UPLOAD_COMPLETE",
+            ErrorCode::StatusUnreadable => "ERR_STATUS_UNREADABLE",
+            ErrorCode::Cancelled => "ERR_CANCELLED",
+            ErrorCode::LengthRequired => "ERR_LENGTH_REQUIRED",
+            ErrorCode::BadLength => "ERR_BAD_LENGTH",
+            ErrorCode::TooLarge => "ERR_TOO_LARGE",
+            ErrorCode::FormTooLarge => "ERR_FORM_TOO_LARGE",
+            ErrorCode::NotMultipart => "ERR_NOT_MULTIPART",
+            ErrorCode::BadBoundary => "ERR_BAD_BOUNDARY",
+            ErrorCode::BadMultipart => "ERR_BAD_MULTIPART",
+            ErrorCode::BadPartHeader => "ERR_BAD_PART_HEADER",
+            ErrorCode::BadTransferEncoding => "ERR_BAD_TRANSFER_ENCODING",
+            ErrorCode::TooManyParts => "ERR_TOO_MANY_PARTS",
+            ErrorCode::NoFile => "ERR_NO_FILE",
+            ErrorCode::Truncated => "ERR_TRUNCATED",
+            ErrorCode::Aborted => "ERR_ABORTED",
+            ErrorCode::BadFastcgi => "ERR_BAD_FASTCGI",
+            ErrorCode::DiskFull => "ERR_DISK_FULL",
+            ErrorCode::Storage => "ERR_STORAGE",
+            ErrorCode::Config => "ERR_CONFIG",
+            ErrorCode::AppStart => "ERR_APP_START",
+            ErrorCode::App => "ERR_APP",
+            ErrorCode::Interrupted => "ERR_INTERRUPTED",
+            ErrorCode::Shutdown => "ERR_SHUTDOWN",
+            ErrorCode::Internal => "ERR_INTERNAL",
+        }
+    }
+
+    /// The HTTP status this code is answered with (and recorded under
+    /// `status` in a failed upload's status).
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::NoIdentifier
+            | ErrorCode::BadIdentifier
+            | ErrorCode::BadCallback
+            | ErrorCode::BadLength
+            | ErrorCode::BadBoundary
+            | ErrorCode::BadMultipart
+            | ErrorCode::BadPartHeader
+            | ErrorCode::BadTransferEncoding
+            | ErrorCode::TooManyParts
+            | ErrorCode::NoFile
+            | ErrorCode::Truncated
+            | ErrorCode::Aborted
+            | ErrorCode::BadFastcgi => 400,
+            ErrorCode::Signature | ErrorCode::NewIdRefused => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Method => 405,
+            ErrorCode::UploadRunning | ErrorCode::UploadComplete | ErrorCode::StatusUnreadable => {
+                409
+            }
+            ErrorCode::Cancelled => 410,
+            ErrorCode::LengthRequired => 411,
+            ErrorCode::TooLarge | ErrorCode::FormTooLarge => 413,
+            ErrorCode::NotMultipart => 415,
+            ErrorCode::Storage
+            | ErrorCode::Config
+            | ErrorCode::AppStart
+            | ErrorCode::Interrupted
+            | ErrorCode::Internal => 500,
+            ErrorCode::App => 502,
+            ErrorCode::Shutdown => 503,
+            ErrorCode::DiskFull => 507,
+        }
+    }
+
+    /// The code named by `text`, if it is one of ours.
+    pub fn parse(text: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| c.as_str() == text)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&PoolError> for ErrorCode {
+    /// A conflict with another upload (or with a status that cannot be
+    /// read, which may be a complete upload's) is 409, a cancelled upload
+    /// 410, a full disk 507; anything else is the pool's setup or an I/O
+    /// error (500).
+    fn from(err: &PoolError) -> ErrorCode {
+        match err {
+            PoolError::Busy => ErrorCode::UploadRunning,
+            PoolError::Complete => ErrorCode::UploadComplete,
+            PoolError::Unreadable(_) => ErrorCode::StatusUnreadable,
+            PoolError::Cancelled => ErrorCode::Cancelled,
+            PoolError::Io { source, .. } if is_disk_full(source) => ErrorCode::DiskFull,
+            PoolError::Missing(_) | PoolError::Unusable { .. } | PoolError::Io { .. } => {
+                ErrorCode::Storage
+            }
+        }
+    }
+}
+
+impl From<PoolError> for HttpError {
+    fn from(err: PoolError) -> HttpError {
+        HttpError::new(ErrorCode::from(&err), err.to_string())
+    }
+}
+
+impl From<&IdError> for ErrorCode {
+    /// 403 when the signature is wrong or missing, 400 when the text itself
+    /// is (a signature the server cannot check is the client's mistake).
+    fn from(err: &IdError) -> ErrorCode {
+        match err {
+            IdError::Malformed | IdError::UnexpectedSignature => ErrorCode::BadIdentifier,
+            IdError::Unsigned | IdError::BadSignature => ErrorCode::Signature,
+        }
+    }
+}
+
+impl From<IdError> for HttpError {
+    fn from(err: IdError) -> HttpError {
+        HttpError::new(ErrorCode::from(&err), err.to_string())
+    }
+}
+
+impl From<&ContentTypeError> for ErrorCode {
+    fn from(err: &ContentTypeError) -> ErrorCode {
+        match err {
+            ContentTypeError::NotMultipart(_) => ErrorCode::NotMultipart,
+            ContentTypeError::NoBoundary | ContentTypeError::BadBoundary => ErrorCode::BadBoundary,
+        }
+    }
+}
+
+impl From<ContentTypeError> for HttpError {
+    fn from(err: ContentTypeError) -> HttpError {
+        HttpError::new(ErrorCode::from(&err), err.to_string())
+    }
+}
+
+impl From<&DecodeError> for ErrorCode {
+    fn from(_: &DecodeError) -> ErrorCode {
+        ErrorCode::BadTransferEncoding
+    }
+}
+
+impl From<&MultipartError> for ErrorCode {
+    /// A read error that carries an [`HttpError`] (see [`carried`]) has
+    /// that error's code; any other read error means the body could not be
+    /// had in full.
+    fn from(err: &MultipartError) -> ErrorCode {
+        match err {
+            MultipartError::NoBoundary | MultipartError::BadDelimiter => ErrorCode::BadMultipart,
+            MultipartError::Truncated => ErrorCode::Truncated,
+            MultipartError::HeaderTooLong
+            | MultipartError::BadHeader
+            | MultipartError::NoDisposition
+            | MultipartError::NotFormData
+            | MultipartError::BadDisposition
+            | MultipartError::DuplicateHeader(_)
+            | MultipartError::DuplicateParameter(_)
+            | MultipartError::BadContinuation => ErrorCode::BadPartHeader,
+            MultipartError::UnknownTransferEncoding(_) => ErrorCode::BadTransferEncoding,
+            MultipartError::Decode(err) => ErrorCode::from(err),
+            MultipartError::Io(err) => carried(err).map_or(ErrorCode::Truncated, |e| e.code),
+        }
+    }
+}
+
+/// The [`HttpError`] a body reader put inside the `io::Error` it failed
+/// with, if any.
+///
+/// The parser reads the body through `std::io::Read`, whose errors are
+/// `io::Error`; a reader that knows why it failed (the size limit, a
+/// FastCGI abort, a shutdown) boxes an [`HttpError`] in one so that its code
+/// and message reach the answer and the status. Replacing this with typed
+/// reader errors is a larger change to the parser's interface.
+pub fn carried(err: &io::Error) -> Option<&HttpError> {
+    err.get_ref().and_then(|e| e.downcast_ref::<HttpError>())
+}
+
+/// A storage error while writing an upload's data: 507 when the disk is
+/// full, else 500.
+pub fn store_error(err: io::Error) -> HttpError {
+    if is_disk_full(&err) {
+        HttpError::new(ErrorCode::DiskFull, format!("the disk is full: {err}"))
+    } else {
+        HttpError::new(
+            ErrorCode::Storage,
+            format!("cannot store the upload: {err}"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_well_formed() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let text = code.as_str();
+            assert!(seen.insert(text), "{text} twice");
+            assert!(text.starts_with("ERR_"), "{text}");
+            assert!(
+                text[4..]
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_'),
+                "{text}"
+            );
+            assert_eq!(ErrorCode::parse(text), Some(*code));
+            assert!((400..600).contains(&code.status()), "{text}");
+        }
+        assert_eq!(ErrorCode::parse("ERR_NOPE"), None);
+    }
+
+    /// `ALL` is every variant, in declaration order: with `Internal` kept
+    /// last, a variant added anywhere without adding it to `ALL` makes the
+    /// lengths differ.
+    #[test]
+    fn all_lists_every_variant() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{code}");
+        }
+        assert_eq!(ErrorCode::ALL.len(), ErrorCode::Internal as usize + 1);
+    }
+
+    #[test]
+    fn domain_errors_keep_their_statuses() {
+        let pool = |e: PoolError| ErrorCode::from(&e).status();
+        assert_eq!(pool(PoolError::Busy), 409);
+        assert_eq!(pool(PoolError::Complete), 409);
+        assert_eq!(pool(PoolError::Unreadable("x".into())), 409);
+        assert_eq!(pool(PoolError::Cancelled), 410);
+        let full = io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error());
+        let io = |source| PoolError::Io {
+            context: "write".into(),
+            source,
+        };
+        assert_eq!(ErrorCode::from(&io(full)), ErrorCode::DiskFull);
+        assert_eq!(pool(io(io::Error::other("x"))), 500);
+        assert_eq!(ErrorCode::from(&IdError::Malformed).status(), 400);
+        assert_eq!(ErrorCode::from(&IdError::UnexpectedSignature).status(), 400);
+        assert_eq!(ErrorCode::from(&IdError::Unsigned).status(), 403);
+        assert_eq!(ErrorCode::from(&IdError::BadSignature).status(), 403);
+        let not = ContentTypeError::NotMultipart("text/plain".into());
+        assert_eq!(ErrorCode::from(&not).status(), 415);
+        assert_eq!(ErrorCode::from(&ContentTypeError::NoBoundary).status(), 400);
+    }
+
+    #[test]
+    fn a_carried_error_keeps_its_code() {
+        let inner = HttpError::new(ErrorCode::TooLarge, "too large");
+        let err = MultipartError::Io(io::Error::other(inner.clone()));
+        assert_eq!(ErrorCode::from(&err), ErrorCode::TooLarge);
+        let plain = MultipartError::Io(io::Error::other("reset"));
+        assert_eq!(ErrorCode::from(&plain), ErrorCode::Truncated);
+        assert_eq!(
+            ErrorCode::from(&MultipartError::Decode(DecodeError::Base64Padding)),
+            ErrorCode::BadTransferEncoding
+        );
+    }
+}
