@@ -85,6 +85,8 @@ const MAX_MERGED: usize = 64;
 const SETTING_PREFIX: &str = "FILEUPLOAD_";
 /// How often the acceptor looks at the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the gc thread asks whether a collection is due.
+const GC_LOOK: Duration = Duration::from_secs(5);
 /// After an answer given before the request's STDIN ended (a 413, a 400,
 /// a 410), at most this much of the rest of the body is read and discarded
 /// to keep the connection. A web server sends the rest of a body it has
@@ -475,6 +477,17 @@ impl Server {
         .map_err(|err| err.to_string())
     }
 
+    /// The configurations whose pools automatic gc looks after: the
+    /// daemon's own and those merged for requests, one per pool and age.
+    fn collected(&self) -> Vec<Arc<Config>> {
+        let mut configs = vec![Arc::new(self.config.clone())];
+        configs.extend(self.lock_merged().values().cloned());
+        configs.retain(|config| config.max_age.is_some());
+        let mut seen = std::collections::HashSet::new();
+        configs.retain(|config| seen.insert((config.directory.clone(), config.max_age)));
+        configs
+    }
+
     fn lock_merged(&self) -> std::sync::MutexGuard<'_, Merged> {
         self.merged.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -540,6 +553,12 @@ pub fn serve(
             .spawn(move || worker(&server, &listener))?;
         handles.push(handle);
     }
+    let collector = Arc::clone(&server);
+    handles.push(
+        thread::Builder::new()
+            .name("gc".into())
+            .spawn(move || collect(&collector))?,
+    );
     while !server.stopping.load(Ordering::SeqCst) {
         thread::sleep(TICK);
     }
@@ -619,6 +638,23 @@ fn worker(server: &Server, listener: &Listener) {
                 thread::sleep(TICK);
             }
         }
+    }
+}
+
+/// Automatic gc on a timer of its own, so that no request's answer waits
+/// for a sweep; [`crate::Pool::maybe_gc`] decides when one is due (and
+/// that one process at a time runs it), so looking every few seconds costs
+/// an open and a stat.
+fn collect(server: &Server) {
+    let mut last: Option<Instant> = None;
+    while !server.stopping.load(Ordering::SeqCst) {
+        if last.is_none_or(|at| at.elapsed() >= GC_LOOK) {
+            last = Some(Instant::now());
+            for config in server.collected() {
+                handler::collect_if_due(&config);
+            }
+        }
+        thread::sleep(TICK);
     }
 }
 
@@ -932,8 +968,8 @@ fn respond(server: &Server, records: &mut Records, output: &Output, begun: Begun
         let serve = || {
             let mut request = Request::new(params, &mut body, true);
             match &config {
-                Ok(None) => handler::handle(&server.config, &mut request, &mut response),
-                Ok(Some(merged)) => handler::handle(merged, &mut request, &mut response),
+                Ok(None) => handler::answer(&server.config, &mut request, &mut response),
+                Ok(Some(merged)) => handler::answer(merged, &mut request, &mut response),
                 Err(err) => {
                     let head_only = request.method() == "HEAD";
                     Response::error(err).send(&mut response, head_only)

@@ -59,7 +59,32 @@ enum Answer {
 }
 
 /// Answers one request.
+///
+/// Then, with `max_age` set, collects old uploads if that is due: for the
+/// transports without a timer of their own (CGI, the development server).
+/// The FastCGI daemon calls [`answer`] and collects on a timer instead, so
+/// that no answer waits for a sweep.
 pub fn handle(
+    config: &Config,
+    request: &mut Request<'_>,
+    out: &mut dyn ResponseWriter,
+) -> io::Result<()> {
+    answer(config, request, out)?;
+    collect_if_due(config);
+    Ok(())
+}
+
+/// Runs automatic gc (`max_age`) if it is due; see [`crate::Pool::maybe_gc`].
+pub fn collect_if_due(config: &Config) {
+    if let Some(max_age) = config.max_age
+        && let Err(err) = config.pool().maybe_gc(max_age)
+    {
+        crate::log!("automatic gc: {err}");
+    }
+}
+
+/// Answers one request, and does nothing else.
+pub fn answer(
     config: &Config,
     request: &mut Request<'_>,
     out: &mut dyn ResponseWriter,
@@ -98,13 +123,7 @@ pub fn handle(
             }
         }
     };
-    wrap_jsonp(request, response).send(out, head_only)?;
-    if let Some(max_age) = config.max_age
-        && let Err(err) = config.pool().maybe_gc(max_age)
-    {
-        crate::log!("automatic gc: {err}");
-    }
-    Ok(())
+    wrap_jsonp(request, response).send(out, head_only)
 }
 
 fn dispatch(config: &Config, route: Route, request: &mut Request<'_>) -> Result<Answer, HttpError> {

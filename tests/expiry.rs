@@ -157,3 +157,20 @@ fn gc_max_age_0_removes_every_upload_that_is_not_running() {
     assert_eq!(out.status.code(), Some(2));
     assert!(pool.path().join("running").exists());
 }
+
+#[test]
+fn the_daemon_collects_on_a_timer_not_in_requests() {
+    // No request reaches the daemon: the old upload still goes, because
+    // the daemon collects on a timer of its own (so that no answer waits
+    // for a sweep).
+    let pool = TestPool::new();
+    aged_upload(&pool, "old", Duration::from_secs(7200));
+    aged_upload(&pool, "young", Duration::from_secs(60));
+    set_age(&pool.path().join(".gc"), Duration::from_secs(1000));
+    let _daemon = common::fcgi::Daemon::start(pool.path(), &[("FILEUPLOAD_MAX_AGE", "1h")]);
+    wait_for(Duration::from_secs(20), || {
+        (!pool.path().join("old").exists()).then_some(())
+    })
+    .expect("the daemon never collected the old upload");
+    assert!(pool.path().join("young/file-1").exists());
+}
