@@ -36,19 +36,59 @@ enum Route {
     New,
 }
 
+/// One segment of a route's path pattern.
+#[derive(Clone, Copy, Debug)]
+enum Segment {
+    /// This text exactly.
+    Fixed(&'static str),
+    /// Any non-empty segment, handed to the endpoint (an identifier in the
+    /// path, as resumable-upload protocols put it).
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the resumable protocol's routes (issue 12) are the first to use it"
+        )
+    )]
+    Param,
+}
+
+use Segment::{Fixed, Param};
+
+/// Every endpoint, by the segments the request path ends with, so that the
+/// program answers wherever the web server mounts it
+/// (`/cgi-bin/fileupload/upload`, `ScriptAlias /upload`, `location /upload`).
+/// A new protocol adds its rows here.
+const ROUTES: &[(&[Segment], Route)] = &[
+    (&[Fixed("upload")], Route::Upload),
+    (&[Fixed("upload"), Fixed("status")], Route::Status),
+    (&[Fixed("upload"), Fixed("new")], Route::New),
+];
+
 impl Route {
-    fn of(path: &str) -> Option<Route> {
-        let ends = |suffix: &str| path.ends_with(suffix) || path == &suffix[1..];
-        if ends("/upload") {
-            Some(Route::Upload)
-        } else if ends("/upload/status") {
-            Some(Route::Status)
-        } else if ends("/upload/new") {
-            Some(Route::New)
-        } else {
-            None
+    /// The route a path ends in, with the path parameters it captured.
+    fn of(path: &str) -> Option<(Route, Vec<&str>)> {
+        ROUTES
+            .iter()
+            .find_map(|(pattern, route)| Some((*route, match_end(path, pattern)?)))
+    }
+}
+
+/// Matches the last segments of `path` against `pattern`; returns the
+/// `Param` segments. The match starts at a segment boundary: `/myupload`
+/// does not end in `upload`.
+fn match_end<'a>(path: &'a str, pattern: &[Segment]) -> Option<Vec<&'a str>> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let start = segments.len().checked_sub(pattern.len())?;
+    let mut params = Vec::new();
+    for (segment, expected) in segments[start..].iter().zip(pattern) {
+        match expected {
+            Fixed(text) if segment == text => {}
+            Param if !segment.is_empty() => params.push(*segment),
+            _ => return None,
         }
     }
+    Some(params)
 }
 
 /// What a route produced.
@@ -89,7 +129,8 @@ pub fn answer(
     request: &mut Request<'_>,
     out: &mut dyn ResponseWriter,
 ) -> io::Result<()> {
-    let route = Route::of(&request.path());
+    // No route takes path parameters yet; the resumable protocol's will.
+    let route = Route::of(&request.path()).map(|(route, _params)| route);
     if let Some(program) = &config.app
         && (route.is_none() || config.upload_url.is_some())
     {
@@ -346,16 +387,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn path_parameters_are_captured_at_segment_boundaries() {
+        let pattern = [Fixed("upload"), Fixed("files"), Param];
+        assert_eq!(
+            match_end("/x/upload/files/abc-1", &pattern),
+            Some(vec!["abc-1"])
+        );
+        assert_eq!(match_end("upload/files/abc", &pattern), Some(vec!["abc"]));
+        assert_eq!(match_end("/x/upload/files/", &pattern), None);
+        assert_eq!(match_end("/x/upload/files", &pattern), None);
+        assert_eq!(match_end("/x/myupload/files/abc", &pattern), None);
+        assert_eq!(
+            match_end("/upload/status", &[Fixed("status")]),
+            Some(vec![])
+        );
+    }
+
+    #[test]
     fn routes_by_suffix() {
-        assert_eq!(Route::of("/upload"), Some(Route::Upload));
-        assert_eq!(Route::of("/cgi-bin/fileupload/upload"), Some(Route::Upload));
-        assert_eq!(Route::of("/x/upload/status"), Some(Route::Status));
-        assert_eq!(Route::of("/upload/new"), Some(Route::New));
-        assert_eq!(Route::of("upload"), Some(Route::Upload));
-        assert_eq!(Route::of("/uploads"), None);
-        assert_eq!(Route::of("/myupload"), None);
-        assert_eq!(Route::of("/upload/"), None);
-        assert_eq!(Route::of("/"), None);
+        let route = |path| Route::of(path).map(|(route, _)| route);
+        assert_eq!(route("/upload"), Some(Route::Upload));
+        assert_eq!(route("/cgi-bin/fileupload/upload"), Some(Route::Upload));
+        assert_eq!(route("/x/upload/status"), Some(Route::Status));
+        assert_eq!(route("/upload/new"), Some(Route::New));
+        assert_eq!(route("upload"), Some(Route::Upload));
+        assert_eq!(route("/uploads"), None);
+        assert_eq!(route("/myupload"), None);
+        assert_eq!(route("/upload/"), None);
+        assert_eq!(route("/"), None);
+        assert_eq!(route("/upload/status/x"), None);
     }
 
     #[test]
