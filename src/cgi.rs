@@ -97,7 +97,7 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
     let mut request = Request::new(vars, &mut stdin, chunked);
     // This process serves one request; one with a body is bulk work.
     if request.method() == "POST" {
-        crate::upload::lower_priority();
+        crate::receiving::lower_priority();
     }
     let result = match config {
         Ok(config) => {

@@ -956,7 +956,7 @@ fn respond(server: &Server, records: &mut Records, output: &Output, begun: Begun
         started: false,
     };
     // A request with a body runs on a thread of its own at lower priority
-    // (see upload::lower_priority), so the worker keeps its priority for
+    // (see receiving::lower_priority), so the worker keeps its priority for
     // the status polls it serves next.
     let bulk = begun
         .params
@@ -981,7 +981,7 @@ fn respond(server: &Server, records: &mut Records, output: &Output, begun: Begun
         }
         thread::scope(|scope| {
             let receiving = scope.spawn(|| {
-                crate::upload::lower_priority();
+                crate::receiving::lower_priority();
                 serve()
             });
             receiving

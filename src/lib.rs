@@ -6,7 +6,8 @@
 //! The request flows one way: a transport ([`cgi`], [`fastcgi`], [`serve`])
 //! builds an
 //! [`http::Request`], the [`handler`] routes it, the [`upload`] driver
-//! streams it through the [`multipart`] parser into the [`pool`], and the
+//! streams it through the [`multipart`] parser into the [`pool`] (with the
+//! counted body, progress and cancellation of [`receiving`]), and the
 //! answer goes back through an [`http::ResponseWriter`].
 //!
 //! For applications, the original's API:
@@ -52,6 +53,7 @@ pub mod http;
 pub mod identifier;
 pub mod multipart;
 pub mod pool;
+pub mod receiving;
 pub mod serve;
 pub mod status;
 pub mod transfer_encoding;

@@ -1,29 +1,27 @@
-//! Receiving one upload: the multipart body streamed into a claimed bucket.
+//! Receiving one multipart upload: the form's body streamed into a claimed
+//! bucket, one file per file part, the text fields into the status.
 //!
-//! The request's thread parses and writes; it never waits for the status
-//! file. A watcher thread wakes every `progress_interval`, publishes the
-//! bytes received so far (so a stalled client still shows its last
-//! progress), and checks whether the upload was cleared. Publishing on a
-//! timer rather than every N bytes keeps the cost fixed, a few small
-//! writes a second, whatever the upload's speed.
+//! Only what is multipart lives here: the checks of the content type and
+//! length, the parser loop, where each part's bytes go, the limits on the
+//! form (parts, fields, names, the status document) and the final status.
+//! The machinery any protocol shares (the counted body, the progress
+//! watcher, cancellation by clear, hashing, bulk priority) is in
+//! [`crate::receiving`].
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::thread;
-use std::time::Duration;
+use std::io::{Read, Write};
 
 use crate::error_code::{ErrorCode, carried, store_error};
-use crate::hashing::Hashing;
 use crate::http::{BodyLength, HttpError, Request};
 use crate::identifier::Identifier;
 use crate::multipart::{self, Event, MultipartError, Parser, PartHeaders};
-use crate::pool::{Pool, PoolError, Upload, unix_now};
+use crate::pool::{Pool, Upload, unix_now};
+use crate::receiving::{self, Session};
 use crate::status::{FileInfo, State, Status};
+
+/// What an upload may do (shared by every protocol).
+pub use crate::receiving::Options;
 
 /// Most parts (files and fields) one request may carry.
 pub const MAX_PARTS: usize = 1000;
@@ -39,44 +37,10 @@ pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
 /// otherwise make one of tens of megabytes, rewritten on every progress
 /// update and, past the reader's limit, unreadable for good.
 pub const MAX_STATUS_DOCUMENT: usize = 1 << 20;
-/// Progress rewrites of the status may write this much more than the body
-/// brought in, in all: the cost of progress stays proportional to the
-/// upload's bytes, whatever the number of parts or the speed of the client.
-pub const STATUS_WRITE_ALLOWANCE: u64 = 1 << 20;
 /// What a file entry's SHA-256 and a growing size add to its JSON later.
 const FILE_ENTRY_GROWTH: usize = r#","sha256":""#.len() + 64 + 20;
 /// Most bytes read after the closing boundary before answering.
 const MAX_EPILOGUE: u64 = 64 * 1024;
-/// How often a clear is looked for when progress is off.
-const CANCEL_CHECK: Duration = Duration::from_millis(200);
-
-/// What an upload may do.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// Largest request body, in bytes.
-    pub max_size: Option<u64>,
-    pub sha256: bool,
-    /// How often progress is published; `None`: only at the end.
-    pub progress_interval: Option<Duration>,
-}
-
-/// Lowers the calling thread's CPU priority to the lowest (nice 19;
-/// threads it starts inherit it), for the thread that receives a request
-/// body.
-///
-/// Receiving is bulk work: it copies and hashes as fast as the CPU lets it.
-/// Status polls are interactive, and the web server relays both. A nice of
-/// 10 is not enough: it lowers each thread's weight, and dozens of
-/// receiving and hashing threads still outweigh the web server together.
-/// The load test (64 uploads and 500 polls a second on two cores) measured
-/// a poll median of 430 ms at nice 0, 12-22 ms at nice 10 and under 1 ms
-/// at nice 19, with the uploads' throughput about the same. When nothing
-/// else wants the CPU, as usual, it changes nothing. Only ever lowered: a
-/// thread that serves more requests afterwards must not call this (raising
-/// it again needs privileges).
-pub fn lower_priority() {
-    let _ = rustix::process::setpriority_process(None, 19);
-}
 
 /// Receives the request's multipart body into the bucket of `id`, and
 /// returns the final status.
@@ -141,21 +105,8 @@ fn check(request: &Request<'_>, options: &Options) -> Result<(String, BodyLength
     }
 }
 
-/// The status while the body streams: shared with the watcher thread.
-struct Shared {
-    status: Mutex<Status>,
-    cancelled: AtomicBool,
-    /// An upper bound of the status document's length as JSON.
-    document: AtomicUsize,
-}
-
-impl Shared {
-    fn status(&self) -> MutexGuard<'_, Status> {
-        // A panic elsewhere must not hide the status from the cleanup.
-        self.status.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
+/// Streams the form into the bucket; returns the final status and how it
+/// ended.
 fn stream(
     upload: &Upload,
     status: Status,
@@ -163,135 +114,26 @@ fn stream(
     body: impl Read,
     options: &Options,
 ) -> (Status, Result<(), HttpError>) {
-    // The numbers still to come (size, received, times, an error) fit in
-    // the margin.
-    let document = status.to_json().len() + 256;
-    let shared = Shared {
-        status: Mutex::new(status),
-        cancelled: AtomicBool::new(false),
-        document: AtomicUsize::new(document),
-    };
-    let received = Cell::new(0);
-    let counted = Counted {
-        inner: body,
-        count: &received,
-        max: options.max_size,
-    };
-    let mut parser = Parser::new(counted, boundary);
-    let outcome = thread::scope(|scope| {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let shared = &shared;
-        let interval = options.progress_interval;
-        scope.spawn(move || watch(upload, shared, stopped, interval));
-        let hashing = options.sha256.then(|| Hashing::start(scope));
-        let mut receiver = Receiver {
+    let (mut status, outcome) = receiving::run(upload, status, body, options, |body, session| {
+        let mut parser = Parser::new(body, boundary);
+        Receiver {
             upload,
-            shared,
-            received: &received,
-            hashing: hashing.as_ref(),
+            session,
             parts: 0,
             field_bytes: 0,
-        };
-        let outcome = receiver.run(&mut parser);
-        drop(stop);
-        if let (Ok(()), Some(hashing)) = (&outcome, hashing) {
-            let mut status = shared.status();
-            for (index, digest) in hashing.finish() {
-                if let Some(info) = status.files.as_mut().and_then(|f| f.get_mut(index)) {
-                    info.sha256 = Some(digest);
-                }
-            }
         }
-        outcome
+        .run(&mut parser)
     });
-    let mut status = shared
-        .status
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner);
     let now = unix_now();
-    status.received = Some(received.get());
     match &outcome {
         Ok(()) => {
             status.state = State::Done;
-            status.size = status.size.or(Some(received.get()));
+            status.size = status.size.or(status.received);
             status.updated = Some(now);
         }
         Err(err) => status.fail(err.code, &err.message, now),
     }
     (status, outcome)
-}
-
-/// The watcher: publishes progress and looks for a clear.
-///
-/// A rewrite costs the whole document, so it is skipped while the
-/// rewrites so far plus this one would exceed the body's bytes received
-/// plus [`STATUS_WRITE_ALLOWANCE`]: a small status is rewritten every
-/// interval, a large one only as often as the body pays for it.
-fn watch(upload: &Upload, shared: &Shared, stop: mpsc::Receiver<()>, interval: Option<Duration>) {
-    let mut published = Some(0);
-    let mut written = 0u64;
-    loop {
-        match stop.recv_timeout(interval.unwrap_or(CANCEL_CHECK)) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
-        if upload.is_cancelled() {
-            shared.cancelled.store(true, Ordering::Relaxed);
-            return;
-        }
-        if interval.is_none() {
-            continue;
-        }
-        let cost = shared.document.load(Ordering::Relaxed) as u64;
-        let snapshot = {
-            let mut status = shared.status();
-            let received = status.received.unwrap_or(0);
-            if status.received == published
-                || written + cost > received.saturating_add(STATUS_WRITE_ALLOWANCE)
-            {
-                continue;
-            }
-            status.updated = Some(unix_now());
-            status.clone()
-        };
-        // A failed write (disk full) is the data writer's to report.
-        let _ = upload.write_status(&snapshot);
-        written += cost;
-        published = snapshot.received;
-    }
-}
-
-/// Counts body bytes, and refuses to read past the size limit.
-struct Counted<'a, R> {
-    inner: R,
-    count: &'a Cell<u64>,
-    max: Option<u64>,
-}
-
-impl<R: Read> Read for Counted<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // Never ask for more than one byte past the limit: that byte is
-        // enough to know the body is too large.
-        let room = match self.max {
-            Some(max) => {
-                usize::try_from(max.saturating_sub(self.count.get()) + 1).unwrap_or(usize::MAX)
-            }
-            None => usize::MAX,
-        };
-        let end = buf.len().min(room);
-        let n = self.inner.read(&mut buf[..end])?;
-        let count = self.count.get() + n as u64;
-        self.count.set(count);
-        match self.max {
-            // Carried inside the io::Error to the parser's caller, code and
-            // all (see `error_code::carried`).
-            Some(max) if count > max => Err(io::Error::other(HttpError::new(
-                ErrorCode::TooLarge,
-                format!("the upload is larger than the limit of {max} bytes"),
-            ))),
-            _ => Ok(n),
-        }
-    }
 }
 
 /// Where the current part's bytes go.
@@ -312,9 +154,7 @@ enum Sink {
 
 struct Receiver<'a> {
     upload: &'a Upload,
-    shared: &'a Shared,
-    received: &'a Cell<u64>,
-    hashing: Option<&'a Hashing<'a>>,
+    session: &'a Session<'a>,
     parts: usize,
     field_bytes: usize,
 }
@@ -324,9 +164,7 @@ impl Receiver<'_> {
         let mut sink = None;
         loop {
             let event = parser.next().map_err(|e| self.parse_error(e))?;
-            if self.shared.cancelled.load(Ordering::Relaxed) {
-                return Err(PoolError::Cancelled.into());
-            }
+            self.session.check_cancelled()?;
             match event {
                 Event::Part(headers) => {
                     self.parts += 1;
@@ -357,17 +195,17 @@ impl Receiver<'_> {
         let at_end = parser
             .drain(MAX_EPILOGUE)
             .map_err(|e| self.parse_error(e))?;
-        let expected = self.shared.status().size;
-        if let Some(expected) = expected.filter(|&n| at_end && self.received.get() < n) {
+        let expected = self.session.status().size;
+        if let Some(expected) = expected.filter(|&n| at_end && self.session.received() < n) {
             return Err(HttpError::new(
                 ErrorCode::Truncated,
                 format!(
                     "the body ended early: received {} of {expected} bytes",
-                    self.received.get()
+                    self.session.received()
                 ),
             ));
         }
-        if self.shared.status().files().is_empty() {
+        if self.session.status().files().is_empty() {
             return Err(HttpError::new(
                 ErrorCode::NoFile,
                 "the form has no file part: nothing to store",
@@ -379,7 +217,7 @@ impl Receiver<'_> {
     /// The code comes from the error (`error_code`); the message adds how
     /// far the body got.
     fn parse_error(&self, err: MultipartError) -> HttpError {
-        let received = self.received.get();
+        let received = self.session.received();
         let code = ErrorCode::from(&err);
         match err {
             // A reader that knows why it failed (the size limit, a
@@ -392,7 +230,7 @@ impl Receiver<'_> {
                 ),
             },
             MultipartError::Truncated => {
-                let expected = self.shared.status().size;
+                let expected = self.session.status().size;
                 let of = expected.map(|n| format!(" of {n}")).unwrap_or_default();
                 HttpError::new(code, format!("{err} (received {received}{of} bytes)"))
             }
@@ -432,7 +270,7 @@ impl Receiver<'_> {
             sha256: None,
             path: path.to_string_lossy().into_owned(),
         };
-        let mut status = self.shared.status();
+        let mut status = self.session.status();
         let first = status.filename.is_none();
         let mut cost = json_len(&info) + FILE_ENTRY_GROWTH + 1;
         if first {
@@ -460,11 +298,11 @@ impl Receiver<'_> {
             }
             Sink::File { file, index } => {
                 file.write_all(bytes).map_err(store_error)?;
-                if let Some(hashing) = self.hashing {
+                if let Some(hashing) = self.session.hashing() {
                     hashing.update(*index, bytes);
                 }
-                let mut status = self.shared.status();
-                status.received = Some(self.received.get());
+                let mut status = self.session.status();
+                status.received = Some(self.session.received());
                 if let Some(info) = status.files.as_mut().and_then(|f| f.get_mut(*index)) {
                     info.size += bytes.len() as u64;
                 }
@@ -481,7 +319,7 @@ impl Receiver<'_> {
     fn close(&mut self, sink: Sink) -> Result<(), HttpError> {
         match sink {
             Sink::File { index, .. } => {
-                if let Some(hashing) = self.hashing {
+                if let Some(hashing) = self.session.hashing() {
                     hashing.end(index);
                 }
             }
@@ -490,7 +328,7 @@ impl Receiver<'_> {
                 let value = String::from_utf8_lossy(&value).into_owned();
                 self.grow_document(json_len(&name) + json_len(&value) + 2)?;
                 // As in PHP's $_POST, a repeated name keeps its last value.
-                self.shared
+                self.session
                     .status()
                     .fields
                     .get_or_insert_with(BTreeMap::new)
@@ -502,8 +340,7 @@ impl Receiver<'_> {
 
     /// Counts `bytes` more of the status document against its limit.
     fn grow_document(&self, bytes: usize) -> Result<(), HttpError> {
-        let total = self.shared.document.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if total > MAX_STATUS_DOCUMENT {
+        if self.session.grow_document(bytes) > MAX_STATUS_DOCUMENT {
             return Err(HttpError::new(
                 ErrorCode::FormTooLarge,
                 format!(
