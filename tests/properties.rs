@@ -237,7 +237,7 @@ proptest! {
             directory_is_default: false,
             ..fileupload::Config::default()
         };
-        let received = fileupload::fastcgi::serve_bytes(config, &input).unwrap();
+        let received = fileupload::fastcgi::testing::serve_bytes(config, &input).unwrap();
         let mut rest = &received[..];
         while !rest.is_empty() {
             prop_assert!(rest.len() >= 8);

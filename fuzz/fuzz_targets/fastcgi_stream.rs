@@ -6,7 +6,7 @@ mod common;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let received = fileupload::fastcgi::serve_bytes(common::config().clone(), data).expect("socket pair");
+    let received = fileupload::fastcgi::testing::serve_bytes(common::config().clone(), data).expect("socket pair");
     // Every byte sent back belongs to a whole record of version 1.
     let mut rest = &received[..];
     while !rest.is_empty() {
