@@ -10,9 +10,9 @@ use std::io::Write;
 
 use getopts::Options;
 
-use crate::config::{Config, SETTINGS};
-use crate::identifier::{Identifier, create_identifier, verify_identifier};
-use crate::status::State;
+use fileupload::config::{Config, SETTINGS};
+use fileupload::identifier::{Identifier, create_identifier, verify_identifier};
+use fileupload::status::State;
 
 const USAGE: &str = "\
 Usage: fileupload [OPTIONS] COMMAND [ID]
@@ -92,7 +92,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
     match command(args, &mut stdout) {
         Ok(code) => code,
         Err(exit) => {
-            crate::log!("{}", exit.message);
+            fileupload::log!("{}", exit.message);
             exit.code
         }
     }
@@ -195,7 +195,7 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
             let address = matches
                 .opt_str("http")
                 .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-            crate::serve::run(config, &address).map_err(error)?;
+            fileupload::serve::run(config, &address).map_err(error)?;
             Ok(0)
         }
         "gc" => {
@@ -225,7 +225,7 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
 }
 
 fn serve_fastcgi(config: Config, given: &[(&str, String)]) -> Result<i32, Exit> {
-    use crate::fastcgi::{ConfigSources, Listener, ServerOptions, serve};
+    use fileupload::fastcgi::{ConfigSources, Listener, ServerOptions, serve};
     let (listener, place) = match &config.listen {
         Some(address) => {
             let listener = Listener::bind(address, config.socket_mode)
@@ -244,7 +244,7 @@ fn serve_fastcgi(config: Config, given: &[(&str, String)]) -> Result<i32, Exit> 
         // a slow client is theirs to judge; a dead peer frees its worker.
         read_timeout: std::time::Duration::from_secs(120),
     };
-    crate::log!(
+    fileupload::log!(
         "serving FastCGI on {place} with {} workers, pool {}",
         options.workers,
         config.directory.display()
@@ -252,7 +252,7 @@ fn serve_fastcgi(config: Config, given: &[(&str, String)]) -> Result<i32, Exit> 
     // Keep serving: the pool may be a mount that comes later, and every
     // request answers with the reason meanwhile.
     if let Err(err) = config.pool().check() {
-        crate::log!("warning: {err}; requests fail until this is fixed");
+        fileupload::log!("warning: {err}; requests fail until this is fixed");
     }
     let sources = ConfigSources::capture(given);
     serve(config, sources, listener, options)

@@ -43,7 +43,6 @@ macro_rules! log {
 
 pub mod app;
 pub mod cgi;
-pub mod cli;
 pub mod config;
 pub mod error_code;
 pub mod fastcgi;

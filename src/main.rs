@@ -4,6 +4,9 @@
 
 #![forbid(unsafe_code)]
 
+// The command line is the binary's alone: applications use the library.
+mod cli;
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -17,9 +20,9 @@ fn main() -> ExitCode {
         fileupload::cgi::run(fileupload::Config::from_env())
     } else if args.is_empty() && fileupload::fastcgi::stdin_is_listening_socket() {
         // Started by spawn-fcgi, mod_fcgid or lighttpd: FastCGI on stdin.
-        fileupload::cli::run(vec!["--fastcgi".into()])
+        cli::run(vec!["--fastcgi".into()])
     } else {
-        fileupload::cli::run(args)
+        cli::run(args)
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
