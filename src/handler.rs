@@ -78,16 +78,19 @@ impl Route {
 /// `Param` segments. The match starts at a segment boundary: `/myupload`
 /// does not end in `upload`.
 fn match_end<'a>(path: &'a str, pattern: &[Segment]) -> Option<Vec<&'a str>> {
-    let segments: Vec<&str> = path.split('/').collect();
-    let start = segments.len().checked_sub(pattern.len())?;
+    // From the end, without collecting the segments: this runs for every
+    // status poll.
+    let mut segments = path.rsplit('/');
     let mut params = Vec::new();
-    for (segment, expected) in segments[start..].iter().zip(pattern) {
+    for expected in pattern.iter().rev() {
+        let segment = segments.next()?;
         match expected {
-            Fixed(text) if segment == text => {}
-            Param if !segment.is_empty() => params.push(*segment),
+            Fixed(text) if segment == *text => {}
+            Param if !segment.is_empty() => params.push(segment),
             _ => return None,
         }
     }
+    params.reverse();
     Some(params)
 }
 
