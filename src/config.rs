@@ -147,8 +147,38 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "workers",
         value: "N",
-        default: "64",
-        help: "FastCGI: requests served at once, uploads and status polls together; more connections wait.",
+        default: "16",
+        help: "FastCGI: threads that answer status polls, clears and new identifiers. Uploads never hold them.",
+        option: true,
+    },
+    Setting {
+        name: "max_uploads",
+        value: "N",
+        default: "4096",
+        help: "FastCGI: uploads (and application requests) received at once, each on a thread of its own; \
+               one more is answered 503 (ERR_BUSY) at once.",
+        option: true,
+    },
+    Setting {
+        name: "header_timeout",
+        value: "DURATION",
+        default: "30s",
+        help: "FastCGI: how long a connection may take to send a request's parameters, from its first byte.",
+        option: true,
+    },
+    Setting {
+        name: "body_timeout",
+        value: "DURATION",
+        default: "60s",
+        help: "FastCGI: longest wait for the next bytes of a request body; the upload then fails (ERR_TOO_SLOW).",
+        option: true,
+    },
+    Setting {
+        name: "min_body_rate",
+        value: "SIZE",
+        default: "1K",
+        help: "Slowest average rate, in bytes a second, of a body older than 60 s (K, M or G allowed); \
+               a slower upload fails (ERR_TOO_SLOW). 0 turns it off.",
         option: true,
     },
     Setting {
@@ -172,7 +202,15 @@ pub const SETTINGS: &[Setting] = &[
 /// Settings of the FastCGI daemon as a whole: they take effect when it
 /// starts, so a request's `FILEUPLOAD_*` parameter cannot change them
 /// (and is refused, see [`Config::load_layered`]).
-pub const DAEMON_ONLY: &[&str] = &["listen", "socket_mode", "workers", "grace"];
+pub const DAEMON_ONLY: &[&str] = &[
+    "listen",
+    "socket_mode",
+    "workers",
+    "max_uploads",
+    "header_timeout",
+    "body_timeout",
+    "grace",
+];
 
 /// Where a value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,7 +279,15 @@ pub struct Config {
     /// FastCGI address; `None`: the socket on stdin.
     pub listen: Option<String>,
     pub socket_mode: u32,
+    /// FastCGI: threads for quick requests (polls, clears, new ids).
     pub workers: usize,
+    /// FastCGI: requests with a body served at once.
+    pub max_uploads: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    /// Bytes a second a body must average once older than
+    /// [`crate::receiving::MIN_RATE_AFTER`]; `None`: no floor.
+    pub min_body_rate: Option<u64>,
     pub grace: Duration,
 }
 
@@ -262,7 +308,11 @@ impl Default for Config {
             progress_interval: Some(Duration::from_millis(200)),
             listen: None,
             socket_mode: 0o660,
-            workers: 64,
+            workers: 16,
+            max_uploads: 4096,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            min_body_rate: Some(1024),
             grace: Duration::from_secs(10),
         }
     }
@@ -458,6 +508,28 @@ impl Config {
                         .filter(|n| (1..=4096).contains(n))
                         .ok_or_else(|| bad("number: use 1 to 4096"))?;
                 }
+                "max_uploads" => {
+                    config.max_uploads = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1_000_000).contains(n))
+                        .ok_or_else(|| bad("number: use 1 to 1000000"))?;
+                }
+                "header_timeout" | "body_timeout" => {
+                    let timeout = parse_duration(value)
+                        .flatten()
+                        .ok_or_else(|| bad("duration: use e.g. 30s or 2m (not 0)"))?;
+                    if *name == "header_timeout" {
+                        config.header_timeout = timeout;
+                    } else {
+                        config.body_timeout = timeout;
+                    }
+                }
+                "min_body_rate" => {
+                    config.min_body_rate = parse_size_with_unit(value, "").ok_or_else(|| {
+                        bad("rate: bytes a second, or a number with K, M or G (e.g. 1K), or 0 for off")
+                    })?;
+                }
                 "grace" => {
                     config.grace = parse_duration(value)
                         .ok_or_else(|| bad("duration: use e.g. 10s, 1m, or 0"))?
@@ -550,8 +622,14 @@ fn read_config_file(path: &Path) -> Result<Vec<(&'static str, String, usize)>, C
 
 /// `100` (megabytes, as the original), `512K`, `10M`, `2G`; `0` is no limit.
 pub fn parse_size(text: &str) -> Option<Option<u64>> {
-    let (number, unit) = number_and_unit(text, "M")?;
+    parse_size_with_unit(text, "M")
+}
+
+/// As [`parse_size`], a bare number being in `default_unit` ("" for bytes).
+fn parse_size_with_unit(text: &str, default_unit: &str) -> Option<Option<u64>> {
+    let (number, unit) = number_and_unit(text, default_unit)?;
     let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,

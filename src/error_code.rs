@@ -80,6 +80,9 @@ pub enum ErrorCode {
     Truncated,
     /// The web server aborted the request.
     Aborted,
+    /// The body stalled longer than `body_timeout`, or came slower than
+    /// `min_body_rate`.
+    TooSlow,
     /// The web server's FastCGI records are malformed.
     BadFastcgi,
     /// The disk (or a quota, or a file size limit) is full.
@@ -96,6 +99,8 @@ pub enum ErrorCode {
     Interrupted,
     /// The daemon shut down before the upload finished.
     Shutdown,
+    /// The daemon is receiving `max_uploads` uploads already.
+    Busy,
     /// A bug, or a system without randomness. (Keep it last: see the
     /// test `all_lists_every_variant`.)
     Internal,
@@ -128,6 +133,7 @@ impl ErrorCode {
         ErrorCode::NoFile,
         ErrorCode::Truncated,
         ErrorCode::Aborted,
+        ErrorCode::TooSlow,
         ErrorCode::BadFastcgi,
         ErrorCode::DiskFull,
         ErrorCode::Storage,
@@ -136,6 +142,7 @@ impl ErrorCode {
         ErrorCode::App,
         ErrorCode::Interrupted,
         ErrorCode::Shutdown,
+        ErrorCode::Busy,
         ErrorCode::Internal,
     ];
 
@@ -166,6 +173,7 @@ impl ErrorCode {
             ErrorCode::NoFile => "ERR_NO_FILE",
             ErrorCode::Truncated => "ERR_TRUNCATED",
             ErrorCode::Aborted => "ERR_ABORTED",
+            ErrorCode::TooSlow => "ERR_TOO_SLOW",
             ErrorCode::BadFastcgi => "ERR_BAD_FASTCGI",
             ErrorCode::DiskFull => "ERR_DISK_FULL",
             ErrorCode::Storage => "ERR_STORAGE",
@@ -174,6 +182,7 @@ impl ErrorCode {
             ErrorCode::App => "ERR_APP",
             ErrorCode::Interrupted => "ERR_INTERRUPTED",
             ErrorCode::Shutdown => "ERR_SHUTDOWN",
+            ErrorCode::Busy => "ERR_BUSY",
             ErrorCode::Internal => "ERR_INTERNAL",
         }
     }
@@ -201,6 +210,7 @@ impl ErrorCode {
             ErrorCode::UploadRunning | ErrorCode::UploadComplete | ErrorCode::StatusUnreadable => {
                 409
             }
+            ErrorCode::TooSlow => 408,
             ErrorCode::Cancelled => 410,
             ErrorCode::LengthRequired => 411,
             ErrorCode::TooLarge | ErrorCode::FormTooLarge => 413,
@@ -211,7 +221,7 @@ impl ErrorCode {
             | ErrorCode::Interrupted
             | ErrorCode::Internal => 500,
             ErrorCode::App => 502,
-            ErrorCode::Shutdown => 503,
+            ErrorCode::Shutdown | ErrorCode::Busy => 503,
             ErrorCode::DiskFull => 507,
         }
     }

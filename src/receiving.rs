@@ -35,6 +35,10 @@ use crate::status::Status;
 /// brought in, in all: the cost of progress stays proportional to the
 /// upload's bytes, whatever the number of parts or the speed of the client.
 pub const STATUS_WRITE_ALLOWANCE: u64 = 1 << 20;
+/// A body's average rate is held to `min_body_rate` only once it is this
+/// old: a client's first seconds (a TCP slow start, a phone waking its
+/// radio) say little about its rate.
+pub const MIN_RATE_AFTER: Duration = Duration::from_secs(60);
 /// How often a clear is looked for when progress is off.
 const CANCEL_CHECK: Duration = Duration::from_millis(200);
 /// Room left in the document estimate for the numbers still to come
