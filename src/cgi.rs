@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::AsFd;
-use std::panic::{self, AssertUnwindSafe};
 
 use crate::config::{Config, ConfigError};
 use crate::error_code::ErrorCode;
@@ -14,12 +13,10 @@ use crate::http::{BodyLength, HttpError, Request, Response, ResponseWriter, writ
 /// Writes the CGI response to stdout.
 struct CgiOutput<W: Write> {
     out: W,
-    started: bool,
 }
 
 impl<W: Write> ResponseWriter for CgiOutput<W> {
     fn start(&mut self, status: u16, headers: &[(String, String)]) -> io::Result<&mut dyn Write> {
-        self.started = true;
         write_cgi_head(&mut self.out, status, headers)?;
         Ok(&mut self.out)
     }
@@ -92,30 +89,15 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
     let stdout = io::stdout();
     let mut out = CgiOutput {
         out: BufWriter::with_capacity(64 * 1024, stdout.lock()),
-        started: false,
     };
     let mut request = Request::new(vars, &mut stdin, chunked);
-    // This process serves one request; one with a body is bulk work.
-    if request.method() == "POST" {
-        crate::receiving::lower_priority();
-    }
     let result = match config {
         Ok(config) => {
-            // The handler does not panic on any input we know of; should it,
-            // the client still gets JSON rather than a cut connection.
-            panic::catch_unwind(AssertUnwindSafe(|| {
-                handler::handle(&config, &mut request, &mut out)
-            }))
-            .unwrap_or_else(|_| {
-                if out.started {
-                    return Ok(());
-                }
-                let err = HttpError::new(
-                    ErrorCode::Internal,
-                    "internal error; the details are in the web server's error log",
-                );
-                Response::error(&err).send(&mut out, false)
-            })
+            // This process serves one request; bulk work gives way.
+            if !handler::is_quick(&config, &request) {
+                crate::receiving::lower_priority();
+            }
+            handler::guarded(&mut out, |out| handler::handle(&config, &mut request, out))
         }
         Err(err) => {
             crate::log!("configuration error: {err}");

@@ -237,16 +237,11 @@ fn serve_fastcgi(config: Config, given: &[(&str, String)]) -> Result<i32, Exit> 
             "the socket on stdin".to_owned(),
         ),
     };
-    let options = ServerOptions {
-        workers: config.workers,
-        grace: config.grace,
-        // Longer than the web servers' own body timeouts (nginx: 60 s), so
-        // a slow client is theirs to judge; a dead peer frees its worker.
-        read_timeout: std::time::Duration::from_secs(120),
-    };
+    let options = ServerOptions::from_config(&config);
     fileupload::log!(
-        "serving FastCGI on {place} with {} workers, pool {}",
+        "serving FastCGI on {place} with {} workers and up to {} uploads, pool {}",
         options.workers,
+        options.max_uploads,
         config.directory.display()
     );
     // Keep serving: the pool may be a mount that comes later, and every

@@ -16,7 +16,8 @@
 //! matching HTTP status (the code's, see [`crate::error_code`]); server-side errors (5xx) are also logged on stderr, which is the
 //! web server's error log.
 
-use std::io;
+use std::io::{self, Write};
+use std::panic::{self, AssertUnwindSafe};
 
 use serde_json::json;
 
@@ -115,6 +116,73 @@ pub fn handle(
     answer(config, request, out)?;
     collect_if_due(config);
     Ok(())
+}
+
+/// Runs `serve` (which answers on `out`) so that a panic, should the
+/// handler ever have one, still gives the client JSON, a 500, rather than
+/// a cut connection, when nothing was sent yet. Every transport serves
+/// through this, so the rule is written once.
+pub fn guarded(
+    out: &mut dyn ResponseWriter,
+    serve: impl FnOnce(&mut dyn ResponseWriter) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut tracked = Tracked {
+        inner: out,
+        started: false,
+    };
+    match panic::catch_unwind(AssertUnwindSafe(|| serve(&mut tracked))) {
+        Ok(result) => result,
+        // The head is out: the client sees a cut answer, as it must.
+        Err(_) if tracked.started => Err(io::Error::other("the handler panicked")),
+        Err(_) => {
+            let err = HttpError::new(
+                ErrorCode::Internal,
+                "internal error; the details are in the server's log",
+            );
+            Response::error(&err).send(tracked.inner, false)
+        }
+    }
+}
+
+/// A response writer that remembers whether the answer has begun.
+struct Tracked<'a> {
+    inner: &'a mut dyn ResponseWriter,
+    started: bool,
+}
+
+impl ResponseWriter for Tracked<'_> {
+    fn start(&mut self, status: u16, headers: &[(String, String)]) -> io::Result<&mut dyn Write> {
+        self.started = true;
+        self.inner.start(status, headers)
+    }
+}
+
+/// Whether a request is quick work: it reads or clears a status, or makes
+/// an identifier; it has no body to receive and no application to wait
+/// for. Everything else (an upload, a request for the application) is
+/// bulk work, which may take as long as its client does.
+///
+/// Decided here, once, for every transport: CGI lowers a bulk request's
+/// priority, and the FastCGI daemon serves quick requests on threads that
+/// bulk ones never hold. `config` is the one the request would run with
+/// as far as the transport knows it (the daemon's own, before any
+/// `FILEUPLOAD_*` parameters).
+pub fn is_quick(config: &Config, request: &Request<'_>) -> bool {
+    let Some((route, _)) = Route::of(&request.path()) else {
+        return false;
+    };
+    if config.app.is_some() && config.upload_url.is_some() {
+        return false; // everything goes to the application
+    }
+    !receives_body(route, request)
+}
+
+/// Whether `dispatch` would receive an upload for this request.
+fn receives_body(route: Route, request: &Request<'_>) -> bool {
+    route == Route::Upload
+        && request.method() == "POST"
+        && !request.query_flag("clear")
+        && !request.query_flag("status")
 }
 
 /// Runs automatic gc (`max_age`) if it is due; see [`crate::Pool::maybe_gc`].

@@ -100,6 +100,11 @@ impl<'a> Request<'a> {
     }
 
     /// Every meta-variable, for handing the request to another program.
+    /// The CGI variables, given back.
+    pub fn into_vars(self) -> Vec<(String, String)> {
+        self.vars
+    }
+
     pub fn vars(&self) -> &[(String, String)] {
         &self.vars
     }

@@ -228,9 +228,12 @@ fn a_malformed_record_inside_the_body_fails_the_upload_with_its_code() {
 #[test]
 fn management_records_multiplexing_and_roles() {
     let pool = TestPool::new();
-    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_WORKERS", "7")]);
+    let daemon = Daemon::start(
+        pool.path(),
+        &[("FILEUPLOAD_WORKERS", "7"), ("FILEUPLOAD_MAX_UPLOADS", "3")],
+    );
     let mut stream = daemon.connect();
-    // FCGI_GET_VALUES
+    // FCGI_GET_VALUES: as many requests as it runs at once, quick and bulk.
     let query = encode_pairs(&[
         ("FCGI_MAX_CONNS", ""),
         ("FCGI_MPXS_CONNS", ""),
@@ -241,7 +244,7 @@ fn management_records_multiplexing_and_roles() {
     assert_eq!(answer.kind, GET_VALUES_RESULT);
     assert_eq!(
         answer.content,
-        encode_pairs(&[("FCGI_MAX_CONNS", "7"), ("FCGI_MPXS_CONNS", "0")])
+        encode_pairs(&[("FCGI_MAX_CONNS", "10"), ("FCGI_MPXS_CONNS", "0")])
     );
     // An unknown management record.
     stream.write_all(&record(42, 0, b"")).unwrap();
@@ -302,10 +305,14 @@ fn running_out_of_file_descriptors_is_survived() {
 }
 
 #[test]
-fn excess_connections_wait_for_a_worker() {
-    // Two workers, three slow uploads at once: the third waits, then runs.
+fn an_upload_past_max_uploads_is_refused_at_once_and_polls_still_run() {
+    // One worker, two upload threads, three slow uploads at once: the third
+    // is refused 503 at once, and polls are answered while two run.
     let pool = TestPool::new();
-    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_WORKERS", "2")]);
+    let daemon = Daemon::start(
+        pool.path(),
+        &[("FILEUPLOAD_WORKERS", "1"), ("FILEUPLOAD_MAX_UPLOADS", "2")],
+    );
     let mut streams = Vec::new();
     let mut forms = Vec::new();
     for n in 0..3u16 {
@@ -319,25 +326,34 @@ fn excess_connections_wait_for_a_worker() {
         let mut stream = daemon.connect();
         let mut bytes = upload_head(
             &form,
-            &format!("/upload?X-Progress-ID=wait-{n}"),
+            &format!("/upload?X-Progress-ID=busy-{n}"),
             body.len(),
-            false,
+            true,
         );
         bytes.extend(record(STDIN, 1, &body[..1000]));
         stream.write_all(&bytes).unwrap();
         streams.push(stream);
         forms.push(body);
-        thread::sleep(Duration::from_millis(100));
+        // In order: the first two take the upload threads.
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                (n == 2 || status_of(&pool.cgi(), &format!("busy-{n}"))["state"] == "uploading")
+                    .then_some(())
+            })
+            .is_some(),
+            "upload {n} never started"
+        );
     }
-    thread::sleep(Duration::from_millis(300));
-    let states: Vec<_> = (0..3)
-        .map(|n| status_of(&pool.cgi(), &format!("wait-{n}"))["state"].clone())
-        .collect();
-    assert_eq!(
-        states,
-        ["uploading", "uploading", "starting"],
-        "the third must wait"
-    );
+    let mut third = streams.pop().unwrap();
+    let (reply, _) = read_response(&mut third, 1);
+    reply.assert_error_code(503, "ERR_BUSY", "max_uploads");
+    assert_eq!(status_of(&pool.cgi(), "busy-2")["state"], "starting");
+    assert_eq!(pool.bucket_files("busy-2"), Vec::<String>::new());
+    // Polls, on the one worker, while both uploads wait for their bytes.
+    for _ in 0..20 {
+        let poll = daemon.get("/upload/status?X-Progress-ID=busy-0");
+        assert_eq!(poll.json()["state"], "uploading");
+    }
     for (n, (mut stream, body)) in streams.into_iter().zip(forms).enumerate() {
         stream.write_all(&stdin_records(1, &body[1000..])).unwrap();
         let (reply, _) = read_response(&mut stream, 1);

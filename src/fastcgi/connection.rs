@@ -1,24 +1,22 @@
-//! One connection from the web server, from accept to close: its requests
-//! one after another (while the web server keeps it and each request's
-//! body has ended), its writing side, and the lingering close.
+//! One connection from the web server, as it passes between the event
+//! loop (while it waits for a request) and a thread (while a request
+//! runs): its socket, the bytes read ahead of the request, its writing
+//! side, and what happens to it after a request.
 //!
-//! Apart from the request because a connection outlives its requests
-//! (`FCGI_KEEP_CONN`) and owns what they share: the record reader, the
-//! writing side, and its entry in the server's registry, which shutdown
-//! uses to cut it.
+//! A connection outlives its requests (`FCGI_KEEP_CONN`); between them it
+//! is only a socket and a few bytes in the event loop, so an idle or slow
+//! peer costs no thread.
 
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
+use super::assembly::Begun;
 use super::listener::{Incoming, Stream};
-use super::record::{
-    self, END_REQUEST, GET_VALUES_RESULT, Malformed, Records, decode_params, encode_param,
-};
-use super::request::{next_request, respond};
+use super::record::{self, END_REQUEST, Records};
+use super::request::respond;
 use super::server::Server;
+use crate::http::HttpError;
 
 /// The record reader's buffer. Small: record headers and parameters go
 /// through it, while body reads larger than it go straight to the socket.
@@ -29,6 +27,25 @@ const READ_BUFFER: usize = 8 * 1024;
 
 /// A connection's records, as the request code reads them.
 pub(super) type Reader = Records<Incoming>;
+
+/// A connection between requests.
+pub(super) struct Connection {
+    /// Its key in the event loop and the server's registry.
+    pub(super) id: u64,
+    pub(super) stream: Arc<Stream>,
+    /// Bytes read and not yet taken: the rest of a request's records.
+    pub(super) pending: Vec<u8>,
+}
+
+/// What becomes of a connection after a request.
+pub(super) enum After {
+    /// It may serve another request: back to the event loop.
+    Keep(Connection),
+    /// It closes once the web server has read the answer: its writing side
+    /// is shut, and the event loop reads and discards until the peer
+    /// closes (see [`super::event_loop`], lingering).
+    Linger(Connection),
+}
 
 /// The writing side, shared by the body reader (which may have to refuse a
 /// second request on the connection) and the response.
@@ -44,107 +61,44 @@ impl Output {
     pub(super) fn end_request(&self, id: u16, protocol_status: u8) -> io::Result<()> {
         self.record(END_REQUEST, id, &record::end_request_body(protocol_status))
     }
-
-    /// Answers FCGI_GET_VALUES: we take one request per connection, and as
-    /// many connections as there are workers.
-    pub(super) fn get_values(&self, workers: usize, query: &[u8]) -> io::Result<()> {
-        let workers = workers.to_string();
-        let mut answer = Vec::new();
-        for (name, _) in decode_params(query).unwrap_or_default() {
-            let value = match name.as_str() {
-                "FCGI_MAX_CONNS" | "FCGI_MAX_REQS" => workers.as_str(),
-                "FCGI_MPXS_CONNS" => "0",
-                _ => continue,
-            };
-            encode_param(&mut answer, &name, value);
-        }
-        self.record(GET_VALUES_RESULT, 0, &answer)
-    }
 }
 
-/// Serves one connection until it closes, breaks, or the server stops.
-pub(super) fn serve_connection(server: &Server, stream: Stream) {
-    let id = server.next_connection.fetch_add(1, Ordering::Relaxed);
-    if stream
-        .set_read_timeout(server.options.read_timeout)
-        .is_err()
-    {
-        return;
+/// Runs one request whose parameters are assembled; `refusal`, if any, is
+/// the answer instead of the handler's (503 when the uploads are full).
+///
+/// The connection is in the server's registry while the request runs, so
+/// that shutdown can cut it.
+pub(super) fn run(
+    server: &Server,
+    connection: Connection,
+    begun: Begun,
+    refusal: Option<HttpError>,
+) -> After {
+    let Connection {
+        id,
+        stream,
+        pending,
+    } = connection;
+    server.running(id, &stream);
+    let mut records = Records::new(READ_BUFFER, Incoming::new(Arc::clone(&stream), pending));
+    let output = Output {
+        stream: Arc::clone(&stream),
+    };
+    let keep_conn = begun.keep_conn;
+    let answered = stream.set_read_timeout(server.options.body_timeout).is_ok()
+        && respond(server, &mut records, &output, begun, refusal);
+    server.done(id);
+    let (mut pending, incoming) = records.into_parts();
+    pending.extend(incoming.into_rest());
+    let mut connection = Connection {
+        id,
+        stream,
+        pending,
+    };
+    if answered && keep_conn && !server.is_stopping() {
+        return After::Keep(connection);
     }
-    let stream = Arc::new(stream);
-    server
-        .lock_connections()
-        .insert(id, (Arc::clone(&stream), false));
-    let mut records = Records::new(READ_BUFFER, Incoming(Arc::clone(&stream)));
-    let output = Output { stream };
-    loop {
-        if server.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let begun = match next_request(server, &mut records, &output) {
-            Ok(Ok(Some(begun))) => begun,
-            // Closed between requests, or cut at shutdown: nothing to say.
-            Ok(Ok(None)) => break,
-            Ok(Err(Malformed(why))) => {
-                server
-                    .log
-                    .log("malformed", &format!("closing a FastCGI connection: {why}"));
-                break;
-            }
-            Err(e) => {
-                // An idle connection timing out, or a web server closing
-                // one with our last answer unread (its client went away):
-                // an ordinary end, not worth a line.
-                let ordinary = matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::ConnectionReset
-                );
-                if !ordinary {
-                    server
-                        .log
-                        .log("read", &format!("FastCGI connection failed: {e}"));
-                }
-                break;
-            }
-        };
-        server.set_busy(id, true);
-        let keep_conn = begun.keep_conn;
-        let keep = respond(server, &mut records, &output, begun);
-        server.set_busy(id, false);
-        if !keep || !keep_conn {
-            break;
-        }
-    }
-    linger(&mut records, &output);
-    server.lock_connections().remove(&id);
-}
-
-/// Closes like nginx's lingering close. An answer given before the whole
-/// body was read (413 from Content-Length) leaves body bytes unread; closing
-/// on them makes the kernel reset the connection, and the web server may
-/// lose the answer. So: stop writing, then read and discard until the web
-/// server closes (it does once it has FCGI_END_REQUEST), for a bounded time
-/// and amount.
-fn linger(records: &mut Reader, output: &Output) {
-    const LIMIT: u64 = 64 << 20;
-    const TIME: Duration = Duration::from_secs(5);
-    output.stream.shutdown(Shutdown::Write);
-    if output
-        .stream
-        .set_read_timeout(Duration::from_millis(500))
-        .is_err()
-    {
-        return;
-    }
-    let deadline = Instant::now() + TIME;
-    let mut drained = 0u64;
-    let mut scratch = [0u8; 4096];
-    while drained < LIMIT && Instant::now() < deadline {
-        match records.read_raw(&mut scratch) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => drained += n as u64,
-        }
-    }
+    connection.stream.shutdown(Shutdown::Write);
+    connection.pending.clear();
+    After::Linger(connection)
 }

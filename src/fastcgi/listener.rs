@@ -77,6 +77,15 @@ impl Listener {
         }
     }
 
+    /// Makes `accept` return `WouldBlock` instead of waiting: the event
+    /// loop accepts only when epoll says a connection is there.
+    pub(super) fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Unix(l, _) => l.set_nonblocking(true),
+        }
+    }
+
     pub(super) fn accept(&self) -> io::Result<Stream> {
         let stream = match self {
             Listener::Tcp(l) => {
@@ -134,6 +143,34 @@ impl Stream {
             Stream::Unix(s) => s.set_read_timeout(Some(timeout)),
         }
     }
+
+    pub(super) fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(Some(timeout)),
+            Stream::Unix(s) => s.set_write_timeout(Some(timeout)),
+        }
+    }
+
+    pub(super) fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+
+    /// Reads what has arrived, without waiting (`WouldBlock` if nothing
+    /// has), whatever the socket's blocking mode: the event loop reads a
+    /// socket that workers read with blocking reads.
+    pub(super) fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let (_, n) = rustix::net::recv(self.as_fd(), buf, rustix::net::RecvFlags::DONTWAIT)?;
+        Ok(n)
+    }
+
+    /// Writes what fits in the socket's buffer now, without waiting.
+    pub(super) fn write_now(&self, bytes: &[u8]) -> io::Result<usize> {
+        let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+        Ok(rustix::net::send(self.as_fd(), bytes, flags)?)
+    }
 }
 
 // Reading, writing and shutting down all work through a shared reference,
@@ -161,11 +198,39 @@ impl Write for &Stream {
     }
 }
 
-/// A connection's reading end, for the `BufReader`.
-pub(super) struct Incoming(pub(super) Arc<Stream>);
+/// A connection's reading end, for the record reader: first the bytes the
+/// event loop read ahead, then the socket.
+pub(super) struct Incoming {
+    stream: Arc<Stream>,
+    ahead: Vec<u8>,
+    taken: usize,
+}
+
+impl Incoming {
+    pub(super) fn new(stream: Arc<Stream>, ahead: Vec<u8>) -> Incoming {
+        Incoming {
+            stream,
+            ahead,
+            taken: 0,
+        }
+    }
+
+    /// The bytes read ahead that nobody took.
+    pub(super) fn into_rest(mut self) -> Vec<u8> {
+        self.ahead.drain(..self.taken);
+        self.ahead
+    }
+}
 
 impl Read for Incoming {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
+        let ahead = &self.ahead[self.taken..];
+        if ahead.is_empty() {
+            return (&*self.stream).read(buf);
+        }
+        let n = ahead.len().min(buf.len());
+        buf[..n].copy_from_slice(&ahead[..n]);
+        self.taken += n;
+        Ok(n)
     }
 }

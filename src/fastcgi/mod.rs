@@ -47,7 +47,9 @@
 //! included; fcgiwrap, for comparison, leaves the record layer to libfcgi,
 //! the FastCGI reference library, and implements the CGI side only.
 
+mod assembly;
 mod connection;
+mod event_loop;
 mod listener;
 mod log;
 mod record;
@@ -55,6 +57,7 @@ mod request;
 mod server;
 mod settings;
 pub mod testing;
+mod workers;
 
 pub use listener::{Listener, stdin_is_listening_socket};
 pub use server::{ServerOptions, serve};

@@ -28,7 +28,7 @@ pub(super) const UNKNOWN_ROLE: u8 = 3;
 /// Largest record content.
 pub(super) const MAX_CONTENT: usize = 65535;
 /// A record header's length.
-const HEADER_LEN: usize = 8;
+pub(super) const HEADER_LEN: usize = 8;
 
 /// A protocol violation: the connection cannot go on.
 #[derive(Debug, PartialEq, Eq)]
@@ -194,6 +194,7 @@ impl<R: Read> Records<R> {
     }
 
     /// Reads a record's whole content and skips its padding.
+    #[cfg(test)]
     pub(super) fn content(&mut self, header: &Header) -> io::Result<Vec<u8>> {
         let mut content = vec![0u8; header.length];
         self.reader.read_exact(&mut content)?;
@@ -218,6 +219,13 @@ impl<R: Read> Records<R> {
     /// Reads raw bytes (a record's content, piece by piece).
     pub(super) fn read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reader.read(buf)
+    }
+
+    /// The bytes read ahead and not yet taken, and the source: what the
+    /// next reader of the stream must start with.
+    pub(super) fn into_parts(self) -> (Vec<u8>, R) {
+        let buffered = self.reader.buffer().to_vec();
+        (buffered, self.reader.into_inner())
     }
 }
 

@@ -1,6 +1,7 @@
-//! One request on a connection: its parameters (`next_request`), running
-//! the handler on it (`respond`), its body as a reader of STDIN records
-//! ([`Body`]) and its answer as a writer of STDOUT records ([`Stdout`]).
+//! One request on a connection, once its parameters are assembled (see
+//! [`super::assembly`]): running the handler on it (`respond`), its body
+//! as a reader of STDIN records ([`Body`]) and its answer as a writer of
+//! STDOUT records ([`Stdout`]).
 //!
 //! A kept connection (`FCGI_KEEP_CONN`) serves its next request only once
 //! the current one's STDIN has ended. An answer may come first (a 413
@@ -12,24 +13,20 @@
 //! connection is closed.
 
 use std::io::{self, Read, Write};
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::thread;
 use std::time::{Duration, Instant};
 
+use super::assembly::Begun;
 use super::connection::{Output, Reader};
 use super::record::{
-    ABORT_REQUEST, BEGIN_REQUEST, BeginRequest, CANT_MPX_CONN, GET_VALUES, MAX_CONTENT, Malformed,
-    Next, PARAMS, REQUEST_COMPLETE, RESPONDER, STDIN, STDOUT, UNKNOWN_ROLE, UNKNOWN_TYPE,
-    decode_params, unknown_type_body,
+    ABORT_REQUEST, BEGIN_REQUEST, CANT_MPX_CONN, MAX_CONTENT, Malformed, Next, REQUEST_COMPLETE,
+    STDIN, STDOUT,
 };
 use super::server::Server;
 use crate::error_code::ErrorCode;
 use crate::handler;
 use crate::http::{HttpError, Request, Response, ResponseWriter, write_cgi_head};
 
-/// Most bytes of `PARAMS` one request may send (nginx sends a few KiB).
-const MAX_PARAMS: usize = 1 << 20;
 /// After an answer given before the request's STDIN ended (a 413, a 400,
 /// a 410), at most this much of the rest of the body is read and discarded
 /// to keep the connection. A web server sends the rest of a body it has
@@ -42,83 +39,6 @@ const DISCARD_LIMIT: u64 = 4 << 20;
 /// takes at most twice it).
 const DISCARD_TIME: Duration = Duration::from_secs(1);
 
-/// A request as it begins: its id, and whether the connection stays open.
-pub(super) struct Begun {
-    id: u16,
-    pub(super) keep_conn: bool,
-    params: Vec<(String, String)>,
-}
-
-/// Reads records up to the end of a request's PARAMS.
-pub(super) fn next_request(
-    server: &Server,
-    records: &mut Reader,
-    output: &Output,
-) -> io::Result<Result<Option<Begun>, Malformed>> {
-    let mut current: Option<(u16, bool)> = None;
-    let mut params = Vec::new();
-    loop {
-        let header = match records.header()? {
-            Ok(Next::Record(header)) => header,
-            Ok(Next::Closed) if current.is_none() => return Ok(Ok(None)),
-            Ok(Next::Closed) => {
-                return Ok(Err(Malformed(
-                    "connection closed inside a request's parameters".into(),
-                )));
-            }
-            Err(malformed) => return Ok(Err(malformed)),
-        };
-        let content = records.content(&header)?;
-        match (header.kind, current) {
-            (GET_VALUES, _) if header.id == 0 => {
-                output.get_values(server.options.workers, &content)?
-            }
-            (_, _) if header.id == 0 => {
-                output.record(UNKNOWN_TYPE, 0, &unknown_type_body(header.kind))?
-            }
-            (BEGIN_REQUEST, None) => {
-                let begin = match BeginRequest::decode(&content) {
-                    Ok(begin) => begin,
-                    Err(malformed) => return Ok(Err(malformed)),
-                };
-                if begin.role != RESPONDER {
-                    output.end_request(header.id, UNKNOWN_ROLE)?;
-                    continue;
-                }
-                current = Some((header.id, begin.keep_conn));
-            }
-            (BEGIN_REQUEST, Some(_)) => output.end_request(header.id, CANT_MPX_CONN)?,
-            (PARAMS, Some((id, keep_conn))) if header.id == id => {
-                if content.is_empty() {
-                    let Some(params) = decode_params(&params) else {
-                        return Ok(Err(Malformed("malformed FCGI_PARAMS".into())));
-                    };
-                    return Ok(Ok(Some(Begun {
-                        id,
-                        keep_conn,
-                        params,
-                    })));
-                }
-                params.extend_from_slice(&content);
-                if params.len() > MAX_PARAMS {
-                    return Ok(Err(Malformed(format!(
-                        "FCGI_PARAMS longer than {MAX_PARAMS} bytes"
-                    ))));
-                }
-            }
-            (ABORT_REQUEST, Some((id, _))) if header.id == id => {
-                output.end_request(id, REQUEST_COMPLETE)?;
-                current = None;
-                params.clear();
-            }
-            // Records of a request already answered (a late abort; its
-            // body was read to its end before this request began): they
-            // need nothing.
-            _ => {}
-        }
-    }
-}
-
 /// Runs the handler for one request. Returns whether the connection may
 /// serve another: only when it answered the request, the peer asked to
 /// keep the connection, and the request's STDIN has ended, so the next
@@ -129,6 +49,7 @@ pub(super) fn respond(
     records: &mut Reader,
     output: &Output,
     begun: Begun,
+    refusal: Option<HttpError>,
 ) -> bool {
     let mut body = Body {
         records,
@@ -145,51 +66,22 @@ pub(super) fn respond(
         buffer: Vec::new(),
         started: false,
     };
-    // A request with a body runs on a thread of its own at lower priority
-    // (see receiving::lower_priority), so the worker keeps its priority for
-    // the status polls it serves next.
-    let bulk = begun
-        .params
-        .iter()
-        .any(|(name, value)| name == "REQUEST_METHOD" && value == "POST");
-    let config = server.settings.request_config(&begun.params, &server.log);
-    let params = begun.params;
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        let serve = || {
-            let mut request = Request::new(params, &mut body, true);
-            match &config {
-                Ok(None) => handler::answer(&server.config, &mut request, &mut response),
-                Ok(Some(merged)) => handler::answer(merged, &mut request, &mut response),
-                Err(err) => {
-                    let head_only = request.method() == "HEAD";
-                    Response::error(err).send(&mut response, head_only)
-                }
-            }
-        };
-        if !bulk {
-            return serve();
-        }
-        thread::scope(|scope| {
-            let receiving = scope.spawn(|| {
-                crate::receiving::lower_priority();
-                serve()
-            });
-            receiving
-                .join()
-                .unwrap_or_else(|panic| panic::resume_unwind(panic))
-        })
-    }));
-    let answered = match outcome {
-        Ok(result) => result.is_ok(),
-        Err(_) if !response.started => {
-            let err = HttpError::new(
-                ErrorCode::Internal,
-                "internal error; the details are in the server's log",
-            );
-            Response::error(&err).send(&mut response, false).is_ok()
-        }
-        Err(_) => false,
+    let refused = refusal.is_some();
+    let config = match refusal {
+        Some(err) => Err(err),
+        None => server.settings.request_config(&begun.params, &server.log),
     };
+    let mut request = Request::new(begun.params, &mut body, true);
+    let outcome = handler::guarded(&mut response, |response| match &config {
+        Ok(None) => handler::answer(&server.config, &mut request, response),
+        Ok(Some(merged)) => handler::answer(merged, &mut request, response),
+        Err(err) => {
+            let head_only = request.method() == "HEAD";
+            Response::error(err).send(response, head_only)
+        }
+    });
+    drop(request);
+    let answered = outcome.is_ok();
     let clean = body.state != BodyState::Broken;
     let finished = answered
         && response.flush().is_ok()
@@ -201,7 +93,8 @@ pub(super) fn respond(
     // as record headers, they would be a request the client wrote itself
     // (request smuggling). So the rest of STDIN is read, record by record,
     // and discarded first; the answer is already on its way.
-    finished && clean && begun.keep_conn && body.discard_rest()
+    // A refused request's body is not waited for: the connection closes.
+    finished && clean && !refused && begun.keep_conn && body.discard_rest()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,7 +169,7 @@ impl Body<'_> {
             && self
                 .output
                 .stream
-                .set_read_timeout(self.server.options.read_timeout)
+                .set_read_timeout(self.server.options.body_timeout)
                 .is_err()
         {
             return false;
@@ -361,6 +254,21 @@ impl Read for Body<'_> {
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                let waited = self.server.options.body_timeout;
+                return Err(self.fail(
+                    ErrorCode::TooSlow,
+                    &format!(
+                        "no bytes of the body came for {} s (body_timeout)",
+                        waited.as_secs_f64()
+                    ),
+                ));
+            }
             Err(e) => {
                 return Err(self.fail(
                     ErrorCode::Truncated,

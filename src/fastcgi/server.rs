@@ -1,29 +1,35 @@
-//! The server: a fixed pool of worker threads that each accept and serve
-//! one connection at a time, the gc timer thread, and the clean shutdown
-//! that SIGTERM or SIGINT starts.
+//! The server: the event loop, the worker threads, the gc timer, and the
+//! clean shutdown that SIGTERM or SIGINT starts.
 //!
-//! A fixed pool, not a thread per connection, so that memory and file
-//! descriptors are bounded; excess connections wait in the listen backlog.
-//! Shutdown stops accepting at once, ends idle kept-alive connections,
-//! gives running requests the grace time, then cuts the rest short (their
-//! uploads end in state `error`, "interrupted"): a deploy does not wait for
-//! the slowest client, and no upload is left looking as if it still ran.
+//! A connection waits for its next request in the event loop, costing a
+//! socket and the bytes it has sent; once its parameters are complete it
+//! runs on a quick worker or a thread of its own (see [`super::workers`])
+//! and comes back to the loop when the request is done.
+//!
+//! Shutdown stops accepting at once, ends the connections waiting in the
+//! loop, gives running requests the grace time, then cuts the rest short
+//! (their uploads end in state `error`, "interrupted"): a deploy does not
+//! wait for the slowest client, and no upload is left looking as if it
+//! still ran.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::connection::serve_connection;
+use super::connection::After;
+use super::event_loop::EventLoop;
 use super::listener::{Listener, Stream};
 use super::log::RateLimitedLog;
 use super::settings::{ConfigSources, Settings};
+use super::workers::{self, Queue};
 use crate::config::Config;
 use crate::handler;
 
-/// How often the acceptor looks at the shutdown flag.
+/// How often the main thread and the gc thread look at the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
 /// How often the gc thread asks whether a collection is due.
 const GC_LOOK: Duration = Duration::from_secs(5);
@@ -31,16 +37,32 @@ const GC_LOOK: Duration = Duration::from_secs(5);
 /// How the server runs.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Requests served at once (each worker serves one connection).
+    /// Threads for quick requests (status, clear, new identifiers).
     pub workers: usize,
+    /// Bulk requests (uploads, the application's) running at once.
+    pub max_uploads: usize,
+    /// How long a connection may take to send a request's parameters.
+    pub header_timeout: Duration,
+    /// Longest wait for the next bytes of a body.
+    pub body_timeout: Duration,
     /// After SIGTERM, how long running requests may take to finish.
     pub grace: Duration,
-    /// How long a read from the web server may wait; also how long an idle
-    /// kept-alive connection is kept.
-    pub read_timeout: Duration,
 }
 
-/// State shared by the workers and the main thread.
+impl ServerOptions {
+    /// The options a configuration sets.
+    pub fn from_config(config: &Config) -> ServerOptions {
+        ServerOptions {
+            workers: config.workers,
+            max_uploads: config.max_uploads,
+            header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
+            grace: config.grace,
+        }
+    }
+}
+
+/// State shared by the event loop, the workers and the main thread.
 pub(super) struct Server {
     /// The daemon's own configuration: what a request without
     /// `FILEUPLOAD_*` parameters gets.
@@ -49,13 +71,21 @@ pub(super) struct Server {
     pub(super) settings: Settings,
     pub(super) options: ServerOptions,
     /// Set by SIGTERM/SIGINT.
-    pub(super) stopping: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
     /// Set when the grace time is over: running requests are cut short.
     pub(super) grace_over: AtomicBool,
-    /// Open connections, to cut them at shutdown; `true` while a request runs.
-    connections: Mutex<HashMap<u64, (Arc<Stream>, bool)>>,
+    /// Connections whose request runs, to cut them at shutdown.
+    in_flight: Mutex<HashMap<u64, Arc<Stream>>>,
     pub(super) next_connection: AtomicU64,
     pub(super) log: RateLimitedLog,
+    /// Quick requests waiting for a worker.
+    pub(super) quick: Queue,
+    /// Bulk requests running.
+    pub(super) bulk: AtomicUsize,
+    /// Connections done with a request, for the event loop to take back.
+    returned: Mutex<Vec<After>>,
+    /// Wakes the event loop when a connection comes back.
+    pub(super) waker: OwnedFd,
 }
 
 impl Server {
@@ -66,38 +96,71 @@ impl Server {
         options: ServerOptions,
         stopping: Arc<AtomicBool>,
         quiet: bool,
-    ) -> Server {
-        Server {
+    ) -> io::Result<Server> {
+        let waker = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        Ok(Server {
             config,
             settings: Settings::new(sources),
             options,
             stopping,
             grace_over: AtomicBool::new(false),
-            connections: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             log: RateLimitedLog::new(quiet),
-        }
+            quick: Queue::default(),
+            bulk: AtomicUsize::new(0),
+            returned: Mutex::new(Vec::new()),
+            waker,
+        })
     }
 
-    pub(super) fn set_busy(&self, id: u64, busy: bool) {
-        if let Some(entry) = self.lock_connections().get_mut(&id) {
-            entry.1 = busy;
-        }
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
-    pub(super) fn lock_connections(&self) -> MutexGuard<'_, HashMap<u64, (Arc<Stream>, bool)>> {
-        self.connections
+    fn lock_running(&self) -> MutexGuard<'_, HashMap<u64, Arc<Stream>>> {
+        self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Cuts the reading side of connections (all, or only idle ones): a
-    /// worker blocked in a read returns at once.
-    fn cut(&self, only_idle: bool) {
-        for (stream, busy) in self.lock_connections().values() {
-            if !only_idle || !busy {
-                stream.shutdown_read();
-            }
+    /// A request begins to run on `stream`.
+    pub(super) fn running(&self, id: u64, stream: &Arc<Stream>) {
+        self.lock_running().insert(id, Arc::clone(stream));
+    }
+
+    /// The request on connection `id` is done.
+    pub(super) fn done(&self, id: u64) {
+        self.lock_running().remove(&id);
+    }
+
+    /// Gives a connection back to the event loop. Once the server stops
+    /// there is no loop: the connection closes here.
+    pub(super) fn give_back(&self, after: After) {
+        if self.is_stopping() {
+            return;
+        }
+        self.returned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(after);
+        // A full counter (never, in practice) still wakes the loop.
+        let _ = rustix::io::write(&self.waker, &1u64.to_ne_bytes());
+    }
+
+    /// The connections given back since the last call.
+    pub(super) fn take_returned(&self) -> Vec<After> {
+        std::mem::take(&mut *self.returned.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Cuts the reading side of every running request: a thread blocked
+    /// in a read returns at once.
+    fn cut_running(&self) {
+        for stream in self.lock_running().values() {
+            stream.shutdown_read();
         }
     }
 }
@@ -105,10 +168,6 @@ impl Server {
 /// Serves FastCGI until SIGTERM or SIGINT, then shuts down cleanly: stops
 /// accepting, gives running requests `grace` to finish, and cuts the rest
 /// short (their uploads end in state `error`, "interrupted").
-///
-/// Each worker accepts its own connections: one that is busy simply does
-/// not accept, so excess connections wait in the listen backlog, and no
-/// connection is handed from thread to thread.
 ///
 /// `sources` are what `config` was loaded from: a request whose parameters
 /// carry settings runs with them merged in (see [`ConfigSources`]).
@@ -122,78 +181,76 @@ pub fn serve(
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stopping))?;
     }
-    // A blocked accept returns after this, so a worker notices shutdown.
-    rustix::net::sockopt::set_socket_timeout(
-        listener.as_fd(),
-        rustix::net::sockopt::Timeout::Recv,
-        Some(TICK),
-    )?;
-    let workers = options.workers.max(1);
-    let server = Arc::new(Server::new(config, Some(sources), options, stopping, false));
+    raise_file_limit(&options);
+    let server = Arc::new(Server::new(
+        config,
+        Some(sources),
+        options,
+        stopping,
+        false,
+    )?);
     let listener = Arc::new(listener);
-    let mut handles = Vec::with_capacity(workers);
-    for n in 0..workers {
-        let server = Arc::clone(&server);
-        let listener = Arc::clone(&listener);
-        let handle = thread::Builder::new()
-            .name(format!("fastcgi-{n}"))
-            .spawn(move || worker(&server, &listener))?;
-        handles.push(handle);
-    }
+    let mut handles = workers::start_quick(&server)?;
+    let event_loop = EventLoop::new(Arc::clone(&server), Arc::clone(&listener))?;
+    handles.push(
+        thread::Builder::new()
+            .name("event-loop".into())
+            .spawn(move || event_loop.run())?,
+    );
     let collector = Arc::clone(&server);
     handles.push(
         thread::Builder::new()
             .name("gc".into())
             .spawn(move || collect(&collector))?,
     );
-    while !server.stopping.load(Ordering::SeqCst) {
+    while !server.is_stopping() {
         thread::sleep(TICK);
     }
     // Stop accepting now: new connections are refused rather than left
-    // waiting in the backlog for a worker that will not take them.
+    // waiting in the backlog. The event loop closes its connections.
     listener.stop();
-
-    // Idle kept-alive connections end now; running requests get the grace.
-    server.cut(true);
     let deadline = Instant::now() + server.options.grace;
-    while Instant::now() < deadline && !server.lock_connections().is_empty() {
+    while Instant::now() < deadline && !server.lock_running().is_empty() {
         thread::sleep(Duration::from_millis(20));
-        server.cut(true);
     }
     server.grace_over.store(true, Ordering::SeqCst);
-    server.cut(false);
+    server.cut_running();
     // Cut requests end within moments; one stuck elsewhere (an application
     // that does not exit) must not keep the process alive.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && !handles.iter().all(|h| h.is_finished()) {
+    while Instant::now() < deadline
+        && !(handles.iter().all(|h| h.is_finished()) && server.bulk.load(Ordering::SeqCst) == 0)
+    {
         thread::sleep(Duration::from_millis(20));
+        server.cut_running();
     }
     Ok(())
 }
 
-fn worker(server: &Server, listener: &Listener) {
-    while !server.stopping.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok(stream) => serve_connection(server, stream),
-            // The accept timeout: look at the shutdown flag again.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                        | io::ErrorKind::ConnectionAborted
-                ) => {}
-            Err(_) if server.stopping.load(Ordering::SeqCst) => return,
-            Err(e) => {
-                // Out of file descriptors (EMFILE, ENFILE): wait a moment,
-                // while running requests finish and free some, and go on.
-                server
-                    .log
-                    .log("accept", &format!("cannot accept a connection: {e}"));
-                thread::sleep(TICK);
-            }
-        }
+/// Raises the soft limit on open files to the hard one, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do: each connection is a
+/// descriptor and each running upload a few more, and the soft limit a
+/// service gets by default (1024) is far below `max_uploads`.
+fn raise_file_limit(options: &ServerOptions) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    let _ = setrlimit(Resource::Nofile, raised);
+    let now = getrlimit(Resource::Nofile).current;
+    // An upload holds its connection, its lock, its data file and its
+    // bucket's directory open.
+    let wanted = options.max_uploads.saturating_mul(4) as u64;
+    if let Some(now) = now
+        && now < wanted
+    {
+        crate::log!(
+            "the limit on open files is {now}, less than {wanted} for {} uploads (max_uploads): \
+             raise it (systemd LimitNOFILE=, ulimit -n) or lower max_uploads",
+            options.max_uploads
+        );
     }
 }
 
@@ -203,7 +260,7 @@ fn worker(server: &Server, listener: &Listener) {
 /// an open and a stat.
 fn collect(server: &Server) {
     let mut last: Option<Instant> = None;
-    while !server.stopping.load(Ordering::SeqCst) {
+    while !server.is_stopping() {
         if last.is_none_or(|at| at.elapsed() >= GC_LOOK) {
             last = Some(Instant::now());
             for config in server.settings.collected(&server.config) {

@@ -14,7 +14,8 @@ use std::sync::atomic::AtomicBool;
 use std::thread;
 use std::time::Duration;
 
-use super::connection::serve_connection;
+use super::assembly::Assembly;
+use super::connection::{self, After, Connection};
 use super::listener::Stream;
 use super::server::{Server, ServerOptions};
 use crate::config::Config;
@@ -24,17 +25,20 @@ use crate::config::Config;
 /// property tests of the record stream: whatever `input` is, the answer
 /// must be whole records, and nothing may panic or hang.
 ///
-/// It runs the same code as the daemon, with one worker, a 5 s read
-/// timeout and no log. Requests may not bring settings here (they are
-/// answered 500): a fuzzer's parameters could name any directory or
-/// program. An `Err` is only a failure to set up the socket pair or the
-/// peer thread, never something `input` caused.
+/// It runs the daemon's code for a connection (request assembly, the
+/// request, the body reader, the answer) on this thread, in place of the
+/// event loop and the workers, with 5 s timeouts and no log. Requests may
+/// not bring settings here (they are answered 500): a fuzzer's parameters
+/// could name any directory or program. An `Err` is only a failure to set
+/// up the socket pair or the peer thread, never something `input` caused.
 pub fn serve_bytes(config: Config, input: &[u8]) -> io::Result<Vec<u8>> {
     let (ours, mut theirs) = UnixStream::pair()?;
     let options = ServerOptions {
         workers: 1,
+        max_uploads: 1,
+        header_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(5),
         grace: Duration::ZERO,
-        read_timeout: Duration::from_secs(5),
     };
     let server = Server::new(
         config,
@@ -42,7 +46,8 @@ pub fn serve_bytes(config: Config, input: &[u8]) -> io::Result<Vec<u8>> {
         options,
         Arc::new(AtomicBool::new(false)),
         true,
-    );
+    )?;
+    ours.set_read_timeout(Some(Duration::from_secs(5)))?;
     thread::scope(|scope| {
         let peer = scope.spawn(move || {
             // The server may stop reading (a malformed record) and close:
@@ -57,4 +62,40 @@ pub fn serve_bytes(config: Config, input: &[u8]) -> io::Result<Vec<u8>> {
         peer.join()
             .map_err(|_| io::Error::other("the peer thread panicked"))
     })
+}
+
+/// The event loop's part, with blocking reads: assemble, run, repeat.
+fn serve_connection(server: &Server, stream: Stream) {
+    let mut connection = Connection {
+        id: 0,
+        stream: Arc::new(stream),
+        pending: Vec::new(),
+    };
+    let mut assembly = Assembly::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut replies = Vec::new();
+        let step = assembly.step(&mut connection.pending, &mut replies, 1);
+        if !replies.is_empty() && (&*connection.stream).write_all(&replies).is_err() {
+            return;
+        }
+        match step {
+            Err(_) => return,
+            Ok(Some(begun)) => match connection::run(server, connection, begun, None) {
+                After::Keep(kept) => {
+                    connection = kept;
+                    continue;
+                }
+                After::Linger(closing) => {
+                    while let Ok(1..) = (&*closing.stream).read(&mut buf) {}
+                    return;
+                }
+            },
+            Ok(None) => {}
+        }
+        match (&*connection.stream).read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => connection.pending.extend_from_slice(&buf[..n]),
+        }
+    }
 }
