@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use crate::config::{Config, ConfigError};
 use crate::error_code::ErrorCode;
 use crate::handler;
-use crate::http::{BodyLength, HttpError, Request, Response, ResponseWriter, write_cgi_head};
+use crate::http::{Body, BodyLength, HttpError, Request, Response, ResponseWriter, write_cgi_head};
 
 /// Writes the CGI response to stdout.
 struct CgiOutput<W: Write> {
@@ -44,6 +44,14 @@ impl Read for Stdin {
             *left -= n as u64;
         }
         Ok(n)
+    }
+}
+
+/// A pipe knows no reason for failing: a read error or an early end of
+/// stdin is the body cut short (`ERR_TRUNCATED`).
+impl Body for Stdin {
+    fn failure(&mut self) -> Option<HttpError> {
+        None
     }
 }
 

@@ -286,8 +286,12 @@ pub struct Config {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     /// Bytes a second a body must average once older than
-    /// [`crate::receiving::MIN_RATE_AFTER`]; `None`: no floor.
+    /// `min_body_rate_after`; `None`: no floor.
     pub min_body_rate: Option<u64>,
+    /// How old a body must be before `min_body_rate` holds. Not a setting:
+    /// always [`crate::receiving::MIN_RATE_AFTER`] in service, shorter in
+    /// tests that drive the handler in-process and cannot wait a minute.
+    pub min_body_rate_after: Duration,
     pub grace: Duration,
 }
 
@@ -313,6 +317,7 @@ impl Default for Config {
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
             min_body_rate: Some(1024),
+            min_body_rate_after: crate::receiving::MIN_RATE_AFTER,
             grace: Duration::from_secs(10),
         }
     }

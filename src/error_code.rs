@@ -302,9 +302,10 @@ impl From<&DecodeError> for ErrorCode {
 }
 
 impl From<&MultipartError> for ErrorCode {
-    /// A read error that carries an [`HttpError`] (see [`carried`]) has
-    /// that error's code; any other read error means the body could not be
-    /// had in full.
+    /// A read error means the body could not be had in full. (A body that
+    /// failed for a reason of its own, such as the size limit or a FastCGI
+    /// abort, records that reason as a typed error beside the read error:
+    /// see [`crate::http::Body::failure`] and [`crate::receiving::run`].)
     fn from(err: &MultipartError) -> ErrorCode {
         match err {
             MultipartError::NoBoundary | MultipartError::BadDelimiter => ErrorCode::BadMultipart,
@@ -319,21 +320,9 @@ impl From<&MultipartError> for ErrorCode {
             | MultipartError::BadContinuation => ErrorCode::BadPartHeader,
             MultipartError::UnknownTransferEncoding(_) => ErrorCode::BadTransferEncoding,
             MultipartError::Decode(err) => ErrorCode::from(err),
-            MultipartError::Io(err) => carried(err).map_or(ErrorCode::Truncated, |e| e.code),
+            MultipartError::Io(_) => ErrorCode::Truncated,
         }
     }
-}
-
-/// The [`HttpError`] a body reader put inside the `io::Error` it failed
-/// with, if any.
-///
-/// The parser reads the body through `std::io::Read`, whose errors are
-/// `io::Error`; a reader that knows why it failed (the size limit, a
-/// FastCGI abort, a shutdown) boxes an [`HttpError`] in one so that its code
-/// and message reach the answer and the status. Replacing this with typed
-/// reader errors is a larger change to the parser's interface.
-pub fn carried(err: &io::Error) -> Option<&HttpError> {
-    err.get_ref().and_then(|e| e.downcast_ref::<HttpError>())
 }
 
 /// A storage error while writing an upload's data: 507 when the disk is
@@ -407,10 +396,12 @@ mod tests {
     }
 
     #[test]
-    fn a_carried_error_keeps_its_code() {
+    fn a_read_error_is_a_truncation() {
+        // Even one that wraps an HttpError: no code is recovered from an
+        // io::Error's payload.
         let inner = HttpError::new(ErrorCode::TooLarge, "too large");
-        let err = MultipartError::Io(io::Error::other(inner.clone()));
-        assert_eq!(ErrorCode::from(&err), ErrorCode::TooLarge);
+        let err = MultipartError::Io(io::Error::other(inner));
+        assert_eq!(ErrorCode::from(&err), ErrorCode::Truncated);
         let plain = MultipartError::Io(io::Error::other("reset"));
         assert_eq!(ErrorCode::from(&plain), ErrorCode::Truncated);
         assert_eq!(

@@ -266,6 +266,8 @@ fn dispatch(config: &Config, route: Route, request: &mut Request<'_>) -> Result<
                     max_size: config.max_size,
                     sha256: config.sha256,
                     progress_interval: config.progress_interval,
+                    min_rate: config.min_body_rate,
+                    min_rate_after: config.min_body_rate_after,
                 };
                 upload::receive(&config.pool(), &id, request, &options).map(Answer::Uploaded)
             }

@@ -42,6 +42,50 @@ impl HttpError {
     }
 }
 
+/// A request body as a transport hands it over: bytes, and why it failed
+/// when it knows.
+///
+/// A read error is only the signal to stop reading: the parser (or any
+/// other consumer) sees an `io::Error` and ends. A body that failed for a
+/// reason of its own (the web server aborted the request, its records are
+/// malformed, the daemon is shutting down) says which through
+/// [`Body::failure`], as a typed error, so the upload is answered and
+/// recorded with that code rather than as a plain truncation. Nothing is
+/// smuggled inside the `io::Error`.
+pub trait Body: Read {
+    /// Why the last failed read failed, when the body knows better than
+    /// "it could not be read" (which is `ERR_TRUNCATED`). Asked after a
+    /// read returned an error; `None` for a plain I/O error.
+    fn failure(&mut self) -> Option<HttpError>;
+}
+
+impl<B: Body + ?Sized> Body for &mut B {
+    fn failure(&mut self) -> Option<HttpError> {
+        (**self).failure()
+    }
+}
+
+/// A body cut at its announced length fails as the body inside it does.
+impl<B: Body> Body for io::Take<B> {
+    fn failure(&mut self) -> Option<HttpError> {
+        self.get_mut().failure()
+    }
+}
+
+/// A body in memory (tests, the fuzzer) cannot fail.
+impl Body for &[u8] {
+    fn failure(&mut self) -> Option<HttpError> {
+        None
+    }
+}
+
+/// No body at all (a status poll's).
+impl Body for io::Empty {
+    fn failure(&mut self) -> Option<HttpError> {
+        None
+    }
+}
+
 /// How long the request body is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyLength {
@@ -67,7 +111,7 @@ impl BodyLength {
 /// A request: CGI meta-variables and a body.
 pub struct Request<'a> {
     vars: Vec<(String, String)>,
-    body: &'a mut dyn Read,
+    body: &'a mut dyn Body,
     end_is_marked: bool,
     /// The query string's pairs, decoded on first use.
     query: OnceCell<Vec<(String, String)>>,
@@ -79,7 +123,7 @@ impl<'a> Request<'a> {
     /// without `CONTENT_LENGTH` can be read to its end.
     pub fn new(
         vars: Vec<(String, String)>,
-        body: &'a mut dyn Read,
+        body: &'a mut dyn Body,
         end_is_marked: bool,
     ) -> Request<'a> {
         Request {
@@ -187,7 +231,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    pub fn body(&mut self) -> &mut dyn Read {
+    pub fn body(&mut self) -> &mut dyn Body {
         self.body
     }
 }
@@ -356,7 +400,7 @@ pub fn reason(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
-    fn request<'a>(vars: &[(&str, &str)], body: &'a mut dyn Read, marked: bool) -> Request<'a> {
+    fn request<'a>(vars: &[(&str, &str)], body: &'a mut dyn Body, marked: bool) -> Request<'a> {
         let vars = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

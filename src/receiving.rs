@@ -17,17 +17,17 @@
 //! timer rather than every N bytes keeps the cost fixed, a few small
 //! writes a second, whatever the upload's speed.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error_code::ErrorCode;
 use crate::hashing::Hashing;
-use crate::http::HttpError;
+use crate::http::{Body, HttpError};
 use crate::pool::{PoolError, Upload, unix_now};
 use crate::status::Status;
 
@@ -53,6 +53,12 @@ pub struct Options {
     pub sha256: bool,
     /// How often progress is published; `None`: only at the end.
     pub progress_interval: Option<Duration>,
+    /// Slowest average rate of the body, in bytes a second, once it is
+    /// `min_rate_after` old; `None` or 0: no floor.
+    pub min_rate: Option<u64>,
+    /// How long a body may take before its average rate is held to
+    /// `min_rate` ([`MIN_RATE_AFTER`] in service; tests use milliseconds).
+    pub min_rate_after: Duration,
 }
 
 /// Lowers the calling thread's CPU priority to the lowest (nice 19;
@@ -79,11 +85,17 @@ pub fn lower_priority() {
 /// `received` set to the bytes read and, if `work` succeeded, each hashed
 /// file's `sha256`; and what `work` returned.
 ///
+/// When the body failed for a reason it knows (the size limit, the rate
+/// floor, or the transport's own, see [`Body::failure`]), that reason is
+/// the error returned, whatever `work` made of the read error it saw: a
+/// protocol only has to stop at a read error, not to tell one from
+/// another.
+///
 /// The state is left to the protocol: for one it is `done` when the body
 /// ends, for a resumable one only when the last piece arrived. Nothing is
 /// written to the bucket after the watcher stops: finishing or failing the
 /// upload is the caller's, with the status returned.
-pub fn run<R: Read, T>(
+pub fn run<R: Body, T>(
     upload: &Upload,
     status: Status,
     body: R,
@@ -97,10 +109,17 @@ pub fn run<R: Read, T>(
         document: AtomicUsize::new(document),
     };
     let received = Cell::new(0);
+    let failure = RefCell::new(None);
     let counted = Counted {
         inner: body,
         count: &received,
         max: options.max_size,
+        floor: options
+            .min_rate
+            .filter(|&rate| rate > 0)
+            .map(|rate| (rate, options.min_rate_after)),
+        started: Instant::now(),
+        failure: &failure,
     };
     let outcome = thread::scope(|scope| {
         let (stop, stopped) = mpsc::channel::<()>();
@@ -111,6 +130,7 @@ pub fn run<R: Read, T>(
         let session = Session {
             shared,
             received: &received,
+            failure: &failure,
             hashing: hashing.as_ref(),
         };
         let outcome = work(counted, &session);
@@ -130,6 +150,10 @@ pub fn run<R: Read, T>(
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
     status.received = Some(received.get());
+    let outcome = match (outcome, failure.into_inner()) {
+        (Err(_), Some(reason)) => Err(reason),
+        (outcome, _) => outcome,
+    };
     (status, outcome)
 }
 
@@ -152,6 +176,7 @@ impl Shared {
 pub struct Session<'a> {
     shared: &'a Shared,
     received: &'a Cell<u64>,
+    failure: &'a RefCell<Option<HttpError>>,
     hashing: Option<&'a Hashing<'a>>,
 }
 
@@ -159,6 +184,12 @@ impl Session<'_> {
     /// Body bytes read so far (counted before any decoding).
     pub fn received(&self) -> u64 {
         self.received.get()
+    }
+
+    /// Why the body failed, if it failed for a reason it knows (see
+    /// [`run`], which returns it in place of `work`'s error).
+    pub fn body_failure(&self) -> Option<HttpError> {
+        self.failure.borrow().clone()
     }
 
     /// The status the watcher publishes. Hold it briefly: the watcher takes
@@ -238,14 +269,63 @@ fn watch(upload: &Upload, shared: &Shared, stop: mpsc::Receiver<()>, interval: O
     }
 }
 
-/// The body, counted, refusing to read past the size limit.
+/// The body, counted, refusing to read past the size limit or to go on
+/// below the rate floor.
+///
+/// A failure of its own, or of the transport's body, is recorded in the
+/// upload's slot (see [`Session::body_failure`]); the `io::Error` it
+/// returns only stops the reader.
 pub struct Counted<'a, R> {
     inner: R,
     count: &'a Cell<u64>,
     max: Option<u64>,
+    /// `min_rate` and after how long it holds; `None`: no floor.
+    floor: Option<(u64, Duration)>,
+    started: Instant,
+    failure: &'a RefCell<Option<HttpError>>,
 }
 
-impl<R: Read> Read for Counted<'_, R> {
+impl<R: Body> Counted<'_, R> {
+    /// Records `reason` (the first one stays: it is the cause, later ones
+    /// are its consequences) and returns the error that stops the reader.
+    fn fail(&self, reason: HttpError) -> io::Error {
+        let signal = io::Error::other(reason.message.clone());
+        self.failure.borrow_mut().get_or_insert(reason);
+        signal
+    }
+
+    /// The rate floor: a body older than its window whose average since
+    /// the start of receiving is below `min_rate`.
+    ///
+    /// Checked as bytes arrive, so it costs a clock read per read and no
+    /// thread. A body that stops altogether never returns from its read:
+    /// that is the transport's read timeout's to end (`body_timeout` in
+    /// the daemon, the web server's for CGI).
+    fn too_slow(&self, count: u64) -> Option<HttpError> {
+        let (rate, after) = self.floor?;
+        let elapsed = self.started.elapsed();
+        if elapsed < after {
+            return None;
+        }
+        // count / elapsed < rate, in integers: no rounding lets a body
+        // just under the floor through.
+        let nanos = elapsed.as_nanos();
+        if u128::from(count) * 1_000_000_000 >= u128::from(rate) * nanos {
+            return None;
+        }
+        let average = u128::from(count) * 1_000_000_000 / nanos.max(1);
+        Some(HttpError::new(
+            ErrorCode::TooSlow,
+            format!(
+                "the body came at {average} bytes a second, below min_body_rate {rate}, \
+                 over its first {:.1} s ({count} bytes received)",
+                elapsed.as_secs_f64()
+            ),
+        ))
+    }
+}
+
+impl<R: Body> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // Never ask for more than one byte past the limit: that byte is
         // enough to know the body is too large.
@@ -256,18 +336,32 @@ impl<R: Read> Read for Counted<'_, R> {
             None => usize::MAX,
         };
         let end = buf.len().min(room);
-        let n = self.inner.read(&mut buf[..end])?;
+        let n = match self.inner.read(&mut buf[..end]) {
+            Ok(n) => n,
+            Err(err) => {
+                if let Some(reason) = self.inner.failure() {
+                    self.failure.borrow_mut().get_or_insert(reason);
+                }
+                return Err(err);
+            }
+        };
         let count = self.count.get() + n as u64;
         self.count.set(count);
-        match self.max {
-            // Carried inside the io::Error to the reader's caller, code and
-            // all (see `error_code::carried`).
-            Some(max) if count > max => Err(io::Error::other(HttpError::new(
+        if let Some(max) = self.max
+            && count > max
+        {
+            return Err(self.fail(HttpError::new(
                 ErrorCode::TooLarge,
                 format!("the upload is larger than the limit of {max} bytes"),
-            ))),
-            _ => Ok(n),
+            )));
         }
+        // The end of the body is not held to the floor: it is complete.
+        if n > 0
+            && let Some(reason) = self.too_slow(count)
+        {
+            return Err(self.fail(reason));
+        }
+        Ok(n)
     }
 }
 
@@ -276,7 +370,6 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::error_code::carried;
     use crate::identifier::{Identifier, verify_identifier};
     use crate::pool::Pool;
 
@@ -293,6 +386,8 @@ mod tests {
             max_size,
             sha256: false,
             progress_interval: interval,
+            min_rate: None,
+            min_rate_after: MIN_RATE_AFTER,
         }
     }
 
@@ -322,6 +417,179 @@ mod tests {
         }
     }
 
+    impl Body for Source {
+        fn failure(&mut self) -> Option<HttpError> {
+            None
+        }
+    }
+
+    /// A reader that hands out `chunk` bytes every `pause`, `total` in all.
+    struct Trickle {
+        chunk: usize,
+        pause: Duration,
+        left: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Ok(0);
+            }
+            thread::sleep(self.pause);
+            let n = buf.len().min(self.chunk).min(self.left);
+            buf[..n].fill(b't');
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    impl Body for Trickle {
+        fn failure(&mut self) -> Option<HttpError> {
+            None
+        }
+    }
+
+    /// A transport's body that fails after `self.0` bytes, with the reason
+    /// `self.1` if it knows one.
+    struct Failing(usize, Option<ErrorCode>);
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::other("connection reset"));
+            }
+            let n = buf.len().min(self.0);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    impl Body for Failing {
+        fn failure(&mut self) -> Option<HttpError> {
+            let code = self.1.filter(|_| self.0 == 0)?;
+            Some(HttpError::new(code, "the transport's reason"))
+        }
+    }
+
+    /// Reads `body` to its end through [`run`] with a rate floor of `rate`
+    /// after `after`; returns the outcome (bytes read), the time it took
+    /// and the status's `received`.
+    fn read_with_floor(
+        body: Trickle,
+        rate: Option<u64>,
+        after: Duration,
+    ) -> (Result<usize, HttpError>, Duration, Option<u64>) {
+        let (_dir, _pool, id, upload) = claimed("trickle");
+        let status = Status::uploading(id.as_str(), None, unix_now());
+        let options = Options {
+            min_rate: rate,
+            min_rate_after: after,
+            ..options(None, None)
+        };
+        let started = Instant::now();
+        let (status, outcome) = run(&upload, status, body, &options, |mut body, _| {
+            let mut kept = Vec::new();
+            body.read_to_end(&mut kept)
+                .map_err(|e| HttpError::new(ErrorCode::Truncated, e.to_string()))?;
+            Ok(kept.len())
+        });
+        let took = started.elapsed();
+        upload.fail(&status);
+        (outcome, took, status.received)
+    }
+
+    #[test]
+    fn a_body_below_the_rate_floor_is_cut_after_the_window() {
+        // 10 bytes every 10 ms: about 1000 bytes a second, for 2 s, against
+        // a floor of 100 KB/s held after 200 ms.
+        let slow = Trickle {
+            chunk: 10,
+            pause: Duration::from_millis(10),
+            left: 2000,
+        };
+        let after = Duration::from_millis(200);
+        let (outcome, took, received) = read_with_floor(slow, Some(100_000), after);
+        let err = outcome.expect_err("a body at 1 KB/s passed a floor of 100 KB/s");
+        assert_eq!((err.code, err.status()), (ErrorCode::TooSlow, 408), "{err}");
+        assert!(err.message.contains("below min_body_rate 100000"), "{err}");
+        assert!(took >= after, "cut after {took:?}, before the window");
+        assert!(
+            took < Duration::from_millis(1500),
+            "cut only after {took:?}"
+        );
+        let received = received.unwrap_or(0);
+        assert!((1..2000).contains(&received), "received {received}");
+    }
+
+    #[test]
+    fn a_body_above_the_rate_floor_is_read_whole() {
+        // 1000 bytes every 5 ms, about 200 KB/s, for about 300 ms, against
+        // a floor of 10 KB/s held after 50 ms.
+        let fast = Trickle {
+            chunk: 1000,
+            pause: Duration::from_millis(5),
+            left: 60_000,
+        };
+        let (outcome, took, _) = read_with_floor(fast, Some(10_000), Duration::from_millis(50));
+        assert_eq!(outcome, Ok(60_000));
+        assert!(took > Duration::from_millis(50), "the window never passed");
+    }
+
+    #[test]
+    fn no_rate_floor_with_none_or_zero() {
+        for rate in [None, Some(0)] {
+            // About 1000 bytes a second for 300 ms, past a 20 ms window.
+            let slow = Trickle {
+                chunk: 10,
+                pause: Duration::from_millis(10),
+                left: 300,
+            };
+            let (outcome, took, _) = read_with_floor(slow, rate, Duration::from_millis(20));
+            assert_eq!(outcome, Ok(300), "{rate:?}");
+            assert!(took > Duration::from_millis(20), "{rate:?}");
+        }
+    }
+
+    /// Reads a body that fails after 500 bytes, the protocol answering
+    /// the read error with `ERR_TRUNCATED`; returns what the session saw
+    /// and the outcome's code.
+    fn read_failing(reason: Option<ErrorCode>) -> (Option<ErrorCode>, ErrorCode) {
+        let (_dir, _pool, id, upload) = claimed("failing");
+        let status = Status::uploading(id.as_str(), None, unix_now());
+        let mut seen = None;
+        let (status, outcome) = run(
+            &upload,
+            status,
+            Failing(500, reason),
+            &options(None, None),
+            |mut body, session| {
+                let err = body.read_to_end(&mut Vec::new()).unwrap_err();
+                seen = session.body_failure().map(|e| e.code);
+                Err::<(), _>(HttpError::new(ErrorCode::Truncated, err.to_string()))
+            },
+        );
+        assert_eq!(status.received, Some(500));
+        upload.fail(&status);
+        (seen, outcome.unwrap_err().code)
+    }
+
+    #[test]
+    fn the_transports_reason_is_the_outcome() {
+        assert_eq!(
+            read_failing(Some(ErrorCode::Aborted)),
+            (Some(ErrorCode::Aborted), ErrorCode::Aborted)
+        );
+        assert_eq!(
+            read_failing(Some(ErrorCode::Shutdown)),
+            (Some(ErrorCode::Shutdown), ErrorCode::Shutdown)
+        );
+    }
+
+    #[test]
+    fn a_plain_read_error_leaves_the_protocols_error() {
+        assert_eq!(read_failing(None), (None, ErrorCode::Truncated));
+    }
+
     #[test]
     fn the_counted_body_stops_one_byte_past_the_limit() {
         let (_dir, _pool, id, upload) = claimed("counted");
@@ -336,11 +604,11 @@ mod tests {
                 let mut kept = Vec::new();
                 let err = body.read_to_end(&mut kept).unwrap_err();
                 assert_eq!(session.received(), 1001);
-                Err::<(), _>(
-                    carried(&err)
-                        .expect("the 413 rides in the io::Error")
-                        .clone(),
-                )
+                let recorded = session.body_failure().expect("the 413 is recorded");
+                assert_eq!(recorded.code, ErrorCode::TooLarge);
+                // Whatever the protocol makes of the read error, the
+                // recorded reason is the outcome.
+                Err::<(), _>(HttpError::new(ErrorCode::Internal, err.to_string()))
             },
         );
         let err = outcome.unwrap_err();

@@ -9,14 +9,14 @@
 //! mode, are held whole). In production, run the CGI program or the FastCGI
 //! daemon behind a web server (see conf-examples/).
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 
 use crate::config::Config;
 use crate::handler::{self, escape_html};
-use crate::http::{Request, ResponseWriter};
+use crate::http::{Body, HttpError, Request, ResponseWriter};
 use crate::identifier::create_identifier;
 
 /// The demo page; the same file a web server can serve (conf-examples/demo).
@@ -94,7 +94,8 @@ fn serve_one(config: &Config, bound: Option<SocketAddr>, mut request: tiny_http:
         let chunked = vars.iter().any(|(k, v)| {
             k == "HTTP_TRANSFER_ENCODING" && v.to_ascii_lowercase().contains("chunked")
         });
-        let mut handled = Request::new(vars, request.as_reader(), chunked);
+        let mut body = HttpBody(request.as_reader());
+        let mut handled = Request::new(vars, &mut body, chunked);
         if let Err(e) = handler::handle(config, &mut handled, &mut held) {
             crate::log!("{method} {path}: {e}");
         }
@@ -110,6 +111,23 @@ fn serve_one(config: &Config, bound: Option<SocketAddr>, mut request: tiny_http:
         }
     }
     let _ = request.respond(response);
+}
+
+/// The HTTP request's body, as `tiny_http` decodes it.
+struct HttpBody<'a>(&'a mut dyn Read);
+
+impl Read for HttpBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+/// The client's connection is all there is behind it: a read error is the
+/// body cut short (`ERR_TRUNCATED`).
+impl Body for HttpBody<'_> {
+    fn failure(&mut self) -> Option<HttpError> {
+        None
+    }
 }
 
 /// The page, with a fresh signed identifier in it when a key is set (then

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 
-use crate::error_code::{ErrorCode, carried, store_error};
-use crate::http::{BodyLength, HttpError, Request};
+use crate::error_code::{ErrorCode, store_error};
+use crate::http::{Body, BodyLength, HttpError, Request};
 use crate::identifier::Identifier;
 use crate::multipart::{self, Event, MultipartError, Parser, PartHeaders};
 use crate::pool::{Pool, Upload, unix_now};
@@ -111,7 +111,7 @@ fn stream(
     upload: &Upload,
     status: Status,
     boundary: &str,
-    body: impl Read,
+    body: impl Body,
     options: &Options,
 ) -> (Status, Result<(), HttpError>) {
     let (mut status, outcome) = receiving::run(upload, status, body, options, |body, session| {
@@ -220,15 +220,15 @@ impl Receiver<'_> {
         let received = self.session.received();
         let code = ErrorCode::from(&err);
         match err {
-            // A reader that knows why it failed (the size limit, a
-            // FastCGI abort, a shutdown) says so with an HttpError.
-            MultipartError::Io(e) => match carried(&e) {
-                Some(err) => err.clone(),
-                None => HttpError::new(
+            // A body that knows why it failed (the size limit, the rate
+            // floor, a FastCGI abort, a shutdown) recorded the reason; the
+            // read error only stopped the parser.
+            MultipartError::Io(e) => self.session.body_failure().unwrap_or_else(|| {
+                HttpError::new(
                     code,
                     format!("reading the request body failed after {received} bytes: {e}"),
-                ),
-            },
+                )
+            }),
             MultipartError::Truncated => {
                 let expected = self.session.status().size;
                 let of = expected.map(|n| format!(" of {n}")).unwrap_or_default();

@@ -6,9 +6,9 @@ mod common;
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use fileupload::http::{Request, ResponseWriter};
+use fileupload::http::{Body, HttpError, Request, ResponseWriter};
 use fileupload::identifier::verify_identifier;
 use fileupload::status::State;
 use fileupload::{Config, handler, upload};
@@ -82,7 +82,7 @@ fn cgi_vars(
 fn handle(
     config: &Config,
     vars: Vec<(String, String)>,
-    body: &mut dyn Read,
+    body: &mut dyn Body,
     chunked: bool,
 ) -> Collected {
     let mut request = Request::new(vars, body, chunked);
@@ -129,6 +129,39 @@ impl Read for Fed {
         self.1.drain(..n);
         Ok(n)
     }
+}
+
+/// A client's connection: an error is the connection's, with no reason
+/// beyond it.
+impl Body for Fed {
+    fn failure(&mut self) -> Option<HttpError> {
+        None
+    }
+}
+
+/// Feeds `body` into a [`Fed`] reader `chunk` bytes every `pause`, on a
+/// thread; it stops once the reader is gone.
+fn trickle(body: Vec<u8>, chunk: usize, pause: Duration) -> Fed {
+    let (feed, fed) = mpsc::channel();
+    std::thread::spawn(move || {
+        for piece in body.chunks(chunk) {
+            std::thread::sleep(pause);
+            if feed.send(Ok(piece.to_vec())).is_err() {
+                return;
+            }
+        }
+    });
+    Fed(fed, Vec::new())
+}
+
+/// The files left in an upload's bucket.
+fn bucket(dir: &tempfile::TempDir, id: &str) -> Vec<String> {
+    let mut left: Vec<_> = std::fs::read_dir(dir.path().join(id))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    left
 }
 
 #[test]
@@ -181,6 +214,8 @@ fn the_driver_alone_returns_the_status_it_recorded() {
         max_size: None,
         sha256: false,
         progress_interval: None,
+        min_rate: None,
+        min_rate_after: Duration::ZERO,
     };
     let status = upload::receive(&pool, &id, &mut request, &options).unwrap();
     assert_eq!(status.state, State::Done);
@@ -282,5 +317,100 @@ fn progress_is_published_and_a_clear_cancels_mid_body() {
     assert_eq!(
         status(&config, "slow"),
         serde_json::json!({"state": "starting"})
+    );
+}
+
+#[test]
+fn a_body_slower_than_min_body_rate_fails_with_err_too_slow() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, &[("min_body_rate", "100K")]);
+    // The window is a minute in service; a test cannot wait that long.
+    let window = Duration::from_millis(300);
+    config.min_body_rate_after = window;
+    let form = Form::new().file(
+        "f",
+        "slow.bin",
+        "application/octet-stream",
+        &random_bytes(200_000, 6),
+    );
+    let body = form.body();
+    let vars = cgi_vars(
+        "POST",
+        "/upload?X-Progress-ID=trickled",
+        Some((&form, Some(body.len()))),
+    );
+    // 1 KB every 20 ms: about 50 KB/s, half the floor; 4 s to send it all.
+    let started = Instant::now();
+    let mut fed = trickle(body, 1000, Duration::from_millis(20));
+    let answer = handle(&config, vars, &mut fed, false);
+    let took = started.elapsed();
+    answer.assert_error(408, "ERR_TOO_SLOW");
+    let message = answer.json()["error"].as_str().unwrap().to_owned();
+    assert!(message.contains("below min_body_rate 102400"), "{message}");
+    assert!(took >= window, "cut after {took:?}, inside the window");
+    assert!(took < Duration::from_secs(3), "cut only after {took:?}");
+    let recorded = status(&config, "trickled");
+    assert_eq!(
+        (&recorded["state"], &recorded["code"], &recorded["status"]),
+        (
+            &Value::from("error"),
+            &Value::from("ERR_TOO_SLOW"),
+            &Value::from(408)
+        ),
+        "{recorded}"
+    );
+    assert_eq!(recorded["files"], serde_json::json!([]));
+    assert_eq!(bucket(&dir, "trickled"), ["lock", "status.json"]);
+}
+
+#[test]
+fn a_body_above_min_body_rate_is_stored_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, &[("min_body_rate", "10K")]);
+    let window = Duration::from_millis(100);
+    config.min_body_rate_after = window;
+    let data = random_bytes(300_000, 7);
+    let form = Form::new().file("f", "steady.bin", "application/octet-stream", &data);
+    let body = form.body();
+    let vars = cgi_vars(
+        "POST",
+        "/upload?X-Progress-ID=steady",
+        Some((&form, Some(body.len()))),
+    );
+    // 20 KB every 20 ms: about 1 MB/s, a hundred times the floor (room for
+    // a loaded machine), for 300 ms.
+    let started = Instant::now();
+    let mut fed = trickle(body, 20_000, Duration::from_millis(20));
+    let answer = handle(&config, vars, &mut fed, false);
+    assert!(started.elapsed() > window, "done inside the window");
+    assert_eq!(answer.status, 200, "{}", answer.json());
+    let json = answer.json();
+    assert_eq!(json["state"], "done");
+    assert_eq!(json["files"][0]["sha256"], sha256_hex(&data).as_str());
+}
+
+#[test]
+fn min_body_rate_0_lets_a_slow_body_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, &[("min_body_rate", "0")]);
+    let window = Duration::from_millis(50);
+    config.min_body_rate_after = window;
+    let data = random_bytes(2_000, 8);
+    let form = Form::new().file("f", "slow.bin", "application/octet-stream", &data);
+    let body = form.body();
+    let vars = cgi_vars(
+        "POST",
+        "/upload?X-Progress-ID=unhurried",
+        Some((&form, Some(body.len()))),
+    );
+    // 100 bytes every 20 ms: about 5 KB/s, for about 450 ms.
+    let started = Instant::now();
+    let mut fed = trickle(body, 100, Duration::from_millis(20));
+    let answer = handle(&config, vars, &mut fed, false);
+    assert!(started.elapsed() > window * 4, "done inside the window");
+    assert_eq!(answer.status, 200, "{}", answer.json());
+    assert_eq!(
+        answer.json()["files"][0]["sha256"],
+        sha256_hex(&data).as_str()
     );
 }

@@ -59,6 +59,7 @@ pub(super) fn respond(
         left: 0,
         padding: 0,
         state: BodyState::Open,
+        failure: None,
     };
     let mut response = Stdout {
         output,
@@ -114,6 +115,8 @@ struct Body<'a> {
     left: usize,
     padding: usize,
     state: BodyState,
+    /// Why the body broke, for the upload's answer and status.
+    failure: Option<HttpError>,
 }
 
 impl Body<'_> {
@@ -177,9 +180,10 @@ impl Body<'_> {
         ended
     }
 
-    /// Fails the read with an error the upload answers and records: it
-    /// travels inside the `io::Error`, code and all, through the parser
-    /// (see `error_code::carried`).
+    /// Breaks the body: records why, as the error the upload answers and
+    /// records (see [`Body::failure`](crate::http::Body::failure)), and
+    /// returns the `io::Error` that stops the reader, which carries only
+    /// the message.
     fn fail(&mut self, code: ErrorCode, message: &str) -> io::Error {
         self.state = BodyState::Broken;
         let err = if self.server.grace_over.load(Ordering::SeqCst) {
@@ -190,7 +194,9 @@ impl Body<'_> {
         } else {
             HttpError::new(code, message)
         };
-        io::Error::other(err)
+        let signal = io::Error::other(err.message.clone());
+        self.failure.get_or_insert(err);
+        signal
     }
 
     /// Moves to the next STDIN record of this request; false at the end.
@@ -282,6 +288,12 @@ impl Read for Body<'_> {
             self.records.skip(padding)?;
         }
         Ok(n)
+    }
+}
+
+impl crate::http::Body for Body<'_> {
+    fn failure(&mut self) -> Option<HttpError> {
+        self.failure.clone()
     }
 }
 
