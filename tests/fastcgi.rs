@@ -976,6 +976,21 @@ fn settings_that_cannot_change_per_request_are_a_500_naming_them() {
         ),
         ("FILEUPLOAD_GRACE", "1s", "grace is a setting of the daemon"),
         (
+            "FILEUPLOAD_MAX_UPLOADS",
+            "10",
+            "max_uploads is a setting of the daemon",
+        ),
+        (
+            "FILEUPLOAD_HEADER_TIMEOUT",
+            "1s",
+            "header_timeout is a setting of the daemon",
+        ),
+        (
+            "FILEUPLOAD_BODY_TIMEOUT",
+            "1s",
+            "body_timeout is a setting of the daemon",
+        ),
+        (
             "FILEUPLOAD_SOCKET_MODE",
             "0666",
             "socket_mode is a setting of the daemon",
@@ -1121,4 +1136,114 @@ fn a_web_server_closing_with_our_answer_unread_logs_nothing() {
     thread::sleep(Duration::from_millis(200));
     assert_eq!(daemon.get("/upload/new").status, 200);
     assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}
+
+// ---- slow and idle peers -----------------------------------------------------
+
+#[test]
+fn connections_without_a_whole_request_hold_no_worker() {
+    // One worker and one upload thread, against 100 idle connections, 50
+    // that stopped inside their parameters and an upload that stalled:
+    // status polls and new identifiers are still answered.
+    let pool = TestPool::new();
+    let daemon = Daemon::start(
+        pool.path(),
+        &[("FILEUPLOAD_WORKERS", "1"), ("FILEUPLOAD_MAX_UPLOADS", "1")],
+    );
+    let stalled = daemon.begin_partial_upload(&pool, "stalled", 3, 20_000);
+    let idle: Vec<UnixStream> = (0..100).map(|_| daemon.connect()).collect();
+    let half: Vec<UnixStream> = (0..50)
+        .map(|n| {
+            let mut stream = daemon.connect();
+            let head = request_head(1, &[("REQUEST_METHOD", "GET")], true);
+            stream.write_all(&head[..20 + n % 10]).unwrap();
+            stream
+        })
+        .collect();
+    for _ in 0..20 {
+        let poll = daemon.get("/upload/status?X-Progress-ID=stalled");
+        assert_eq!(poll.json()["state"], "uploading", "{poll:?}");
+        assert_eq!(poll.json()["received"], 20_000);
+    }
+    assert_eq!(daemon.get("/upload/new").status, 200);
+    drop((stalled, idle, half));
+}
+
+#[test]
+fn a_request_sent_a_byte_at_a_time_and_two_sent_at_once_are_served() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_WORKERS", "1")]);
+    let pairs = |target: &str| {
+        let params = params_for("GET", target);
+        let pairs: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut bytes = request_head(1, &pairs, true);
+        bytes.extend(stdin_records(1, b""));
+        bytes
+    };
+    let mut stream = daemon.connect();
+    for byte in pairs("/upload/status?X-Progress-ID=trickled") {
+        stream.write_all(&[byte]).unwrap();
+        thread::sleep(Duration::from_millis(1));
+    }
+    let (reply, _) = read_response(&mut stream, 1);
+    assert_eq!(reply.json()["state"], "starting", "{reply:?}");
+    // Two requests in one write: the second waits in what was read ahead.
+    let mut both = pairs("/upload/status?X-Progress-ID=first");
+    both.extend(pairs("/upload/new"));
+    stream.write_all(&both).unwrap();
+    let (first, _) = read_response(&mut stream, 1);
+    assert_eq!(first.json()["state"], "starting");
+    let (second, _) = read_response(&mut stream, 1);
+    assert_eq!(second.status, 200);
+    assert!(second.json()["identifier"].is_string(), "{second:?}");
+}
+
+#[test]
+fn header_timeout_closes_a_connection_that_never_completes_its_request() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_HEADER_TIMEOUT", "1s")]);
+    let mut stream = daemon.connect();
+    let head = request_head(1, &[("REQUEST_METHOD", "GET")], true);
+    stream.write_all(&head[..head.len() - 8]).unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut stream, &mut rest);
+    assert!(read.is_ok(), "closed, not timed out on our side: {read:?}");
+    assert!(rest.is_empty(), "nothing is answered: {rest:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(10),
+        "closed after {waited:?}, not about 1 s"
+    );
+    // The line is written as the connection closes: give it a moment.
+    let noted = wait_for(Duration::from_secs(5), || {
+        let lines = daemon.log_lines();
+        lines
+            .iter()
+            .any(|l| l.contains("header_timeout"))
+            .then_some(())
+    });
+    assert!(noted.is_some(), "{:?}", daemon.log_lines());
+}
+
+#[test]
+fn a_body_that_stalls_past_body_timeout_fails_with_err_too_slow() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(
+        pool.path(),
+        &[
+            ("FILEUPLOAD_BODY_TIMEOUT", "1s"),
+            ("FILEUPLOAD_PROGRESS_INTERVAL", "20ms"),
+        ],
+    );
+    let mut stream = daemon.begin_partial_upload(&pool, "stalls", 5, 30_000);
+    let (reply, _) = read_response(&mut stream, 1);
+    reply.assert_error_code(408, "ERR_TOO_SLOW", "body_timeout");
+    let status = status_of(&pool.cgi(), "stalls");
+    assert_eq!(status["code"], "ERR_TOO_SLOW", "{status}");
+    assert_eq!(status["status"], 408, "{status}");
+    assert_eq!(pool.bucket_files("stalls"), ["lock", "status.json"]);
 }

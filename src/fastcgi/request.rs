@@ -65,7 +65,6 @@ pub(super) fn respond(
         output,
         id: begun.id,
         buffer: Vec::new(),
-        started: false,
     };
     let refused = refusal.is_some();
     let config = match refusal {
@@ -199,17 +198,45 @@ impl Body<'_> {
         signal
     }
 
+    fn closed(&mut self) -> io::Error {
+        self.fail(
+            ErrorCode::Truncated,
+            "the web server closed the connection before the body was complete",
+        )
+    }
+
+    /// A failed read of the socket, as the upload reports it: a wait past
+    /// the read timeout is the client's slowness, anything else a cut.
+    fn broken(&mut self, e: io::Error) -> io::Error {
+        match e.kind() {
+            io::ErrorKind::Interrupted => e,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                let waited = self.server.options.body_timeout.as_secs_f64();
+                self.fail(
+                    ErrorCode::TooSlow,
+                    &format!("no bytes of the body came for {waited} s (body_timeout)"),
+                )
+            }
+            io::ErrorKind::UnexpectedEof => self.closed(),
+            _ => self.fail(
+                ErrorCode::Truncated,
+                &format!("reading the body from the web server failed: {e}"),
+            ),
+        }
+    }
+
+    /// Skips `n` bytes of the stream, failing the body as a read would.
+    fn skip(&mut self, n: usize) -> io::Result<()> {
+        self.records.skip(n).map_err(|e| self.broken(e))
+    }
+
     /// Moves to the next STDIN record of this request; false at the end.
     fn next_record(&mut self) -> io::Result<bool> {
         loop {
             let header = match self.records.header() {
                 Ok(Ok(Next::Record(header))) => header,
-                Ok(Ok(Next::Closed)) | Err(_) => {
-                    return Err(self.fail(
-                        ErrorCode::Truncated,
-                        "the web server closed the connection before the body was complete",
-                    ));
-                }
+                Ok(Ok(Next::Closed)) => return Err(self.closed()),
+                Err(e) => return Err(self.broken(e)),
                 Ok(Err(Malformed(why))) => {
                     return Err(self.fail(
                         ErrorCode::BadFastcgi,
@@ -220,7 +247,7 @@ impl Body<'_> {
             match header.kind {
                 STDIN if header.id == self.id => {
                     if header.length == 0 {
-                        self.records.skip(header.padding)?;
+                        self.skip(header.padding)?;
                         self.state = BodyState::Ended;
                         return Ok(false);
                     }
@@ -229,14 +256,14 @@ impl Body<'_> {
                     return Ok(true);
                 }
                 ABORT_REQUEST if header.id == self.id => {
-                    self.records.skip(header.length + header.padding)?;
+                    self.skip(header.length + header.padding)?;
                     return Err(self.fail(ErrorCode::Aborted, "the web server aborted the request"));
                 }
                 BEGIN_REQUEST if header.id != self.id => {
-                    self.records.skip(header.length + header.padding)?;
+                    self.skip(header.length + header.padding)?;
                     self.output.end_request(header.id, CANT_MPX_CONN)?;
                 }
-                _ => self.records.skip(header.length + header.padding)?,
+                _ => self.skip(header.length + header.padding)?,
             }
         }
     }
@@ -252,40 +279,14 @@ impl Read for Body<'_> {
         }
         let want = buf.len().min(self.left);
         let n = match self.records.read_raw(&mut buf[..want]) {
-            Ok(0) => {
-                return Err(self.fail(
-                    ErrorCode::Truncated,
-                    "the web server closed the connection before the body was complete",
-                ));
-            }
+            Ok(0) => return Err(self.closed()),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                let waited = self.server.options.body_timeout;
-                return Err(self.fail(
-                    ErrorCode::TooSlow,
-                    &format!(
-                        "no bytes of the body came for {} s (body_timeout)",
-                        waited.as_secs_f64()
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(self.fail(
-                    ErrorCode::Truncated,
-                    &format!("reading the body from the web server failed: {e}"),
-                ));
-            }
+            Err(e) => return Err(self.broken(e)),
         };
         self.left -= n;
         if self.left == 0 {
             let padding = std::mem::take(&mut self.padding);
-            self.records.skip(padding)?;
+            self.skip(padding)?;
         }
         Ok(n)
     }
@@ -302,12 +303,10 @@ struct Stdout<'a> {
     output: &'a Output,
     id: u16,
     buffer: Vec<u8>,
-    started: bool,
 }
 
 impl ResponseWriter for Stdout<'_> {
     fn start(&mut self, status: u16, headers: &[(String, String)]) -> io::Result<&mut dyn Write> {
-        self.started = true;
         write_cgi_head(&mut self.buffer, status, headers)?;
         Ok(self)
     }
