@@ -996,6 +996,10 @@ impl Upload {
     pub fn pause(mut self, status: &Status) -> Result<(), PoolError> {
         self.require_resumable("pause on an upload that is not resumable")?;
         self.settled = true;
+        self.record_paused(status).map_err(|e| self.explain(e))
+    }
+
+    fn record_paused(&self, status: &Status) -> Result<(), PoolError> {
         let paused = self.sync_files().and_then(|()| {
             let mut recorded = status.clone();
             recorded.state = State::Incomplete;
@@ -1007,7 +1011,7 @@ impl Upload {
         });
         // Given back whatever happened: the request is over.
         self.release_reserve();
-        paused.map_err(|e| self.explain(e))
+        paused
     }
 
     fn require_resumable(&self, what: &'static str) -> Result<(), PoolError> {
@@ -1060,18 +1064,39 @@ impl Upload {
     /// `fsync`, every stored file is synced first, then the status, then
     /// the folders whose entries lead to it: `done` is never on disk before
     /// the data it vouches for. If any of that fails, the upload fails.
+    ///
+    /// A resumable upload whose finish fails is not failed: its bytes are
+    /// all stored, so it is recorded `incomplete` again (as far as the disk
+    /// allows; the status on disk said so before) and the request that
+    /// completes it may be repeated. A resumable upload finished before
+    /// any chunk (an empty one) gets its empty data file, so its status
+    /// never names a file that is not there.
     pub fn finish(mut self, status: &Status) -> Result<(), PoolError> {
         self.settled = true;
         self.release_reserve();
-        let stored = self.sync_files().and_then(|()| {
-            self.replace_status(status, self.fsync)?;
-            self.sync_root_if_new()
-        });
+        let stored = self
+            .make_empty_data()
+            .and_then(|()| self.sync_files())
+            .and_then(|()| {
+                self.replace_status(status, self.fsync)?;
+                self.sync_root_if_new()
+            });
         stored.map_err(|e| self.explain(e)).inspect_err(|err| {
+            if self.resumable {
+                let _ = self.record_paused(status);
+                return;
+            }
             let mut failed = status.clone();
             failed.fail(err.code(), err.to_string(), unix_now());
             self.discard(&failed);
         })
+    }
+
+    fn make_empty_data(&self) -> Result<(), PoolError> {
+        if self.resumable && data_length(&self.bucket)?.is_none() {
+            self.open_data_at(0)?;
+        }
+        Ok(())
     }
 
     fn sync_files(&self) -> Result<(), PoolError> {
@@ -1789,6 +1814,37 @@ mod tests {
         assert_eq!(pool.status(&id).unwrap().received, Some(10));
         assert_eq!(fs::read(bucket.join("file-1")).unwrap(), b"abcdefghij");
         assert_eq!(listing(&bucket), ["file-1", "lock", "status.json"]);
+    }
+
+    #[test]
+    fn a_resumable_upload_whose_finish_fails_stays_resumable() {
+        let (dir, pool) = pool();
+        let id = id("unfinished");
+        let bucket = dir.path().join("unfinished");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("unfinished", Some(3), 1))
+            .unwrap();
+        chunk_and_pause(upload, 0, b"abc");
+        let upload = pool.resume_upload(&id).unwrap();
+        // Something in the way of the new status (as a full disk would be).
+        fs::create_dir(bucket.join("status.json.tmp")).unwrap();
+        let mut done = Status::incomplete("unfinished", Some(3), 1);
+        done.state = State::Done;
+        upload.finish(&done).unwrap_err();
+        assert_eq!(pool.status(&id).unwrap().state, State::Incomplete);
+        assert_eq!(fs::read(bucket.join("file-1")).unwrap(), b"abc");
+        fs::remove_dir(bucket.join("status.json.tmp")).unwrap();
+        let upload = pool.resume_upload(&id).unwrap();
+        upload.finish(&done).unwrap();
+        assert_eq!(pool.status(&id).unwrap().state, State::Done);
+
+        // Empty: finished before any chunk, it still has its data file.
+        let empty = verify_identifier("empty", None).unwrap();
+        let upload = pool
+            .create_resumable(&empty, &Status::incomplete("empty", Some(0), 1))
+            .unwrap();
+        upload.finish(&done).unwrap();
+        assert_eq!(fs::read(dir.path().join("empty/file-1")).unwrap(), b"");
     }
 
     #[test]
