@@ -55,7 +55,8 @@
 //! upload at once, whichever process or host they reach. It appends to the
 //! one data file through [`Upload::open_data_at`], which refuses an offset
 //! other than the stored one, and ends the request with [`Upload::pause`]
-//! (more to come), [`Upload::finish`] (complete) or [`Upload::fail`].
+//! (the upload goes on in a later request), [`Upload::finish`] (it is
+//! complete) or [`Upload::fail`] (it is over, its bytes removed).
 //!
 //! Between requests the status says [`State::Incomplete`] and the lock is
 //! free. That is an upload at rest, not a dead receiver: the liveness rule
@@ -1845,6 +1846,35 @@ mod tests {
             .unwrap();
         upload.finish(&done).unwrap();
         assert_eq!(fs::read(dir.path().join("empty/file-1")).unwrap(), b"");
+    }
+
+    #[test]
+    fn failing_a_resumable_upload_ends_it() {
+        let (dir, pool) = pool();
+        let id = id("failing");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("failing", None, 1))
+            .unwrap();
+        chunk_and_pause(upload, 0, b"abc");
+        let upload = pool.resume_upload(&id).unwrap();
+        let mut status = Status::incomplete("failing", None, 1);
+        status.fail(ErrorCode::TooLarge, "too large", 2);
+        upload.fail(&status);
+        assert_eq!(DATA_FILE, format!("{FILE_PREFIX}1"));
+        assert_eq!(
+            listing(&dir.path().join("failing")),
+            ["lock", "status.json"]
+        );
+        let recorded = pool.status(&id).unwrap();
+        assert_eq!(recorded.state, State::Error);
+        assert_eq!(recorded.code.as_deref(), Some("ERR_TOO_LARGE"));
+        assert!(matches!(pool.resume_upload(&id), Err(PoolError::NotFound)));
+        // Like a failed form upload, it may be started afresh.
+        pool.create_resumable(&id, &Status::incomplete("failing", None, 3))
+            .unwrap()
+            .pause(&Status::incomplete("failing", None, 3))
+            .unwrap();
+        assert_eq!(pool.offset(&id).unwrap(), 0);
     }
 
     #[test]
