@@ -45,12 +45,22 @@ pub enum ErrorCode {
     NotFound,
     /// A method the endpoint does not take.
     Method,
-    /// An upload is running under this identifier.
+    /// An upload is running under this identifier, or a resumable one is
+    /// incomplete there (a new upload must not replace it).
     UploadRunning,
     /// An upload under this identifier is already complete.
     UploadComplete,
     /// The status under this identifier cannot be read.
     StatusUnreadable,
+    /// No resumable upload to continue under this identifier: none was
+    /// made, or it was cleared, expired or failed. Not [`ErrorCode::NotFound`]:
+    /// both are 404, and a resumable client must tell "start the upload
+    /// again" from "this endpoint does not exist" (where starting again
+    /// would loop).
+    UploadNotFound,
+    /// A chunk of a resumable upload says it starts at another offset than
+    /// the stored one; nothing was written.
+    MismatchedOffset,
     /// A clear cancelled the upload while it ran.
     Cancelled,
     /// No `Content-Length` and not chunked.
@@ -119,6 +129,8 @@ impl ErrorCode {
         ErrorCode::UploadRunning,
         ErrorCode::UploadComplete,
         ErrorCode::StatusUnreadable,
+        ErrorCode::UploadNotFound,
+        ErrorCode::MismatchedOffset,
         ErrorCode::Cancelled,
         ErrorCode::LengthRequired,
         ErrorCode::BadLength,
@@ -159,6 +171,8 @@ impl ErrorCode {
             ErrorCode::UploadRunning => "ERR_UPLOAD_RUNNING",
             ErrorCode::UploadComplete => "ERR_UPLOAD_COMPLETE",
             ErrorCode::StatusUnreadable => "ERR_STATUS_UNREADABLE",
+            ErrorCode::UploadNotFound => "ERR_UPLOAD_NOT_FOUND",
+            ErrorCode::MismatchedOffset => "ERR_MISMATCHED_OFFSET",
             ErrorCode::Cancelled => "ERR_CANCELLED",
             ErrorCode::LengthRequired => "ERR_LENGTH_REQUIRED",
             ErrorCode::BadLength => "ERR_BAD_LENGTH",
@@ -205,11 +219,12 @@ impl ErrorCode {
             | ErrorCode::Aborted
             | ErrorCode::BadFastcgi => 400,
             ErrorCode::Signature | ErrorCode::NewIdRefused => 403,
-            ErrorCode::NotFound => 404,
+            ErrorCode::NotFound | ErrorCode::UploadNotFound => 404,
             ErrorCode::Method => 405,
-            ErrorCode::UploadRunning | ErrorCode::UploadComplete | ErrorCode::StatusUnreadable => {
-                409
-            }
+            ErrorCode::UploadRunning
+            | ErrorCode::UploadComplete
+            | ErrorCode::StatusUnreadable
+            | ErrorCode::MismatchedOffset => 409,
             ErrorCode::TooSlow => 408,
             ErrorCode::Cancelled => 410,
             ErrorCode::LengthRequired => 411,
@@ -240,13 +255,17 @@ impl fmt::Display for ErrorCode {
 
 impl From<&PoolError> for ErrorCode {
     /// A conflict with another upload (or with a status that cannot be
-    /// read, which may be a complete upload's) is 409, a cancelled upload
-    /// 410, a full disk 507; anything else is the pool's setup or an I/O
-    /// error (500).
+    /// read, which may be a complete upload's, or with the stored offset)
+    /// is 409, nothing to resume 404, a cancelled upload 410, a full disk
+    /// 507; a pool call the upload's kind does not allow is a bug (500);
+    /// anything else is the pool's setup or an I/O error (500).
     fn from(err: &PoolError) -> ErrorCode {
         match err {
-            PoolError::Busy => ErrorCode::UploadRunning,
+            PoolError::Busy | PoolError::InProgress => ErrorCode::UploadRunning,
             PoolError::Complete => ErrorCode::UploadComplete,
+            PoolError::NotFound => ErrorCode::UploadNotFound,
+            PoolError::OffsetMismatch { .. } => ErrorCode::MismatchedOffset,
+            PoolError::Misuse(_) => ErrorCode::Internal,
             PoolError::Unreadable(_) => ErrorCode::StatusUnreadable,
             PoolError::Cancelled => ErrorCode::Cancelled,
             PoolError::Io { source, .. } if is_disk_full(source) => ErrorCode::DiskFull,
@@ -379,6 +398,19 @@ mod tests {
         assert_eq!(pool(PoolError::Complete), 409);
         assert_eq!(pool(PoolError::Unreadable("x".into())), 409);
         assert_eq!(pool(PoolError::Cancelled), 410);
+        assert_eq!(pool(PoolError::InProgress), 409);
+        assert_eq!(
+            ErrorCode::from(&PoolError::NotFound),
+            ErrorCode::UploadNotFound
+        );
+        assert_eq!(pool(PoolError::NotFound), 404);
+        let mismatch = PoolError::OffsetMismatch {
+            stored: 3,
+            given: 5,
+        };
+        assert_eq!(ErrorCode::from(&mismatch), ErrorCode::MismatchedOffset);
+        assert_eq!(pool(mismatch), 409);
+        assert_eq!(pool(PoolError::Misuse("x")), 500);
         let full = io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error());
         let io = |source| PoolError::Io {
             context: "write".into(),

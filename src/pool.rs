@@ -9,8 +9,9 @@
 //!   <name>/                   one bucket per upload, named by the unsigned identifier
 //!     status.json             the status document; always replaced whole (rename)
 //!     lock                    flock()ed exclusively by the receiving process
-//!     status.reserve          space held for the final status while an upload runs
-//!     file-1, file-2, ...     the stored files, in the order they arrived (mode 0600)
+//!     status.reserve          space held for the final status while a request on the upload runs
+//!     file-1, file-2, ...     the stored files, in the order they arrived (mode 0600);
+//!                             a resumable upload has one, file-1, that grows chunk by chunk
 //!   .trash-<name>-<random>/   a bucket being deleted (clear, gc); safe to remove
 //!   .gc                       its modification time is when automatic gc last ran
 //! ```
@@ -42,9 +43,32 @@
 //! - With `fsync` on (the default), `done` is only written once every
 //!   stored file is on disk, and the status itself and the folder entries
 //!   that lead to it are synced before the answer goes out.
+//!
+//! # Resumable uploads
+//!
+//! An upload that arrives in several requests (tus, the IETF resumable
+//! upload draft) uses the same buckets, locks and files, in the way tusd
+//! splits its work: the protocol's handler validates and decides, the pool
+//! only stores. A request claims the bucket ([`Pool::create_resumable`] for
+//! the first, [`Pool::resume_upload`] for each later one), which takes the
+//! lock exactly as a form upload does, so two requests never write one
+//! upload at once, whichever process or host they reach. It appends to the
+//! one data file through [`Upload::open_data_at`], which refuses an offset
+//! other than the stored one, and ends the request with [`Upload::pause`]
+//! (the upload goes on in a later request), [`Upload::finish`] (it is
+//! complete) or [`Upload::fail`] (it is over, its bytes removed).
+//!
+//! Between requests the status says [`State::Incomplete`] and the lock is
+//! free. That is an upload at rest, not a dead receiver: the liveness rule
+//! (`uploading` with a free lock means interrupted) is only ever applied to
+//! `uploading`. A receiver that dies in the middle of a chunk leaves
+//! `incomplete` behind too, so the upload stays resumable; the stored offset
+//! is the data file's length ([`Pool::offset`]), which is right after any
+//! crash, while a number in the status would only be as fresh as its last
+//! rewrite.
 
 use std::fs::{self, File, TryLockError};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -64,6 +88,11 @@ const STATUS_TMP: &str = "status.json.tmp";
 const RESERVE: &str = "status.reserve";
 const LOCK: &str = "lock";
 const FILE_PREFIX: &str = "file-";
+/// The one data file of a resumable upload: the name a form upload's first
+/// file has, so a complete resumable upload looks like any one-file upload
+/// to everything that reads the pool (`fileupload path`, [`Bucket::paths`],
+/// middleware mode, other programs) and the layout gains no name.
+const DATA_FILE: &str = "file-1";
 const TRASH_PREFIX: &str = ".trash-";
 const GC_STAMP: &str = ".gc";
 /// A status document is small (the upload driver keeps ours under
@@ -95,6 +124,27 @@ pub enum PoolError {
         "an upload under this identifier is already complete; clear it or use a new identifier"
     )]
     Complete,
+    /// A new upload under the identifier of an incomplete resumable one:
+    /// refused, like one under a running upload, since replacing it would
+    /// throw away what its client will come back to continue.
+    #[error(
+        "a resumable upload under this identifier is incomplete; continue it, \
+         or clear it or use a new identifier"
+    )]
+    InProgress,
+    /// Nothing to continue: no bucket, or one whose upload is not an
+    /// incomplete resumable one (it failed, was interrupted or was a form
+    /// upload: its bytes are gone or were never resumable).
+    #[error("no resumable upload to continue under this identifier; start a new one")]
+    NotFound,
+    /// A chunk does not start where the stored bytes end. Nothing was
+    /// written: the client asks for the offset and continues from there.
+    #[error("the upload has {stored} bytes stored, not {given}; continue from {stored}")]
+    OffsetMismatch { stored: u64, given: u64 },
+    /// A call the upload's kind does not allow (a bug in the protocol code
+    /// that made it, never the client's doing).
+    #[error("internal error: {0}")]
+    Misuse(&'static str),
     #[error("the upload was cancelled by a clear request")]
     Cancelled,
     #[error(
@@ -306,7 +356,10 @@ impl Pool {
     }
 
     /// The upload's status. An unknown identifier is `starting`; an upload
-    /// whose receiver died is `error` ("interrupted").
+    /// whose receiver died is `error` ("interrupted"). Only `uploading` is
+    /// checked against the lock: an `incomplete` (resumable) upload is told
+    /// as stored, since its lock is free between requests by design and a
+    /// request that dies mid-chunk leaves it resumable, not interrupted.
     pub fn status(&self, id: &Identifier) -> Result<Status, PoolError> {
         let Some(bucket) = self.find_bucket(id.name())? else {
             return Ok(Status::starting());
@@ -370,9 +423,132 @@ impl Pool {
     /// lock, and clears what an earlier failed attempt left.
     ///
     /// Fails with [`PoolError::Busy`] if an upload is running under this
-    /// identifier (it is not disturbed), and [`PoolError::Complete`] if one
-    /// finished there: stored files are never overwritten.
+    /// identifier (it is not disturbed), [`PoolError::Complete`] if one
+    /// finished there (stored files are never overwritten), and
+    /// [`PoolError::InProgress`] if a resumable one is incomplete there.
     pub fn begin_upload(&self, id: &Identifier) -> Result<Upload, PoolError> {
+        self.claim_new(id)
+    }
+
+    /// Claims the bucket for a new resumable upload, as
+    /// [`Pool::begin_upload`] does (and refused in the same cases), and
+    /// records `status` in state [`State::Incomplete`] with nothing received
+    /// before it returns: from then on, whatever happens to this request
+    /// (a chunk fails, the process is killed), the upload is resumable and
+    /// never taken for an interrupted one. With `fsync`, that status and the
+    /// folder entries leading to it are on disk, so an upload whose creation
+    /// was answered survives a power cut.
+    ///
+    /// The data file is made by the first [`Upload::open_data_at`]; the
+    /// request ends with [`Upload::pause`] (a first chunk may come in the
+    /// same request), [`Upload::finish`] or [`Upload::fail`].
+    pub fn create_resumable(&self, id: &Identifier, status: &Status) -> Result<Upload, PoolError> {
+        let mut upload = self.claim_new(id)?;
+        let mut recorded = status.clone();
+        recorded.state = State::Incomplete;
+        recorded.received = Some(0);
+        let written = upload
+            .replace_status(&recorded, self.fsync)
+            .and_then(|()| upload.sync_root_if_new());
+        if let Err(err) = written {
+            let mut failed = recorded;
+            failed.fail(err.code(), err.to_string(), unix_now());
+            upload.fail(&failed);
+            return Err(err);
+        }
+        upload.resumable = true;
+        Ok(upload)
+    }
+
+    /// Claims the bucket of an incomplete resumable upload for a request
+    /// that continues it, from any process or host sharing the pool.
+    ///
+    /// Fails with [`PoolError::Busy`] while another request holds it (after
+    /// the same short wait as [`Pool::begin_upload`]), with
+    /// [`PoolError::Complete`] once it is done, and with
+    /// [`PoolError::NotFound`] when there is nothing to continue: no bucket
+    /// (never made, cleared, expired), no status, or a status in any other
+    /// state (a failed upload's bytes are removed; an interrupted or form
+    /// upload never was resumable). A status that cannot be read is
+    /// [`PoolError::Unreadable`], as for a new upload. A refusal changes
+    /// nothing the bucket holds (it makes an empty `lock` where there was
+    /// none, as any claim does), and never makes a bucket.
+    ///
+    /// The bytes stored so far stay as they are: the caller compares the
+    /// client's offset with them through [`Upload::open_data_at`].
+    pub fn resume_upload(&self, id: &Identifier) -> Result<Upload, PoolError> {
+        let root = self.open_root()?;
+        let name = id.name();
+        let Some(bucket) = self.open_bucket(&root, name)? else {
+            return Err(PoolError::NotFound);
+        };
+        let lock = match self.create_file(&bucket, LOCK, false) {
+            Ok(lock) => lock,
+            // Removed (cleared) since we opened it.
+            Err(PoolError::Io { source, .. })
+                if source.raw_os_error() == Some(Errno::NOENT.raw_os_error()) =>
+            {
+                return Err(PoolError::NotFound);
+            }
+            Err(e) => return Err(e),
+        };
+        lock_exclusive(&lock)?;
+        let identity = identity_of(&bucket)?;
+        if self.identity_at(&root, name) != Some(identity) {
+            // Cleared or replaced between our open and the lock.
+            return Err(PoolError::NotFound);
+        }
+        match read_status_file(&bucket) {
+            Ok(Some(stored)) if stored.state == State::Incomplete => {}
+            Ok(Some(stored)) if stored.state == State::Done => return Err(PoolError::Complete),
+            Ok(_) => return Err(PoolError::NotFound),
+            Err(e) => return Err(PoolError::Unreadable(e.to_string())),
+        }
+        // A request that died (killed mid-chunk) left its reserve behind.
+        let _ = rustix::fs::unlinkat(&bucket, RESERVE, AtFlags::empty());
+        match reserve_space(&bucket, self.file_mode) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PoolError::NotFound),
+            Err(e) => return Err(io_error("cannot reserve room for the upload's status")(e)),
+        }
+        let stored = data_length(&bucket)?.is_some();
+        Ok(Upload {
+            root,
+            bucket,
+            _lock: lock,
+            identity,
+            name: name.to_owned(),
+            identifier: id.as_str().to_owned(),
+            path: self.dir.join(name),
+            file_mode: self.file_mode,
+            files: AtomicU32::new(u32::from(stored)),
+            fsync: self.fsync,
+            created: false,
+            resumable: true,
+            settled: false,
+        })
+    }
+
+    /// The stored offset of a resumable upload: the length of its data
+    /// file (0 before the first chunk), read without taking the lock, so a
+    /// `HEAD` is never queued behind a running chunk (the answer may then be
+    /// a moment old, as any answer about a running upload is).
+    ///
+    /// The file, not `received` in the status, is the truth: the status is
+    /// rewritten only every progress interval and at the end of a request,
+    /// so after a crash in the middle of a chunk the file holds bytes the
+    /// status never counted. Those bytes did arrive, in order, after the
+    /// ones before them (one writer at a time, always at the end), so the
+    /// client may continue after them. The state is not checked here: read
+    /// the status for that. [`PoolError::NotFound`] when there is no bucket.
+    pub fn offset(&self, id: &Identifier) -> Result<u64, PoolError> {
+        let Some(bucket) = self.find_bucket(id.name())? else {
+            return Err(PoolError::NotFound);
+        };
+        Ok(data_length(&bucket)?.unwrap_or(0))
+    }
+
+    fn claim_new(&self, id: &Identifier) -> Result<Upload, PoolError> {
         let root = self.open_root()?;
         let name = id.name();
         // A concurrent clear or gc can remove the bucket between our steps;
@@ -418,6 +594,9 @@ impl Pool {
                 Ok(Some(previous)) if previous.state == State::Done => {
                     return Err(PoolError::Complete);
                 }
+                Ok(Some(previous)) if previous.state == State::Incomplete => {
+                    return Err(PoolError::InProgress);
+                }
                 Ok(_) => {}
                 Err(e) => return Err(PoolError::Unreadable(e.to_string())),
             }
@@ -442,15 +621,21 @@ impl Pool {
                 files: AtomicU32::new(0),
                 fsync: self.fsync,
                 created,
+                resumable: false,
                 settled: false,
             });
         }
         Err(PoolError::Busy)
     }
 
-    /// Removes finished, failed and abandoned uploads whose last change is
-    /// older than `max_age`, and leftovers of earlier deletions. Running
-    /// uploads are never touched.
+    /// Removes finished, failed, abandoned and incomplete (resumable)
+    /// uploads whose last change (`updated`) is older than `max_age`, and
+    /// leftovers of earlier deletions. Uploads with a request running (the
+    /// lock held) are never touched. An incomplete upload with a free lock
+    /// is kept while it is young, like any other: it is at rest, not
+    /// abandoned, until its client has left it alone for `max_age`; a
+    /// resumable protocol can tell its clients when that is (`updated` plus
+    /// `max_age`).
     pub fn gc(&self, max_age: Duration) -> Result<GcReport, PoolError> {
         let root = self.open_root()?;
         let now = unix_now();
@@ -615,6 +800,11 @@ impl Bucket<'_> {
     pub fn clear(&self) -> Result<bool, PoolError> {
         self.pool.clear(&self.id)
     }
+
+    /// The stored offset of a resumable upload (see [`Pool::offset`]).
+    pub fn offset(&self) -> Result<u64, PoolError> {
+        self.pool.offset(&self.id)
+    }
 }
 
 /// A bucket claimed for receiving: holds the lock until it is finished,
@@ -622,7 +812,9 @@ impl Bucket<'_> {
 ///
 /// Dropping it unfinished (an early return, a panic) removes the files it
 /// stored and records the upload as failed, so nothing half-written stays
-/// behind looking complete.
+/// behind looking complete. A resumable upload dropped so keeps its bytes
+/// and stays `incomplete`: its status never says more than is stored (the
+/// offset is the data file's length), and its client can continue.
 #[derive(Debug)]
 pub struct Upload {
     root: OwnedFd,
@@ -637,6 +829,11 @@ pub struct Upload {
     fsync: bool,
     /// This upload made the bucket, so the pool's entry for it is new too.
     created: bool,
+    /// Claimed by [`Pool::create_resumable`] or [`Pool::resume_upload`]:
+    /// one data file, appended to; its state stays `incomplete` until it
+    /// is finished or failed, and a request that ends any other way leaves
+    /// it resumable.
+    resumable: bool,
     settled: bool,
 }
 
@@ -644,9 +841,14 @@ impl Upload {
     /// Creates the next data file (`file-1`, `file-2`, ...) and returns it
     /// with its absolute path.
     pub fn create_file(&self) -> Result<(File, PathBuf), PoolError> {
+        if self.resumable {
+            return Err(PoolError::Misuse(
+                "create_file on a resumable upload, whose one data file is opened with open_data_at",
+            ));
+        }
         let n = self.files.fetch_add(1, Ordering::Relaxed) + 1;
         let name = format!("{FILE_PREFIX}{n}");
-        let fd = create_new(&self.bucket, &name, self.file_mode)
+        let fd = create_new(&self.bucket, &name, self.file_mode, OFlags::empty())
             .map_err(errno_error(format!(
                 "cannot create {name} in upload folder"
             )))
@@ -656,8 +858,178 @@ impl Upload {
 
     /// Replaces the status document atomically (a progress update: not
     /// synced to disk).
+    ///
+    /// On a resumable upload the state recorded is `incomplete` whatever
+    /// `status` says: a progress update must never leave `uploading` behind
+    /// (a crash would turn it into "interrupted", and the next upload under
+    /// the identifier would replace the bytes) nor `done` before
+    /// [`Upload::finish`] has synced the data.
     pub fn write_status(&self, status: &Status) -> Result<(), PoolError> {
+        if self.resumable && status.state != State::Incomplete {
+            let mut recorded = status.clone();
+            recorded.state = State::Incomplete;
+            return self.replace_status(&recorded, false);
+        }
         self.replace_status(status, false)
+    }
+
+    /// Opens the data file of a resumable upload for a chunk that starts
+    /// at `offset`, positioned at its end, for writing and reading.
+    ///
+    /// `offset` must be the stored offset (the file's length; 0 before the
+    /// first chunk, which creates the file with exactly the pool's file
+    /// mode): anything else is [`PoolError::OffsetMismatch`] and nothing is
+    /// written. The check is made while this request holds the lock, so it
+    /// cannot go stale before the chunk is written; a client that lost the
+    /// answer to its last chunk learns the real offset from the error.
+    ///
+    /// The file is opened with `O_APPEND`: every write lands at the end
+    /// whatever the position, so the stored bytes stay a prefix of the
+    /// client's (no hole, no overwrite), even after
+    /// [`Upload::truncate_data`] through another descriptor. Like every
+    /// file in the pool it is opened relative to the bucket, without
+    /// following a link and never blocking on a FIFO; and since this is the
+    /// one place the pool writes into a file that already exists, one with
+    /// a second name (a hard link planted to a file elsewhere) is refused
+    /// too. Reading is for catching up a hash over bytes stored but not yet
+    /// hashed (after a crash) and for copying the data.
+    pub fn open_data_at(&self, offset: u64) -> Result<File, PoolError> {
+        self.require_resumable("open_data_at on an upload that is not resumable")?;
+        if self.is_cancelled() {
+            return Err(PoolError::Cancelled);
+        }
+        let flags = OFlags::RDWR | OFlags::APPEND;
+        let fd = match open_data(&self.bucket, flags) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if offset != 0 {
+                    return Err(PoolError::OffsetMismatch {
+                        stored: 0,
+                        given: offset,
+                    });
+                }
+                create_new(&self.bucket, DATA_FILE, self.file_mode, flags)
+                    .map_err(errno_error(format!(
+                        "cannot create {DATA_FILE} in upload folder"
+                    )))
+                    .map_err(|e| self.explain(e))?
+            }
+            Err(e) => {
+                return Err(self.explain(io_error(format!("cannot open {DATA_FILE}"))(e)));
+            }
+        };
+        // Known to exist from now on: `finish` syncs it, `fail` removes it.
+        self.files.store(1, Ordering::Relaxed);
+        let stored = file_length(&fd).map_err(|e| self.explain(e))?;
+        if stored != offset {
+            return Err(PoolError::OffsetMismatch {
+                stored,
+                given: offset,
+            });
+        }
+        let mut file = File::from(fd);
+        file.seek(SeekFrom::End(0))
+            .map_err(io_error(format!("cannot seek in {DATA_FILE}")))?;
+        Ok(file)
+    }
+
+    /// Cuts the data file of a resumable upload back to `offset`: a chunk
+    /// whose checksum failed is discarded, and the stored offset is what
+    /// it was before the chunk. `offset` beyond the stored length is
+    /// [`PoolError::OffsetMismatch`] (growing the file would store bytes
+    /// the client never sent), and nothing changes.
+    ///
+    /// A receiver killed before it can call this leaves the unchecked bytes
+    /// stored; a protocol that must never keep them checks each chunk
+    /// before it appends it.
+    pub fn truncate_data(&self, offset: u64) -> Result<(), PoolError> {
+        self.require_resumable("truncate_data on an upload that is not resumable")?;
+        let fd = match open_data(&self.bucket, OFlags::WRONLY) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(PoolError::OffsetMismatch {
+                    stored: 0,
+                    given: offset,
+                });
+            }
+            Err(e) => {
+                return Err(self.explain(io_error(format!("cannot open {DATA_FILE}"))(e)));
+            }
+        };
+        let stored = file_length(&fd)?;
+        if offset > stored {
+            return Err(PoolError::OffsetMismatch {
+                stored,
+                given: offset,
+            });
+        }
+        rustix::fs::ftruncate(&fd, offset)
+            .map_err(errno_error(format!("cannot truncate {DATA_FILE}")))
+            .map_err(|e| self.explain(e))
+    }
+
+    /// The stored offset of this resumable upload (see [`Pool::offset`]);
+    /// read through the claimed bucket, so it is exact while this request
+    /// holds the lock.
+    pub fn offset(&self) -> Result<u64, PoolError> {
+        Ok(data_length(&self.bucket)?.unwrap_or(0))
+    }
+
+    /// The absolute path of a resumable upload's data file, for the status
+    /// of a finished one.
+    pub fn data_path(&self) -> PathBuf {
+        self.path.join(DATA_FILE)
+    }
+
+    /// Ends this request on a resumable upload without ending the upload:
+    /// records `status` in state `incomplete`, with `received` set to the
+    /// stored offset and `updated` to now (what the pool vouches for,
+    /// whatever `status` says: `updated` is what gc's `max_age` counts
+    /// from, so an upload expires `max_age` after its last request ended,
+    /// not after a time its protocol happened to put there), and releases
+    /// the lock when it returns.
+    ///
+    /// With `fsync`, the data file is synced first and then the status, so
+    /// an offset the client is told has been stored survives a power cut.
+    /// Any failure leaves the upload resumable, as it was before the
+    /// request: the status on disk said `incomplete` already.
+    pub fn pause(mut self, status: &Status) -> Result<(), PoolError> {
+        self.require_resumable("pause on an upload that is not resumable")?;
+        self.settled = true;
+        self.record_paused(status).map_err(|e| self.explain(e))
+    }
+
+    fn record_paused(&self, status: &Status) -> Result<(), PoolError> {
+        let paused = self.sync_files().and_then(|()| {
+            let mut recorded = status.clone();
+            recorded.state = State::Incomplete;
+            recorded.received = Some(self.offset()?);
+            recorded.updated = Some(unix_now());
+            self.release_reserve();
+            self.replace_status(&recorded, self.fsync)?;
+            self.sync_root_if_new()
+        });
+        // Given back whatever happened: the request is over.
+        self.release_reserve();
+        paused
+    }
+
+    fn require_resumable(&self, what: &'static str) -> Result<(), PoolError> {
+        if self.resumable {
+            Ok(())
+        } else {
+            Err(PoolError::Misuse(what))
+        }
+    }
+
+    /// With `fsync`, syncs the pool folder when this upload made the
+    /// bucket: its entry there is what leads to everything else.
+    fn sync_root_if_new(&self) -> Result<(), PoolError> {
+        if self.fsync && self.created {
+            rustix::fs::fsync(&self.root).map_err(errno_error("cannot sync the pool directory"))?;
+        }
+        Ok(())
     }
 
     fn replace_status(&self, status: &Status, durable: bool) -> Result<(), PoolError> {
@@ -693,22 +1065,39 @@ impl Upload {
     /// `fsync`, every stored file is synced first, then the status, then
     /// the folders whose entries lead to it: `done` is never on disk before
     /// the data it vouches for. If any of that fails, the upload fails.
+    ///
+    /// A resumable upload whose finish fails is not failed: its bytes are
+    /// all stored, so it is recorded `incomplete` again (as far as the disk
+    /// allows; the status on disk said so before) and the request that
+    /// completes it may be repeated. A resumable upload finished before
+    /// any chunk (an empty one) gets its empty data file, so its status
+    /// never names a file that is not there.
     pub fn finish(mut self, status: &Status) -> Result<(), PoolError> {
         self.settled = true;
         self.release_reserve();
-        let stored = self.sync_files().and_then(|()| {
-            self.replace_status(status, self.fsync)?;
-            if self.fsync && self.created {
-                rustix::fs::fsync(&self.root)
-                    .map_err(errno_error("cannot sync the pool directory"))?;
-            }
-            Ok(())
-        });
+        let stored = self
+            .make_empty_data()
+            .and_then(|()| self.sync_files())
+            .and_then(|()| {
+                self.replace_status(status, self.fsync)?;
+                self.sync_root_if_new()
+            });
         stored.map_err(|e| self.explain(e)).inspect_err(|err| {
+            if self.resumable {
+                let _ = self.record_paused(status);
+                return;
+            }
             let mut failed = status.clone();
             failed.fail(err.code(), err.to_string(), unix_now());
             self.discard(&failed);
         })
+    }
+
+    fn make_empty_data(&self) -> Result<(), PoolError> {
+        if self.resumable && data_length(&self.bucket)?.is_none() {
+            self.open_data_at(0)?;
+        }
+        Ok(())
     }
 
     fn sync_files(&self) -> Result<(), PoolError> {
@@ -726,7 +1115,9 @@ impl Upload {
     }
 
     /// Removes the stored files and records the failure (unless the upload
-    /// was cleared: then there is nothing left to record it in).
+    /// was cleared: then there is nothing left to record it in). On a
+    /// resumable upload that ends the upload, data file and all: to end
+    /// only the request, [`Upload::pause`].
     pub fn fail(mut self, status: &Status) {
         self.settled = true;
         self.discard(status);
@@ -754,7 +1145,7 @@ impl Upload {
         }
         let mut recorded = status.clone();
         recorded.files = recorded.files.map(|_| Vec::new());
-        if self.write_status(&recorded).is_ok() {
+        if self.replace_status(&recorded, false).is_ok() {
             return;
         }
         let brief = Status {
@@ -764,7 +1155,7 @@ impl Upload {
             content_type: None,
             ..recorded
         };
-        if let Err(err) = self.write_status(&brief) {
+        if let Err(err) = self.replace_status(&brief, false) {
             crate::log!(
                 "cannot record the failure of upload {}: {err}; removing its status",
                 self.identifier
@@ -778,7 +1169,11 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if !self.settled {
+        if !self.settled && self.resumable {
+            // The status on disk says `incomplete` (see `write_status`) and
+            // the offset is the file's length: nothing false is left.
+            self.release_reserve();
+        } else if !self.settled {
             let mut status = Status::uploading(&self.identifier, None, unix_now());
             status.fail(
                 ErrorCode::Internal,
@@ -871,10 +1266,56 @@ fn open_regular(dir: &OwnedFd, name: &str, flags: OFlags, mode: u32) -> io::Resu
     Ok(fd)
 }
 
+/// Opens a resumable upload's data file with `flags` (see
+/// [`Upload::open_data_at`] for why a second name is refused).
+fn open_data(bucket: &OwnedFd, flags: OFlags) -> io::Result<OwnedFd> {
+    let fd = open_regular(bucket, DATA_FILE, flags, 0)?;
+    if rustix::fs::fstat(&fd)?.st_nlink != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{DATA_FILE} has another name too (a hard link was put in its place)"),
+        ));
+    }
+    Ok(fd)
+}
+
+/// The length of a resumable upload's data file; `None` before the first
+/// chunk. Read with `statat`, not `open`, as status polls and `HEAD`s are
+/// frequent; it must be a regular file with one name, as for writing.
+fn data_length(bucket: &OwnedFd) -> Result<Option<u64>, PoolError> {
+    let stat = match rustix::fs::statat(bucket, DATA_FILE, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => stat,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(errno_error(format!("cannot inspect {DATA_FILE}"))(e)),
+    };
+    let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+    if kind != rustix::fs::FileType::RegularFile || stat.st_nlink != 1 {
+        return Err(PoolError::Io {
+            context: format!("cannot use {DATA_FILE}"),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                "it is not a regular file with one name: something was put in its place",
+            ),
+        });
+    }
+    Ok(Some(u64::try_from(stat.st_size).unwrap_or(0)))
+}
+
+fn file_length(fd: &OwnedFd) -> Result<u64, PoolError> {
+    let stat = rustix::fs::fstat(fd).map_err(errno_error(format!("cannot inspect {DATA_FILE}")))?;
+    Ok(u64::try_from(stat.st_size).unwrap_or(0))
+}
+
 /// Creates `name` in `dir`, which must not exist (so nothing planted is
-/// written through), with exactly `file_mode`, whatever the umask.
-fn create_new(dir: &OwnedFd, name: &str, file_mode: u32) -> Result<OwnedFd, Errno> {
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+/// written through), with exactly `file_mode`, whatever the umask; `extra`
+/// adds open flags (`O_APPEND`, `O_RDWR`).
+fn create_new(dir: &OwnedFd, name: &str, file_mode: u32, extra: OFlags) -> Result<OwnedFd, Errno> {
+    let access = if extra.contains(OFlags::RDWR) {
+        OFlags::empty()
+    } else {
+        OFlags::WRONLY
+    };
+    let flags = access | extra | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mode = Mode::from_raw_mode(file_mode);
     let fd = rustix::fs::openat(dir, name, flags, mode)?;
     rustix::fs::fchmod(&fd, mode)?;
@@ -884,7 +1325,7 @@ fn create_new(dir: &OwnedFd, name: &str, file_mode: u32) -> Result<OwnedFd, Errn
 /// Makes `status.reserve`: room on the disk that the final status can have
 /// even when the data filled it.
 fn reserve_space(bucket: &OwnedFd, file_mode: u32) -> io::Result<()> {
-    let fd = create_new(bucket, RESERVE, file_mode)?;
+    let fd = create_new(bucket, RESERVE, file_mode, OFlags::empty())?;
     match rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES) {
         Ok(()) => Ok(()),
         // Not every file system allocates on request (NFS before 4.2):
@@ -909,7 +1350,7 @@ fn write_status_file(
     durable: bool,
 ) -> io::Result<()> {
     let _ = rustix::fs::unlinkat(bucket, STATUS_TMP, AtFlags::empty());
-    let mut file = File::from(create_new(bucket, STATUS_TMP, file_mode)?);
+    let mut file = File::from(create_new(bucket, STATUS_TMP, file_mode, OFlags::empty())?);
     let written = file
         .write_all(status.to_json().as_bytes())
         .and_then(|()| if durable { file.sync_all() } else { Ok(()) });
@@ -1120,6 +1561,427 @@ mod tests {
         // Young enough to keep.
         let report = pool.gc(Duration::from_secs(3600)).unwrap();
         assert_eq!(report.kept, 1);
+    }
+
+    /// Pauses `upload` with `data` appended at `at`.
+    fn chunk_and_pause(upload: Upload, at: u64, data: &[u8]) {
+        let mut file = upload.open_data_at(at).unwrap();
+        file.write_all(data).unwrap();
+        drop(file);
+        // A time in the status that pause must not keep.
+        let status = Status::incomplete(&upload.identifier, Some(10), 1);
+        upload.pause(&status).unwrap();
+    }
+
+    /// Makes an upload at rest look last touched `age` seconds ago.
+    fn age(dir: &Path, name: &str, age: u64) {
+        let path = dir.join(name).join("status.json");
+        let mut status: Status = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        status.updated = Some(unix_now() - age);
+        fs::write(&path, status.to_json()).unwrap();
+    }
+
+    fn is_free(lock: &Path) -> bool {
+        let lock = File::open(lock).unwrap();
+        match lock.try_lock() {
+            Ok(()) => true,
+            Err(TryLockError::WouldBlock) => false,
+            Err(TryLockError::Error(e)) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn resumable_upload_from_two_processes_views() {
+        let (dir, pool) = pool();
+        let id = id("resume");
+        let bucket = dir.path().join("resume");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("resume", Some(10), unix_now()))
+            .unwrap();
+        let stored: Status =
+            serde_json::from_slice(&fs::read(bucket.join("status.json")).unwrap()).unwrap();
+        assert_eq!(stored.state, State::Incomplete);
+        assert_eq!(upload.offset().unwrap(), 0);
+        // Nothing else may be created in it: it has one data file.
+        let err = upload.create_file().unwrap_err();
+        assert!(matches!(err, PoolError::Misuse(_)), "{err}");
+        assert_eq!(err.code(), ErrorCode::Internal);
+        chunk_and_pause(upload, 0, b"hello");
+
+        // At rest: incomplete, its received the bytes stored, its lock free,
+        // and that is not an interrupted upload.
+        assert!(is_free(&bucket.join("lock")));
+        let status = pool.status(&id).unwrap();
+        assert_eq!(status.state, State::Incomplete, "{status:?}");
+        assert_eq!(status.received, Some(5));
+        assert_eq!(status.code, None);
+        // Now, not the time the caller's status had: gc counts from it.
+        assert!(status.updated.unwrap() + 60 > unix_now(), "{status:?}");
+        assert_eq!(pool.offset(&id).unwrap(), 5);
+        assert_eq!(pool.bucket(&id).offset().unwrap(), 5);
+        assert_eq!(listing(&bucket), ["file-1", "lock", "status.json"]);
+
+        // The next request reaches another process: a second view of the pool.
+        let other = Pool::new(dir.path(), 0o600, false);
+        let upload = other.resume_upload(&id).unwrap();
+        assert!(!is_free(&bucket.join("lock")));
+        for err in [
+            pool.resume_upload(&id).unwrap_err(),
+            pool.begin_upload(&id).unwrap_err(),
+        ] {
+            assert!(matches!(err, PoolError::Busy), "{err}");
+            assert_eq!(err.code(), ErrorCode::UploadRunning);
+        }
+        // A poll while the chunk runs is not queued behind it.
+        assert_eq!(pool.offset(&id).unwrap(), 5);
+        for wrong in [0, 3, 6] {
+            let err = upload.open_data_at(wrong).unwrap_err();
+            assert!(
+                matches!(err, PoolError::OffsetMismatch { stored: 5, given } if given == wrong),
+                "{err}"
+            );
+            assert_eq!(err.code(), ErrorCode::MismatchedOffset);
+            assert_eq!(err.http_status(), 409);
+        }
+        assert_eq!(fs::read(bucket.join("file-1")).unwrap(), b"hello");
+
+        // A chunk whose checksum fails is cut away; the writer's position
+        // does not matter, every write lands at the end (no hole).
+        let mut file = upload.open_data_at(5).unwrap();
+        file.write_all(b"XXXX").unwrap();
+        assert_eq!(upload.offset().unwrap(), 9);
+        let err = upload.truncate_data(10).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PoolError::OffsetMismatch {
+                    stored: 9,
+                    given: 10
+                }
+            ),
+            "{err}"
+        );
+        upload.truncate_data(5).unwrap();
+        assert_eq!(pool.offset(&id).unwrap(), 5);
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.write_all(b"world").unwrap();
+        drop(file);
+        assert_eq!(fs::read(bucket.join("file-1")).unwrap(), b"helloworld");
+
+        let mut done = Status::incomplete("resume", Some(10), unix_now());
+        done.state = State::Done;
+        done.received = Some(10);
+        done.files = Some(vec![crate::status::FileInfo {
+            field: "file".into(),
+            filename: "a.txt".into(),
+            content_type: "text/plain".into(),
+            size: 10,
+            sha256: None,
+            path: upload.data_path().display().to_string(),
+        }]);
+        upload.finish(&done).unwrap();
+        assert_eq!(pool.status(&id).unwrap().state, State::Done);
+        assert_eq!(pool.bucket(&id).paths().unwrap(), [bucket.join("file-1")]);
+        let mode = fs::metadata(bucket.join("file-1")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = other.resume_upload(&id).unwrap_err();
+        assert!(matches!(err, PoolError::Complete), "{err}");
+        assert_eq!(err.code(), ErrorCode::UploadComplete);
+    }
+
+    #[test]
+    fn resume_refuses_what_it_cannot_continue_and_changes_nothing() {
+        let (dir, pool) = pool();
+        let refused = |name: &str| {
+            let before = fs::read_dir(dir.path().join(name))
+                .map(|_| listing(&dir.path().join(name)))
+                .ok();
+            let status = fs::read(dir.path().join(name).join("status.json")).ok();
+            let err = pool.resume_upload(&id(name)).unwrap_err();
+            let after = fs::read_dir(dir.path().join(name))
+                .map(|_| listing(&dir.path().join(name)))
+                .ok();
+            assert_eq!(before, after, "{name}");
+            let now = fs::read(dir.path().join(name).join("status.json")).ok();
+            assert_eq!(now, status, "{name}");
+            err
+        };
+        let missing = refused("missing");
+        assert!(matches!(missing, PoolError::NotFound), "{missing}");
+        assert_eq!(missing.code(), ErrorCode::UploadNotFound);
+        assert_eq!(missing.code().as_str(), "ERR_UPLOAD_NOT_FOUND");
+        assert_eq!(missing.http_status(), 404);
+        assert!(matches!(
+            pool.offset(&id("missing")),
+            Err(PoolError::NotFound)
+        ));
+
+        // A failed form upload, an interrupted one: nothing to continue.
+        let failed = pool.begin_upload(&id("failed")).unwrap();
+        let mut status = Status::uploading("failed", None, 1);
+        status.fail(ErrorCode::Truncated, "truncated", 2);
+        failed.fail(&status);
+        assert!(matches!(refused("failed"), PoolError::NotFound));
+        let dead = dir.path().join("dead");
+        fs::create_dir(&dead).unwrap();
+        fs::write(dead.join("lock"), "").unwrap();
+        let uploading = Status::uploading("dead", Some(10), 1).to_json();
+        fs::write(dead.join("status.json"), uploading).unwrap();
+        assert!(matches!(refused("dead"), PoolError::NotFound));
+
+        let done = pool.begin_upload(&id("done")).unwrap();
+        let mut status = Status::uploading("done", None, 1);
+        status.state = State::Done;
+        done.finish(&status).unwrap();
+        assert!(matches!(refused("done"), PoolError::Complete));
+
+        let running = pool.begin_upload(&id("running")).unwrap();
+        running
+            .write_status(&Status::uploading("running", None, 1))
+            .unwrap();
+        let busy = refused("running");
+        assert!(matches!(busy, PoolError::Busy), "{busy}");
+        assert_eq!(busy.code().as_str(), "ERR_UPLOAD_RUNNING");
+        drop(running);
+
+        let garbled = dir.path().join("garbled");
+        fs::create_dir(&garbled).unwrap();
+        fs::write(garbled.join("lock"), "").unwrap();
+        fs::write(garbled.join("status.json"), "{not json").unwrap();
+        assert!(matches!(refused("garbled"), PoolError::Unreadable(_)));
+
+        // A resumable upload misused as a form upload's is refused too.
+        let form = pool.begin_upload(&id("form")).unwrap();
+        let err = form.open_data_at(0).unwrap_err();
+        assert!(matches!(err, PoolError::Misuse(_)), "{err}");
+        form.fail(&Status::starting());
+    }
+
+    #[test]
+    fn new_uploads_do_not_replace_an_incomplete_one() {
+        let (dir, pool) = pool();
+        let id = id("paused");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("paused", None, 1))
+            .unwrap();
+        chunk_and_pause(upload, 0, b"abc");
+        let status = pool.status(&id).unwrap();
+        for err in [
+            pool.begin_upload(&id).unwrap_err(),
+            pool.create_resumable(&id, &Status::incomplete("paused", None, 1))
+                .unwrap_err(),
+        ] {
+            assert!(matches!(err, PoolError::InProgress), "{err}");
+            assert_eq!(err.code(), ErrorCode::UploadRunning);
+        }
+        assert_eq!(pool.status(&id).unwrap(), status);
+        assert_eq!(fs::read(dir.path().join("paused/file-1")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn a_request_that_dies_leaves_the_upload_resumable() {
+        let (dir, pool) = pool();
+        let id = id("crash");
+        let bucket = dir.path().join("crash");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("crash", Some(10), 1))
+            .unwrap();
+        let mut file = upload.open_data_at(0).unwrap();
+        file.write_all(b"abcd").unwrap();
+        // A progress update in the form upload's words stays incomplete.
+        let mut progress = Status::uploading("crash", Some(10), 1);
+        progress.received = Some(2);
+        upload.write_status(&progress).unwrap();
+        let stored: Status =
+            serde_json::from_slice(&fs::read(bucket.join("status.json")).unwrap()).unwrap();
+        assert_eq!(stored.state, State::Incomplete);
+        // The request ends without pause (a panic, an early return).
+        drop(file);
+        drop(upload);
+        let status = pool.status(&id).unwrap();
+        assert_eq!(status.state, State::Incomplete, "{status:?}");
+        assert_eq!(status.received, Some(2), "the status lags");
+        assert_eq!(pool.offset(&id).unwrap(), 4, "the file is the truth");
+        assert_eq!(listing(&bucket), ["file-1", "lock", "status.json"]);
+        // A killed receiver leaves its reserve as well.
+        fs::write(bucket.join("status.reserve"), [0u8; 16]).unwrap();
+        let upload = pool.resume_upload(&id).unwrap();
+        let mut file = upload.open_data_at(4).unwrap();
+        file.write_all(b"efghij").unwrap();
+        drop(file);
+        upload
+            .pause(&Status::incomplete("crash", Some(10), 2))
+            .unwrap();
+        assert_eq!(pool.status(&id).unwrap().received, Some(10));
+        assert_eq!(fs::read(bucket.join("file-1")).unwrap(), b"abcdefghij");
+        assert_eq!(listing(&bucket), ["file-1", "lock", "status.json"]);
+    }
+
+    #[test]
+    fn a_resumable_upload_whose_finish_fails_stays_resumable() {
+        let (dir, pool) = pool();
+        let id = id("unfinished");
+        let bucket = dir.path().join("unfinished");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("unfinished", Some(3), 1))
+            .unwrap();
+        chunk_and_pause(upload, 0, b"abc");
+        let upload = pool.resume_upload(&id).unwrap();
+        // Something in the way of the new status (as a full disk would be).
+        fs::create_dir(bucket.join("status.json.tmp")).unwrap();
+        let mut done = Status::incomplete("unfinished", Some(3), 1);
+        done.state = State::Done;
+        upload.finish(&done).unwrap_err();
+        assert_eq!(pool.status(&id).unwrap().state, State::Incomplete);
+        assert_eq!(fs::read(bucket.join("file-1")).unwrap(), b"abc");
+        fs::remove_dir(bucket.join("status.json.tmp")).unwrap();
+        let upload = pool.resume_upload(&id).unwrap();
+        upload.finish(&done).unwrap();
+        assert_eq!(pool.status(&id).unwrap().state, State::Done);
+
+        // Empty: finished before any chunk, it still has its data file.
+        let empty = verify_identifier("empty", None).unwrap();
+        let upload = pool
+            .create_resumable(&empty, &Status::incomplete("empty", Some(0), 1))
+            .unwrap();
+        upload.finish(&done).unwrap();
+        assert_eq!(fs::read(dir.path().join("empty/file-1")).unwrap(), b"");
+    }
+
+    #[test]
+    fn failing_a_resumable_upload_ends_it() {
+        let (dir, pool) = pool();
+        let id = id("failing");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("failing", None, 1))
+            .unwrap();
+        chunk_and_pause(upload, 0, b"abc");
+        let upload = pool.resume_upload(&id).unwrap();
+        let mut status = Status::incomplete("failing", None, 1);
+        status.fail(ErrorCode::TooLarge, "too large", 2);
+        upload.fail(&status);
+        assert_eq!(DATA_FILE, format!("{FILE_PREFIX}1"));
+        assert_eq!(
+            listing(&dir.path().join("failing")),
+            ["lock", "status.json"]
+        );
+        let recorded = pool.status(&id).unwrap();
+        assert_eq!(recorded.state, State::Error);
+        assert_eq!(recorded.code.as_deref(), Some("ERR_TOO_LARGE"));
+        assert!(matches!(pool.resume_upload(&id), Err(PoolError::NotFound)));
+        // Like a failed form upload, it may be started afresh.
+        pool.create_resumable(&id, &Status::incomplete("failing", None, 3))
+            .unwrap()
+            .pause(&Status::incomplete("failing", None, 3))
+            .unwrap();
+        assert_eq!(pool.offset(&id).unwrap(), 0);
+    }
+
+    #[test]
+    fn data_file_has_the_exact_mode_and_planted_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // A mode the usual umask (022) would cut down.
+        let wide = Pool::new(dir.path(), 0o666, false);
+        let upload = wide
+            .create_resumable(&id("mode"), &Status::incomplete("mode", None, 1))
+            .unwrap();
+        upload.open_data_at(0).unwrap();
+        let mode = fs::metadata(dir.path().join("mode/file-1")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o666);
+        upload.pause(&Status::incomplete("mode", None, 1)).unwrap();
+
+        let (dir, pool) = pool();
+        let outside = dir.path().join("outside.txt");
+        fs::write(&outside, b"keep").unwrap();
+        for (name, plant) in [("hardlink", true), ("symlink", false)] {
+            let upload = pool
+                .create_resumable(&id(name), &Status::incomplete(name, None, 1))
+                .unwrap();
+            let data = dir.path().join(name).join("file-1");
+            if plant {
+                fs::hard_link(&outside, &data).unwrap();
+            } else {
+                std::os::unix::fs::symlink(&outside, &data).unwrap();
+            }
+            for offset in [0, 4] {
+                let err = upload.open_data_at(offset).unwrap_err();
+                assert!(matches!(err, PoolError::Io { .. }), "{name}: {err}");
+            }
+            assert!(upload.truncate_data(0).is_err(), "{name}");
+            assert!(pool.offset(&id(name)).is_err(), "{name}");
+            upload
+                .pause(&Status::incomplete(name, None, 1))
+                .unwrap_err();
+            assert_eq!(fs::read(&outside).unwrap(), b"keep", "{name}");
+        }
+    }
+
+    #[test]
+    fn gc_keeps_a_fresh_incomplete_upload_and_expires_an_old_one() {
+        let (dir, pool) = pool();
+        let now = unix_now();
+        let fresh = pool
+            .create_resumable(&id("fresh"), &Status::incomplete("fresh", None, now))
+            .unwrap();
+        chunk_and_pause(fresh, 0, b"new");
+        let stale = pool
+            .create_resumable(&id("stale"), &Status::incomplete("stale", None, now))
+            .unwrap();
+        chunk_and_pause(stale, 0, b"old");
+        age(dir.path(), "stale", 7200);
+        // An old one with a request running in it is not touched.
+        let busy = pool
+            .create_resumable(&id("busy"), &Status::incomplete("busy", None, now))
+            .unwrap();
+        chunk_and_pause(busy, 0, b"run");
+        age(dir.path(), "busy", 7200);
+        let busy = pool.resume_upload(&id("busy")).unwrap();
+        let report = pool.gc(Duration::from_secs(3600)).unwrap();
+        assert_eq!(
+            report,
+            GcReport {
+                removed: 1,
+                kept: 1,
+                running: 1,
+                trash: 0
+            }
+        );
+        assert_eq!(listing(dir.path()), ["busy", "fresh"]);
+        assert_eq!(pool.status(&id("fresh")).unwrap().state, State::Incomplete);
+        assert!(matches!(
+            pool.resume_upload(&id("stale")),
+            Err(PoolError::NotFound)
+        ));
+        drop(busy);
+    }
+
+    #[test]
+    fn clear_removes_an_incomplete_upload_and_cancels_its_request() {
+        let (dir, pool) = pool();
+        let id = id("cleared");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("cleared", None, 1))
+            .unwrap();
+        chunk_and_pause(upload, 0, b"abc");
+        assert!(pool.clear(&id).unwrap());
+        assert_eq!(listing(dir.path()), Vec::<String>::new());
+        assert_eq!(pool.status(&id).unwrap(), Status::starting());
+        assert!(matches!(pool.resume_upload(&id), Err(PoolError::NotFound)));
+        assert!(matches!(pool.offset(&id), Err(PoolError::NotFound)));
+
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("cleared", None, 1))
+            .unwrap();
+        chunk_and_pause(upload, 0, b"abc");
+        let upload = pool.resume_upload(&id).unwrap();
+        assert!(pool.clear(&id).unwrap());
+        assert!(upload.is_cancelled());
+        assert!(matches!(upload.open_data_at(3), Err(PoolError::Cancelled)));
+        let err = upload
+            .pause(&Status::incomplete("cleared", None, 1))
+            .unwrap_err();
+        assert!(matches!(err, PoolError::Cancelled), "{err}");
+        assert_eq!(listing(dir.path()), Vec::<String>::new());
     }
 
     #[test]

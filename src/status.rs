@@ -24,6 +24,20 @@ pub enum State {
     Starting,
     /// Bytes are arriving.
     Uploading,
+    /// A resumable upload that has some (maybe none) of its bytes and waits
+    /// for the rest: `received` is the stored offset. It is not running and
+    /// not dead, whether or not a request is adding to it right now.
+    ///
+    /// A state of its own, not `uploading` with a flag, because the pool
+    /// reads `uploading` with a free lock as "the receiver died"
+    /// (interrupted, its files replaceable by the next upload), and a paused
+    /// resumable upload has a free lock by design. A program that only knows
+    /// the four older states, reading a pool shared with this one, fails to
+    /// parse `incomplete` and so refuses to touch the bucket (its status is
+    /// unreadable) instead of taking it for a dead upload and wiping it.
+    /// An upload in this state is only ever made by a resumable protocol;
+    /// form uploads never show it.
+    Incomplete,
     /// All files are stored.
     Done,
     /// The upload failed; `error` says why.
@@ -137,6 +151,15 @@ impl Status {
         }
     }
 
+    /// A new resumable upload: nothing stored yet. `size` is the length the
+    /// client announced (absent while it defers it).
+    pub fn incomplete(identifier: &str, size: Option<u64>, now: u64) -> Status {
+        Status {
+            state: State::Incomplete,
+            ..Status::uploading(identifier, size, now)
+        }
+    }
+
     /// Marks the upload failed, with the code (and so the HTTP status)
     /// its request got.
     pub fn fail(&mut self, code: ErrorCode, message: impl Into<String>, now: u64) {
@@ -184,6 +207,15 @@ mod tests {
         }
         assert_eq!(value["files"], serde_json::json!([]));
         assert_eq!(value["fields"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn incomplete_is_its_own_state_in_the_json() {
+        let status = Status::incomplete("abc", None, 5);
+        let json = status.to_json();
+        assert!(json.contains(r#""state":"incomplete""#), "{json}");
+        assert!(json.contains(r#""received":0"#), "{json}");
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), status);
     }
 
     #[test]
