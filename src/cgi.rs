@@ -9,6 +9,7 @@ use crate::config::{Config, ConfigError};
 use crate::error_code::ErrorCode;
 use crate::handler;
 use crate::http::{Body, BodyLength, HttpError, Request, Response, ResponseWriter, write_cgi_head};
+use crate::service::Service;
 
 /// Writes the CGI response to stdout.
 struct CgiOutput<W: Write> {
@@ -105,7 +106,8 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
             if !handler::is_quick(&config, &request) {
                 crate::receiving::lower_priority();
             }
-            handler::guarded(&mut out, |out| handler::handle(&config, &mut request, out))
+            let service = Service::new(config);
+            handler::guarded(&mut out, |out| handler::handle(&service, &mut request, out))
         }
         Err(err) => {
             crate::log!("configuration error: {err}");

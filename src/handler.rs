@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::error_code::ErrorCode;
 use crate::http::{HttpError, Request, Response, ResponseWriter};
 use crate::identifier::{Identifier, create_identifier, verify_identifier};
+use crate::service::Service;
 use crate::status::Status;
 use crate::upload;
 
@@ -109,12 +110,12 @@ enum Answer {
 /// The FastCGI daemon calls [`answer`] and collects on a timer instead, so
 /// that no answer waits for a sweep.
 pub fn handle(
-    config: &Config,
+    service: &Service,
     request: &mut Request<'_>,
     out: &mut dyn ResponseWriter,
 ) -> io::Result<()> {
-    answer(config, request, out)?;
-    collect_if_due(config);
+    answer(service, request, out)?;
+    collect_if_due(service);
     Ok(())
 }
 
@@ -186,9 +187,9 @@ fn receives_body(route: Route, request: &Request<'_>) -> bool {
 }
 
 /// Runs automatic gc (`max_age`) if it is due; see [`crate::Pool::maybe_gc`].
-pub fn collect_if_due(config: &Config) {
-    if let Some(max_age) = config.max_age
-        && let Err(err) = config.pool().maybe_gc(max_age)
+pub fn collect_if_due(service: &Service) {
+    if let Some(max_age) = service.config().max_age
+        && let Err(err) = service.pool().maybe_gc(max_age)
     {
         crate::log!("automatic gc: {err}");
     }
@@ -196,10 +197,11 @@ pub fn collect_if_due(config: &Config) {
 
 /// Answers one request, and does nothing else.
 pub fn answer(
-    config: &Config,
+    service: &Service,
     request: &mut Request<'_>,
     out: &mut dyn ResponseWriter,
 ) -> io::Result<()> {
+    let config = service.config();
     // No route takes path parameters yet; the resumable protocol's will.
     let route = Route::of(&request.path()).map(|(route, _params)| route);
     if let Some(program) = &config.app
@@ -209,7 +211,7 @@ pub fn answer(
     }
     let head_only = request.method() == "HEAD";
     let answer = check_callback(request).and_then(|()| match route {
-        Some(route) => dispatch(config, route, request),
+        Some(route) => dispatch(service, route, request),
         None => Err(HttpError::new(
             ErrorCode::NotFound,
             format!(
@@ -238,7 +240,12 @@ pub fn answer(
     wrap_jsonp(request, response).send(out, head_only)
 }
 
-fn dispatch(config: &Config, route: Route, request: &mut Request<'_>) -> Result<Answer, HttpError> {
+fn dispatch(
+    service: &Service,
+    route: Route,
+    request: &mut Request<'_>,
+) -> Result<Answer, HttpError> {
+    let config = service.config();
     let method = request.method();
     let wrong_method = || {
         HttpError::new(
@@ -252,11 +259,11 @@ fn dispatch(config: &Config, route: Route, request: &mut Request<'_>) -> Result<
     let clearing = request.query_flag("clear");
     match route {
         Route::Upload if clearing => match method {
-            "GET" | "POST" | "DELETE" => clear(config, request),
+            "GET" | "POST" | "DELETE" => clear(service, request),
             _ => Err(wrong_method()),
         },
         Route::Upload if request.query_flag("status") => match method {
-            "GET" | "HEAD" => status(config, request),
+            "GET" | "HEAD" => status(service, request),
             _ => Err(wrong_method()),
         },
         Route::Upload => match method {
@@ -269,14 +276,14 @@ fn dispatch(config: &Config, route: Route, request: &mut Request<'_>) -> Result<
                     min_rate: config.min_body_rate,
                     min_rate_after: config.min_body_rate_after,
                 };
-                upload::receive(&config.pool(), &id, request, &options).map(Answer::Uploaded)
+                upload::receive(service.pool(), &id, request, &options).map(Answer::Uploaded)
             }
             _ => Err(wrong_method()),
         },
         Route::Status => match method {
-            "GET" | "HEAD" if clearing => clear(config, request),
-            "GET" | "HEAD" => status(config, request),
-            "DELETE" => clear(config, request),
+            "GET" | "HEAD" if clearing => clear(service, request),
+            "GET" | "HEAD" => status(service, request),
+            "DELETE" => clear(service, request),
             _ => Err(wrong_method()),
         },
         Route::New => match method {
@@ -310,15 +317,15 @@ fn identifier(config: &Config, request: &Request<'_>) -> Result<Identifier, Http
     Ok(verify_identifier(text, config.upload_key.as_ref())?)
 }
 
-fn status(config: &Config, request: &Request<'_>) -> Result<Answer, HttpError> {
-    let id = identifier(config, request)?;
-    let status = config.pool().status(&id)?;
+fn status(service: &Service, request: &Request<'_>) -> Result<Answer, HttpError> {
+    let id = identifier(service.config(), request)?;
+    let status = service.pool().status(&id)?;
     Ok(Answer::Response(Response::json(200, &status)))
 }
 
-fn clear(config: &Config, request: &Request<'_>) -> Result<Answer, HttpError> {
-    let id = identifier(config, request)?;
-    config.pool().clear(&id)?;
+fn clear(service: &Service, request: &Request<'_>) -> Result<Answer, HttpError> {
+    let id = identifier(service.config(), request)?;
+    service.pool().clear(&id)?;
     Ok(Answer::Response(Response::json(
         200,
         &json!({"success": true}),

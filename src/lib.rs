@@ -5,7 +5,8 @@
 //!
 //! The request flows one way: a transport ([`cgi`], [`fastcgi`], [`serve`])
 //! builds an
-//! [`http::Request`], the [`handler`] routes it, the [`upload`] driver
+//! [`http::Request`], the [`handler`] routes it (with the [`Service`] the
+//! transport built once: the configuration and its pool), the [`upload`] driver
 //! streams it through the [`multipart`] parser into the [`pool`] (with the
 //! counted body, progress and cancellation of [`receiving`]), and the
 //! answer goes back through an [`http::ResponseWriter`].
@@ -54,6 +55,7 @@ pub mod multipart;
 pub mod pool;
 pub mod receiving;
 pub mod serve;
+pub mod service;
 pub mod status;
 pub mod transfer_encoding;
 pub mod upload;
@@ -62,6 +64,7 @@ pub use config::Config;
 pub use error_code::ErrorCode;
 pub use identifier::{Identifier, Key, create_identifier, verify_identifier};
 pub use pool::{Bucket, Pool, PoolError};
+pub use service::Service;
 pub use status::{FileInfo, State, Status};
 
 /// The README's Rust examples, compiled as doctests so they cannot rot.

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::handler::{self, escape_html};
 use crate::http::{Body, HttpError, Request, ResponseWriter};
 use crate::identifier::create_identifier;
+use crate::service::Service;
 
 /// The demo page; the same file a web server can serve (conf-examples/demo).
 pub const DEMO_PAGE: &str = include_str!("../conf-examples/demo/index.html");
@@ -41,14 +42,15 @@ pub fn run(config: Config, address: &str) -> Result<(), String> {
     if bound.is_some_and(|a| !a.ip().is_loopback()) {
         crate::log!("warning: {shown} is reachable from other machines");
     }
-    let config = Arc::new(config);
-    let workers: Vec<_> = (0..config.workers.max(1))
+    let workers = config.workers.max(1);
+    let service = Arc::new(Service::new(config));
+    let workers: Vec<_> = (0..workers)
         .map(|_| {
             let server = Arc::clone(&server);
-            let config = Arc::clone(&config);
+            let service = Arc::clone(&service);
             thread::spawn(move || {
                 while let Ok(request) = server.recv() {
-                    serve_one(&config, bound, request);
+                    serve_one(&service, bound, request);
                 }
             })
         })
@@ -75,7 +77,7 @@ impl ResponseWriter for Held {
     }
 }
 
-fn serve_one(config: &Config, bound: Option<SocketAddr>, mut request: tiny_http::Request) {
+fn serve_one(service: &Service, bound: Option<SocketAddr>, mut request: tiny_http::Request) {
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let method = request.method().as_str().to_owned();
@@ -86,7 +88,7 @@ fn serve_one(config: &Config, bound: Option<SocketAddr>, mut request: tiny_http:
             ("Content-Type".into(), "text/html; charset=utf-8".into()),
             ("Cache-Control".into(), "no-store".into()),
         ];
-        held.body = demo_page(config).into_bytes();
+        held.body = demo_page(service.config()).into_bytes();
     } else {
         let vars = cgi_vars(&request, &method, path, query, bound);
         // tiny_http decodes a chunked body and marks its end; without a
@@ -96,7 +98,8 @@ fn serve_one(config: &Config, bound: Option<SocketAddr>, mut request: tiny_http:
         });
         let mut body = HttpBody(request.as_reader());
         let mut handled = Request::new(vars, &mut body, chunked);
-        if let Err(e) = handler::handle(config, &mut handled, &mut held) {
+        let served = handler::guarded(&mut held, |out| handler::handle(service, &mut handled, out));
+        if let Err(e) = served {
             crate::log!("{method} {path}: {e}");
         }
     }

@@ -87,7 +87,10 @@ fn handle(
 ) -> Collected {
     let mut request = Request::new(vars, body, chunked);
     let mut answer = Collected::default();
-    handler::handle(config, &mut request, &mut answer).unwrap();
+    // A service per request here: the tests change the config between
+    // requests.
+    let service = fileupload::Service::new(config.clone());
+    handler::handle(&service, &mut request, &mut answer).unwrap();
     answer
 }
 

@@ -47,7 +47,8 @@ fuzz_target!(|data: &[u8]| {
     let mut input = body;
     let mut request = Request::new(vars, &mut input, false);
     let mut answer = Collect::default();
-    handler::handle(config, &mut request, &mut answer).expect("answer written");
+    let service = fileupload::Service::new(config.clone());
+    handler::handle(&service, &mut request, &mut answer).expect("answer written");
     let json: serde_json::Value = serde_json::from_slice(&answer.body).expect("the answer is JSON");
     let id = verify_identifier("fuzz", None).expect("valid id");
     let pool = config.pool();

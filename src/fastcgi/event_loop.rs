@@ -433,7 +433,7 @@ fn classify(server: &Server, begun: Begun) -> (Begun, bool) {
     } = begun;
     let mut nothing = io::empty();
     let request = Request::new(params, &mut nothing, true);
-    let quick = handler::is_quick(&server.config, &request);
+    let quick = handler::is_quick(server.service.config(), &request);
     let params = request.into_vars();
     (
         Begun {

@@ -73,7 +73,7 @@ pub(super) fn respond(
     };
     let mut request = Request::new(begun.params, &mut body, true);
     let outcome = handler::guarded(&mut response, |response| match &config {
-        Ok(None) => handler::answer(&server.config, &mut request, response),
+        Ok(None) => handler::answer(&server.service, &mut request, response),
         Ok(Some(merged)) => handler::answer(merged, &mut request, response),
         Err(err) => {
             let head_only = request.method() == "HEAD";

@@ -28,6 +28,7 @@ use super::settings::{ConfigSources, Settings};
 use super::workers::{self, Queue};
 use crate::config::Config;
 use crate::handler;
+use crate::service::Service;
 
 /// How often the main thread and the gc thread look at the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
@@ -64,9 +65,9 @@ impl ServerOptions {
 
 /// State shared by the event loop, the workers and the main thread.
 pub(super) struct Server {
-    /// The daemon's own configuration: what a request without
-    /// `FILEUPLOAD_*` parameters gets.
-    pub(super) config: Config,
+    /// The daemon's own configuration and pool, built once: what a request
+    /// without `FILEUPLOAD_*` parameters gets.
+    pub(super) service: Arc<Service>,
     /// Per-request settings: the sources, and what was merged from them.
     pub(super) settings: Settings,
     pub(super) options: ServerOptions,
@@ -102,7 +103,7 @@ impl Server {
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )?;
         Ok(Server {
-            config,
+            service: Arc::new(Service::new(config)),
             settings: Settings::new(sources),
             options,
             stopping,
@@ -263,8 +264,8 @@ fn collect(server: &Server) {
     while !server.is_stopping() {
         if last.is_none_or(|at| at.elapsed() >= GC_LOOK) {
             last = Some(Instant::now());
-            for config in server.settings.collected(&server.config) {
-                handler::collect_if_due(&config);
+            for service in server.settings.collected(&server.service) {
+                handler::collect_if_due(&service);
             }
         }
         thread::sleep(TICK);

@@ -13,6 +13,7 @@ use super::log::RateLimitedLog;
 use crate::config::{Config, DAEMON_ONLY, SETTINGS};
 use crate::error_code::ErrorCode;
 use crate::http::HttpError;
+use crate::service::Service;
 
 /// Most distinct sets of per-request settings kept merged (see
 /// [`Settings::request_config`]); past this the cache starts over.
@@ -56,7 +57,7 @@ impl ConfigSources {
 
 /// Configurations merged with requests' `FILEUPLOAD_*` parameters, by
 /// those parameters (sorted).
-type Merged = HashMap<Vec<(String, String)>, Arc<Config>>;
+type Merged = HashMap<Vec<(String, String)>, Arc<Service>>;
 
 /// The sources, and the configurations merged from them so far.
 pub(super) struct Settings {
@@ -89,7 +90,7 @@ impl Settings {
         &self,
         params: &[(String, String)],
         log: &RateLimitedLog,
-    ) -> Result<Option<Arc<Config>>, HttpError> {
+    ) -> Result<Option<Arc<Service>>, HttpError> {
         if !params
             .iter()
             .any(|(name, _)| name.starts_with(SETTING_PREFIX))
@@ -112,7 +113,8 @@ impl Settings {
                 "the upload service is misconfigured; the details are in the server's log",
             )
         })?;
-        let config = Arc::new(config);
+        // Built once per set, pool and all, like the daemon's own.
+        let config = Arc::new(Service::new(config));
         let mut merged = self.lock_merged();
         if merged.len() >= MAX_MERGED {
             merged.clear();
@@ -178,13 +180,16 @@ impl Settings {
     /// The configurations whose pools automatic gc looks after: the
     /// daemon's own (`own`) and those merged for requests, one per pool
     /// and age.
-    pub(super) fn collected(&self, own: &Config) -> Vec<Arc<Config>> {
-        let mut configs = vec![Arc::new(own.clone())];
-        configs.extend(self.lock_merged().values().cloned());
-        configs.retain(|config| config.max_age.is_some());
+    pub(super) fn collected(&self, own: &Arc<Service>) -> Vec<Arc<Service>> {
+        let mut services = vec![Arc::clone(own)];
+        services.extend(self.lock_merged().values().cloned());
+        services.retain(|service| service.config().max_age.is_some());
         let mut seen = HashSet::new();
-        configs.retain(|config| seen.insert((config.directory.clone(), config.max_age)));
-        configs
+        services.retain(|service| {
+            let config = service.config();
+            seen.insert((config.directory.clone(), config.max_age))
+        });
+        services
     }
 
     fn lock_merged(&self) -> MutexGuard<'_, Merged> {
@@ -220,14 +225,18 @@ mod tests {
         let first = settings.request_config(&params(1), &log).unwrap().unwrap();
         let again = settings.request_config(&params(1), &log).unwrap().unwrap();
         assert!(Arc::ptr_eq(&first, &again), "merged once per set");
-        assert_eq!(first.max_size, Some(1024));
-        assert_eq!(first.directory, dir.path(), "the option beats the default");
+        assert_eq!(first.config().max_size, Some(1024));
+        assert_eq!(
+            first.config().directory,
+            dir.path(),
+            "the option beats the default"
+        );
         for size in 2..200 {
             let config = settings
                 .request_config(&params(size), &log)
                 .unwrap()
                 .unwrap();
-            assert_eq!(config.max_size, Some(size as u64 * 1024));
+            assert_eq!(config.config().max_size, Some(size as u64 * 1024));
             assert!(settings.lock_merged().len() <= MAX_MERGED);
         }
     }
