@@ -37,6 +37,13 @@ pub(super) struct Connection {
     pub(super) pending: Vec<u8>,
 }
 
+/// Which threads run a request: see [`super::workers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    Quick,
+    Bulk,
+}
+
 /// What becomes of a connection after a request.
 pub(super) enum After {
     /// It may serve another request: back to the event loop.
@@ -73,13 +80,14 @@ pub(super) fn run(
     connection: Connection,
     begun: Begun,
     refusal: Option<HttpError>,
+    kind: Kind,
 ) -> After {
     let Connection {
         id,
         stream,
         pending,
     } = connection;
-    server.running(id, &stream);
+    server.running(kind, id, &stream);
     let mut records = Records::new(READ_BUFFER, Incoming::new(Arc::clone(&stream), pending));
     let output = Output {
         stream: Arc::clone(&stream),
@@ -87,7 +95,7 @@ pub(super) fn run(
     let keep_conn = begun.keep_conn;
     let answered = stream.set_read_timeout(server.options.body_timeout).is_ok()
         && respond(server, &mut records, &output, begun, refusal);
-    server.done(id);
+    server.done(kind, id);
     let (mut pending, incoming) = records.into_parts();
     pending.extend(incoming.into_rest());
     let mut connection = Connection {

@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
@@ -90,11 +91,16 @@ pub(super) struct EventLoop {
     /// epoll until then.
     listener_paused: Option<Instant>,
     scratch: Vec<u8>,
+    /// Connections the threads give back.
+    returns: Receiver<After>,
 }
 
 impl EventLoop {
     pub(super) fn new(server: Arc<Server>, listener: Arc<Listener>) -> io::Result<EventLoop> {
         listener.set_nonblocking()?;
+        let returns = server
+            .take_returns()
+            .ok_or_else(|| io::Error::other("the event loop runs once"))?;
         let epoll = epoll::create(CreateFlags::CLOEXEC)?;
         epoll::add(
             &epoll,
@@ -115,6 +121,7 @@ impl EventLoop {
             waiting: HashMap::new(),
             listener_paused: None,
             scratch: vec![0; READ_CHUNK],
+            returns,
         })
     }
 
@@ -202,7 +209,7 @@ impl EventLoop {
     fn take_back(&mut self) {
         let mut counter = [0u8; 8];
         let _ = rustix::io::read(&self.server.waker, &mut counter);
-        for after in self.server.take_returned() {
+        while let Ok(after) = self.returns.try_recv() {
             let waiting = match after {
                 After::Keep(connection) => Waiting::new(connection),
                 After::Linger(connection) => Waiting {

@@ -15,17 +15,18 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::connection::After;
+use super::connection::{After, Kind};
 use super::event_loop::EventLoop;
 use super::listener::{Listener, Stream};
 use super::log::RateLimitedLog;
 use super::settings::{ConfigSources, Settings};
-use super::workers::{self, Queue};
+use super::workers::{self, Bulk, Queue};
 use crate::config::Config;
 use crate::handler;
 use crate::service::Service;
@@ -75,16 +76,21 @@ pub(super) struct Server {
     stopping: Arc<AtomicBool>,
     /// Set when the grace time is over: running requests are cut short.
     pub(super) grace_over: AtomicBool,
-    /// Connections whose request runs, to cut them at shutdown.
-    in_flight: Mutex<HashMap<u64, Arc<Stream>>>,
+    /// Connections whose request runs, to cut them at shutdown: one map
+    /// for each kind of thread, so that the two never share a lock (see
+    /// [`super::workers`]).
+    in_flight: [Mutex<HashMap<u64, Arc<Stream>>>; 2],
     pub(super) next_connection: AtomicU64,
     pub(super) log: RateLimitedLog,
     /// Quick requests waiting for a worker.
     pub(super) quick: Queue,
-    /// Bulk requests running.
-    pub(super) bulk: AtomicUsize,
-    /// Connections done with a request, for the event loop to take back.
-    returned: Mutex<Vec<After>>,
+    /// Bulk requests and their threads.
+    pub(super) bulk: Bulk,
+    /// Connections done with a request, for the event loop to take back:
+    /// a channel, which a sender cannot hold up the receiver on.
+    returns: Sender<After>,
+    /// Its receiving end, until the event loop takes it.
+    returned: Mutex<Option<Receiver<After>>>,
     /// Wakes the event loop when a connection comes back.
     pub(super) waker: OwnedFd,
 }
@@ -102,18 +108,20 @@ impl Server {
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )?;
+        let (returns, returned) = mpsc::channel();
         Ok(Server {
             service: Arc::new(Service::new(config)),
             settings: Settings::new(sources),
             options,
             stopping,
             grace_over: AtomicBool::new(false),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: [Mutex::new(HashMap::new()), Mutex::new(HashMap::new())],
             next_connection: AtomicU64::new(0),
             log: RateLimitedLog::new(quiet),
             quick: Queue::default(),
-            bulk: AtomicUsize::new(0),
-            returned: Mutex::new(Vec::new()),
+            bulk: Bulk::new(),
+            returns,
+            returned: Mutex::new(Some(returned)),
             waker,
         })
     }
@@ -122,46 +130,57 @@ impl Server {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    fn lock_running(&self) -> MutexGuard<'_, HashMap<u64, Arc<Stream>>> {
-        self.in_flight
+    fn in_flight(&self, kind: Kind) -> MutexGuard<'_, HashMap<u64, Arc<Stream>>> {
+        let index = match kind {
+            Kind::Quick => 0,
+            Kind::Bulk => 1,
+        };
+        self.in_flight[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A request begins to run on `stream`.
-    pub(super) fn running(&self, id: u64, stream: &Arc<Stream>) {
-        self.lock_running().insert(id, Arc::clone(stream));
+    pub(super) fn running(&self, kind: Kind, id: u64, stream: &Arc<Stream>) {
+        self.in_flight(kind).insert(id, Arc::clone(stream));
     }
 
     /// The request on connection `id` is done.
-    pub(super) fn done(&self, id: u64) {
-        self.lock_running().remove(&id);
+    pub(super) fn done(&self, kind: Kind, id: u64) {
+        self.in_flight(kind).remove(&id);
+    }
+
+    fn any_in_flight(&self) -> bool {
+        [Kind::Quick, Kind::Bulk]
+            .iter()
+            .any(|kind| !self.in_flight(*kind).is_empty())
     }
 
     /// Gives a connection back to the event loop. Once the server stops
     /// there is no loop: the connection closes here.
     pub(super) fn give_back(&self, after: After) {
-        if self.is_stopping() {
+        if self.is_stopping() || self.returns.send(after).is_err() {
             return;
         }
-        self.returned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(after);
         // A full counter (never, in practice) still wakes the loop.
         let _ = rustix::io::write(&self.waker, &1u64.to_ne_bytes());
     }
 
-    /// The connections given back since the last call.
-    pub(super) fn take_returned(&self) -> Vec<After> {
-        std::mem::take(&mut *self.returned.lock().unwrap_or_else(PoisonError::into_inner))
+    /// The receiving end of the connections given back (the event loop's).
+    pub(super) fn take_returns(&self) -> Option<Receiver<After>> {
+        self.returned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Cuts the reading side of every running request: a thread blocked
     /// in a read returns at once.
     fn cut_running(&self) {
-        for stream in self.lock_running().values() {
-            stream.shutdown_read();
+        for kind in [Kind::Quick, Kind::Bulk] {
+            for stream in self.in_flight(kind).values() {
+                stream.shutdown_read();
+            }
         }
     }
 }
@@ -191,7 +210,7 @@ pub fn serve(
         false,
     )?);
     let listener = Arc::new(listener);
-    let mut handles = workers::start_quick(&server)?;
+    let mut handles = workers::start(&server)?;
     let event_loop = EventLoop::new(Arc::clone(&server), Arc::clone(&listener))?;
     handles.push(
         thread::Builder::new()
@@ -211,7 +230,7 @@ pub fn serve(
     // waiting in the backlog. The event loop closes its connections.
     listener.stop();
     let deadline = Instant::now() + server.options.grace;
-    while Instant::now() < deadline && !server.lock_running().is_empty() {
+    while Instant::now() < deadline && server.any_in_flight() {
         thread::sleep(Duration::from_millis(20));
     }
     server.grace_over.store(true, Ordering::SeqCst);
@@ -220,7 +239,8 @@ pub fn serve(
     // that does not exit) must not keep the process alive.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline
-        && !(handles.iter().all(|h| h.is_finished()) && server.bulk.load(Ordering::SeqCst) == 0)
+        && !(handles.iter().all(|h| h.is_finished())
+            && server.bulk.running.load(Ordering::SeqCst) == 0)
     {
         thread::sleep(Duration::from_millis(20));
         server.cut_running();

@@ -7,7 +7,7 @@
 //! bounded cache so that a status poll does not re-read a key file.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::log::RateLimitedLog;
 use crate::config::{Config, DAEMON_ONLY, SETTINGS};
@@ -64,14 +64,16 @@ pub(super) struct Settings {
     /// Where a request's own configuration is merged from; `None`
     /// (the test hook): requests may not bring settings.
     sources: Option<ConfigSources>,
-    merged: Mutex<Merged>,
+    /// A read-write lock: the upload threads, at the lowest priority, read
+    /// it too, and a reader never holds up another (see `super::workers`).
+    merged: RwLock<Merged>,
 }
 
 impl Settings {
     pub(super) fn new(sources: Option<ConfigSources>) -> Settings {
         Settings {
             sources,
-            merged: Mutex::new(HashMap::new()),
+            merged: RwLock::new(HashMap::new()),
         }
     }
 
@@ -103,7 +105,7 @@ impl Settings {
             .cloned()
             .collect();
         given.sort();
-        if let Some(config) = self.lock_merged().get(&given) {
+        if let Some(config) = self.read_merged().get(&given) {
             return Ok(Some(Arc::clone(config)));
         }
         let config = self.merge(&given).map_err(|message| {
@@ -115,7 +117,7 @@ impl Settings {
         })?;
         // Built once per set, pool and all, like the daemon's own.
         let config = Arc::new(Service::new(config));
-        let mut merged = self.lock_merged();
+        let mut merged = self.write_merged();
         if merged.len() >= MAX_MERGED {
             merged.clear();
         }
@@ -182,7 +184,7 @@ impl Settings {
     /// and age.
     pub(super) fn collected(&self, own: &Arc<Service>) -> Vec<Arc<Service>> {
         let mut services = vec![Arc::clone(own)];
-        services.extend(self.lock_merged().values().cloned());
+        services.extend(self.read_merged().values().cloned());
         services.retain(|service| service.config().max_age.is_some());
         let mut seen = HashSet::new();
         services.retain(|service| {
@@ -192,8 +194,12 @@ impl Settings {
         services
     }
 
-    fn lock_merged(&self) -> MutexGuard<'_, Merged> {
-        self.merged.lock().unwrap_or_else(PoisonError::into_inner)
+    fn read_merged(&self) -> RwLockReadGuard<'_, Merged> {
+        self.merged.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_merged(&self) -> RwLockWriteGuard<'_, Merged> {
+        self.merged.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -237,7 +243,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(config.config().max_size, Some(size as u64 * 1024));
-            assert!(settings.lock_merged().len() <= MAX_MERGED);
+            assert!(settings.read_merged().len() <= MAX_MERGED);
         }
     }
 

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::assembly::Assembly;
-use super::connection::{self, After, Connection};
+use super::connection::{self, After, Connection, Kind};
 use super::listener::Stream;
 use super::server::{Server, ServerOptions};
 use crate::config::Config;
@@ -81,7 +81,7 @@ fn serve_connection(server: &Server, stream: Stream) {
         }
         match step {
             Err(_) => return,
-            Ok(Some(begun)) => match connection::run(server, connection, begun, None) {
+            Ok(Some(begun)) => match connection::run(server, connection, begun, None, Kind::Quick) {
                 After::Keep(kept) => {
                     connection = kept;
                     continue;
