@@ -37,7 +37,8 @@ pub(super) struct Connection {
     pub(super) pending: Vec<u8>,
 }
 
-/// Which threads run a request: see [`super::workers`].
+/// Which threads run a request: the event loop's (quick requests) or a
+/// bulk thread (see [`super::bulk`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
     Quick,

@@ -1,8 +1,9 @@
-//! The event loop: one thread, with epoll, holds every connection that is
-//! not running a request. It accepts, reads whatever each peer has sent,
-//! assembles requests (see [`super::assembly`]), and hands each one whose
-//! parameters are complete to the threads that run requests (see
-//! [`super::workers`]); a connection comes back here after its request.
+//! The event loop: `workers` threads share one epoll instance that holds
+//! every connection not running a bulk request. Each thread accepts, reads
+//! whatever a peer has sent, assembles requests (see [`super::assembly`]),
+//! answers quick requests (status polls, clears, `/upload/new`) itself,
+//! and hands bulk ones (uploads) to [`super::bulk`]; a connection comes
+//! back here after its upload.
 //!
 //! So a connection that sends nothing, or sends its parameters a byte at a
 //! time, holds no thread: only its socket, its entry here (about a hundred
@@ -11,10 +12,15 @@
 //! whose parameters (or, for a quick request, whose short body) are not
 //! complete within `header_timeout` of its first byte is closed.
 //!
-//! A quick request (a status poll) is taken here whole, body included (up
-//! to [`QUICK_BODY`]), before a worker sees it: the workers that answer
-//! polls never wait on a peer's bytes. The loop itself never blocks: it
-//! reads and writes with `MSG_DONTWAIT`, and never touches the pool.
+//! A quick request is read whole, body included (up to [`QUICK_BODY`]),
+//! before it is answered: answering never waits on a peer's bytes, only
+//! on the pool (a status read) and on writing the answer. Several threads
+//! rather than one so that a slow pool (a network file system) or a stuck
+//! writer holds up one of them, not every connection; each connection is
+//! registered `EPOLLONESHOT`, so exactly one thread at a time has it, and
+//! a poll is answered by the thread that read it: one wake-up, as with a
+//! thread per connection, where a loop handing requests to a pool would
+//! add a second (measured: twice the poll p99 under the load test).
 //!
 //! Closing after an answer given early (the peer may still be sending a
 //! body) lingers here too, like nginx's lingering close: the writing side
@@ -25,18 +31,19 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::os::fd::OwnedFd;
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
 
 use super::assembly::{Assembly, Begun};
-use super::connection::{After, Connection};
+use super::bulk;
+use super::connection::{self, After, Connection, Kind};
 use super::listener::{Listener, Stream};
-use super::record::{HEADER_LEN, Header, STDIN};
+use super::record::{HEADER_LEN, Header, Malformed, STDIN};
 use super::server::Server;
-use super::workers;
 use crate::handler;
 use crate::http::Request;
 
@@ -54,7 +61,7 @@ const LINGER_LIMIT: u64 = 64 << 20;
 /// How often timeouts are looked at, and the longest wait in epoll.
 const TICK: Duration = Duration::from_millis(100);
 /// Reads per readiness event: a peer that sends without pause does not
-/// keep the loop from the others.
+/// keep its thread from the others.
 const READS_PER_EVENT: usize = 4;
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -81,18 +88,51 @@ enum Phase {
     Linger { deadline: Instant, drained: u64 },
 }
 
-/// The loop's state.
+impl Waiting {
+    fn new(connection: Connection) -> Waiting {
+        Waiting {
+            connection,
+            assembly: Assembly::default(),
+            phase: Phase::Idle {
+                since: Instant::now(),
+            },
+        }
+    }
+
+    fn lingering(connection: Connection) -> Waiting {
+        Waiting {
+            connection,
+            assembly: Assembly::default(),
+            phase: Phase::Linger {
+                deadline: Instant::now() + LINGER_TIME,
+                drained: 0,
+            },
+        }
+    }
+}
+
+/// The loop's state, shared by its threads.
 pub(super) struct EventLoop {
     server: Arc<Server>,
     listener: Arc<Listener>,
-    epoll: std::os::fd::OwnedFd,
-    waiting: HashMap<u64, Waiting>,
-    /// While accept fails for want of descriptors, the listener is out of
-    /// epoll until then.
-    listener_paused: Option<Instant>,
-    scratch: Vec<u8>,
-    /// Connections the threads give back.
-    returns: Receiver<After>,
+    epoll: OwnedFd,
+    /// The connections no thread has now (each is armed in epoll).
+    waiting: Mutex<HashMap<u64, Waiting>>,
+    /// Connections the bulk threads give back.
+    returns: Mutex<Receiver<After>>,
+    /// While accept fails for want of descriptors, the listener is not
+    /// armed until then.
+    listener_paused: Mutex<Option<Instant>>,
+    last_sweep: Mutex<Instant>,
+}
+
+/// What reading a connection came to.
+enum Read {
+    More,
+    /// The peer closed its side.
+    Ended,
+    /// Reset, or failed: nothing is owed to it.
+    Broken,
 }
 
 impl EventLoop {
@@ -100,40 +140,34 @@ impl EventLoop {
         listener.set_nonblocking()?;
         let returns = server
             .take_returns()
-            .ok_or_else(|| io::Error::other("the event loop runs once"))?;
+            .ok_or_else(|| io::Error::other("the event loop is made once"))?;
         let epoll = epoll::create(CreateFlags::CLOEXEC)?;
-        epoll::add(
-            &epoll,
-            listener.as_fd(),
-            EventData::new_u64(LISTENER),
-            EventFlags::IN,
-        )?;
-        epoll::add(
-            &epoll,
-            &server.waker,
-            EventData::new_u64(WAKER),
-            EventFlags::IN,
-        )?;
+        let once = EventFlags::IN | EventFlags::ONESHOT;
+        epoll::add(&epoll, listener.as_fd(), EventData::new_u64(LISTENER), once)?;
+        epoll::add(&epoll, &server.waker, EventData::new_u64(WAKER), once)?;
         Ok(EventLoop {
             server,
             listener,
             epoll,
-            waiting: HashMap::new(),
-            listener_paused: None,
-            scratch: vec![0; READ_CHUNK],
-            returns,
+            waiting: Mutex::new(HashMap::new()),
+            returns: Mutex::new(returns),
+            listener_paused: Mutex::new(None),
+            last_sweep: Mutex::new(Instant::now()),
         })
     }
 
-    /// Runs until the server stops; the connections still here are then
-    /// closed.
-    pub(super) fn run(mut self) {
-        let mut events: Vec<Event> = Vec::with_capacity(256);
+    fn waiting(&self) -> MutexGuard<'_, HashMap<u64, Waiting>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One of the loop's threads: runs until the server stops.
+    pub(super) fn run(&self) {
+        let mut events: Vec<Event> = Vec::with_capacity(16);
+        let mut scratch = vec![0u8; READ_CHUNK];
         let tick = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: TICK.subsec_nanos().into(),
         };
-        let mut last_sweep = Instant::now();
         while !self.server.is_stopping() {
             events.clear();
             match epoll::wait(
@@ -154,23 +188,27 @@ impl EventLoop {
             for event in &events {
                 match event.data.u64() {
                     LISTENER => self.accept_all(),
-                    WAKER => self.take_back(),
-                    id => self.readable(id),
+                    WAKER => self.take_back(&mut scratch),
+                    id => self.ready(id, &mut scratch),
                 }
             }
-            let now = Instant::now();
-            if now.duration_since(last_sweep) >= TICK {
-                last_sweep = now;
-                self.sweep(now);
-            }
+            self.sweep_if_due();
         }
     }
 
-    fn accept_all(&mut self) {
+    /// Closes every connection still here (at shutdown).
+    pub(super) fn close_all(&self) {
+        self.waiting().clear();
+    }
+
+    fn accept_all(&self) {
         loop {
             match self.listener.accept() {
-                Ok(stream) => self.adopt(Waiting::new(self.new_connection(stream))),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok(stream) => {
+                    let connection = self.new_connection(stream);
+                    self.arm(Waiting::new(connection), true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -183,12 +221,24 @@ impl EventLoop {
                     self.server
                         .log
                         .log("accept", &format!("cannot accept a connection: {e}"));
-                    let _ = epoll::delete(&self.epoll, self.listener.as_fd());
-                    self.listener_paused = Some(Instant::now() + TICK);
+                    *self
+                        .listener_paused
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + TICK);
                     return;
                 }
             }
         }
+        self.rearm_listener();
+    }
+
+    fn rearm_listener(&self) {
+        let _ = epoll::modify(
+            &self.epoll,
+            self.listener.as_fd(),
+            EventData::new_u64(LISTENER),
+            EventFlags::IN | EventFlags::ONESHOT,
+        );
     }
 
     fn new_connection(&self, stream: Stream) -> Connection {
@@ -205,206 +255,264 @@ impl EventLoop {
         }
     }
 
-    /// Connections back from a request.
-    fn take_back(&mut self) {
+    /// Connections back from bulk requests.
+    fn take_back(&self, scratch: &mut [u8]) {
         let mut counter = [0u8; 8];
         let _ = rustix::io::read(&self.server.waker, &mut counter);
-        while let Ok(after) = self.returns.try_recv() {
+        let back: Vec<After> = {
+            let returns = self.returns.lock().unwrap_or_else(PoisonError::into_inner);
+            returns.try_iter().collect()
+        };
+        let _ = epoll::modify(
+            &self.epoll,
+            &self.server.waker,
+            EventData::new_u64(WAKER),
+            EventFlags::IN | EventFlags::ONESHOT,
+        );
+        for after in back {
+            // Out of epoll while its request ran: added again. The next
+            // request may have come with the last one's end.
             let waiting = match after {
                 After::Keep(connection) => Waiting::new(connection),
-                After::Linger(connection) => Waiting {
-                    connection,
-                    assembly: Assembly::default(),
-                    phase: Phase::Linger {
-                        deadline: Instant::now() + LINGER_TIME,
-                        drained: 0,
-                    },
-                },
+                After::Linger(connection) => Waiting::lingering(connection),
             };
-            let id = waiting.connection.id;
-            let has_bytes = !waiting.connection.pending.is_empty();
-            self.adopt(waiting);
-            // The next request may have come with the last one's end.
-            if has_bytes {
-                self.advance(id);
+            if let Some(waiting) = self.registered(waiting) {
+                self.advance(waiting, Read::More, scratch);
             }
         }
     }
 
-    fn adopt(&mut self, waiting: Waiting) {
-        let id = waiting.connection.id;
-        let added = epoll::add(
+    /// Adds a connection back from a bulk request to epoll, disarmed, for
+    /// the caller to go on with; `None` if it cannot be added (closed).
+    fn registered(&self, waiting: Waiting) -> Option<Waiting> {
+        epoll::add(
             &self.epoll,
             waiting.connection.stream.as_fd(),
-            EventData::new_u64(id),
-            EventFlags::IN | EventFlags::RDHUP,
-        );
-        if added.is_ok() {
-            self.waiting.insert(id, waiting);
+            EventData::new_u64(waiting.connection.id),
+            EventFlags::ONESHOT,
+        )
+        .ok()?;
+        Some(waiting)
+    }
+
+    /// Puts a connection in the map and arms it, so that the next thread
+    /// its peer wakes finds it (`add`: a new one, else it is registered).
+    fn arm(&self, waiting: Waiting, add: bool) {
+        let id = waiting.connection.id;
+        // Held across the insert: a sweep may close the map's copy at once,
+        // and the descriptor must not be reused before epoll is told.
+        let stream = Arc::clone(&waiting.connection.stream);
+        self.waiting().insert(id, waiting);
+        let flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ONESHOT;
+        let data = EventData::new_u64(id);
+        let armed = if add {
+            epoll::add(&self.epoll, stream.as_fd(), data, flags)
+        } else {
+            epoll::modify(&self.epoll, stream.as_fd(), data, flags)
+        };
+        if armed.is_err() {
+            self.waiting().remove(&id);
         }
     }
 
-    fn readable(&mut self, id: u64) {
-        let Some(waiting) = self.waiting.get_mut(&id) else {
+    /// A connection's peer sent something (or closed).
+    fn ready(&self, id: u64, scratch: &mut [u8]) {
+        let Some(mut waiting) = self.waiting().remove(&id) else {
             return;
         };
-        let mut ended = false;
+        let mut read = Read::More;
         for _ in 0..READS_PER_EVENT {
-            match waiting.connection.stream.read_now(&mut self.scratch) {
+            match waiting.connection.stream.read_now(scratch) {
                 Ok(0) => {
-                    ended = true;
+                    read = Read::Ended;
                     break;
                 }
                 Ok(n) => match &mut waiting.phase {
                     Phase::Linger { drained, .. } => *drained += n as u64,
-                    _ => waiting
-                        .connection
-                        .pending
-                        .extend_from_slice(&self.scratch[..n]),
+                    _ => waiting.connection.pending.extend_from_slice(&scratch[..n]),
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    // A reset: the peer is gone, with nothing owed to it.
-                    self.waiting.remove(&id);
-                    return;
+                    read = Read::Broken;
+                    break;
                 }
             }
         }
-        if !ended {
-            self.advance(id);
-            return;
+        if let Read::Broken = read {
+            return; // dropped: closed
         }
-        // The peer closed. What it sent before still counts: a request
-        // and its end may come just before a close.
-        self.advance(id);
-        if let Some(waiting) = self.waiting.remove(&id) {
-            let clean = match &waiting.phase {
-                Phase::Idle { .. } => waiting.assembly.closed(&waiting.connection.pending),
-                Phase::Linger { .. } => Ok(()),
-                Phase::Header { .. } | Phase::Collect { .. } => waiting
-                    .assembly
-                    .closed(&waiting.connection.pending)
-                    .and(Err(super::record::Malformed(
-                        "connection closed before the request was complete".into(),
-                    ))),
-            };
-            if let Err(why) = clean {
-                self.server.log.log(
-                    "malformed",
-                    &format!("closing a FastCGI connection: {}", why.0),
-                );
-            }
-        }
+        self.advance(waiting, read, scratch);
     }
 
     /// Takes what a connection's bytes allow: management records answered,
-    /// a request begun, a quick request's body collected, a complete
-    /// request handed to a thread.
-    fn advance(&mut self, id: u64) {
-        let Some(waiting) = self.waiting.get_mut(&id) else {
+    /// a request begun, a quick request's body collected and the request
+    /// answered, a bulk request handed over; then arms the connection
+    /// again, or closes it.
+    fn advance(&self, mut waiting: Waiting, read: Read, scratch: &mut [u8]) {
+        let ended = matches!(read, Read::Ended);
+        loop {
+            let now = Instant::now();
+            match &mut waiting.phase {
+                Phase::Linger { drained, .. } => {
+                    waiting.connection.pending.clear();
+                    if ended || *drained >= LINGER_LIMIT {
+                        return;
+                    }
+                    return self.arm(waiting, false);
+                }
+                Phase::Idle { .. } | Phase::Header { .. } => {
+                    let mut replies = Vec::new();
+                    let step = waiting.assembly.step(
+                        &mut waiting.connection.pending,
+                        &mut replies,
+                        self.server.options.workers + self.server.options.max_uploads,
+                    );
+                    if !replies.is_empty() && !write_all_now(&waiting.connection.stream, &replies) {
+                        return;
+                    }
+                    let begun = match step {
+                        Ok(begun) => begun,
+                        Err(why) => return self.malformed(&why),
+                    };
+                    let owed =
+                        waiting.assembly.in_request() || !waiting.connection.pending.is_empty();
+                    let deadline = match waiting.phase {
+                        Phase::Header { deadline } => deadline,
+                        _ => now + self.server.options.header_timeout,
+                    };
+                    match begun {
+                        None if ended => {
+                            if let Err(why) = waiting.assembly.closed(&waiting.connection.pending) {
+                                self.malformed(&why);
+                            }
+                            return;
+                        }
+                        None => {
+                            waiting.phase = if owed {
+                                Phase::Header { deadline }
+                            } else {
+                                Phase::Idle { since: now }
+                            };
+                            return self.arm(waiting, false);
+                        }
+                        Some(begun) => {
+                            let (begun, quick) = classify(&self.server, begun);
+                            if !quick {
+                                return self.hand_over(waiting, begun, scratch);
+                            }
+                            waiting.phase = Phase::Collect { begun, deadline };
+                        }
+                    }
+                }
+                Phase::Collect { begun, .. } => {
+                    let id = begun.id;
+                    let complete = body_end(&waiting.connection.pending, id).is_some();
+                    let too_long = waiting.connection.pending.len() > QUICK_BODY;
+                    if !complete && !too_long {
+                        if ended {
+                            return self.malformed(&Malformed(
+                                "connection closed before the request's body ended".into(),
+                            ));
+                        }
+                        return self.arm(waiting, false);
+                    }
+                    let idle = Phase::Idle { since: now };
+                    let Phase::Collect { begun, .. } = std::mem::replace(&mut waiting.phase, idle)
+                    else {
+                        return;
+                    };
+                    if !complete {
+                        return self.hand_over(waiting, begun, scratch);
+                    }
+                    let after =
+                        connection::run(&self.server, waiting.connection, begun, None, Kind::Quick);
+                    waiting = match after {
+                        After::Keep(_) if ended => return,
+                        After::Keep(connection) => Waiting::new(connection),
+                        After::Linger(connection) => Waiting::lingering(connection),
+                    };
+                    // Go on: the next request may be read already.
+                }
+            }
+        }
+    }
+
+    fn malformed(&self, why: &Malformed) {
+        self.server.log.log(
+            "malformed",
+            &format!("closing a FastCGI connection: {}", why.0),
+        );
+    }
+
+    /// Takes a connection out of epoll and gives its request to a bulk
+    /// thread; one refused (`max_uploads`) is answered here.
+    fn hand_over(&self, waiting: Waiting, begun: Begun, scratch: &mut [u8]) {
+        let _ = epoll::delete(&self.epoll, waiting.connection.stream.as_fd());
+        let Some(refused) = bulk::dispatch(&self.server, waiting.connection, begun) else {
             return;
         };
-        if let Phase::Linger { .. } = waiting.phase {
-            waiting.connection.pending.clear();
-            return;
+        let after = connection::run(
+            &self.server,
+            refused.connection,
+            refused.begun,
+            refused.refusal,
+            Kind::Quick,
+        );
+        if let Some(waiting) = self.registered(match after {
+            After::Keep(connection) => Waiting::new(connection),
+            After::Linger(connection) => Waiting::lingering(connection),
+        }) {
+            self.advance(waiting, Read::More, scratch);
         }
-        if let Phase::Idle { .. } | Phase::Header { .. } = waiting.phase {
-            let mut replies = Vec::new();
-            let step = waiting.assembly.step(
-                &mut waiting.connection.pending,
-                &mut replies,
-                self.server.options.workers + self.server.options.max_uploads,
-            );
-            if !replies.is_empty() && !write_all_now(&waiting.connection.stream, &replies) {
-                self.waiting.remove(&id);
+    }
+
+    /// Closes connections whose time is up, and arms the listener again;
+    /// one thread does it each tick.
+    fn sweep_if_due(&self) {
+        let now = Instant::now();
+        {
+            let Ok(mut last) = self.last_sweep.try_lock() else {
+                return;
+            };
+            if now.duration_since(*last) < TICK {
                 return;
             }
-            let begun = match step {
-                Err(why) => {
-                    self.server.log.log(
-                        "malformed",
-                        &format!("closing a FastCGI connection: {}", why.0),
-                    );
-                    self.waiting.remove(&id);
-                    return;
-                }
-                Ok(begun) => begun,
-            };
-            let owed = waiting.assembly.in_request() || !waiting.connection.pending.is_empty();
-            let now = Instant::now();
-            let deadline = match waiting.phase {
-                Phase::Header { deadline } => deadline,
-                _ => now + self.server.options.header_timeout,
-            };
-            match begun {
-                None if owed => waiting.phase = Phase::Header { deadline },
-                None => waiting.phase = Phase::Idle { since: now },
-                Some(begun) => {
-                    let (begun, quick) = classify(&self.server, begun);
-                    if !quick {
-                        return self.hand_over(id, begun, false);
-                    }
-                    waiting.phase = Phase::Collect { begun, deadline };
-                }
+            *last = now;
+        }
+        let resume = {
+            let mut paused = self
+                .listener_paused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let resume = paused.is_some_and(|until| now >= until);
+            if resume {
+                *paused = None;
             }
-        }
-        let Some(waiting) = self.waiting.get(&id) else {
-            return;
+            resume
         };
-        if let Phase::Collect { begun, .. } = &waiting.phase {
-            let pending = &waiting.connection.pending;
-            match body_end(pending, begun.id) {
-                Some(_) => self.take_collected(id, true),
-                None if pending.len() > QUICK_BODY => self.take_collected(id, false),
-                None => {}
-            }
-        }
-    }
-
-    /// Hands a connection in `Collect` to a thread.
-    fn take_collected(&mut self, id: u64, quick: bool) {
-        let Some(waiting) = self.waiting.get_mut(&id) else {
-            return;
-        };
-        let idle = Phase::Idle {
-            since: Instant::now(),
-        };
-        if let Phase::Collect { begun, .. } = std::mem::replace(&mut waiting.phase, idle) {
-            self.hand_over(id, begun, quick);
-        }
-    }
-
-    /// Takes a connection out of the loop and runs its request.
-    fn hand_over(&mut self, id: u64, begun: Begun, quick: bool) {
-        let Some(waiting) = self.waiting.remove(&id) else {
-            return;
-        };
-        let _ = epoll::delete(&self.epoll, waiting.connection.stream.as_fd());
-        workers::dispatch(&self.server, waiting.connection, begun, quick);
-    }
-
-    /// Closes connections whose time is up, and lets the listener in again.
-    fn sweep(&mut self, now: Instant) {
-        if self.listener_paused.is_some_and(|until| now >= until) {
-            self.listener_paused = None;
-            let _ = epoll::add(
-                &self.epoll,
-                self.listener.as_fd(),
-                EventData::new_u64(LISTENER),
-                EventFlags::IN,
-            );
+        if resume {
+            self.rearm_listener();
         }
         let mut late = 0usize;
-        self.waiting.retain(|_, waiting| match &waiting.phase {
-            Phase::Idle { since } => now.duration_since(*since) < IDLE_TIMEOUT,
-            Phase::Header { deadline } | Phase::Collect { deadline, .. } => {
-                let keep = now < *deadline;
-                late += usize::from(!keep);
-                keep
+        // Dropped outside the lock: closing takes a system call each.
+        let mut closed = Vec::new();
+        self.waiting().retain(|_, waiting| {
+            let keep = match &waiting.phase {
+                Phase::Idle { since } => now.duration_since(*since) < IDLE_TIMEOUT,
+                Phase::Header { deadline } | Phase::Collect { deadline, .. } => {
+                    let keep = now < *deadline;
+                    late += usize::from(!keep);
+                    keep
+                }
+                Phase::Linger { deadline, drained } => now < *deadline && *drained < LINGER_LIMIT,
+            };
+            if !keep {
+                closed.push(Arc::clone(&waiting.connection.stream));
             }
-            Phase::Linger { deadline, drained } => now < *deadline && *drained < LINGER_LIMIT,
+            keep
         });
+        drop(closed);
         if late > 0 {
             self.server.log.log(
                 "slow",
@@ -414,18 +522,6 @@ impl EventLoop {
                     self.server.options.header_timeout.as_secs_f64()
                 ),
             );
-        }
-    }
-}
-
-impl Waiting {
-    fn new(connection: Connection) -> Waiting {
-        Waiting {
-            connection,
-            assembly: Assembly::default(),
-            phase: Phase::Idle {
-                since: Instant::now(),
-            },
         }
     }
 }

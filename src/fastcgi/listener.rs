@@ -100,7 +100,7 @@ impl Listener {
 }
 
 impl Listener {
-    /// Refuses further connections (and wakes workers blocked in accept);
+    /// Refuses further connections;
     /// removes the socket file we made.
     pub(super) fn stop(&self) {
         let _ = rustix::net::shutdown(self.as_fd(), rustix::net::Shutdown::Both);
@@ -160,7 +160,7 @@ impl Stream {
 
     /// Reads what has arrived, without waiting (`WouldBlock` if nothing
     /// has), whatever the socket's blocking mode: the event loop reads a
-    /// socket that workers read with blocking reads.
+    /// socket that bulk threads read with blocking reads.
     pub(super) fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
         let (_, n) = rustix::net::recv(self.as_fd(), buf, rustix::net::RecvFlags::DONTWAIT)?;
         Ok(n)

@@ -4,8 +4,10 @@
 //! A long-running process saves a process start per status poll. It
 //! listens on the socket it was given on stdin (the convention of
 //! `spawn-fcgi`, `mod_fcgid` and lighttpd's `bin-path`) or on the address of
-//! `--listen`. A fixed pool of worker threads serves one connection each;
-//! when all are busy, new connections wait in the listen backlog.
+//! `--listen`. An event loop (`workers` threads on one epoll instance)
+//! holds every connection between requests and answers status polls; each
+//! upload runs on a thread of its own, up to `max_uploads`. So no number of
+//! idle, slow or uploading connections keeps a poll waiting.
 //!
 //! It is written for peers that misbehave: a malformed record ends that
 //! connection with one rate-limited line in the log, a connection closed
@@ -24,14 +26,19 @@
 //! - `record`: the record layer, pure (bytes in, bytes or values out) and
 //!   unit-tested on its own: headers, record types, name-value pairs, the
 //!   record reader over any `Read`.
+//! - `assembly`: a request from its first records, fed whatever bytes a
+//!   socket had; pure and unit-tested.
 //! - `listener`: the listening socket ([`Listener`]) and an accepted
 //!   connection's socket.
-//! - `connection`: one connection's life, its requests one after another,
-//!   its writing side and the lingering close.
-//! - `request`: one request: its parameters, its body (a reader of STDIN
-//!   records), its answer (a writer of STDOUT records), running the handler.
+//! - `event_loop`: the connections between requests: accepting, reading,
+//!   assembling, answering quick requests, timeouts, the lingering close.
+//! - `bulk`: the threads that run uploads, and their dispatcher.
+//! - `connection`: a connection as it passes between the loop and a
+//!   thread, and running one request on it.
+//! - `request`: one request: its body (a reader of STDIN records), its
+//!   answer (a writer of STDOUT records), running the handler.
 //! - `settings`: the per-request `FILEUPLOAD_*` settings and their cache.
-//! - `server`: the worker threads, the gc timer, signals and shutdown
+//! - `server`: starting the threads, the gc timer, signals and shutdown
 //!   ([`serve`]).
 //! - `log`: the rate-limited log of what peers do wrong.
 //! - [`testing`]: one connection served in memory, for fuzzing and
@@ -48,6 +55,7 @@
 //! the FastCGI reference library, and implements the CGI side only.
 
 mod assembly;
+mod bulk;
 mod connection;
 mod event_loop;
 mod listener;
@@ -57,7 +65,6 @@ mod request;
 mod server;
 mod settings;
 pub mod testing;
-mod workers;
 
 pub use listener::{Listener, stdin_is_listening_socket};
 pub use server::{ServerOptions, serve};

@@ -2,9 +2,10 @@
 //! clean shutdown that SIGTERM or SIGINT starts.
 //!
 //! A connection waits for its next request in the event loop, costing a
-//! socket and the bytes it has sent; once its parameters are complete it
-//! runs on a quick worker or a thread of its own (see [`super::workers`])
-//! and comes back to the loop when the request is done.
+//! socket and the bytes it has sent; once its parameters are complete, a
+//! quick request is answered by the loop's thread that read it, and a bulk
+//! one runs on a thread of its own (see [`super::bulk`]) and comes back to
+//! the loop when it is done.
 //!
 //! Shutdown stops accepting at once, ends the connections waiting in the
 //! loop, gives running requests the grace time, then cuts the rest short
@@ -21,12 +22,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::bulk::{self, Bulk};
 use super::connection::{After, Kind};
 use super::event_loop::EventLoop;
 use super::listener::{Listener, Stream};
 use super::log::RateLimitedLog;
 use super::settings::{ConfigSources, Settings};
-use super::workers::{self, Bulk, Queue};
 use crate::config::Config;
 use crate::handler;
 use crate::service::Service;
@@ -39,7 +40,8 @@ const GC_LOOK: Duration = Duration::from_secs(5);
 /// How the server runs.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Threads for quick requests (status, clear, new identifiers).
+    /// Event-loop threads, which also answer quick requests (status,
+    /// clear, new identifiers).
     pub workers: usize,
     /// Bulk requests (uploads, the application's) running at once.
     pub max_uploads: usize,
@@ -64,7 +66,7 @@ impl ServerOptions {
     }
 }
 
-/// State shared by the event loop, the workers and the main thread.
+/// State shared by the event loop, the bulk threads and the main thread.
 pub(super) struct Server {
     /// The daemon's own configuration and pool, built once: what a request
     /// without `FILEUPLOAD_*` parameters gets.
@@ -78,12 +80,10 @@ pub(super) struct Server {
     pub(super) grace_over: AtomicBool,
     /// Connections whose request runs, to cut them at shutdown: one map
     /// for each kind of thread, so that the two never share a lock (see
-    /// [`super::workers`]).
+    /// [`super::bulk`]).
     in_flight: [Mutex<HashMap<u64, Arc<Stream>>>; 2],
     pub(super) next_connection: AtomicU64,
     pub(super) log: RateLimitedLog,
-    /// Quick requests waiting for a worker.
-    pub(super) quick: Queue,
     /// Bulk requests and their threads.
     pub(super) bulk: Bulk,
     /// Connections done with a request, for the event loop to take back:
@@ -118,7 +118,6 @@ impl Server {
             in_flight: [Mutex::new(HashMap::new()), Mutex::new(HashMap::new())],
             next_connection: AtomicU64::new(0),
             log: RateLimitedLog::new(quiet),
-            quick: Queue::default(),
             bulk: Bulk::new(),
             returns,
             returned: Mutex::new(Some(returned)),
@@ -210,13 +209,16 @@ pub fn serve(
         false,
     )?);
     let listener = Arc::new(listener);
-    let mut handles = workers::start(&server)?;
-    let event_loop = EventLoop::new(Arc::clone(&server), Arc::clone(&listener))?;
-    handles.push(
-        thread::Builder::new()
-            .name("event-loop".into())
-            .spawn(move || event_loop.run())?,
-    );
+    let event_loop = Arc::new(EventLoop::new(Arc::clone(&server), Arc::clone(&listener))?);
+    let mut handles = vec![bulk::start(&server)?];
+    for n in 0..server.options.workers.max(1) {
+        let event_loop = Arc::clone(&event_loop);
+        handles.push(
+            thread::Builder::new()
+                .name(format!("fastcgi-{n}"))
+                .spawn(move || event_loop.run())?,
+        );
+    }
     let collector = Arc::clone(&server);
     handles.push(
         thread::Builder::new()
@@ -227,8 +229,9 @@ pub fn serve(
         thread::sleep(TICK);
     }
     // Stop accepting now: new connections are refused rather than left
-    // waiting in the backlog. The event loop closes its connections.
+    // waiting in the backlog; connections between requests close.
     listener.stop();
+    event_loop.close_all();
     let deadline = Instant::now() + server.options.grace;
     while Instant::now() < deadline && server.any_in_flight() {
         thread::sleep(Duration::from_millis(20));

@@ -81,16 +81,18 @@ fn serve_connection(server: &Server, stream: Stream) {
         }
         match step {
             Err(_) => return,
-            Ok(Some(begun)) => match connection::run(server, connection, begun, None, Kind::Quick) {
-                After::Keep(kept) => {
-                    connection = kept;
-                    continue;
+            Ok(Some(begun)) => {
+                match connection::run(server, connection, begun, None, Kind::Quick) {
+                    After::Keep(kept) => {
+                        connection = kept;
+                        continue;
+                    }
+                    After::Linger(closing) => {
+                        while let Ok(1..) = (&*closing.stream).read(&mut buf) {}
+                        return;
+                    }
                 }
-                After::Linger(closing) => {
-                    while let Ok(1..) = (&*closing.stream).read(&mut buf) {}
-                    return;
-                }
-            },
+            }
             Ok(None) => {}
         }
         match (&*connection.stream).read(&mut buf) {

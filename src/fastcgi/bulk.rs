@@ -1,27 +1,26 @@
-//! The threads that run requests: a fixed pool for quick requests, and a
-//! pool for bulk requests that grows to `max_uploads` threads, one per
-//! running upload.
+//! The threads that run bulk requests (uploads, and in middleware mode the
+//! application's): a pool that grows to `max_uploads`, one thread per
+//! running request, fed by a dispatcher thread.
 //!
-//! Two kinds because their costs differ by orders of magnitude. A status
-//! poll takes microseconds and must never wait behind an upload; an
-//! upload takes as long as its client, minutes on a phone, and most of
-//! that time its thread sleeps in a read. So polls get `workers` threads
-//! that nothing else runs on, and each upload a thread that does nothing
-//! else (a sleeping thread costs its touched stack and buffers, see the
-//! README's figures, not CPU). A bound on uploads, not on threads in
-//! general: the one resource a flood of slow uploads could take is
-//! memory, and `max_uploads` says how much.
+//! A thread each because an upload takes as long as its client, minutes
+//! on a phone, and most of that time its thread sleeps in a read: a
+//! sleeping thread costs its touched stack and buffers (see the README's
+//! figures), not CPU, and the upload code stays the plain blocking code
+//! that CGI runs too. A bound on uploads, not on threads in general: the
+//! one resource a flood of slow uploads could take is memory, and
+//! `max_uploads` says how much.
 //!
 //! Bulk threads run at the lowest CPU priority (see
 //! [`crate::receiving::lower_priority`]), and that makes one rule here:
-//! nothing the event loop or a quick worker waits for is ever held by a
-//! bulk thread. A lock taken by a low-priority thread that the scheduler
-//! then leaves waiting, on a busy machine, stalls whoever wants the lock
-//! next (priority inversion; measured: polls 250 ms at p99 under the load
-//! test). So the event loop hands bulk work to a dispatcher thread over a
-//! channel, the dispatcher (at normal priority) starts bulk threads when
-//! none is idle, so the loop never waits on `mmap` and `clone` either,
-//! and bulk threads give connections back over a channel too.
+//! nothing the event loop waits for is ever held by a bulk thread. A lock
+//! taken by a low-priority thread that the scheduler then leaves waiting,
+//! on a busy machine, stalls whoever wants the lock next (priority
+//! inversion: measured, polls at 250 ms p99 under the load test when the
+//! event loop shared a queue with upload threads). So the event loop hands
+//! bulk work to the dispatcher over a channel, the dispatcher (at normal
+//! priority) starts a thread when none is idle (the loop never waits on
+//! `mmap` and `clone` either), and bulk threads give connections back
+//! over a channel too.
 
 use std::collections::VecDeque;
 use std::io;
@@ -37,11 +36,10 @@ use super::server::Server;
 use crate::error_code::ErrorCode;
 use crate::http::HttpError;
 
-/// How often an idle quick worker or the dispatcher looks at the shutdown
-/// flag.
+/// How often the dispatcher looks at the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
 /// A bulk thread idle this long ends: the pool shrinks after a burst.
-const BULK_IDLE: Duration = Duration::from_secs(30);
+const IDLE: Duration = Duration::from_secs(30);
 
 /// A request ready to run, with the answer it gets instead of the
 /// handler's, if any.
@@ -51,23 +49,15 @@ pub(super) struct Job {
     pub(super) refusal: Option<HttpError>,
 }
 
-/// Jobs waiting for a thread, and how many threads wait for jobs.
+/// Jobs waiting for a bulk thread, and how many threads wait for jobs.
+/// Shared by the dispatcher and the bulk threads only.
 #[derive(Default)]
-pub(super) struct Queue {
+struct Queue {
     jobs: Mutex<(VecDeque<Job>, usize)>,
     ready: Condvar,
 }
 
 impl Queue {
-    pub(super) fn push(&self, job: Job) {
-        self.jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .0
-            .push_back(job);
-        self.ready.notify_one();
-    }
-
     /// Pushes `job`; whether a thread was idle to take it.
     fn push_to_idle(&self, job: Job) -> bool {
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -91,8 +81,7 @@ impl Queue {
     }
 }
 
-/// The bulk side: the channel from the event loop, and the queue the bulk
-/// threads take jobs from.
+/// The bulk side of the server.
 pub(super) struct Bulk {
     /// The event loop's end of the channel to the dispatcher.
     to_dispatcher: Mutex<Option<Sender<Job>>>,
@@ -114,16 +103,8 @@ impl Bulk {
     }
 }
 
-/// Starts the quick workers and the bulk dispatcher.
-pub(super) fn start(server: &Arc<Server>) -> io::Result<Vec<thread::JoinHandle<()>>> {
-    let mut handles = (0..server.options.workers.max(1))
-        .map(|n| {
-            let server = Arc::clone(server);
-            thread::Builder::new()
-                .name(format!("fastcgi-{n}"))
-                .spawn(move || quick_worker(&server))
-        })
-        .collect::<io::Result<Vec<_>>>()?;
+/// Starts the dispatcher.
+pub(super) fn start(server: &Arc<Server>) -> io::Result<thread::JoinHandle<()>> {
     let (sender, jobs) = mpsc::channel();
     *server
         .bulk
@@ -131,44 +112,27 @@ pub(super) fn start(server: &Arc<Server>) -> io::Result<Vec<thread::JoinHandle<(
         .lock()
         .unwrap_or_else(PoisonError::into_inner) = Some(sender);
     let dispatching = Arc::clone(server);
-    handles.push(
-        thread::Builder::new()
-            .name("dispatcher".into())
-            .spawn(move || dispatcher(&dispatching, &jobs))?,
-    );
-    Ok(handles)
+    thread::Builder::new()
+        .name("dispatcher".into())
+        .spawn(move || dispatcher(&dispatching, &jobs))
 }
 
-fn quick_worker(server: &Server) {
-    loop {
-        match server.quick.pop(TICK) {
-            Some(job) => run(server, job, Kind::Quick),
-            None if server.is_stopping() => return,
-            None => {}
-        }
-    }
-}
-
-/// Hands a request to the threads that run it: a quick one to the pool,
-/// a bulk one to the dispatcher, or, when `max_uploads` run already, to
-/// the quick pool with a 503. Called by the event loop: it never waits
-/// for a bulk thread.
-pub(super) fn dispatch(server: &Arc<Server>, connection: Connection, begun: Begun, quick: bool) {
+/// Hands a bulk request to the dispatcher. When `max_uploads` run already
+/// (or the server is stopping) it is given back, with the 503 it gets
+/// instead, for the caller to answer. Never waits for a bulk thread.
+pub(super) fn dispatch(server: &Server, connection: Connection, begun: Begun) -> Option<Job> {
     let job = Job {
         connection,
         begun,
         refusal: None,
     };
-    if quick {
-        return server.quick.push(job);
-    }
     let running = server.bulk.running.fetch_add(1, Ordering::SeqCst);
     if running >= server.options.max_uploads {
         let why = format!(
             "the server is receiving {} uploads already (max_uploads); try again later",
             server.options.max_uploads
         );
-        return refuse(server, job, why);
+        return Some(refused(server, job, why));
     }
     let sender = server
         .bulk
@@ -180,18 +144,15 @@ pub(super) fn dispatch(server: &Arc<Server>, connection: Connection, begun: Begu
         Some(sender) => sender.send(job).err().map(|e| e.0),
         None => Some(job),
     };
-    if let Some(job) = unsent {
-        refuse(server, job, "the server is shutting down".into());
-    }
+    unsent.map(|job| refused(server, job, "the server is shutting down".into()))
 }
 
-/// Answers a bulk request 503 on a quick worker, instead of running it.
-fn refuse(server: &Server, job: Job, why: String) {
+fn refused(server: &Server, job: Job, why: String) -> Job {
     server.bulk.running.fetch_sub(1, Ordering::SeqCst);
-    server.quick.push(Job {
+    Job {
         refusal: Some(HttpError::new(ErrorCode::Busy, why)),
         ..job
-    });
+    }
 }
 
 /// Queues bulk jobs for the bulk threads, and starts a thread when none is
@@ -213,15 +174,21 @@ fn dispatcher(server: &Arc<Server>, jobs: &Receiver<Job>) {
             .spawn(move || bulk_worker(&thread_server));
         if let Err(e) = spawned {
             server.bulk.threads.fetch_sub(1, Ordering::SeqCst);
-            server
-                .log
-                .log("thread", &format!("cannot start a thread for an upload: {e}"));
-            // The job waits for a thread that finishes; if there is none,
-            // it is refused rather than left.
+            server.log.log(
+                "thread",
+                &format!("cannot start a thread for an upload: {e}"),
+            );
+            // The job waits for a running thread to finish; with none, it
+            // is refused here rather than left.
             if server.bulk.threads.load(Ordering::SeqCst) == 0
                 && let Some(job) = server.bulk.queue.pop(Duration::ZERO)
             {
-                refuse(server, job, "the server cannot take another upload now".into());
+                let job = refused(
+                    server,
+                    job,
+                    "the server cannot take another upload now".into(),
+                );
+                run(server, job);
             }
         }
     }
@@ -230,14 +197,14 @@ fn dispatcher(server: &Arc<Server>, jobs: &Receiver<Job>) {
 fn bulk_worker(server: &Server) {
     // This thread only ever does bulk work: it gives way to the polls.
     crate::receiving::lower_priority();
-    while let Some(job) = server.bulk.queue.pop(BULK_IDLE) {
-        run(server, job, Kind::Bulk);
+    while let Some(job) = server.bulk.queue.pop(IDLE) {
+        run(server, job);
         server.bulk.running.fetch_sub(1, Ordering::SeqCst);
     }
     server.bulk.threads.fetch_sub(1, Ordering::SeqCst);
 }
 
-fn run(server: &Server, job: Job, kind: Kind) {
-    let after = connection::run(server, job.connection, job.begun, job.refusal, kind);
+fn run(server: &Server, job: Job) {
+    let after = connection::run(server, job.connection, job.begun, job.refusal, Kind::Bulk);
     server.give_back(after);
 }
