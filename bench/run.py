@@ -527,6 +527,9 @@ SLOW_SCENARIOS = {
 }
 
 
+COUNTS = {"uploads_ok", "sha256_mismatches"}
+
+
 def slow_clients():
     """Runs tests/slow_clients.rs against the release build and reports its
     figures, passing or not: a daemon that fails a target still gets its
@@ -548,7 +551,13 @@ def slow_clients():
         got = found["figures"]
         for source, name, unit in wanted:
             value = got.get(source)
-            figure(f"{prefix}.{name}", float("nan") if value is None else float(value), unit.format(**got))
+            if value is None:  # not measured: what it measures failed
+                value = "failed"
+            elif source in COUNTS:
+                value = int(value)
+            else:
+                value = float(value)
+            figure(f"{prefix}.{name}", value, unit.format(**got))
         figure(f"{prefix}.passed", "yes" if proc.returncode == 0 else "no", "")
         if proc.returncode != 0:
             reason = [l for l in (proc.stdout + proc.stderr).splitlines() if "panicked at" in l or "limit" in l]

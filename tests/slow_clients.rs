@@ -126,16 +126,16 @@ fn check_stored(site: &Site, id: &str, sha256: &str) -> Result<(), String> {
 }
 
 /// Polls at `every` from `start` until `end`, round the identifiers that
-/// `id_of` names; returns each poll's latency in ms, a failed one as 2 s.
-/// Paced by deadlines: a poll that comes back late does not shift the
-/// schedule, and slots missed while waiting are skipped, not burst.
+/// `id_of` names; returns when each poll was made (s after `zero`) and its
+/// latency in ms, a failed one as 2 s. Paced by deadlines: a poll that
+/// comes back late does not shift the schedule, and slots missed while
+/// waiting are skipped, not burst.
 fn poller(
     port: u16,
-    start: Instant,
-    end: Instant,
+    (zero, start, end): (Instant, Instant, Instant),
     every: Duration,
     id_of: impl Fn(usize) -> String,
-) -> (Vec<f64>, u64) {
+) -> (Vec<(f64, f64)>, u64) {
     let mut latencies = Vec::new();
     let mut failed = 0;
     let mut next = start;
@@ -152,20 +152,49 @@ fn poller(
             thread::sleep(next - now);
         }
         next += every;
+        let at = zero.elapsed().as_secs_f64();
         let (ms, ok) = poll_status(port, &id_of(n), POLL_TIMEOUT);
         n += 1;
         if ok {
-            latencies.push(ms.min(POLL_TIMEOUT.as_secs_f64() * 1000.0));
+            latencies.push((at, ms.min(POLL_TIMEOUT.as_secs_f64() * 1000.0)));
         } else {
             failed += 1;
-            latencies.push(POLL_TIMEOUT.as_secs_f64() * 1000.0);
+            latencies.push((at, POLL_TIMEOUT.as_secs_f64() * 1000.0));
         }
     }
     (latencies, failed)
 }
 
-/// Spreads `threads` pollers evenly over one period; returns their
-/// latencies, sorted, and how many polls failed.
+/// What the pollers saw.
+struct Polls {
+    /// Every latency in ms, sorted.
+    sorted: Vec<f64>,
+    /// When each poll was made (s after the start) and its latency.
+    timed: Vec<(f64, f64)>,
+    failed: u64,
+}
+
+impl Polls {
+    /// The p99 of each `window` seconds in turn: whether slow answers come
+    /// all through, or at the start or the end of the load.
+    fn p99_by_window(&self, window: f64) -> Vec<f64> {
+        let last = self.timed.iter().map(|p| p.0).fold(0.0, f64::max);
+        (0..=(last / window) as usize)
+            .map(|w| {
+                let mut these: Vec<f64> = self
+                    .timed
+                    .iter()
+                    .filter(|p| (p.0 / window) as usize == w)
+                    .map(|p| p.1)
+                    .collect();
+                these.sort_by(f64::total_cmp);
+                (percentile(&these, 0.99) * 10.0).round() / 10.0
+            })
+            .collect()
+    }
+}
+
+/// Spreads `threads` pollers evenly over one period from `start` to `end`.
 fn run_pollers(
     port: u16,
     start: Instant,
@@ -173,26 +202,52 @@ fn run_pollers(
     threads: usize,
     every: Duration,
     id_of: impl Fn(usize) -> String + Send + Sync + 'static,
-) -> thread::JoinHandle<(Vec<f64>, u64)> {
+) -> thread::JoinHandle<Polls> {
     let id_of = Arc::new(id_of);
     thread::spawn(move || {
         let handles: Vec<_> = (0..threads)
             .map(|p| {
                 let id_of = Arc::clone(&id_of);
                 let first = start + every * p as u32 / threads as u32;
-                thread::spawn(move || poller(port, first, end, every, |n| id_of(n * threads + p)))
+                thread::spawn(move || {
+                    poller(port, (start, first, end), every, |n| id_of(n * threads + p))
+                })
             })
             .collect();
-        let mut all = Vec::new();
+        let mut timed = Vec::new();
         let mut failed = 0;
         for handle in handles {
             let (latencies, f) = handle.join().expect("a poller panicked");
-            all.extend(latencies);
+            timed.extend(latencies);
             failed += f;
         }
-        all.sort_by(f64::total_cmp);
-        (all, failed)
+        let mut sorted: Vec<f64> = timed.iter().map(|p| p.1).collect();
+        sorted.sort_by(f64::total_cmp);
+        Polls {
+            sorted,
+            timed,
+            failed,
+        }
     })
+}
+
+/// CPU seconds a process has used, all its threads (user and system), from
+/// /proc (in USER_HZ, 100 a second on Linux).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name in parentheses may hold spaces: count after it.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime: fields 14 and 15 of stat(5), 12 and 13 after ")".
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Neither nginx nor the daemon ran out of connections or descriptors:
@@ -222,14 +277,16 @@ fn daemon_pid(site: &Site) -> u32 {
         .expect("the daemon was started")
 }
 
-fn print_figures(scenario: &str, figures: &[(&str, f64, &str)]) {
+fn print_figures(scenario: &str, figures: &[(&str, f64, &str)], p99_by_5s: &[f64]) {
     for (name, value, unit) in figures {
         println!("slow_clients.{scenario}.{name}: {value:.4} {unit}");
     }
-    let object: serde_json::Map<String, Value> = figures
+    println!("slow_clients.{scenario}.poll_p99_by_5s: {p99_by_5s:?} ms");
+    let mut object: serde_json::Map<String, Value> = figures
         .iter()
         .map(|(name, value, _)| ((*name).to_owned(), json!(value)))
         .collect();
+    object.insert("poll_p99_by_5s".into(), json!(p99_by_5s));
     println!(
         "slow_clients.json: {}",
         json!({"scenario": scenario, "figures": object})
@@ -240,6 +297,8 @@ fn print_figures(scenario: &str, figures: &[(&str, f64, &str)]) {
 
 const CHUNK: usize = 16 << 10;
 const CHUNK_EVERY: Duration = Duration::from_millis(250); // 64 KiB/s
+/// How late a chunk may be and still be sent at once.
+const CATCH_UP: Duration = Duration::from_secs(1);
 /// Distinct blocks the uploads' bytes are made of, so that the client
 /// spends its CPU copying, not generating.
 const BLOCKS: usize = 64;
@@ -254,8 +313,13 @@ fn chunk_of(blocks: &[Vec<u8>], i: usize, k: usize, out: &mut [u8]) {
 
 /// One upload, `chunks` chunks of 16 KiB each sent at its deadline from
 /// `first`; gives up at `give_up`. Returns the SHA-256 of what it sent,
-/// once the answer says the same, and how long after its last byte the
-/// answer came.
+/// once the answer says the same, how long after its last byte the answer
+/// came, and how far behind its schedule its last chunk went.
+///
+/// Like a client on a slow link, it never sends faster than 64 KiB/s: a
+/// chunk late by less than [`CATCH_UP`] (the machine was busy) is made up
+/// for, but one the server held back longer (it stopped reading) resets
+/// the schedule, so that a queued upload cannot burst through later.
 fn trickle(
     port: u16,
     i: usize,
@@ -263,7 +327,7 @@ fn trickle(
     blocks: &[Vec<u8>],
     first: Instant,
     give_up: Instant,
-) -> Result<(String, Duration), String> {
+) -> Result<(String, Duration, Duration), String> {
     // These threads stand in for remote clients; on loopback the sender's
     // thread does the TCP work of both ends, which a real client never
     // takes from the server (as in tests/load.rs).
@@ -289,8 +353,13 @@ fn trickle(
     let mut sha = Sha256::new();
     let mut chunk = vec![0u8; CHUNK];
     let mut out = Vec::with_capacity(CHUNK + 256);
+    let mut next = first;
     for k in 0..chunks {
-        wait(first + CHUNK_EVERY * k as u32);
+        if Instant::now() > next + CATCH_UP {
+            next = Instant::now();
+        }
+        wait(next);
+        next += CHUNK_EVERY;
         if Instant::now() > give_up {
             return Err(format!("only {k} of {chunks} chunks sent in time"));
         }
@@ -304,9 +373,12 @@ fn trickle(
         if k + 1 == chunks {
             out.extend_from_slice(tail.as_bytes());
         }
-        stream
-            .write_all(&out)
-            .map_err(|e| format!("sending chunk {k} of {chunks}: {e}"))?;
+        stream.write_all(&out).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("chunk {k} of {chunks}: the server took nothing for 10 s")
+            }
+            _ => format!("sending chunk {k} of {chunks}: {e}"),
+        })?;
     }
     let sha256: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let left = give_up
@@ -316,8 +388,9 @@ fn trickle(
         .set_read_timeout(Some(left))
         .map_err(|e| e.to_string())?;
     let last_byte = Instant::now();
+    let lag = last_byte.saturating_duration_since(first + CHUNK_EVERY * (chunks as u32 - 1));
     check_answer(common::load::read_response(stream), &sha256)?;
-    Ok((sha256, last_byte.elapsed()))
+    Ok((sha256, last_byte.elapsed(), lag))
 }
 
 #[test]
@@ -336,6 +409,20 @@ fn a_thousand_trickling_uploads_and_500_polls_a_second() {
     let port = site.port;
     let pid = daemon_pid(&site);
     let idle_rss_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+    let cpu = |site: &Site| {
+        let nginx_master = site
+            .processes
+            .iter()
+            .find(|(name, _)| name == "nginx")
+            .map(|(_, child)| child.id())
+            .expect("nginx was started");
+        let workers =
+            std::fs::read_to_string(format!("/proc/{nginx_master}/task/{nginx_master}/children"))
+                .unwrap_or_default();
+        let nginx: f64 = workers.split_whitespace().map(cpu_seconds).sum();
+        [cpu_seconds(&pid.to_string()), nginx, cpu_seconds("self")]
+    };
+    let cpu_before = cpu(&site);
 
     let mut rng = Xorshift(0x51_0C11E);
     let blocks: Arc<Vec<Vec<u8>>> = Arc::new(
@@ -375,15 +462,20 @@ fn a_thousand_trickling_uploads_and_500_polls_a_second() {
             "the load did not end in time"
         );
     }
-    let (latencies, polls_failed) = polls.join().expect("the pollers panicked");
+    let polls = polls.join().expect("the pollers panicked");
+    let (latencies, polls_failed) = (&polls.sorted, polls.failed);
+    let cpu_after = cpu(&site);
+    let used = |i: usize| cpu_after[i] - cpu_before[i];
     let mut failures = Vec::new();
     let mut sent = Vec::new();
     let mut answer_ms = Vec::new();
+    let mut lag_ms: f64 = 0.0;
     for (i, uploader) in uploaders.into_iter().enumerate() {
         match uploader.join().expect("an upload thread panicked") {
-            Ok((sha256, delay)) => {
+            Ok((sha256, delay, lag)) => {
                 sent.push((i, sha256));
                 answer_ms.push(delay.as_secs_f64() * 1000.0);
+                lag_ms = lag_ms.max(lag.as_secs_f64() * 1000.0);
             }
             Err(e) => failures.push(format!("slow-a-{i}: {e}")),
         }
@@ -419,6 +511,7 @@ fn a_thousand_trickling_uploads_and_500_polls_a_second() {
             percentile(&answer_ms, 1.0),
             "ms",
         ),
+        ("send_lag_max", lag_ms, "ms"),
         ("seconds", poll_seconds, "s"),
         ("polls", latencies.len() as f64, ""),
         (
@@ -427,9 +520,12 @@ fn a_thousand_trickling_uploads_and_500_polls_a_second() {
             "/s",
         ),
         ("polls_failed", polls_failed as f64, ""),
-        ("poll_p50", percentile(&latencies, 0.50), "ms"),
-        ("poll_p99", percentile(&latencies, 0.99), "ms"),
-        ("poll_max", percentile(&latencies, 1.0), "ms"),
+        ("poll_p50", percentile(latencies, 0.50), "ms"),
+        ("poll_p99", percentile(latencies, 0.99), "ms"),
+        ("poll_max", percentile(latencies, 1.0), "ms"),
+        ("daemon_cpu", used(0), "s"),
+        ("nginx_workers_cpu", used(1), "s"),
+        ("client_cpu", used(2), "s"),
         ("daemon_idle_rss", idle_rss_kib as f64 / 1024.0, "MiB"),
         ("daemon_peak_rss", peak_rss_kib as f64 / 1024.0, "MiB"),
         (
@@ -438,7 +534,7 @@ fn a_thousand_trickling_uploads_and_500_polls_a_second() {
             "KiB",
         ),
     ];
-    print_figures("a", &figures);
+    print_figures("a", &figures, &polls.p99_by_window(5.0));
     assert_limits_held(&site);
 
     assert!(
@@ -454,7 +550,7 @@ fn a_thousand_trickling_uploads_and_500_polls_a_second() {
         mismatched.len(),
         mismatched[..mismatched.len().min(10)].join("\n")
     );
-    let p99 = percentile(&latencies, 0.99);
+    let p99 = percentile(latencies, 0.99);
     assert!(
         p99 < POLL_P99_LIMIT_MS,
         "status polls p99 {p99:.1} ms (limit {POLL_P99_LIMIT_MS} ms), {polls_failed} failed \
@@ -601,7 +697,8 @@ fn slow_and_idle_connections_do_not_starve_polls() {
         thread::sleep(when.saturating_duration_since(Instant::now()));
         small.push(small_upload(&site, &format!("small-b-{n}"), 77 + n as u64));
     }
-    let (latencies, polls_failed) = polls.join().expect("the pollers panicked");
+    let polls = polls.join().expect("the pollers panicked");
+    let (latencies, polls_failed) = (&polls.sorted, polls.failed);
     stop.store(true, Ordering::Relaxed);
     let (slow_open, refused) = slow.join().expect("the slow uploads' thread panicked");
     drop(idle);
@@ -625,9 +722,9 @@ fn slow_and_idle_connections_do_not_starve_polls() {
             "/s",
         ),
         ("polls_failed", polls_failed as f64, ""),
-        ("poll_p50", percentile(&latencies, 0.50), "ms"),
-        ("poll_p99", percentile(&latencies, 0.99), "ms"),
-        ("poll_max", percentile(&latencies, 1.0), "ms"),
+        ("poll_p50", percentile(latencies, 0.50), "ms"),
+        ("poll_p99", percentile(latencies, 0.99), "ms"),
+        ("poll_max", percentile(latencies, 1.0), "ms"),
         (
             "small_uploads_ok",
             small.iter().filter(|r| r.is_ok()).count() as f64,
@@ -643,7 +740,7 @@ fn slow_and_idle_connections_do_not_starve_polls() {
             "ms",
         ),
     ];
-    print_figures("b", &figures);
+    print_figures("b", &figures, &polls.p99_by_window(5.0));
     assert_limits_held(&site);
 
     assert!(
@@ -654,7 +751,7 @@ fn slow_and_idle_connections_do_not_starve_polls() {
         idle_connected, IDLE,
         "only {idle_connected} of {IDLE} idle connections to the daemon's socket could connect"
     );
-    let p99 = percentile(&latencies, 0.99);
+    let p99 = percentile(latencies, 0.99);
     assert!(
         p99 < POLL_P99_LIMIT_MS,
         "status polls p99 {p99:.1} ms (limit {POLL_P99_LIMIT_MS} ms), {polls_failed} failed or \
