@@ -8,7 +8,10 @@ answer cannot score. Times are medians of repeated runs, taken in
 interleaved order, because these machines are shared and noisy: only the
 ratios between figures of the same run mean anything.
 
-Usage: bench/run [--quick] [--work DIR]
+Usage: bench/run [--quick] [--work DIR] [--only slow-clients]
+
+--only slow-clients runs only the slow-client scenarios (tests/slow_clients.rs,
+about two minutes) and updates their rows of bench/results.md and the README.
 """
 
 import argparse
@@ -499,6 +502,101 @@ def curl_upload(url, body):
     return time.perf_counter() - start, out
 
 
+# ---- slow clients ----------------------------------------------------------------
+
+# The scenarios of tests/slow_clients.rs, which drives them (its client keeps a
+# thousand connections trickling on std threads; a Python one would take the
+# CPU the daemon is being measured for). Per scenario: the figures it prints on
+# its `slow_clients.json:` line that the benchmark reports, as (test's name,
+# benchmark's name, unit).
+SLOW_SCENARIOS = {
+    "a": ("slow.1000_uploads_64k_500_polls", "a_thousand_trickling_uploads_and_500_polls_a_second", [
+        ("uploads_ok", "uploads_ok", "of {uploads:.0f} (200, and the SHA-256 right on disk)"),
+        ("sha256_mismatches", "sha256_mismatches", ""),
+        ("poll_p50", "poll_p50", "ms"),
+        ("poll_p99", "poll_p99", "ms (target < 50)"),
+        ("polls_per_second", "polls_per_second", "/s (of 500)"),
+        ("daemon_peak_rss", "daemon_peak_rss", "MiB (goal < 256)"),
+        ("daemon_rss_per_upload", "daemon_rss_per_upload", "KiB"),
+    ]),
+    "b": ("slow.200_slow_200_idle", "slow_and_idle_connections_do_not_starve_polls", [
+        ("poll_p99", "poll_p99", "ms (target < 50)"),
+        ("polls_per_second", "polls_per_second", "/s (of 100)"),
+        ("small_upload_max", "small_upload_64k_max", "ms (target < 1000)"),
+    ]),
+}
+
+
+COUNTS = {"uploads_ok", "sha256_mismatches"}
+
+
+def slow_clients():
+    """Runs tests/slow_clients.rs against the release build and reports its
+    figures, passing or not: a daemon that fails a target still gets its
+    numbers in the table, beside `passed: no`."""
+    if os.geteuid() != 0:
+        sys.exit("bench: the slow-client scenarios run nginx and the daemon as www-data: run as root")
+    for key, (prefix, test, wanted) in SLOW_SCENARIOS.items():
+        say(f"slow clients ({key}): cargo test --release --test slow_clients {test}")
+        proc = subprocess.run(
+            ["cargo", "test", "--release", "--quiet", "--test", "slow_clients", "--", "--exact", test, "--nocapture"],
+            cwd=ROOT, capture_output=True, text=True)
+        found = None
+        for line in proc.stdout.splitlines():
+            if line.startswith("slow_clients.json: "):
+                found = json.loads(line.split(": ", 1)[1])
+        if found is None or found.get("scenario") != key:
+            raise RuntimeError(f"tests/slow_clients.rs printed no figures for {test}:\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        got = found["figures"]
+        for source, name, unit in wanted:
+            value = got.get(source)
+            if value is None:  # not measured: what it measures failed
+                value = "failed"
+            elif source in COUNTS:
+                value = int(value)
+            else:
+                value = float(value)
+            figure(f"{prefix}.{name}", value, unit.format(**got))
+        figure(f"{prefix}.passed", "yes" if proc.returncode == 0 else "no", "")
+        if proc.returncode != 0:
+            reason = [l for l in (proc.stdout + proc.stderr).splitlines() if "panicked at" in l or "limit" in l]
+            say(f"slow clients ({key}) failed its targets: {' / '.join(reason[:4])}")
+
+
+def merge_markdown(note):
+    """Puts this run's figures into bench/results.md (and the README's copy),
+    each replacing its row or added after the last figure, and keeps every
+    other row: for a partial run (--only)."""
+    def merged(table):
+        lines = table.split("\n")
+        for name, value, unit in results:
+            shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+            row = f"| `{name}` | {shown} {unit} |"
+            at = next((i for i, l in enumerate(lines) if l.startswith(f"| `{name}` |")), None)
+            if at is not None:
+                lines[at] = row
+                continue
+            figure_rows = [i for i, l in enumerate(lines) if l.startswith("| `") and not l.startswith("| `ratio.")]
+            lines.insert(figure_rows[-1] + 1 if figure_rows else len(lines), row)
+        text = "\n".join(lines)
+        marker = "\n\n| figure | value |"
+        if note not in text and marker in text:
+            text = text.replace(marker, f"\n{note}{marker}", 1)
+        return text
+
+    path = ROOT / "bench" / "results.md"
+    path.write_text(merged(path.read_text()))
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    begin, end = "<!-- bench:begin -->\n", "<!-- bench:end -->"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        table, tail = rest.split(end, 1)
+        readme.write_text(head + begin + merged(table) + end + tail)
+    say(f"updated {len(results)} rows of bench/results.md{' and the README table' if begin in text else ''}")
+
+
 # ---- the benchmark -------------------------------------------------------------
 
 def main():
@@ -506,7 +604,13 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller bodies (a smoke run)")
     parser.add_argument("--work", default=str(ROOT / "target" / "bench-work"),
                         help="scratch directory; the pool and every copy live here, on its filesystem")
+    parser.add_argument("--only", choices=["slow-clients"],
+                        help="run only this part and update only its rows of bench/results.md")
     args = parser.parse_args()
+    if args.only == "slow-clients":
+        slow_clients()
+        merge_markdown(f"Slow-client rows: `bench/run --only slow-clients`, {time.strftime('%Y-%m-%d')}.")
+        return
     install()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -653,6 +757,9 @@ def main():
             figure(f"{name}.{label}.throughput", one_len / median / MIB, "MiB/s")
     finally:
         servers.stop()
+
+    # 8: slow clients through nginx as the README configures it.
+    slow_clients()
 
     # The ratios the targets are stated in.
     cat = get(f"limit.cat_file_to_file.{label}.wall")

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use common::load::{Xorshift, percentile, proc_status_kib, read_response};
 use common::site::{Site, start_nginx_with_the_daemon};
 
 const UPLOADERS: usize = 64;
@@ -33,52 +34,6 @@ fn setting(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Deterministic bytes from a seed, made as they are sent.
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
-        }
-    }
-}
-
-/// One HTTP/1.1 exchange on a fresh connection; returns status and body.
-fn read_response(stream: TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let mut length = None;
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        if line.trim_end().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse::<usize>().ok();
-        }
-    }
-    let mut body = Vec::new();
-    match length {
-        Some(n) => {
-            body.resize(n, 0);
-            reader.read_exact(&mut body)?;
-        }
-        None => {
-            reader.read_to_end(&mut body)?;
-        }
-    }
-    Ok((status, body))
 }
 
 /// A body to send and the SHA-256 of its file. The client makes a few
@@ -138,13 +93,6 @@ fn upload(port: u16, id: &str, body: &Body) -> Result<bool, String> {
     }
     let json: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
     Ok(json["files"][0]["sha256"] == body.sha256.as_str())
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 #[test]
@@ -253,16 +201,7 @@ fn sixty_four_uploads_and_500_status_polls_a_second() {
         thread::sleep(Duration::from_millis(100));
         if last_probe.elapsed() > Duration::from_millis(500) {
             last_probe = Instant::now();
-            let status =
-                std::fs::read_to_string(format!("/proc/{daemon_pid}/status")).unwrap_or_default();
-            if let Some(hwm) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
-                peak_rss_kib = hwm
-                    .trim()
-                    .trim_end_matches(" kB")
-                    .trim()
-                    .parse()
-                    .unwrap_or(peak_rss_kib);
-            }
+            peak_rss_kib = proc_status_kib(daemon_pid, "VmHWM").unwrap_or(peak_rss_kib);
         }
     }
     for t in pollers {

@@ -339,10 +339,14 @@ pub fn start_nginx_with(site: &mut Site, server_block: &str) {
     run_chown(&temp);
     let dir = site.dir.path().display().to_string();
     // The main configuration is Debian's in substance (workers as
-    // www-data); the site is the example.
+    // www-data), with the connection limits the README's FastCGI daemon
+    // section tells an administrator to set for thousands of concurrent
+    // uploads, taken from that section's nginx block. The site is the
+    // example.
+    let limits = readme_nginx_limits();
     let main = format!(
-        "user www-data;\ndaemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
-         events {{ worker_connections 256; }}\n\
+        "user www-data;\ndaemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\n\
+         error_log {dir}/nginx-error.log warn;\n{limits}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir}/nginx-temp/body;\n  fastcgi_temp_path {dir}/nginx-temp/fastcgi;\n\
          proxy_temp_path {dir}/nginx-temp/proxy;\n  uwsgi_temp_path {dir}/nginx-temp/uwsgi;\n  scgi_temp_path {dir}/nginx-temp/scgi;\n\
          include {dir}/site.conf;\n}}\n"
@@ -352,7 +356,9 @@ pub fn start_nginx_with(site: &mut Site, server_block: &str) {
     site.logs.push(log);
     site.spawn(
         "nginx",
-        Command::new(nginx)
+        Command::new(require("prlimit", "util-linux"))
+            .arg(systemd_open_files(None))
+            .arg(nginx)
             .arg("-c")
             .arg(&conf)
             .arg("-p")
@@ -360,6 +366,25 @@ pub fn start_nginx_with(site: &mut Site, server_block: &str) {
         None,
     );
     site.wait_ready();
+}
+
+/// The README's advice for nginx's main configuration under thousands of
+/// uploads (`worker_rlimit_nofile`, the `events` block): its first
+/// `nginx` code block, as written there.
+pub fn readme_nginx_limits() -> String {
+    let readme = include_str!("../../README.md");
+    let block = readme
+        .split_once("\n```nginx\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(block, _)| block)
+        .expect("the README's nginx block for thousands of uploads is missing");
+    for directive in ["worker_rlimit_nofile", "worker_connections"] {
+        assert!(
+            block.contains(directive),
+            "the README's nginx block no longer sets {directive}:\n{block}"
+        );
+    }
+    block.to_owned()
 }
 
 /// Debian's own fcgiwrap units, read from where the package installs them.
@@ -617,8 +642,12 @@ pub fn start_systemd_daemon(site: &mut Site) -> PathBuf {
 
     let exec = one(&service_unit, "ExecStart");
     let mut words = exec.split_whitespace();
-    let mut command = Command::new("setpriv");
+    let mut command = Command::new(require("prlimit", "util-linux"));
     command
+        .arg(systemd_open_files(
+            unit(&service_unit, "LimitNOFILE").pop().as_deref(),
+        ))
+        .arg("setpriv")
         .arg(format!("--reuid={}", one(&service_unit, "User")))
         .arg(format!("--regid={}", one(&service_unit, "Group")))
         .arg("--init-groups")
@@ -645,6 +674,36 @@ pub fn start_systemd_daemon(site: &mut Site) -> PathBuf {
     let log = site.path("daemon.log");
     site.spawn("fileupload daemon", &mut command, Some(log));
     socket_path
+}
+
+/// `prlimit`'s option for the open-file limits systemd gives a service:
+/// the unit's `LimitNOFILE=` (`N` or `SOFT:HARD`), or systemd's default,
+/// 1024 soft and 524288 hard (systemd-system.conf(5), `DefaultLimitNOFILE=`;
+/// Debian's nginx.service sets none). A server that needs more than 1024
+/// must raise its own soft limit (nginx: `worker_rlimit_nofile`), as it
+/// must under systemd. The hard limit is capped at this process's own: the
+/// test machines' root may lack CAP_SYS_RESOURCE to raise it.
+pub fn systemd_open_files(unit_setting: Option<&str>) -> String {
+    let own_hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    let (soft, hard) = match unit_setting {
+        Some(value) => {
+            let (soft, hard) = value.split_once(':').unwrap_or((value, value));
+            let parse = |v: &str| {
+                if v == "infinity" {
+                    u64::MAX
+                } else {
+                    v.parse()
+                        .unwrap_or_else(|_| panic!("LimitNOFILE={value} is not N or SOFT:HARD"))
+                }
+            };
+            (parse(soft), parse(hard))
+        }
+        None => (1024, 524288),
+    };
+    let hard = hard.min(own_hard);
+    format!("--nofile={}:{hard}", soft.min(hard))
 }
 
 pub fn start_apache(
@@ -719,10 +778,12 @@ pub fn install_demo_page(site: &Site) -> PathBuf {
 }
 
 /// nginx-fastcgi.conf in front of the daemon as the systemd units start
-/// it, with the demo page where the example serves it.
-pub fn start_nginx_with_the_daemon(site: &mut Site) {
+/// it, with the demo page where the example serves it. Returns the
+/// daemon's socket.
+pub fn start_nginx_with_the_daemon(site: &mut Site) -> PathBuf {
     let socket = start_systemd_daemon(site);
     start_nginx_fastcgi(site, &socket, &[]);
+    socket
 }
 
 /// nginx-fastcgi.conf pointed at the daemon's `socket`, with the demo page
