@@ -199,7 +199,14 @@ enum Found {
 /// ```
 pub struct Parser<R> {
     reader: R,
-    buf: Box<[u8]>,
+    /// Starts at the least a header block needs and doubles, up to
+    /// `max_buf`, each time a read fills all of its free room: a fast body
+    /// gets large reads within a few, and a slow one (a phone, a trickle)
+    /// never costs more than that least. A thousand slow uploads would
+    /// otherwise hold a thousand full buffers (glibc zeroes a reused
+    /// one on allocation, so even the unread part is resident).
+    buf: Vec<u8>,
+    max_buf: usize,
     start: usize,
     end: usize,
     eof: bool,
@@ -221,20 +228,21 @@ impl<R: Read> Parser<R> {
         Self::with_buffer(reader, boundary, DEFAULT_BUFFER)
     }
 
-    /// A parser whose buffer holds `capacity` bytes (raised to what the
+    /// A parser whose buffer grows to `capacity` bytes (raised to what the
     /// longest header block needs).
     pub fn with_buffer(reader: R, boundary: &str, capacity: usize) -> Self {
         let mut delimiter = b"\r\n--".to_vec();
         delimiter.extend_from_slice(boundary.as_bytes());
-        let capacity = capacity.max(MAX_HEADER_BYTES + MAX_PREAMBLE + 2 * delimiter.len());
+        let least = MAX_HEADER_BYTES + MAX_PREAMBLE + 2 * delimiter.len();
         let finder = memmem::Finder::new(&delimiter).into_owned();
-        let mut buf = vec![0u8; capacity].into_boxed_slice();
+        let mut buf = vec![0u8; least];
         // The first delimiter needs no line break before it: pretend there
         // was one, so a single search finds the first and every later one.
         buf[..2].copy_from_slice(b"\r\n");
         Parser {
             reader,
             buf,
+            max_buf: capacity.max(least),
             start: 0,
             end: 2,
             eof: false,
@@ -443,6 +451,7 @@ impl<R: Read> Parser<R> {
             self.start = 0;
         }
         loop {
+            let room = self.buf.len() - self.end;
             match self.reader.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     self.eof = true;
@@ -451,6 +460,10 @@ impl<R: Read> Parser<R> {
                 Ok(n) => {
                     self.end += n;
                     self.consumed += n as u64;
+                    if n == room && self.buf.len() < self.max_buf {
+                        let grown = (self.buf.len() * 2).min(self.max_buf);
+                        self.buf.resize(grown, 0);
+                    }
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -882,6 +895,53 @@ mod tests {
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
         out
+    }
+
+    #[test]
+    fn the_buffer_grows_for_a_fast_body_and_not_for_a_slow_one() {
+        let mut body =
+            b"--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\n".to_vec();
+        body.extend(vec![b'x'; 1 << 20]);
+        body.extend(b"\r\n--b--\r\n");
+        let drain = |parser: &mut Parser<Trickle<'_>>| {
+            let mut most = 0;
+            let mut data = 0;
+            loop {
+                match parser.next().unwrap() {
+                    Event::Data(bytes) => data += bytes.len(),
+                    Event::End => break,
+                    _ => {}
+                }
+                most = most.max(parser.buf.len());
+            }
+            (most, data)
+        };
+        let mut slow = Parser::new(
+            Trickle {
+                data: &body,
+                step: 4096,
+            },
+            "b",
+        );
+        let least = slow.buf.len();
+        assert_eq!(
+            drain(&mut slow),
+            (least, 1 << 20),
+            "small reads keep the least"
+        );
+        let mut fast = Parser::new(
+            Trickle {
+                data: &body,
+                step: usize::MAX,
+            },
+            "b",
+        );
+        assert_eq!(
+            drain(&mut fast),
+            (DEFAULT_BUFFER, 1 << 20),
+            "full reads grow it"
+        );
+        assert!(least < DEFAULT_BUFFER / 8, "{least}");
     }
 
     #[test]
