@@ -511,57 +511,71 @@ def curl_upload(url, body):
 # benchmark's name, unit).
 SLOW_SCENARIOS = {
     "a": ("slow.1000_uploads_64k_500_polls", "a_thousand_trickling_uploads_and_500_polls_a_second", [
-        ("uploads_ok", "uploads_ok", "of {uploads:.0f} (200, and the SHA-256 right on disk)"),
-        ("sha256_mismatches", "sha256_mismatches", ""),
-        ("poll_p50", "poll_p50", "ms"),
-        ("poll_p99", "poll_p99", "ms (target < 50)"),
-        ("polls_per_second", "polls_per_second", "/s (of 500)"),
-        ("daemon_peak_rss", "daemon_peak_rss", "MiB (goal < 256)"),
-        ("daemon_rss_per_upload", "daemon_rss_per_upload", "KiB"),
+        ("uploads_ok", "uploads_ok", "of {uploads:.0f} (200, and the SHA-256 right on disk)", None),
+        ("sha256_mismatches", "sha256_mismatches", "", None),
+        ("poll_p50", "poll_p50", "ms", None),
+        ("poll_p99", "poll_p99", "ms", 50),
+        ("poll_max", "poll_max", "ms", None),
+        ("polls_per_second", "polls_per_second", "/s (of 500)", None),
+        ("daemon_peak_rss", "daemon_peak_rss", "MiB", 256),
+        ("daemon_rss_per_upload", "daemon_rss_per_upload", "KiB", None),
     ]),
     "b": ("slow.200_slow_200_idle", "slow_and_idle_connections_do_not_starve_polls", [
-        ("poll_p99", "poll_p99", "ms (target < 50)"),
-        ("polls_per_second", "polls_per_second", "/s (of 100)"),
-        ("small_upload_max", "small_upload_64k_max", "ms (target < 1000)"),
+        ("poll_p99", "poll_p99", "ms", 50),
+        ("polls_per_second", "polls_per_second", "/s (of 100)", None),
+        ("small_upload_max", "small_upload_64k_max", "ms", 1000),
     ]),
 }
 
+# Rounds of each scenario: a thousand uploads on two cores vary from run to
+# run with what the file system's journal is doing; the median is reported,
+# the goal judged on it, and every round's value shown.
+SLOW_ROUNDS = 3
 
 COUNTS = {"uploads_ok", "sha256_mismatches"}
 
 
 def slow_clients():
-    """Runs tests/slow_clients.rs against the release build and reports its
-    figures, passing or not: a daemon that fails a target still gets its
-    numbers in the table, beside `passed: no`."""
+    """Runs tests/slow_clients.rs against the release build, SLOW_ROUNDS
+    times a scenario, and reports its figures, passing or not: a daemon that
+    fails gets its numbers in the table, beside `passed: no`. The goals
+    (poll p99 under 50 ms, ...) are judged here, on the median round, not
+    by the test."""
     if os.geteuid() != 0:
         sys.exit("bench: the slow-client scenarios run nginx and the daemon as www-data: run as root")
     for key, (prefix, test, wanted) in SLOW_SCENARIOS.items():
-        say(f"slow clients ({key}): cargo test --release --test slow_clients {test}")
-        proc = subprocess.run(
-            ["cargo", "test", "--release", "--quiet", "--test", "slow_clients", "--", "--exact", test, "--nocapture"],
-            cwd=ROOT, capture_output=True, text=True)
-        found = None
-        for line in proc.stdout.splitlines():
-            if line.startswith("slow_clients.json: "):
-                found = json.loads(line.split(": ", 1)[1])
-        if found is None or found.get("scenario") != key:
-            raise RuntimeError(f"tests/slow_clients.rs printed no figures for {test}:\n"
-                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        got = found["figures"]
-        for source, name, unit in wanted:
-            value = got.get(source)
-            if value is None:  # not measured: what it measures failed
-                value = "failed"
-            elif source in COUNTS:
-                value = int(value)
-            else:
-                value = float(value)
-            figure(f"{prefix}.{name}", value, unit.format(**got))
-        figure(f"{prefix}.passed", "yes" if proc.returncode == 0 else "no", "")
-        if proc.returncode != 0:
-            reason = [l for l in (proc.stdout + proc.stderr).splitlines() if "panicked at" in l or "limit" in l]
-            say(f"slow clients ({key}) failed its targets: {' / '.join(reason[:4])}")
+        rounds, passed = [], True
+        for n in range(SLOW_ROUNDS):
+            say(f"slow clients ({key}) round {n + 1}: cargo test --release --test slow_clients {test}")
+            proc = subprocess.run(
+                ["cargo", "test", "--release", "--quiet", "--test", "slow_clients", "--", "--exact", test, "--nocapture"],
+                cwd=ROOT, capture_output=True, text=True)
+            found = None
+            for line in proc.stdout.splitlines():
+                if line.startswith("slow_clients.json: "):
+                    found = json.loads(line.split(": ", 1)[1])
+            if found is None or found.get("scenario") != key:
+                raise RuntimeError(f"tests/slow_clients.rs printed no figures for {test}:\n"
+                                   f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            rounds.append(found["figures"])
+            if proc.returncode != 0:
+                passed = False
+                reason = [l for l in (proc.stdout + proc.stderr).splitlines() if "panicked at" in l]
+                say(f"slow clients ({key}) round {n + 1} failed: {' / '.join(reason[:4])}")
+        for source, name, unit, goal in wanted:
+            values = [r.get(source) for r in rounds]
+            if any(v is None for v in values):  # not measured: what it measures failed
+                figure(f"{prefix}.{name}", "failed", unit)
+                continue
+            if source in COUNTS:
+                worst = min(values) if source == "uploads_ok" else max(values)
+                figure(f"{prefix}.{name}", int(worst), unit.format(**rounds[0]) + " (worst round)")
+                continue
+            value = statistics.median(values)
+            shown = ", ".join(f"{v:.3g}" for v in values)
+            verdict = "" if goal is None else f"; goal < {goal}: {'met' if value < goal else 'missed'}"
+            figure(f"{prefix}.{name}", float(value), f"{unit} (median of {shown}{verdict})")
+        figure(f"{prefix}.passed", "yes" if passed else "no", f"(all {SLOW_ROUNDS} rounds)")
 
 
 def merge_markdown(note):

@@ -1,20 +1,34 @@
-//! SHA-256 of the stored files, computed on a second thread.
+//! SHA-256 of the stored files: on the request's thread for the first
+//! [`INLINE`] bytes, then on a second thread.
 //!
-//! SHA-256 is the slowest step of an upload: about 1.8 GB/s on a core with
-//! SHA extensions, against twice that for copying the bytes to the page
-//! cache. Hashing on the request's thread would add the two; here the
-//! request thread hands each chunk over (a memcpy into a recycled buffer,
-//! a sixth of the hash's cost) and goes on reading and writing, so an
-//! upload takes about as long as the hash alone. A bounded queue keeps
-//! memory flat: when the hasher falls behind, the request thread waits.
+//! SHA-256 is the slowest step of a large upload: about 1.8 GB/s on a core
+//! with SHA extensions, against twice that for copying the bytes to the
+//! page cache. Hashing on the request's thread would add the two; with a
+//! second thread the request thread hands each chunk over (a memcpy into
+//! a recycled buffer, a sixth of the hash's cost) and goes on reading and
+//! writing, so a large upload takes about as long as the hash alone. A
+//! bounded queue keeps memory flat: when the hasher falls behind, the
+//! request thread waits.
+//!
+//! But most uploads are small, or slow (a phone's link is far below the
+//! hash's speed), and for them a second thread buys nothing and costs a
+//! thread's creation, its stack and the chunks in its queue. With a
+//! thousand slow uploads that was a thousand more threads, and creating
+//! threads takes the process's memory-map lock, which every thread's page
+//! faults wait behind: status polls stalled for up to a second while a
+//! burst of uploads began. So the second thread starts only once a body
+//! has brought [`INLINE`] bytes, with the hash state so far.
 
+use std::cell::RefCell;
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::thread::{Scope, ScopedJoinHandle};
+use std::thread::{self, JoinHandle};
 
 use sha2::{Digest, Sha256};
 
 use crate::identifier::hex;
 
+/// Bytes hashed on the request's thread before the hashing thread starts.
+pub const INLINE: u64 = 8 << 20;
 /// Chunks in flight at most (each up to the parser's 256 KiB buffer).
 const QUEUE: usize = 8;
 
@@ -25,71 +39,158 @@ enum Job {
     End(usize),
 }
 
-/// The hashing thread, and the way to feed it.
-pub struct Hashing<'scope> {
-    jobs: SyncSender<Job>,
-    spare: Receiver<Vec<u8>>,
-    worker: ScopedJoinHandle<'scope, Vec<(usize, String)>>,
+/// The file being hashed and its state, and the digests so far.
+#[derive(Default)]
+struct Digests {
+    current: Option<(usize, Sha256)>,
+    done: Vec<(usize, String)>,
 }
 
-impl<'scope> Hashing<'scope> {
-    /// Starts the thread inside `scope` (which joins it if we do not).
-    pub fn start<'env>(scope: &'scope Scope<'scope, 'env>) -> Hashing<'scope> {
-        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
-        let (give_back, spare) = mpsc::channel::<Vec<u8>>();
-        let worker = scope.spawn(move || {
-            let mut digests = Vec::new();
-            let mut current: Option<(usize, Sha256)> = None;
-            for job in queue {
-                match job {
-                    Job::Data(index, bytes) => {
-                        match &mut current {
-                            Some((i, hasher)) if *i == index => hasher.update(&bytes),
-                            _ => {
-                                let mut hasher = Sha256::new();
-                                hasher.update(&bytes);
-                                current = Some((index, hasher));
-                            }
-                        }
-                        // The buffer goes back for the next chunk.
-                        let _ = give_back.send(bytes);
-                    }
-                    Job::End(index) => {
-                        let hasher = match current.take() {
-                            Some((i, hasher)) if i == index => hasher,
-                            _ => Sha256::new(), // an empty file
-                        };
-                        digests.push((index, hex(&hasher.finalize())));
-                    }
-                }
+impl Digests {
+    fn update(&mut self, index: usize, bytes: &[u8]) {
+        match &mut self.current {
+            Some((i, hasher)) if *i == index => hasher.update(bytes),
+            _ => {
+                let mut hasher = Sha256::new();
+                hasher.update(bytes);
+                self.current = Some((index, hasher));
             }
-            digests
-        });
-        Hashing {
-            jobs,
-            spare,
-            worker,
         }
     }
 
-    /// Queues bytes of file `index`; waits if the hasher is behind.
+    fn end(&mut self, index: usize) {
+        let hasher = match self.current.take() {
+            Some((i, hasher)) if i == index => hasher,
+            _ => Sha256::new(), // an empty file
+        };
+        self.done.push((index, hex(&hasher.finalize())));
+    }
+}
+
+enum Mode {
+    Inline { digests: Digests, hashed: u64 },
+    Thread(Worker),
+}
+
+/// The hashing thread, and the way to feed it.
+struct Worker {
+    jobs: SyncSender<Job>,
+    spare: Receiver<Vec<u8>>,
+    handle: JoinHandle<Vec<(usize, String)>>,
+}
+
+impl Worker {
+    /// Starts the thread, going on from `digests`; the digests back if no
+    /// thread can be had (then hashing stays on the request's thread).
+    fn start(digests: Box<Digests>) -> Result<Worker, Box<Digests>> {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
+        let (give_back, spare) = mpsc::channel::<Vec<u8>>();
+        // Moved in by the closure only if the thread starts; else handed
+        // back through the error below.
+        let (seed, seeded) = mpsc::channel::<Box<Digests>>();
+        let spawned = thread::Builder::new().name("sha256".into()).spawn(move || {
+            let mut digests = seeded.recv().map(|d| *d).unwrap_or_default();
+            for job in queue {
+                match job {
+                    Job::Data(index, bytes) => {
+                        digests.update(index, &bytes);
+                        // The buffer goes back for the next chunk.
+                        let _ = give_back.send(bytes);
+                    }
+                    Job::End(index) => digests.end(index),
+                }
+            }
+            digests.done
+        });
+        match spawned {
+            Ok(handle) => {
+                let _ = seed.send(digests);
+                Ok(Worker {
+                    jobs,
+                    spare,
+                    handle,
+                })
+            }
+            Err(_) => Err(digests),
+        }
+    }
+}
+
+/// SHA-256 of each stored file, fed in order.
+pub struct Hashing {
+    mode: RefCell<Mode>,
+}
+
+impl Default for Hashing {
+    fn default() -> Self {
+        Hashing::new()
+    }
+}
+
+impl Hashing {
+    pub fn new() -> Hashing {
+        Hashing {
+            mode: RefCell::new(Mode::Inline {
+                digests: Digests::default(),
+                hashed: 0,
+            }),
+        }
+    }
+
+    /// Hashes (or queues) bytes of file `index`; waits if the hashing
+    /// thread is behind.
     pub fn update(&self, index: usize, bytes: &[u8]) {
-        let mut buffer = self.spare.try_recv().unwrap_or_default();
-        buffer.clear();
-        buffer.extend_from_slice(bytes);
-        // The worker only stops when we drop `jobs`.
-        let _ = self.jobs.send(Job::Data(index, buffer));
+        let mut mode = self.mode.borrow_mut();
+        if let Mode::Inline { digests, hashed } = &mut *mode {
+            digests.update(index, bytes);
+            *hashed += bytes.len() as u64;
+            if *hashed >= INLINE {
+                let digests = Box::new(std::mem::take(digests));
+                *mode = match Worker::start(digests) {
+                    Ok(worker) => Mode::Thread(worker),
+                    // No thread: hash here, as fast as it goes.
+                    Err(digests) => Mode::Inline {
+                        digests: *digests,
+                        hashed: 0,
+                    },
+                };
+            }
+            return;
+        }
+        if let Mode::Thread(worker) = &*mode {
+            let mut buffer = worker.spare.try_recv().unwrap_or_default();
+            buffer.clear();
+            buffer.extend_from_slice(bytes);
+            // The worker only stops when we drop `jobs`.
+            let _ = worker.jobs.send(Job::Data(index, buffer));
+        }
     }
 
     /// Marks file `index` complete.
     pub fn end(&self, index: usize) {
-        let _ = self.jobs.send(Job::End(index));
+        match &mut *self.mode.borrow_mut() {
+            Mode::Inline { digests, .. } => digests.end(index),
+            Mode::Thread(worker) => {
+                let _ = worker.jobs.send(Job::End(index));
+            }
+        }
     }
 
-    /// Waits for the hasher; returns each completed file's digest.
+    /// Waits for the hashing thread, if any; returns each completed file's
+    /// digest.
     pub fn finish(self) -> Vec<(usize, String)> {
-        drop(self.jobs);
-        self.worker.join().unwrap_or_default()
+        match self.mode.into_inner() {
+            Mode::Inline { digests, .. } => digests.done,
+            Mode::Thread(worker) => {
+                drop(worker.jobs);
+                worker.handle.join().unwrap_or_default()
+            }
+        }
+    }
+
+    /// Whether the hashing thread runs (for tests).
+    pub fn threaded(&self) -> bool {
+        matches!(&*self.mode.borrow(), Mode::Thread(_))
     }
 }
 
@@ -98,27 +199,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn digests_of_several_files_in_order() {
-        let digests = std::thread::scope(|scope| {
-            let hashing = Hashing::start(scope);
-            hashing.update(0, b"hello ");
-            hashing.update(0, b"world");
-            hashing.end(0);
-            hashing.end(1); // empty
-            for chunk in vec![7u8; 1 << 20].chunks(100_000) {
-                hashing.update(2, chunk);
-            }
-            hashing.end(2);
-            hashing.finish()
-        });
+    fn digests_of_several_files_in_order_inline_and_threaded() {
         let expected = |data: &[u8]| hex(&Sha256::digest(data));
+        let big = vec![7u8; INLINE as usize + (1 << 20)];
+        let hashing = Hashing::new();
+        hashing.update(0, b"hello ");
+        hashing.update(0, b"world");
+        hashing.end(0);
+        hashing.end(1); // empty
+        assert!(!hashing.threaded(), "small files hash inline");
+        for chunk in big.chunks(100_000) {
+            hashing.update(2, chunk);
+        }
+        assert!(hashing.threaded(), "a large body moves to the thread");
+        hashing.end(2);
+        hashing.update(3, b"after");
+        hashing.end(3);
         assert_eq!(
-            digests,
+            hashing.finish(),
             vec![
                 (0, expected(b"hello world")),
                 (1, expected(b"")),
-                (2, expected(&vec![7u8; 1 << 20]))
+                (2, expected(&big)),
+                (3, expected(b"after"))
             ]
         );
+    }
+
+    #[test]
+    fn the_switch_to_the_thread_mid_file_keeps_the_state() {
+        // The switch happens inside file 0, after exactly INLINE bytes.
+        let data: Vec<u8> = (0..INLINE as usize + 12_345).map(|i| i as u8).collect();
+        let hashing = Hashing::new();
+        let (first, rest) = data.split_at(INLINE as usize);
+        hashing.update(0, first);
+        assert!(hashing.threaded());
+        hashing.update(0, rest);
+        hashing.end(0);
+        assert_eq!(hashing.finish(), vec![(0, hex(&Sha256::digest(&data)))]);
     }
 }

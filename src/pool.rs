@@ -1370,7 +1370,18 @@ fn write_status_file(
 
 /// Reads a bucket's `status.json`; `None` if there is none yet.
 fn read_status_file(bucket: &OwnedFd) -> io::Result<Option<Status>> {
-    let fd = match open_regular(bucket, STATUS, OFlags::RDONLY, 0) {
+    // A read must not write. Each rewrite makes a new file, whose first
+    // read would update its access time (relatime): a write to the file
+    // system's journal in every poll, which waits, seconds at worst, while
+    // uploads sync their files. O_NOATIME is only for the file's owner
+    // (the pool's user, as a rule); anyone else reads without it.
+    let opened = match open_regular(bucket, STATUS, OFlags::RDONLY | OFlags::NOATIME, 0) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {
+            open_regular(bucket, STATUS, OFlags::RDONLY, 0)
+        }
+        opened => opened,
+    };
+    let fd = match opened {
         Ok(fd) => fd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),

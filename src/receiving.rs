@@ -136,7 +136,7 @@ pub fn run<R: Body, T>(
         let shared = &shared;
         let interval = options.progress_interval;
         scope.spawn(move || watch(upload, shared, stopped, interval));
-        let hashing = options.sha256.then(|| Hashing::start(scope));
+        let hashing = options.sha256.then(Hashing::new);
         let session = Session {
             shared,
             received: &received,
@@ -187,7 +187,7 @@ pub struct Session<'a> {
     shared: &'a Shared,
     received: &'a Cell<u64>,
     failure: &'a RefCell<Option<HttpError>>,
-    hashing: Option<&'a Hashing<'a>>,
+    hashing: Option<&'a Hashing>,
 }
 
 impl Session<'_> {
@@ -227,7 +227,7 @@ impl Session<'_> {
 
     /// The hasher, if SHA-256 is on: feed it each stored file's bytes by
     /// the file's index in the status's `files`, and end each file.
-    pub fn hashing(&self) -> Option<&Hashing<'_>> {
+    pub fn hashing(&self) -> Option<&Hashing> {
         self.hashing
     }
 
