@@ -162,7 +162,10 @@ impl EventLoop {
 
     /// One of the loop's threads: runs until the server stops.
     pub(super) fn run(&self) {
-        let mut events: Vec<Event> = Vec::with_capacity(16);
+        // One event a wait: a thread handles what it took in turn, so a
+        // batch would leave the rest waiting behind a poll that waits on a
+        // slow file system, while the other threads sit idle.
+        let mut events: Vec<Event> = Vec::with_capacity(1);
         let mut scratch = vec![0u8; READ_CHUNK];
         let tick = rustix::event::Timespec {
             tv_sec: 0,
