@@ -102,10 +102,8 @@ fn sixty_four_uploads_and_500_status_polls_a_second() {
     let mut site = Site::new();
     site.max_size_mib = max_mib + 1;
     site.server_limit_mib = max_mib + 2;
-    // Enough workers for every upload, the polls, and nginx's kept-alive
-    // idle connections (keepalive 8 per nginx worker).
-    site.daemon_env
-        .push(("FILEUPLOAD_WORKERS".into(), "160".into()));
+    // The daemon's defaults, as the README leaves them: uploads and idle
+    // connections hold none of its workers.
     start_nginx_with_the_daemon(&mut site);
     let port = site.port;
     let daemon_pid = site.processes[0].1.id();
