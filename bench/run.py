@@ -601,14 +601,22 @@ def merge_markdown(note):
 
     path = ROOT / "bench" / "results.md"
     path.write_text(merged(path.read_text()))
+    copied = replace_readme_table(merged)
+    say(f"updated {len(results)} rows of bench/results.md{' and the README table' if copied else ''}")
+
+
+def replace_readme_table(make):
+    """Replaces the README's copy of the results (between its bench
+    markers) with `make(old copy)`; whether the README has one."""
     readme = ROOT / "README.md"
     text = readme.read_text()
     begin, end = "<!-- bench:begin -->\n", "<!-- bench:end -->"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        table, tail = rest.split(end, 1)
-        readme.write_text(head + begin + merged(table) + end + tail)
-    say(f"updated {len(results)} rows of bench/results.md{' and the README table' if begin in text else ''}")
+    if begin not in text or end not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    table, tail = rest.split(end, 1)
+    readme.write_text(head + begin + make(table) + end + tail)
+    return True
 
 
 # ---- the benchmark -------------------------------------------------------------
@@ -828,14 +836,8 @@ def write_markdown(ratios, quick, label):
         lines.append(f"| `{name}` | {value:.2f} x | {target} |")
     table = "\n".join(lines) + "\n"
     (ROOT / "bench" / "results.md").write_text("# Benchmark results\n\n" + table)
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    begin, end = "<!-- bench:begin -->\n", "<!-- bench:end -->"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        readme.write_text(head + begin + table + end + tail)
-    say(f"wrote bench/results.md{' and the README table' if begin in text else ''}")
+    copied = replace_readme_table(lambda _old: table)
+    say(f"wrote bench/results.md{' and the README table' if copied else ''}")
 
 
 def platform_cpu():
