@@ -339,13 +339,13 @@ pub fn start_nginx_with(site: &mut Site, server_block: &str) {
     run_chown(&temp);
     let dir = site.dir.path().display().to_string();
     // The main configuration is Debian's in substance (workers as
-    // www-data), with the connection limits the README's FastCGI daemon
+    // www-data, `worker_processes auto`: one a core), with the connection limits the README's FastCGI daemon
     // section tells an administrator to set for thousands of concurrent
     // uploads, taken from that section's nginx block. The site is the
     // example.
     let limits = readme_nginx_limits();
     let main = format!(
-        "user www-data;\ndaemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\n\
+        "user www-data;\ndaemon off;\nworker_processes auto;\npid {dir}/nginx.pid;\n\
          error_log {dir}/nginx-error.log warn;\n{limits}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir}/nginx-temp/body;\n  fastcgi_temp_path {dir}/nginx-temp/fastcgi;\n\
          proxy_temp_path {dir}/nginx-temp/proxy;\n  uwsgi_temp_path {dir}/nginx-temp/uwsgi;\n  scgi_temp_path {dir}/nginx-temp/scgi;\n\
