@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -84,7 +84,7 @@ impl Queue {
 /// The bulk side of the server.
 pub(super) struct Bulk {
     /// The event loop's end of the channel to the dispatcher.
-    to_dispatcher: Mutex<Option<Sender<Job>>>,
+    to_dispatcher: OnceLock<Sender<Job>>,
     queue: Queue,
     /// Bulk requests running or waiting for a thread.
     pub(super) running: AtomicUsize,
@@ -95,7 +95,7 @@ pub(super) struct Bulk {
 impl Bulk {
     pub(super) fn new() -> Bulk {
         Bulk {
-            to_dispatcher: Mutex::new(None),
+            to_dispatcher: OnceLock::new(),
             queue: Queue::default(),
             running: AtomicUsize::new(0),
             threads: AtomicUsize::new(0),
@@ -106,11 +106,11 @@ impl Bulk {
 /// Starts the dispatcher.
 pub(super) fn start(server: &Arc<Server>) -> io::Result<thread::JoinHandle<()>> {
     let (sender, jobs) = mpsc::channel();
-    *server
+    server
         .bulk
         .to_dispatcher
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = Some(sender);
+        .set(sender)
+        .map_err(|_| io::Error::other("the dispatcher is started once"))?;
     let dispatching = Arc::clone(server);
     thread::Builder::new()
         .name("dispatcher".into())
@@ -134,13 +134,7 @@ pub(super) fn dispatch(server: &Server, connection: Connection, begun: Begun) ->
         );
         return Some(refused(server, job, why));
     }
-    let sender = server
-        .bulk
-        .to_dispatcher
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let unsent = match sender {
+    let unsent = match server.bulk.to_dispatcher.get() {
         Some(sender) => sender.send(job).err().map(|e| e.0),
         None => Some(job),
     };

@@ -94,8 +94,7 @@ pub(super) fn run(
         stream: Arc::clone(&stream),
     };
     let keep_conn = begun.keep_conn;
-    let answered = stream.set_read_timeout(server.options.body_timeout).is_ok()
-        && respond(server, &mut records, &output, begun, refusal);
+    let answered = respond(server, &mut records, &output, begun, refusal);
     server.done(kind, id);
     let (mut pending, incoming) = records.into_parts();
     pending.extend(incoming.into_rest());

@@ -245,8 +245,11 @@ impl EventLoop {
     }
 
     fn new_connection(&self, stream: Stream) -> Connection {
-        // Writes wait for the web server at most this long (it reads its
-        // upstreams at once; only a stuck peer waits).
+        // A blocking read (a body, on a bulk thread) or write waits for the
+        // web server at most this long; set once here, not per request (a
+        // system call each, on every poll). The body reader's discard may
+        // shorten it for a moment and sets it back.
+        let _ = stream.set_read_timeout(self.server.options.body_timeout);
         let _ = stream.set_write_timeout(self.server.options.body_timeout);
         Connection {
             id: self
