@@ -12,7 +12,9 @@
 //!     status.reserve          space held for the final status while a request on the upload runs
 //!     file-1, file-2, ...     the stored files, in the order they arrived (mode 0600);
 //!                             a resumable upload has one, file-1, that grows chunk by chunk
-//!   .trash-<name>-<random>/   a bucket being deleted (clear, gc); safe to remove
+//!   .trash/<name>-<random>/   a bucket being deleted (clear, gc); safe to remove
+//!   .trash-<name>-<random>/   the same, as earlier versions (and a pool whose
+//!                             `.trash` is unusable) leave it; gc sweeps both
 //!   .gc                       its modification time is when automatic gc last ran
 //! ```
 //!
@@ -93,6 +95,17 @@ const FILE_PREFIX: &str = "file-";
 /// to everything that reads the pool (`fileupload path`, [`Bucket::paths`],
 /// middleware mode, other programs) and the layout gains no name.
 const DATA_FILE: &str = "file-1";
+/// Where a bucket is moved to be deleted. Deleting a folder (`rmdir`)
+/// frees its block while the kernel still holds the lock of the folder it
+/// was in (Linux evicts the inode before it unlocks the parent), and on a
+/// file system with online discard that is a round trip to the device.
+/// Every status poll for a name the kernel has not cached (a bucket just
+/// made or cleared) looks it up under the pool folder's lock, so an `rmdir`
+/// in the pool itself made those polls wait tens of milliseconds under the
+/// load test; in here it holds up no one.
+const TRASH_DIR: &str = ".trash";
+/// Where earlier versions put a bucket being deleted (and this one does
+/// when `.trash` cannot be used): `.trash-<name>-<random>` in the pool.
 const TRASH_PREFIX: &str = ".trash-";
 const GC_STAMP: &str = ".gc";
 /// A status document is small (the upload driver keeps ours under
@@ -407,16 +420,31 @@ impl Pool {
     /// there was anything to delete.
     pub fn clear(&self, id: &Identifier) -> Result<bool, PoolError> {
         let root = self.open_root()?;
-        let trash = trash_name(id.name());
-        match rustix::fs::renameat(&root, id.name(), &root, &trash) {
-            Ok(()) => {}
-            Err(Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(errno_error(format!("cannot remove upload {id}"))(e)),
+        self.remove_bucket(&root, id.name())
+            .map_err(errno_error(format!("cannot remove upload {id}")))
+    }
+
+    /// Moves bucket `name` out of the pool (atomic: from then on it is
+    /// gone for every reader, and a receiver still writing into it notices
+    /// at its next progress tick), then deletes it. Returns whether there
+    /// was one. A receiver still writing may keep it from going at once;
+    /// the next gc sweeps what is left.
+    fn remove_bucket(&self, root: &OwnedFd, name: &str) -> Result<bool, Errno> {
+        let nonce =
+            getrandom::u64().unwrap_or_else(|_| u64::from(std::process::id()) << 20 ^ unix_now());
+        let trash = open_trash(root, self.dir_mode());
+        let (dir, entry) = match &trash {
+            Some(trash) => (trash, format!("{name}-{nonce:016x}")),
+            None => (root, format!("{TRASH_PREFIX}{name}-{nonce:016x}")),
+        };
+        match rustix::fs::renameat(root, name, dir, &entry) {
+            Ok(()) => {
+                let _ = remove_tree(dir, entry.as_str());
+                Ok(true)
+            }
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(e),
         }
-        // A receiver still writing into it may keep it from going at once;
-        // the next gc sweeps what is left.
-        let _ = fs::remove_dir_all(self.dir.join(&trash));
-        Ok(true)
     }
 
     /// Claims the bucket for a new upload: creates it if needed, takes its
@@ -648,9 +676,13 @@ impl Pool {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.starts_with(TRASH_PREFIX) {
-                if fs::remove_dir_all(entry.path()).is_ok() {
+                if remove_tree(&root, name).is_ok() {
                     report.trash += 1;
                 }
+                continue;
+            }
+            if name == TRASH_DIR {
+                report.trash += sweep_trash(&root);
                 continue;
             }
             if !identifier::is_valid_name(name) {
@@ -694,9 +726,7 @@ impl Pool {
             if self.identity_at(&root, name) != Some(identity) {
                 continue;
             }
-            let trash = trash_name(name);
-            if rustix::fs::renameat(&root, name, &root, &trash).is_ok() {
-                let _ = fs::remove_dir_all(self.dir.join(&trash));
+            if self.remove_bucket(&root, name) == Ok(true) {
                 report.removed += 1;
             }
         }
@@ -1194,10 +1224,70 @@ fn interrupted(mut status: Status) -> Status {
     status
 }
 
-fn trash_name(name: &str) -> String {
-    let nonce =
-        getrandom::u64().unwrap_or_else(|_| u64::from(std::process::id()) << 20 ^ unix_now());
-    format!("{TRASH_PREFIX}{name}-{nonce:016x}")
+/// Opens the pool's `.trash` folder, making it if it is missing; `None`
+/// when it cannot be used (something else was put in its place), and the
+/// caller deletes in the pool itself as earlier versions did.
+fn open_trash(root: &OwnedFd, mode: u32) -> Option<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // Opened first, made only when missing: `mkdir` of a name that exists
+    // takes the pool folder's lock too, on every clear.
+    match rustix::fs::openat(root, TRASH_DIR, flags, Mode::empty()) {
+        Ok(fd) => Some(fd),
+        Err(Errno::NOENT) => {
+            match rustix::fs::mkdirat(root, TRASH_DIR, Mode::from_raw_mode(mode)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(_) => return None,
+            }
+            rustix::fs::openat(root, TRASH_DIR, flags, Mode::empty()).ok()
+        }
+        Err(_) => None,
+    }
+}
+
+/// Deletes everything in `.trash`; returns how many entries went.
+fn sweep_trash(root: &OwnedFd) -> usize {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(trash) = rustix::fs::openat(root, TRASH_DIR, flags, Mode::empty()) else {
+        return 0;
+    };
+    let Ok(entries) = rustix::fs::Dir::read_from(&trash) else {
+        return 0;
+    };
+    let names: Vec<_> = entries
+        .flatten()
+        .map(|entry| entry.file_name().to_owned())
+        .filter(|name| ![b".".as_slice(), b".."].contains(&name.to_bytes()))
+        .collect();
+    names
+        .iter()
+        .filter(|name| remove_tree(&trash, name.as_c_str()).is_ok())
+        .count()
+}
+
+/// Deletes `name` in `dir`, a folder with everything in it or a file,
+/// without following a link anywhere: everything is reached through
+/// descriptors, so a link planted in the pool cannot point a deletion
+/// outside it. Buckets hold only files; deeper folders (planted) are
+/// deleted to a small depth and refused beyond it.
+fn remove_tree<P: rustix::path::Arg + Copy>(dir: &OwnedFd, name: P) -> Result<(), Errno> {
+    fn remove(dir: &OwnedFd, name: &std::ffi::CStr, depth: u32) -> Result<(), Errno> {
+        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Err(Errno::ISDIR | Errno::PERM) if depth > 0 => {}
+            other => return other,
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let inner = rustix::fs::openat(dir, name, flags, Mode::empty())?;
+        let names: Vec<_> = rustix::fs::Dir::read_from(&inner)?
+            .flatten()
+            .map(|entry| entry.file_name().to_owned())
+            .filter(|n| ![b".".as_slice(), b".."].contains(&n.to_bytes()))
+            .collect();
+        for entry in &names {
+            remove(&inner, entry, depth - 1)?;
+        }
+        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+    }
+    name.into_with_c_str(|name| remove(dir, name, 4))
 }
 
 /// What tells one folder from another that later takes its name.
@@ -1415,10 +1505,20 @@ mod tests {
         verify_identifier(text, None).unwrap()
     }
 
+    /// The names in `dir`, but for the pool's `.trash` folder, which must
+    /// be empty: every deletion in these tests has nothing holding it up.
     fn listing(dir: &Path) -> Vec<String> {
+        let trash = dir.join(TRASH_DIR);
+        if fs::symlink_metadata(&trash).is_ok_and(|m| m.is_dir()) {
+            let left: Vec<_> = fs::read_dir(&trash).unwrap().collect();
+            assert!(left.is_empty(), "left in .trash: {left:?}");
+        }
         let mut names: Vec<String> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| {
+                name != TRASH_DIR || fs::symlink_metadata(&trash).is_ok_and(|m| m.is_symlink())
+            })
             .collect();
         names.sort();
         names
@@ -1572,6 +1672,60 @@ mod tests {
         // Young enough to keep.
         let report = pool.gc(Duration::from_secs(3600)).unwrap();
         assert_eq!(report.kept, 1);
+    }
+
+    #[test]
+    fn clear_deletes_in_the_trash_folder_not_in_the_pool() {
+        let (dir, pool) = pool();
+        let gone = id("gone");
+        let up = pool.begin_upload(&gone).unwrap();
+        let (mut file, _) = up.create_file().unwrap();
+        file.write_all(b"bytes").unwrap();
+        let mut status = Status::uploading("gone", None, 1);
+        status.state = State::Done;
+        up.finish(&status).unwrap();
+        assert!(pool.clear(&gone).unwrap());
+        assert!(
+            dir.path().join(TRASH_DIR).is_dir(),
+            "deleted through .trash"
+        );
+        assert!(listing(dir.path()).is_empty());
+        assert!(!pool.clear(&gone).unwrap(), "nothing left to clear");
+    }
+
+    #[test]
+    fn gc_sweeps_the_trash_folder_and_what_earlier_versions_left() {
+        let (dir, pool) = pool();
+        fs::create_dir_all(dir.path().join(".trash/a-1")).unwrap();
+        fs::write(dir.path().join(".trash/a-1/file-1"), b"x").unwrap();
+        fs::create_dir(dir.path().join(".trash-b-1")).unwrap();
+        fs::write(dir.path().join(".trash-b-1/status.json"), b"{}").unwrap();
+        let report = pool.gc(Duration::from_secs(60)).unwrap();
+        assert_eq!(report.trash, 2, "{report:?}");
+        assert!(listing(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn deleting_follows_no_planted_link() {
+        let (dir, pool) = pool();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("precious"), b"keep").unwrap();
+        // `.trash` itself a link: clears fall back to deleting in the pool.
+        std::os::unix::fs::symlink(outside.path(), dir.path().join(".trash")).unwrap();
+        let victim = id("victim");
+        let up = pool.begin_upload(&victim).unwrap();
+        let (mut file, _) = up.create_file().unwrap();
+        file.write_all(b"bytes").unwrap();
+        drop(file);
+        drop(up);
+        // A link inside the bucket, to a folder outside.
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("victim/file-9")).unwrap();
+        assert!(pool.clear(&victim).unwrap());
+        assert_eq!(listing(dir.path()), [".trash"]);
+        assert_eq!(listing(outside.path()), ["precious"]);
+        assert_eq!(fs::read(outside.path().join("precious")).unwrap(), b"keep");
+        pool.gc(Duration::from_secs(60)).unwrap();
+        assert_eq!(listing(outside.path()), ["precious"]);
     }
 
     /// Pauses `upload` with `data` appended at `at`.

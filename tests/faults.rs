@@ -507,10 +507,15 @@ fn clear_status_and_gc_race_a_running_upload() {
     // No leftovers of deletions once everyone is done.
     pool.cli(&["gc", "--max-age", "1h"]);
     assert!(
-        pool.top_level().iter().all(|n| !n.starts_with(".trash")),
+        pool.top_level().iter().all(|n| !n.starts_with(".trash-")),
         "{:?}",
         pool.top_level()
     );
+    let trash = pool.path().join(".trash");
+    let left: Vec<_> = std::fs::read_dir(&trash)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in .trash: {left:?}");
     eprintln!("race: {uploaded} uploads completed among {actions} racing status/clear/gc actions");
 }
 

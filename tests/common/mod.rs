@@ -88,11 +88,16 @@ impl TestPool {
         names
     }
 
-    /// The entries at the top of the pool.
+    /// The entries at the top of the pool. The `.trash` folder, where
+    /// deletions happen, counts only while something is left in it.
     pub fn top_level(&self) -> Vec<String> {
+        let trash = self.path().join(".trash");
+        let trash_is_empty = std::fs::symlink_metadata(&trash).is_ok_and(|m| m.is_dir())
+            && std::fs::read_dir(&trash).is_ok_and(|mut d| d.next().is_none());
         let mut names: Vec<String> = std::fs::read_dir(self.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| !(name == ".trash" && trash_is_empty))
             .collect();
         names.sort();
         names
