@@ -19,7 +19,7 @@ use std::io;
 use crate::http::HttpError;
 use crate::identifier::IdError;
 use crate::multipart::{ContentTypeError, MultipartError};
-use crate::pool::{PoolError, is_disk_full};
+use crate::pool::{PartialProblem, PoolError, is_disk_full};
 use crate::transfer_encoding::DecodeError;
 
 /// A stable, machine-readable reason for an error, as `"ERR_..."` text.
@@ -308,6 +308,14 @@ impl From<&PoolError> for ErrorCode {
             PoolError::Misuse(_) => ErrorCode::Internal,
             PoolError::Unreadable(_) => ErrorCode::StatusUnreadable,
             PoolError::Cancelled => ErrorCode::Cancelled,
+            PoolError::Partial { problem, .. } => match problem {
+                PartialProblem::Missing => ErrorCode::PartialNotFound,
+                PartialProblem::Incomplete => ErrorCode::PartialIncomplete,
+                PartialProblem::Running => ErrorCode::PartialRunning,
+                PartialProblem::Repeated => ErrorCode::PartialRepeated,
+                PartialProblem::Unreadable(_) => ErrorCode::StatusUnreadable,
+                PartialProblem::Damaged(_) => ErrorCode::Storage,
+            },
             PoolError::Io { source, .. } if is_disk_full(source) => ErrorCode::DiskFull,
             PoolError::Missing(_) | PoolError::Unusable { .. } | PoolError::Io { .. } => {
                 ErrorCode::Storage
