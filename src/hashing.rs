@@ -474,6 +474,10 @@ mod tests {
             hasher.update([len as u8]);
         }
         assert_eq!(STATE_VERSION, 1);
+        // The size the README and the pool's limit are written for.
+        let saved = ResumableSha256::new().to_bytes().len();
+        assert_eq!(saved, 125);
+        assert!(saved <= crate::pool::MAX_HASH_STATE_BYTES);
     }
 
     #[test]

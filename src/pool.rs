@@ -818,9 +818,9 @@ impl Pool {
     /// sees progress, and a killed process leaves an interrupted upload,
     /// never an `incomplete` one a client could append to), and each data
     /// file is appended with `copy_file_range`: the kernel copies without
-    /// the bytes passing through this process, as a reflink (shared
-    /// extents, no copy at all) where the file system has them, such as
-    /// Btrfs and XFS. Only where the kernel or the file system cannot
+    /// the bytes passing through this process, and a file system with
+    /// reflinks (Btrfs, XFS) may share the extents instead of copying
+    /// them. Only where the kernel or the file system cannot
     /// (`EXDEV`, `ENOSYS`, `EOPNOTSUPP`) are the bytes read and written.
     /// With `sha256`, the final file is then read once for its digest.
     ///
@@ -3052,6 +3052,65 @@ mod tests {
         assert_eq!(
             fs::read(dir.path().join("final/file-1")).unwrap(),
             b"onetwo"
+        );
+    }
+
+    /// When set, [`concatenation_copies_in_the_kernel`] is the traced
+    /// child: it concatenates in the pool this names.
+    const CONCAT_CHILD: &str = "FILEUPLOAD_TEST_CONCAT_CHILD";
+
+    /// The partials' bytes go through `copy_file_range`, not through the
+    /// program: the test runs itself again under strace as the child that
+    /// concatenates, and finds one call per partial, each for all of its
+    /// bytes at its place in the final file.
+    #[test]
+    fn concatenation_copies_in_the_kernel() {
+        if let Ok(dir) = std::env::var(CONCAT_CHILD) {
+            let pool = Pool::new(dir, 0o600, false);
+            let status = Status::incomplete("joined", None, 1);
+            pool.concatenate(&id("joined"), &[id("k1"), id("k2")], &status, true)
+                .unwrap();
+            return;
+        }
+        let strace = ["/usr/bin/strace", "/bin/strace"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .expect("strace is missing: apt-get install -y strace (scripts/test installs it)");
+        let (dir, pool) = pool();
+        let (one, two) = (pattern(200_000, 4), pattern(12_345, 5));
+        complete_resumable(&pool, "k1", &one);
+        complete_resumable(&pool, "k2", &two);
+        let trace = dir.path().join("trace");
+        let out = std::process::Command::new(strace)
+            .args(["-f", "-qq", "-o"])
+            .arg(&trace)
+            .args(["-e", "trace=copy_file_range", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "pool::tests::concatenation_copies_in_the_kernel",
+                "--test-threads=1",
+            ])
+            .env(CONCAT_CHILD, dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            fs::read(dir.path().join("joined/file-1")).unwrap(),
+            [one.as_slice(), &two].concat()
+        );
+        let calls: Vec<String> = fs::read_to_string(&trace)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("copy_file_range("))
+            .map(|l| l.split_once("copy_file_range").unwrap().1.to_owned())
+            .collect();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert!(calls[0].contains(", [0], 200000, 0) = 200000"), "{calls:?}");
+        assert!(
+            calls[1].contains(", [200000], 12345, 0) = 12345"),
+            "{calls:?}"
         );
     }
 
