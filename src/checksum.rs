@@ -91,6 +91,20 @@ impl Expected {
     pub fn hasher(&self) -> Hasher {
         Hasher::new(self.algorithm)
     }
+
+    /// The answer to a chunk that does not match: 460
+    /// `ERR_CHECKSUM_MISMATCH`, for the protocol to give once it has cut
+    /// the chunk away.
+    pub fn mismatch(&self) -> HttpError {
+        HttpError::new(
+            ErrorCode::ChecksumMismatch,
+            format!(
+                "the chunk does not have the {} digest its Upload-Checksum gives; it was \
+                 discarded: send it again from the same offset",
+                self.algorithm.name()
+            ),
+        )
+    }
 }
 
 /// Parses `Upload-Checksum: <algorithm> <base64 digest>`.
@@ -375,10 +389,15 @@ mod tests {
 
     #[test]
     fn mismatch_is_460() {
-        assert_eq!(ErrorCode::ChecksumMismatch.status(), 460);
-        assert_eq!(
-            ErrorCode::ChecksumMismatch.as_str(),
-            "ERR_CHECKSUM_MISMATCH"
-        );
+        let expected = Expected {
+            algorithm: Algorithm::Crc32,
+            digest: vec![0; 4],
+        };
+        let err = expected.mismatch();
+        assert_eq!(err.code, ErrorCode::ChecksumMismatch);
+        assert_eq!(err.status(), 460);
+        assert_eq!(err.code.as_str(), "ERR_CHECKSUM_MISMATCH");
+        assert!(err.message.contains("crc32"), "{err}");
+        assert_eq!(crate::http::reason(460), "Checksum Mismatch");
     }
 }
