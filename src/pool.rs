@@ -2749,6 +2749,75 @@ mod tests {
         assert!(matches!(form.load_hash_state(), Err(PoolError::Misuse(_))));
     }
 
+    /// The pieces together, as the protocol uses them: each request loads
+    /// the state, catches up, hashes its chunk as it stores it and saves
+    /// the state; a request killed after its write but before its save
+    /// costs the next one only the bytes it stored. The final digest is
+    /// the file's.
+    #[test]
+    fn a_resumable_sha256_needs_no_reread_of_the_file() {
+        use crate::hashing::{CatchUp, ResumableSha256};
+        let (dir, pool) = pool();
+        let data = pattern(900_000, 6);
+        let id = id("whole-hash");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("whole-hash", Some(900_000), 1))
+            .unwrap();
+        upload
+            .pause(&Status::incomplete("whole-hash", Some(900_000), 1))
+            .unwrap();
+        let mut caught_up = Vec::new();
+        for (i, chunk) in data.chunks(200_000).enumerate() {
+            let upload = pool.resume_upload(&id).unwrap();
+            let offset = upload.offset().unwrap();
+            let mut file = upload.open_data_at(offset).unwrap();
+            let mut hash = match upload.load_hash_state().unwrap() {
+                Some(bytes) => ResumableSha256::from_bytes(&bytes).unwrap(),
+                None => ResumableSha256::new(),
+            };
+            caught_up.push(hash.catch_up(&file, offset).unwrap());
+            file.write_all(chunk).unwrap();
+            hash.update(chunk);
+            if i == 2 {
+                // Killed after the write, before the save and the pause.
+                drop(upload);
+                continue;
+            }
+            upload.save_hash_state(&hash.to_bytes()).unwrap();
+            let status = Status::incomplete("whole-hash", Some(900_000), 1);
+            if upload.offset().unwrap() == data.len() as u64 {
+                assert_eq!(
+                    hash.finish_hex(),
+                    crate::identifier::hex(&<sha2::Sha256 as sha2::Digest>::digest(&data))
+                );
+                let mut done = status;
+                done.state = State::Done;
+                upload.finish(&done).unwrap();
+            } else {
+                upload.pause(&status).unwrap();
+            }
+        }
+        assert_eq!(
+            caught_up,
+            [
+                CatchUp::Current,
+                CatchUp::Current,
+                CatchUp::Current,
+                // Only the chunk the killed request stored.
+                CatchUp::Hashed(200_000),
+                CatchUp::Current,
+            ]
+        );
+        assert_eq!(
+            fs::read(dir.path().join("whole-hash/file-1")).unwrap(),
+            data
+        );
+        assert_eq!(
+            listing(&dir.path().join("whole-hash")),
+            ["file-1", "lock", "status.json"]
+        );
+    }
+
     #[test]
     fn the_hash_state_goes_with_a_fail_a_truncation_a_clear_and_gc() {
         let (dir, pool) = pool();
