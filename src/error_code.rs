@@ -19,7 +19,7 @@ use std::io;
 use crate::http::HttpError;
 use crate::identifier::IdError;
 use crate::multipart::{ContentTypeError, MultipartError};
-use crate::pool::{PoolError, is_disk_full};
+use crate::pool::{PartialProblem, PoolError, is_disk_full};
 use crate::transfer_encoding::DecodeError;
 
 /// A stable, machine-readable reason for an error, as `"ERR_..."` text.
@@ -61,6 +61,24 @@ pub enum ErrorCode {
     /// A chunk of a resumable upload says it starts at another offset than
     /// the stored one; nothing was written.
     MismatchedOffset,
+    /// A chunk's `Upload-Checksum` does not match its bytes; the chunk was
+    /// discarded. 460, the status tusd answers it with, so that tus clients
+    /// that know it retry the chunk.
+    ChecksumMismatch,
+    /// `Upload-Checksum` names an algorithm this server does not compute.
+    UnsupportedChecksumAlgorithm,
+    /// `Upload-Checksum` is not `<algorithm> <base64 digest>`, or the
+    /// digest has the wrong length for its algorithm.
+    BadChecksum,
+    /// A final (concatenated) upload names a partial upload that is not in
+    /// the pool (never made, cleared, expired).
+    PartialNotFound,
+    /// A final upload names a partial upload that is not complete.
+    PartialIncomplete,
+    /// A final upload names a partial upload that a request is writing.
+    PartialRunning,
+    /// A final upload names the same partial upload twice, or itself.
+    PartialRepeated,
     /// A clear cancelled the upload while it ran.
     Cancelled,
     /// No `Content-Length` and not chunked.
@@ -131,6 +149,13 @@ impl ErrorCode {
         ErrorCode::StatusUnreadable,
         ErrorCode::UploadNotFound,
         ErrorCode::MismatchedOffset,
+        ErrorCode::ChecksumMismatch,
+        ErrorCode::UnsupportedChecksumAlgorithm,
+        ErrorCode::BadChecksum,
+        ErrorCode::PartialNotFound,
+        ErrorCode::PartialIncomplete,
+        ErrorCode::PartialRunning,
+        ErrorCode::PartialRepeated,
         ErrorCode::Cancelled,
         ErrorCode::LengthRequired,
         ErrorCode::BadLength,
@@ -173,6 +198,13 @@ impl ErrorCode {
             ErrorCode::StatusUnreadable => "ERR_STATUS_UNREADABLE",
             ErrorCode::UploadNotFound => "ERR_UPLOAD_NOT_FOUND",
             ErrorCode::MismatchedOffset => "ERR_MISMATCHED_OFFSET",
+            ErrorCode::ChecksumMismatch => "ERR_CHECKSUM_MISMATCH",
+            ErrorCode::UnsupportedChecksumAlgorithm => "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM",
+            ErrorCode::BadChecksum => "ERR_BAD_CHECKSUM",
+            ErrorCode::PartialNotFound => "ERR_PARTIAL_NOT_FOUND",
+            ErrorCode::PartialIncomplete => "ERR_PARTIAL_INCOMPLETE",
+            ErrorCode::PartialRunning => "ERR_PARTIAL_RUNNING",
+            ErrorCode::PartialRepeated => "ERR_PARTIAL_REPEATED",
             ErrorCode::Cancelled => "ERR_CANCELLED",
             ErrorCode::LengthRequired => "ERR_LENGTH_REQUIRED",
             ErrorCode::BadLength => "ERR_BAD_LENGTH",
@@ -217,19 +249,27 @@ impl ErrorCode {
             | ErrorCode::NoFile
             | ErrorCode::Truncated
             | ErrorCode::Aborted
-            | ErrorCode::BadFastcgi => 400,
+            | ErrorCode::BadFastcgi
+            | ErrorCode::UnsupportedChecksumAlgorithm
+            | ErrorCode::BadChecksum
+            | ErrorCode::PartialNotFound
+            | ErrorCode::PartialIncomplete
+            | ErrorCode::PartialRepeated => 400,
             ErrorCode::Signature | ErrorCode::NewIdRefused => 403,
             ErrorCode::NotFound | ErrorCode::UploadNotFound => 404,
             ErrorCode::Method => 405,
             ErrorCode::UploadRunning
             | ErrorCode::UploadComplete
             | ErrorCode::StatusUnreadable
-            | ErrorCode::MismatchedOffset => 409,
+            | ErrorCode::MismatchedOffset
+            | ErrorCode::PartialRunning => 409,
             ErrorCode::TooSlow => 408,
             ErrorCode::Cancelled => 410,
             ErrorCode::LengthRequired => 411,
             ErrorCode::TooLarge | ErrorCode::FormTooLarge => 413,
             ErrorCode::NotMultipart => 415,
+            // Not an IANA status: tus's checksum extension defines it.
+            ErrorCode::ChecksumMismatch => 460,
             ErrorCode::Storage
             | ErrorCode::Config
             | ErrorCode::AppStart
@@ -268,6 +308,14 @@ impl From<&PoolError> for ErrorCode {
             PoolError::Misuse(_) => ErrorCode::Internal,
             PoolError::Unreadable(_) => ErrorCode::StatusUnreadable,
             PoolError::Cancelled => ErrorCode::Cancelled,
+            PoolError::Partial { problem, .. } => match problem {
+                PartialProblem::Missing => ErrorCode::PartialNotFound,
+                PartialProblem::Incomplete => ErrorCode::PartialIncomplete,
+                PartialProblem::Running => ErrorCode::PartialRunning,
+                PartialProblem::Repeated => ErrorCode::PartialRepeated,
+                PartialProblem::Unreadable(_) => ErrorCode::StatusUnreadable,
+                PartialProblem::Damaged(_) => ErrorCode::Storage,
+            },
             PoolError::Io { source, .. } if is_disk_full(source) => ErrorCode::DiskFull,
             PoolError::Missing(_) | PoolError::Unusable { .. } | PoolError::Io { .. } => {
                 ErrorCode::Storage

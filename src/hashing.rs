@@ -22,12 +22,25 @@
 //! 8 MiB of every body inline, fast uploads hashed inline: the load test's
 //! poll p99 went from 4-6 ms to 13-24 ms, against 7-15 ms as a rule by
 //! speed.)
+//!
+//! A resumable upload arrives in many requests, possibly in many processes
+//! on many hosts, and its SHA-256 is wanted when the last one ends. Reading
+//! the whole file again then would cost as much as the upload's slowest
+//! step once more, on a request whose client is waiting. So each request
+//! goes on from the state the one before it left: [`ResumableSha256`] is
+//! the hash state and the number of bytes it covers, saved beside the
+//! data (see the pool's `Upload::save_hash_state`), and after a crash it
+//! catches up only the bytes that reached the file but not the state.
 
 use std::cell::RefCell;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest, Sha256};
 
 use crate::identifier::hex;
@@ -224,9 +237,379 @@ impl Hashing {
     }
 }
 
+/// A SHA-256 that can be stopped and taken up again in another process:
+/// the hash state and the byte offset it covers, saved with
+/// [`ResumableSha256::to_bytes`] and restored with
+/// [`ResumableSha256::from_bytes`].
+///
+/// The saved state is only as fresh as its last save, while the data file
+/// is the truth about what is stored (a request killed between a write
+/// and a save leaves bytes the state never saw). [`ResumableSha256::catch_up`]
+/// reconciles the two from the file. The one thing it cannot see is a
+/// file cut back and grown again past the state's offset with other bytes:
+/// whoever cuts the file (a chunk that failed its checksum) must save the
+/// state only for bytes that stay, and throw away a state that saw the
+/// bytes it cuts (keep a clone from before the chunk).
+#[derive(Clone, Default)]
+pub struct ResumableSha256 {
+    hasher: Sha256,
+    offset: u64,
+}
+
+/// What [`ResumableSha256::catch_up`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The state already covered every byte.
+    Current,
+    /// It hashed this many bytes that were stored but not hashed.
+    Hashed(u64),
+    /// The state covered more bytes (`was`) than the file holds: the file
+    /// was cut back after the state was saved (or the state was saved and
+    /// the data lost in a power cut). The state cannot be rewound, so it
+    /// was started again from byte 0 and hashed the whole file.
+    Restarted { was: u64 },
+}
+
+/// Why a saved hash state was refused. Each means the same to the caller:
+/// hash the file from the start.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("not a saved SHA-256 state of this program")]
+    NotOurs,
+    /// Saved by a version with another layout (another `sha2` series, say):
+    /// its bytes would be misread, so they are not read at all.
+    #[error("a saved SHA-256 state of layout version {0}, not {STATE_VERSION}")]
+    OtherVersion(u8),
+    #[error("the saved SHA-256 state is damaged")]
+    Damaged,
+}
+
+/// The start of every saved state.
+const STATE_MAGIC: &[u8; 8] = b"FUSHA256";
+/// The layout of what follows the magic: 1 is the version byte, the
+/// offset (u64, little-endian), the 104 bytes of `sha2` 0.11's
+/// `SerializableState` of `Sha256` and a CRC-32 of all that (u32,
+/// little-endian). `sha2` promises the serialized state stable only within
+/// a `0.x` series, so a new series (or any change here) takes a new number,
+/// and the test `the_state_layout_is_the_one_version_1_names` fails until it
+/// does.
+pub const STATE_VERSION: u8 = 1;
+/// Bytes of `sha2`'s serialized `Sha256`: the 8 state words, the count of
+/// compressed 64-byte blocks (u64), then the buffer: its fill (one byte,
+/// below 64: a full block is compressed at once) and 63 bytes.
+const SHA256_STATE_LEN: usize = 104;
+const STATE_LEN: usize = STATE_MAGIC.len() + 1 + 8 + SHA256_STATE_LEN + 4;
+/// What [`ResumableSha256::catch_up`] reads at a time.
+const CATCH_UP_BUFFER: usize = 256 << 10;
+
+impl ResumableSha256 {
+    /// A hash of nothing, at offset 0.
+    pub fn new() -> ResumableSha256 {
+        ResumableSha256::default()
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.offset += bytes.len() as u64;
+    }
+
+    /// How many bytes of the file the state covers.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The lowercase hex SHA-256 of the bytes fed.
+    pub fn finish_hex(self) -> String {
+        hex(&self.hasher.finalize())
+    }
+
+    /// The state as bytes, for [`ResumableSha256::from_bytes`] in any later
+    /// request (of any process running this version).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(STATE_LEN);
+        bytes.extend_from_slice(STATE_MAGIC);
+        bytes.push(STATE_VERSION);
+        bytes.extend_from_slice(&self.offset.to_le_bytes());
+        bytes.extend_from_slice(&self.hasher.serialize());
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// A state saved by [`ResumableSha256::to_bytes`]. Anything else is
+    /// refused rather than misread (a wrong state would give a wrong
+    /// digest, which nothing downstream could tell from a right one): bytes
+    /// not of this program, another layout version, a failed CRC, a state
+    /// `sha2` does not accept, and one whose own count of hashed bytes is
+    /// not the offset saved with it.
+    pub fn from_bytes(bytes: &[u8]) -> Result<ResumableSha256, StateError> {
+        let Some(rest) = bytes.strip_prefix(STATE_MAGIC.as_slice()) else {
+            return Err(StateError::NotOurs);
+        };
+        match rest.first() {
+            None => return Err(StateError::NotOurs),
+            Some(&STATE_VERSION) => {}
+            Some(&other) => return Err(StateError::OtherVersion(other)),
+        }
+        if bytes.len() != STATE_LEN {
+            return Err(StateError::Damaged);
+        }
+        let (body, crc) = bytes.split_at(STATE_LEN - 4);
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            return Err(StateError::Damaged);
+        }
+        let (offset, state) = body[STATE_MAGIC.len() + 1..].split_at(8);
+        let offset = u64::from_le_bytes(offset.try_into().map_err(|_| StateError::Damaged)?);
+        let state = SerializedState::<Sha256>::try_from(state).map_err(|_| StateError::Damaged)?;
+        let hasher = Sha256::deserialize(&state).map_err(|_| StateError::Damaged)?;
+        if counted(&state) != Some(offset) {
+            return Err(StateError::Damaged);
+        }
+        Ok(ResumableSha256 { hasher, offset })
+    }
+
+    /// Brings the state up to `upto` bytes of `file` (the stored length of
+    /// the data), reading only the bytes past its offset, with positioned
+    /// reads that leave the file's position alone. A state ahead of `upto`
+    /// starts again from 0 (see [`CatchUp::Restarted`]). A file shorter
+    /// than `upto` is an `UnexpectedEof` error; the state then covers what
+    /// it could read, and stays usable.
+    pub fn catch_up(&mut self, file: &File, upto: u64) -> io::Result<CatchUp> {
+        let was = self.offset;
+        let outcome = if was > upto {
+            *self = ResumableSha256::new();
+            CatchUp::Restarted { was }
+        } else if was == upto {
+            return Ok(CatchUp::Current);
+        } else {
+            CatchUp::Hashed(upto - was)
+        };
+        let mut buffer = vec![0u8; CATCH_UP_BUFFER];
+        while self.offset < upto {
+            let want = usize::try_from(upto - self.offset)
+                .unwrap_or(usize::MAX)
+                .min(buffer.len());
+            let read = match file.read_at(&mut buffer[..want], self.offset) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the data file ends at {} bytes, before {upto}", self.offset),
+                    ));
+                }
+                Ok(read) => read,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.update(&buffer[..read]);
+        }
+        Ok(outcome)
+    }
+}
+
+impl std::fmt::Debug for ResumableSha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumableSha256")
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bytes a serialized `Sha256` has seen, by its own count: the blocks
+/// it compressed and what waits in its buffer (the layout of
+/// [`STATE_VERSION`] 1).
+fn counted(state: &[u8]) -> Option<u64> {
+    let blocks = u64::from_le_bytes(state.get(32..40)?.try_into().ok()?);
+    let buffered = u64::from(*state.get(40)?);
+    blocks.checked_mul(64)?.checked_add(buffered)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes that differ from position to position, so a misplaced byte
+    /// changes the digest.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn hashing_in_pieces_with_a_save_and_restore_between_each_is_sha256() {
+        let data = pattern(5000);
+        // Pieces that end inside, at, and across 64-byte blocks.
+        let pieces = [0, 1, 62, 1, 1, 64, 65, 0, 127, 3000, 500];
+        let mut state = ResumableSha256::new();
+        let mut at = 0;
+        for piece in pieces {
+            state.update(&data[at..at + piece]);
+            at += piece;
+            let saved = state.to_bytes();
+            assert_eq!(saved.len(), STATE_LEN);
+            state = ResumableSha256::from_bytes(&saved).unwrap();
+            assert_eq!(state.offset(), at as u64);
+        }
+        state.update(&data[at..]);
+        assert_eq!(state.offset(), data.len() as u64);
+        assert_eq!(state.finish_hex(), hex(&Sha256::digest(&data)));
+        assert_eq!(
+            ResumableSha256::from_bytes(&ResumableSha256::new().to_bytes())
+                .unwrap()
+                .finish_hex(),
+            // FIPS 180-2's digest of the empty message.
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    /// What version 1 says the layout is: `sha2`'s state is 104 bytes and
+    /// holds its own count of hashed bytes where `counted` reads it. A new
+    /// `sha2` series that changes either fails here; then give the layout a
+    /// new [`STATE_VERSION`].
+    #[test]
+    fn the_state_layout_is_the_one_version_1_names() {
+        let mut hasher = Sha256::new();
+        for len in 0..300u64 {
+            let state = hasher.serialize();
+            assert_eq!(state.len(), SHA256_STATE_LEN);
+            assert_eq!(counted(&state), Some(len), "after {len} bytes");
+            hasher.update([len as u8]);
+        }
+        assert_eq!(STATE_VERSION, 1);
+        // The size the README and the pool's limit are written for.
+        let saved = ResumableSha256::new().to_bytes().len();
+        assert_eq!(saved, 125);
+        assert!(saved <= crate::pool::MAX_HASH_STATE_BYTES);
+    }
+
+    #[test]
+    fn a_state_not_ours_of_another_version_or_damaged_is_refused() {
+        let mut state = ResumableSha256::new();
+        state.update(&pattern(100));
+        let good = state.to_bytes();
+        assert!(ResumableSha256::from_bytes(&good).is_ok());
+        assert_eq!(
+            ResumableSha256::from_bytes(b"").unwrap_err(),
+            StateError::NotOurs
+        );
+        assert_eq!(
+            ResumableSha256::from_bytes(b"{\"offset\":100}").unwrap_err(),
+            StateError::NotOurs
+        );
+        assert_eq!(
+            ResumableSha256::from_bytes(STATE_MAGIC).unwrap_err(),
+            StateError::NotOurs
+        );
+        let mut other = good.clone();
+        other[STATE_MAGIC.len()] = 2;
+        assert_eq!(
+            ResumableSha256::from_bytes(&other).unwrap_err(),
+            StateError::OtherVersion(2)
+        );
+        assert_eq!(
+            ResumableSha256::from_bytes(&good[..good.len() - 1]).unwrap_err(),
+            StateError::Damaged
+        );
+        let mut longer = good.clone();
+        longer.push(0);
+        assert_eq!(
+            ResumableSha256::from_bytes(&longer).unwrap_err(),
+            StateError::Damaged
+        );
+        // Any one byte flipped past the version: the CRC catches it.
+        for i in STATE_MAGIC.len() + 1..good.len() {
+            let mut flipped = good.clone();
+            flipped[i] ^= 0x10;
+            assert_eq!(
+                ResumableSha256::from_bytes(&flipped).unwrap_err(),
+                StateError::Damaged,
+                "byte {i}"
+            );
+        }
+        // Damage with a CRC made to fit: an offset that is not the state's
+        // own count, and a buffer fill `sha2` refuses.
+        let refit = |mut bytes: Vec<u8>| {
+            bytes.truncate(STATE_LEN - 4);
+            let crc = crc32fast::hash(&bytes);
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        let offset_at = STATE_MAGIC.len() + 1;
+        let mut offset = good.clone();
+        offset[offset_at..offset_at + 8].copy_from_slice(&101u64.to_le_bytes());
+        assert_eq!(
+            ResumableSha256::from_bytes(&refit(offset)).unwrap_err(),
+            StateError::Damaged
+        );
+        let mut fill = good.clone();
+        fill[offset_at + 8 + 40] = 64;
+        assert_eq!(
+            ResumableSha256::from_bytes(&refit(fill)).unwrap_err(),
+            StateError::Damaged
+        );
+        assert!(ResumableSha256::from_bytes(&refit(good)).is_ok());
+    }
+
+    fn file_with(data: &[u8]) -> (tempfile::TempDir, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file-1");
+        std::fs::write(&path, data).unwrap();
+        (dir, File::open(&path).unwrap())
+    }
+
+    #[test]
+    fn catching_up_hashes_only_the_bytes_the_state_did_not_see() {
+        let data = pattern(700_000); // more than one read buffer
+        let (_dir, file) = file_with(&data);
+        // A crash after 300 bytes were hashed and saved, while the file
+        // went on to get them all.
+        let mut before = ResumableSha256::new();
+        before.update(&data[..300]);
+        let mut state = ResumableSha256::from_bytes(&before.to_bytes()).unwrap();
+        assert_eq!(
+            state.catch_up(&file, data.len() as u64).unwrap(),
+            CatchUp::Hashed(data.len() as u64 - 300)
+        );
+        assert_eq!(state.offset(), data.len() as u64);
+        assert_eq!(
+            state.catch_up(&file, data.len() as u64).unwrap(),
+            CatchUp::Current
+        );
+        assert_eq!(state.finish_hex(), hex(&Sha256::digest(&data)));
+        // Up to a point short of the end: only that far.
+        let mut part = ResumableSha256::new();
+        assert_eq!(part.catch_up(&file, 1000).unwrap(), CatchUp::Hashed(1000));
+        assert_eq!(part.finish_hex(), hex(&Sha256::digest(&data[..1000])));
+    }
+
+    /// The file was cut back below what the state covers (a state saved
+    /// before a power cut lost the data it saw): it starts again from 0.
+    #[test]
+    fn a_state_ahead_of_the_file_is_reported_and_rehashed_from_the_start() {
+        let data = pattern(5000);
+        let (_dir, file) = file_with(&data[..3000]);
+        let mut state = ResumableSha256::new();
+        // Other bytes than the file's: the restart must not keep any.
+        state.update(&[0xff; 4000]);
+        assert_eq!(
+            state.catch_up(&file, 3000).unwrap(),
+            CatchUp::Restarted { was: 4000 }
+        );
+        assert_eq!(state.offset(), 3000);
+        assert_eq!(state.finish_hex(), hex(&Sha256::digest(&data[..3000])));
+    }
+
+    #[test]
+    fn a_file_shorter_than_promised_is_an_error_and_the_state_stays_usable() {
+        let data = pattern(3000);
+        let (dir, file) = file_with(&data[..2000]);
+        let mut state = ResumableSha256::new();
+        let err = state.catch_up(&file, 3000).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(state.offset(), 2000, "it covers what it read");
+        // The rest arrives; catching up again finishes the job.
+        std::fs::write(dir.path().join("file-1"), &data).unwrap();
+        assert_eq!(state.catch_up(&file, 3000).unwrap(), CatchUp::Hashed(1000));
+        assert_eq!(state.finish_hex(), hex(&Sha256::digest(&data)));
+    }
 
     #[test]
     fn digests_of_several_files_in_order_inline_and_threaded() {

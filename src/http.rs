@@ -388,6 +388,8 @@ pub fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        // tus's checksum extension (tusd's phrase); not an IANA status.
+        460 => "Checksum Mismatch",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",

@@ -44,6 +44,7 @@ macro_rules! log {
 
 pub mod app;
 pub mod cgi;
+pub mod checksum;
 pub mod config;
 pub mod error_code;
 pub mod fastcgi;

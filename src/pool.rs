@@ -12,6 +12,9 @@
 //!     status.reserve          space held for the final status while a request on the upload runs
 //!     file-1, file-2, ...     the stored files, in the order they arrived (mode 0600);
 //!                             a resumable upload has one, file-1, that grows chunk by chunk
+//!     sha256.state            a resumable upload's SHA-256 so far and the offset it covers,
+//!                             between its requests; replaced whole (sha256.state.tmp, renamed)
+//!                             and removed once the upload is done; never a stored file
 //!   .trash/<name>-<random>/   a bucket being deleted (clear, gc); safe to remove
 //!   .trash-<name>-<random>/   the same, as earlier versions (and a pool whose
 //!                             `.trash` is unusable) leave it; gc sweeps both
@@ -72,7 +75,7 @@
 use std::fs::{self, File, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
@@ -82,14 +85,23 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error_code::ErrorCode;
+use crate::hashing::ResumableSha256;
 use crate::identifier::{self, Identifier};
-use crate::status::{State, Status};
+use crate::status::{FileInfo, State, Status};
 
 const STATUS: &str = "status.json";
 const STATUS_TMP: &str = "status.json.tmp";
 const RESERVE: &str = "status.reserve";
 const LOCK: &str = "lock";
 const FILE_PREFIX: &str = "file-";
+/// A resumable upload's saved hash state (see [`Upload::save_hash_state`]).
+/// Not `file-...`: nothing that lists stored files may take it for one.
+const HASH_STATE: &str = "sha256.state";
+const HASH_STATE_TMP: &str = "sha256.state.tmp";
+/// A saved hash state is 125 bytes (see
+/// [`crate::hashing::ResumableSha256::to_bytes`]); this leaves room for
+/// another layout, and anything bigger is not one.
+pub const MAX_HASH_STATE_BYTES: usize = 4096;
 /// The one data file of a resumable upload: the name a form upload's first
 /// file has, so a complete resumable upload looks like any one-file upload
 /// to everything that reads the pool (`fileupload path`, [`Bucket::paths`],
@@ -165,8 +177,41 @@ pub enum PoolError {
          clear it or use a new identifier"
     )]
     Unreadable(String),
+    /// A partial upload named for a concatenation cannot go into it
+    /// (see [`Pool::concatenate`]); nothing was changed.
+    #[error("partial upload {identifier}: {problem}")]
+    Partial {
+        identifier: String,
+        problem: PartialProblem,
+    },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+}
+
+/// Why a partial upload cannot go into a concatenation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PartialProblem {
+    /// No upload under it: never made, cleared, expired, or failed (whose
+    /// bytes are gone).
+    #[error("there is no complete upload under this identifier")]
+    Missing,
+    /// It is not complete yet (or it was interrupted).
+    #[error("it is not complete")]
+    Incomplete,
+    /// A request holds it (a chunk is being written, or another
+    /// concatenation takes it).
+    #[error("a request is writing it")]
+    Running,
+    /// Named twice, or it is the final upload itself.
+    #[error("it is named twice, or it is the final upload itself")]
+    Repeated,
+    /// Its status cannot be read.
+    #[error("its status cannot be read ({0})")]
+    Unreadable(String),
+    /// Its stored bytes do not agree with its status (not one file of the
+    /// size the status says), or cannot be read.
+    #[error("its stored data cannot be used ({0})")]
+    Damaged(String),
 }
 
 impl PoolError {
@@ -757,6 +802,244 @@ impl Pool {
         self.gc(max_age).map(Some)
     }
 
+    /// Makes the final upload of tus's concatenation: one file, in the
+    /// bucket of `final_id`, holding the data of each of `partials` in
+    /// order; then removes the partial uploads. Returns the final length.
+    ///
+    /// It is done whole or not at all. First every partial upload is taken
+    /// with its lock (so no request writes it and no gc removes it while it
+    /// is read) and checked: it must be `done` with one data file of the
+    /// size its status says. A partial that is running, missing (or
+    /// failed), incomplete, named twice or is `final_id` itself is refused
+    /// with [`PoolError::Partial`] before anything is changed; so is a final
+    /// bucket that [`Pool::create_resumable`] would refuse (a running,
+    /// complete or incomplete upload there), with the same errors. Then the
+    /// final bucket is claimed, its status set to `uploading` (a poller
+    /// sees progress, and a killed process leaves an interrupted upload,
+    /// never an `incomplete` one a client could append to), and each data
+    /// file is appended with `copy_file_range`: the kernel copies without
+    /// the bytes passing through this process, and a file system with
+    /// reflinks (Btrfs, XFS) may share the extents instead of copying
+    /// them. Only where the kernel or the file system cannot
+    /// (`EXDEV`, `ENOSYS`, `EOPNOTSUPP`) are the bytes read and written.
+    /// With `sha256`, the final file is then read once for its digest.
+    ///
+    /// The final status is `status` in state `done`, with `size` and
+    /// `received` the final length and one file, `file-1`: the first of
+    /// `status.files` if it has one (its `field`, `filename` and
+    /// `content-type` are kept), else one named by `status.filename` and
+    /// `status.content_type`; its `size`, `path` and `sha256` are set here.
+    /// It is recorded as [`Upload::finish`] does, durably with `fsync`. A
+    /// failure after the claim records the final upload failed, its file
+    /// removed; the partial uploads are removed only once the final one is
+    /// `done`, and are untouched until then. (A crash between the two
+    /// leaves them for gc.) A partial cleared while it was copied fails the
+    /// concatenation.
+    ///
+    /// What a partial upload is, and whether the final length is allowed,
+    /// is the protocol's to decide before it calls this: the pool knows
+    /// only complete uploads of one file.
+    pub fn concatenate(
+        &self,
+        final_id: &Identifier,
+        partials: &[Identifier],
+        status: &Status,
+        sha256: bool,
+    ) -> Result<u64, PoolError> {
+        if partials.is_empty() {
+            return Err(PoolError::Misuse("concatenate with no partial upload"));
+        }
+        let mut seen = vec![final_id.name()];
+        for partial in partials {
+            if seen.contains(&partial.name()) {
+                return Err(PoolError::Partial {
+                    identifier: partial.as_str().to_owned(),
+                    problem: PartialProblem::Repeated,
+                });
+            }
+            seen.push(partial.name());
+        }
+        let root = self.open_root()?;
+        let taken = partials
+            .iter()
+            .map(|id| self.take_partial(&root, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let total = taken
+            .iter()
+            .try_fold(0u64, |sum, p| sum.checked_add(p.length))
+            .ok_or(PoolError::Misuse("partial uploads longer than 2^64 bytes"))?;
+        let upload = self.claim_new(final_id)?;
+        let mut running = status.clone();
+        running.state = State::Uploading;
+        running.size = Some(total);
+        running.received = Some(0);
+        running.files = Some(Vec::new());
+        let copied = upload
+            .write_status(&running)
+            .and_then(|()| self.assemble(&upload, &taken, &mut running, sha256));
+        let (path, digest) = match copied {
+            Ok(done) => done,
+            Err(err) => {
+                running.fail(err.code(), err.to_string(), unix_now());
+                upload.fail(&running);
+                return Err(err);
+            }
+        };
+        let mut done = status.clone();
+        let mut file = status.files().first().cloned().unwrap_or_else(|| FileInfo {
+            field: String::new(),
+            filename: status.filename.clone().unwrap_or_default(),
+            content_type: status
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".to_owned()),
+            size: 0,
+            sha256: None,
+            path: String::new(),
+        });
+        file.size = total;
+        file.sha256 = digest;
+        file.path = path.to_string_lossy().into_owned();
+        done.state = State::Done;
+        done.size = Some(total);
+        done.received = Some(total);
+        done.updated = Some(unix_now());
+        done.files = Some(vec![file]);
+        done.error = None;
+        done.status = None;
+        done.code = None;
+        upload.finish(&done)?;
+        for partial in &taken {
+            if self.identity_at(&root, &partial.name) != Some(partial.identity) {
+                continue; // cleared meanwhile: nothing of it to remove
+            }
+            if let Err(e) = self.remove_bucket(&root, &partial.name) {
+                crate::log!(
+                    "cannot remove partial upload {} after its concatenation: {e}; gc will",
+                    partial.identifier
+                );
+            }
+        }
+        Ok(total)
+    }
+
+    /// Takes a partial upload for [`Pool::concatenate`]: its lock, and its
+    /// data file checked against its status.
+    fn take_partial(&self, root: &OwnedFd, id: &Identifier) -> Result<Partial, PoolError> {
+        let refuse = |problem| PoolError::Partial {
+            identifier: id.as_str().to_owned(),
+            problem,
+        };
+        let name = id.name();
+        let Some(bucket) = self.open_bucket(root, name)? else {
+            return Err(refuse(PartialProblem::Missing));
+        };
+        // Opened, not made: a bucket without a lock never held an upload.
+        let lock = match open_regular(&bucket, LOCK, OFlags::RDWR, 0) {
+            Ok(fd) => File::from(fd),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(refuse(PartialProblem::Missing));
+            }
+            Err(e) => return Err(io_error(format!("cannot open lock of upload {id}"))(e)),
+        };
+        match lock_exclusive(&lock) {
+            Ok(()) => {}
+            Err(PoolError::Busy) => return Err(refuse(PartialProblem::Running)),
+            Err(e) => return Err(e),
+        }
+        let identity = identity_of(&bucket)?;
+        if self.identity_at(root, name) != Some(identity) {
+            return Err(refuse(PartialProblem::Missing));
+        }
+        let stored = match read_status_file(&bucket) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Err(refuse(PartialProblem::Missing)),
+            Err(e) => return Err(refuse(PartialProblem::Unreadable(e.to_string()))),
+        };
+        match stored.state {
+            State::Done => {}
+            // Uploading with the lock ours: its receiver died.
+            State::Incomplete | State::Uploading => {
+                return Err(refuse(PartialProblem::Incomplete));
+            }
+            State::Starting | State::Error => return Err(refuse(PartialProblem::Missing)),
+        }
+        let damaged = |why: String| refuse(PartialProblem::Damaged(why));
+        let [info] = stored.files() else {
+            return Err(damaged(format!(
+                "it holds {} files, not one",
+                stored.files().len()
+            )));
+        };
+        let data =
+            open_data(&bucket, OFlags::RDONLY).map_err(|e| damaged(format!("{DATA_FILE}: {e}")))?;
+        let length = file_length(&data)?;
+        if length != info.size || stored.size.is_some_and(|size| size != length) {
+            return Err(damaged(format!(
+                "{DATA_FILE} has {length} bytes, and its status says {}",
+                info.size
+            )));
+        }
+        Ok(Partial {
+            name: name.to_owned(),
+            identifier: id.as_str().to_owned(),
+            _bucket: bucket,
+            _lock: lock,
+            identity,
+            data: File::from(data),
+            length,
+        })
+    }
+
+    /// The copying and hashing of [`Pool::concatenate`], into the claimed
+    /// final upload; the data file's path and digest.
+    fn assemble(
+        &self,
+        upload: &Upload,
+        partials: &[Partial],
+        running: &mut Status,
+        sha256: bool,
+    ) -> Result<(PathBuf, Option<String>), PoolError> {
+        let (file, path) = upload.create_file()?;
+        let mut at = 0u64;
+        for partial in partials {
+            copy_data(&partial.data, &file, partial.length, at, true, || {
+                upload.is_cancelled()
+            })
+            .map_err(io_error(format!(
+                "cannot copy partial upload {} into the final one",
+                partial.identifier
+            )))
+            .map_err(|e| upload.explain(e))?;
+            at += partial.length;
+            running.received = Some(at);
+            running.updated = Some(unix_now());
+            upload.write_status(running)?;
+        }
+        // Cleared while it was copied: its client was told it is gone, so
+        // the final upload must not hold it.
+        for partial in partials {
+            if self.identity_at(&upload.root, &partial.name) != Some(partial.identity) {
+                return Err(PoolError::Partial {
+                    identifier: partial.identifier.clone(),
+                    problem: PartialProblem::Missing,
+                });
+            }
+        }
+        let digest = if sha256 {
+            let reader = open_regular(&upload.bucket, DATA_FILE, OFlags::RDONLY, 0)
+                .map_err(io_error(format!("cannot open {DATA_FILE} to hash it")))?;
+            let mut hash = ResumableSha256::new();
+            hash.catch_up(&File::from(reader), at)
+                .map_err(io_error(format!("cannot read {DATA_FILE} to hash it")))
+                .map_err(|e| upload.explain(e))?;
+            Some(hash.finish_hex())
+        } else {
+            None
+        };
+        Ok((path, digest))
+    }
+
     /// Opens (creating if needed) a regular file relative to `dir` with the
     /// pool's permissions, never following a link.
     fn create_file(&self, dir: &OwnedFd, name: &str, exclusive: bool) -> Result<File, PoolError> {
@@ -972,6 +1255,13 @@ impl Upload {
     /// A receiver killed before it can call this leaves the unchecked bytes
     /// stored; a protocol that must never keep them checks each chunk
     /// before it appends it.
+    ///
+    /// The saved hash state goes too: it may have seen the bytes cut away,
+    /// and a state for bytes that are no longer there, once the file grows
+    /// past its offset again, would give a wrong digest that nothing could
+    /// tell from a right one (a state merely ahead of the file is caught).
+    /// The caller saves its own state from before the chunk again, or the
+    /// next request hashes from the start.
     pub fn truncate_data(&self, offset: u64) -> Result<(), PoolError> {
         self.require_resumable("truncate_data on an upload that is not resumable")?;
         let fd = match open_data(&self.bucket, OFlags::WRONLY) {
@@ -994,9 +1284,89 @@ impl Upload {
                 given: offset,
             });
         }
+        // Before the cut: a crash between the two leaves no state at all,
+        // never one for bytes that are gone.
+        self.remove_hash_state();
         rustix::fs::ftruncate(&fd, offset)
             .map_err(errno_error(format!("cannot truncate {DATA_FILE}")))
             .map_err(|e| self.explain(e))
+    }
+
+    /// Saves a resumable upload's hash state (the bytes of
+    /// [`crate::hashing::ResumableSha256::to_bytes`], opaque here) as
+    /// `sha256.state`, so that the request that completes the upload,
+    /// in whatever process or host, goes on from it instead of reading the
+    /// whole file again.
+    ///
+    /// Written whole, as the status is: to `sha256.state.tmp`, then renamed
+    /// over the old one, so a reader never sees half of one; with `fsync`,
+    /// synced before the rename and the folder after it. A state is only
+    /// ever a shortcut: losing it (a crash before the rename) costs a
+    /// re-read, never a wrong digest, as long as it was saved for bytes that
+    /// stay stored (see [`Upload::truncate_data`]). More than
+    /// [`MAX_HASH_STATE_BYTES`] is [`PoolError::Misuse`].
+    pub fn save_hash_state(&self, state: &[u8]) -> Result<(), PoolError> {
+        self.require_resumable("save_hash_state on an upload that is not resumable")?;
+        if state.len() > MAX_HASH_STATE_BYTES {
+            return Err(PoolError::Misuse(
+                "a hash state larger than MAX_HASH_STATE_BYTES",
+            ));
+        }
+        if self.is_cancelled() {
+            return Err(PoolError::Cancelled);
+        }
+        write_whole(
+            &self.bucket,
+            HASH_STATE,
+            HASH_STATE_TMP,
+            state,
+            self.file_mode,
+            self.fsync,
+        )
+        .map_err(io_error(format!(
+            "cannot save the hash state of upload {}",
+            self.identifier
+        )))
+        .map_err(|e| self.explain(e))
+    }
+
+    /// The hash state saved by [`Upload::save_hash_state`], if any. Read as
+    /// every file in the pool is: relative to the claimed bucket, a regular
+    /// file only (a planted link, FIFO or device is an error, not followed
+    /// or waited on), and at most [`MAX_HASH_STATE_BYTES`] (a larger file is
+    /// an error, not read). Whatever it returns, the caller checks it (see
+    /// [`crate::hashing::ResumableSha256::from_bytes`]) and hashes from the
+    /// start when it is refused.
+    pub fn load_hash_state(&self) -> Result<Option<Vec<u8>>, PoolError> {
+        self.require_resumable("load_hash_state on an upload that is not resumable")?;
+        let context = || format!("cannot read the hash state of upload {}", self.identifier);
+        let fd = match open_regular(&self.bucket, HASH_STATE, OFlags::RDONLY, 0) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.explain(io_error(context())(e))),
+        };
+        let mut bytes = Vec::new();
+        File::from(fd)
+            .take(MAX_HASH_STATE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_error(context()))?;
+        if bytes.len() > MAX_HASH_STATE_BYTES {
+            return Err(PoolError::Io {
+                context: context(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{HASH_STATE} is larger than {MAX_HASH_STATE_BYTES} bytes: not ours"),
+                ),
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Removes the saved hash state (through the claimed bucket).
+    fn remove_hash_state(&self) {
+        for name in [HASH_STATE, HASH_STATE_TMP] {
+            let _ = rustix::fs::unlinkat(&self.bucket, name, AtFlags::empty());
+        }
     }
 
     /// The stored offset of this resumable upload (see [`Pool::offset`]);
@@ -1112,6 +1482,11 @@ impl Upload {
                 self.replace_status(status, self.fsync)?;
                 self.sync_root_if_new()
             });
+        if stored.is_ok() && self.resumable {
+            // A done upload has its digests in its status; the state would
+            // only be a file that is neither data nor status.
+            self.remove_hash_state();
+        }
         stored.map_err(|e| self.explain(e)).inspect_err(|err| {
             if self.resumable {
                 let _ = self.record_paused(status);
@@ -1169,6 +1544,9 @@ impl Upload {
             let _ =
                 rustix::fs::unlinkat(&self.bucket, format!("{FILE_PREFIX}{n}"), AtFlags::empty());
         }
+        if self.resumable {
+            self.remove_hash_state();
+        }
         self.release_reserve();
         if self.is_cancelled() {
             return;
@@ -1213,6 +1591,93 @@ impl Drop for Upload {
             self.discard(&status);
         }
     }
+}
+
+/// A partial upload taken by [`Pool::concatenate`]: held by its lock (and
+/// its bucket's descriptor, which the lock's file lives in) until the
+/// concatenation is over.
+struct Partial {
+    name: String,
+    identifier: String,
+    _bucket: OwnedFd,
+    _lock: File,
+    identity: (u64, u64),
+    data: File,
+    length: u64,
+}
+
+/// Most bytes asked of one `copy_file_range`: a cancellation (a clear of
+/// the final upload) is seen between two calls.
+const COPY_CHUNK: usize = 64 << 20;
+/// The buffer of the read-and-write fallback.
+const COPY_BUFFER: usize = 256 << 10;
+
+/// Copies the first `length` bytes of `from` into `to` at offset `at`.
+/// With `in_kernel`, by `copy_file_range`, falling back to reads and
+/// writes only where it is not to be had (`EXDEV`: another file system on
+/// kernels before 5.3, or one that cannot copy across; `ENOSYS`: no such
+/// call; `EOPNOTSUPP`: a file system without it); `in_kernel` false is the
+/// fallback alone (for its tests). Offsets are explicit, so neither file's
+/// position matters. `cancelled` is asked between calls.
+fn copy_data(
+    from: &File,
+    to: &File,
+    length: u64,
+    at: u64,
+    in_kernel: bool,
+    cancelled: impl Fn() -> bool,
+) -> io::Result<()> {
+    let ended = |copied: u64| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the data file ended after {copied} of {length} bytes"),
+        )
+    };
+    let cancel = || io::Error::new(io::ErrorKind::Interrupted, "the upload was cleared");
+    let mut from_offset = 0u64;
+    let mut to_offset = at;
+    if in_kernel {
+        while from_offset < length {
+            if cancelled() {
+                return Err(cancel());
+            }
+            let want = usize::try_from(length - from_offset)
+                .unwrap_or(usize::MAX)
+                .min(COPY_CHUNK);
+            match rustix::fs::copy_file_range(
+                from,
+                Some(&mut from_offset),
+                to,
+                Some(&mut to_offset),
+                want,
+            ) {
+                Ok(0) => return Err(ended(from_offset)),
+                Ok(_) => {}
+                Err(Errno::INTR) => {}
+                Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let mut buffer = vec![0u8; COPY_BUFFER.min(usize::try_from(length).unwrap_or(usize::MAX))];
+    while from_offset < length {
+        if cancelled() {
+            return Err(cancel());
+        }
+        let want = usize::try_from(length - from_offset)
+            .unwrap_or(usize::MAX)
+            .min(buffer.len());
+        let read = match from.read_at(&mut buffer[..want], from_offset) {
+            Ok(0) => return Err(ended(from_offset)),
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all_at(&buffer[..read], to_offset)?;
+        from_offset += read as u64;
+        to_offset += read as u64;
+    }
+    Ok(())
 }
 
 fn interrupted(mut status: Status) -> Status {
@@ -1439,17 +1904,36 @@ fn write_status_file(
     file_mode: u32,
     durable: bool,
 ) -> io::Result<()> {
-    let _ = rustix::fs::unlinkat(bucket, STATUS_TMP, AtFlags::empty());
-    let mut file = File::from(create_new(bucket, STATUS_TMP, file_mode, OFlags::empty())?);
+    write_whole(
+        bucket,
+        STATUS,
+        STATUS_TMP,
+        status.to_json().as_bytes(),
+        file_mode,
+        durable,
+    )
+}
+
+/// Replaces `name` in `bucket` with `bytes`, whole: written to `tmp` and
+/// renamed over it. With `durable`, the new file is synced before the
+/// rename and the folder after it.
+fn write_whole(
+    bucket: &OwnedFd,
+    name: &str,
+    tmp: &str,
+    bytes: &[u8],
+    file_mode: u32,
+    durable: bool,
+) -> io::Result<()> {
+    let _ = rustix::fs::unlinkat(bucket, tmp, AtFlags::empty());
+    let mut file = File::from(create_new(bucket, tmp, file_mode, OFlags::empty())?);
     let written = file
-        .write_all(status.to_json().as_bytes())
+        .write_all(bytes)
         .and_then(|()| if durable { file.sync_all() } else { Ok(()) });
     drop(file);
-    if let Err(e) =
-        written.and_then(|()| Ok(rustix::fs::renameat(bucket, STATUS_TMP, bucket, STATUS)?))
-    {
+    if let Err(e) = written.and_then(|()| Ok(rustix::fs::renameat(bucket, tmp, bucket, name)?)) {
         // A half-written temporary file helps nobody.
-        let _ = rustix::fs::unlinkat(bucket, STATUS_TMP, AtFlags::empty());
+        let _ = rustix::fs::unlinkat(bucket, tmp, AtFlags::empty());
         return Err(e);
     }
     if durable {
@@ -2147,6 +2631,585 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, PoolError::Cancelled), "{err}");
         assert_eq!(listing(dir.path()), Vec::<String>::new());
+    }
+
+    /// Every file under `dir` with the SHA-256 of its bytes (folders as
+    /// names alone): for "nothing changed".
+    fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
+        fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.strip_prefix(base).unwrap().display().to_string();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                if meta.is_dir() {
+                    out.insert(format!("{name}/"), String::new());
+                    walk(base, &path, out);
+                } else {
+                    let bytes = fs::read(&path).unwrap();
+                    let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+                    out.insert(name, crate::identifier::hex(&digest));
+                }
+            }
+        }
+        let mut out = std::collections::BTreeMap::new();
+        walk(dir, dir, &mut out);
+        out
+    }
+
+    /// A complete resumable upload of `data`, as a tus partial upload is
+    /// once its last chunk is in.
+    fn complete_resumable(pool: &Pool, name: &str, data: &[u8]) {
+        let id = id(name);
+        let size = data.len() as u64;
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete(name, Some(size), 1))
+            .unwrap();
+        let mut file = upload.open_data_at(0).unwrap();
+        file.write_all(data).unwrap();
+        drop(file);
+        let mut done = Status::incomplete(name, Some(size), 1);
+        done.state = State::Done;
+        done.received = Some(size);
+        done.files = Some(vec![FileInfo {
+            field: String::new(),
+            filename: format!("{name}.bin"),
+            content_type: "application/octet-stream".into(),
+            size,
+            sha256: None,
+            path: upload.data_path().to_string_lossy().into_owned(),
+        }]);
+        upload.finish(&done).unwrap();
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn the_hash_state_is_kept_between_requests_and_never_a_stored_file() {
+        let (dir, pool) = pool();
+        let id = id("hashed");
+        let bucket = dir.path().join("hashed");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("hashed", Some(6), 1))
+            .unwrap();
+        assert_eq!(upload.load_hash_state().unwrap(), None);
+        let mut file = upload.open_data_at(0).unwrap();
+        file.write_all(b"abc").unwrap();
+        upload.save_hash_state(b"state after abc").unwrap();
+        upload.save_hash_state(b"replaced whole").unwrap();
+        upload
+            .pause(&Status::incomplete("hashed", Some(6), 1))
+            .unwrap();
+        assert_eq!(
+            listing(&bucket),
+            ["file-1", "lock", "sha256.state", "status.json"]
+        );
+        // The next request, from any process, finds it.
+        let other = Pool::new(dir.path(), 0o600, false);
+        let upload = other.resume_upload(&id).unwrap();
+        assert_eq!(
+            upload.load_hash_state().unwrap().as_deref(),
+            Some(b"replaced whole".as_slice())
+        );
+        let mode = fs::metadata(bucket.join("sha256.state")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Too large for a state: refused, the old one kept.
+        let huge = vec![0u8; MAX_HASH_STATE_BYTES + 1];
+        assert!(matches!(
+            upload.save_hash_state(&huge),
+            Err(PoolError::Misuse(_))
+        ));
+        let mut file = upload.open_data_at(3).unwrap();
+        file.write_all(b"def").unwrap();
+        let mut done = Status::incomplete("hashed", Some(6), 1);
+        done.state = State::Done;
+        done.files = Some(vec![FileInfo {
+            field: String::new(),
+            filename: "a".into(),
+            content_type: "text/plain".into(),
+            size: 6,
+            sha256: None,
+            path: upload.data_path().to_string_lossy().into_owned(),
+        }]);
+        upload.finish(&done).unwrap();
+        // Done: the state is gone, and only the data is a stored file.
+        assert_eq!(listing(&bucket), ["file-1", "lock", "status.json"]);
+        assert_eq!(pool.bucket(&id).paths().unwrap(), [bucket.join("file-1")]);
+        // Form uploads have none to save.
+        let form = pool
+            .begin_upload(&verify_identifier("form", None).unwrap())
+            .unwrap();
+        assert!(matches!(
+            form.save_hash_state(b"x"),
+            Err(PoolError::Misuse(_))
+        ));
+        assert!(matches!(form.load_hash_state(), Err(PoolError::Misuse(_))));
+    }
+
+    /// The pieces together, as the protocol uses them: each request loads
+    /// the state, catches up, hashes its chunk as it stores it and saves
+    /// the state; a request killed after its write but before its save
+    /// costs the next one only the bytes it stored. The final digest is
+    /// the file's.
+    #[test]
+    fn a_resumable_sha256_needs_no_reread_of_the_file() {
+        use crate::hashing::{CatchUp, ResumableSha256};
+        let (dir, pool) = pool();
+        let data = pattern(900_000, 6);
+        let id = id("whole-hash");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("whole-hash", Some(900_000), 1))
+            .unwrap();
+        upload
+            .pause(&Status::incomplete("whole-hash", Some(900_000), 1))
+            .unwrap();
+        let mut caught_up = Vec::new();
+        for (i, chunk) in data.chunks(200_000).enumerate() {
+            let upload = pool.resume_upload(&id).unwrap();
+            let offset = upload.offset().unwrap();
+            let mut file = upload.open_data_at(offset).unwrap();
+            let mut hash = match upload.load_hash_state().unwrap() {
+                Some(bytes) => ResumableSha256::from_bytes(&bytes).unwrap(),
+                None => ResumableSha256::new(),
+            };
+            caught_up.push(hash.catch_up(&file, offset).unwrap());
+            file.write_all(chunk).unwrap();
+            hash.update(chunk);
+            if i == 2 {
+                // Killed after the write, before the save and the pause.
+                drop(upload);
+                continue;
+            }
+            upload.save_hash_state(&hash.to_bytes()).unwrap();
+            let status = Status::incomplete("whole-hash", Some(900_000), 1);
+            if upload.offset().unwrap() == data.len() as u64 {
+                assert_eq!(
+                    hash.finish_hex(),
+                    crate::identifier::hex(&<sha2::Sha256 as sha2::Digest>::digest(&data))
+                );
+                let mut done = status;
+                done.state = State::Done;
+                upload.finish(&done).unwrap();
+            } else {
+                upload.pause(&status).unwrap();
+            }
+        }
+        assert_eq!(
+            caught_up,
+            [
+                CatchUp::Current,
+                CatchUp::Current,
+                CatchUp::Current,
+                // Only the chunk the killed request stored.
+                CatchUp::Hashed(200_000),
+                CatchUp::Current,
+            ]
+        );
+        assert_eq!(
+            fs::read(dir.path().join("whole-hash/file-1")).unwrap(),
+            data
+        );
+        assert_eq!(
+            listing(&dir.path().join("whole-hash")),
+            ["file-1", "lock", "status.json"]
+        );
+    }
+
+    #[test]
+    fn the_hash_state_goes_with_a_fail_a_truncation_a_clear_and_gc() {
+        let (dir, pool) = pool();
+        let start = |name: &str| {
+            let upload = pool
+                .create_resumable(&id(name), &Status::incomplete(name, Some(9), 1))
+                .unwrap();
+            let mut file = upload.open_data_at(0).unwrap();
+            file.write_all(b"abc").unwrap();
+            upload.save_hash_state(b"state").unwrap();
+            upload
+        };
+        // A failed upload: data and state removed, the failure recorded.
+        let upload = start("failed");
+        let mut failed = Status::incomplete("failed", Some(9), 1);
+        failed.fail(ErrorCode::TooLarge, "too large", 2);
+        upload.fail(&failed);
+        assert_eq!(listing(&dir.path().join("failed")), ["lock", "status.json"]);
+        // A chunk cut back: the state may have seen it, so it goes.
+        let upload = start("cut");
+        upload.truncate_data(1).unwrap();
+        assert_eq!(upload.load_hash_state().unwrap(), None);
+        upload.save_hash_state(b"state for 1 byte").unwrap();
+        upload
+            .pause(&Status::incomplete("cut", Some(9), 1))
+            .unwrap();
+        // Cleared, and expired by gc: the whole bucket.
+        assert!(pool.clear(&id("cut")).unwrap());
+        let upload = start("old");
+        upload
+            .pause(&Status::incomplete("old", Some(9), 1))
+            .unwrap();
+        age(dir.path(), "old", 1000);
+        assert_eq!(pool.gc(Duration::from_secs(10)).unwrap().removed, 2);
+        assert_eq!(listing(dir.path()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_planted_hash_state_is_refused_not_followed_or_waited_on() {
+        let (dir, pool) = pool();
+        let id = id("planted");
+        let bucket = dir.path().join("planted");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("planted", None, 1))
+            .unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, b"secret").unwrap();
+        std::os::unix::fs::symlink(&outside, bucket.join("sha256.state")).unwrap();
+        assert!(matches!(
+            upload.load_hash_state(),
+            Err(PoolError::Io { .. })
+        ));
+        // Saving replaces the link itself, and writes nothing through it.
+        upload.save_hash_state(b"mine").unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"secret");
+        assert_eq!(
+            upload.load_hash_state().unwrap().as_deref(),
+            Some(b"mine".as_slice())
+        );
+        fs::remove_file(bucket.join("sha256.state")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            bucket.join("sha256.state"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(matches!(
+            upload.load_hash_state(),
+            Err(PoolError::Io { .. })
+        ));
+        fs::remove_file(bucket.join("sha256.state")).unwrap();
+        fs::write(
+            bucket.join("sha256.state"),
+            vec![1u8; MAX_HASH_STATE_BYTES + 1],
+        )
+        .unwrap();
+        assert!(matches!(
+            upload.load_hash_state(),
+            Err(PoolError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn concatenation_makes_one_file_of_the_partials_in_order_and_removes_them() {
+        let (dir, pool) = pool();
+        let parts = [
+            pattern(300_000, 1),
+            Vec::new(),
+            pattern(1, 2),
+            pattern(70_000, 3),
+        ];
+        let names = ["part-a", "part-b", "part-c", "part-d"];
+        for (name, data) in names.iter().zip(&parts) {
+            complete_resumable(&pool, name, data);
+        }
+        // Two of them, also kept apart to check the other order.
+        let partials: Vec<Identifier> = names.iter().map(|n| id(n)).collect();
+        let mut status = Status::incomplete("whole", None, 7);
+        status.filename = Some("whole.bin".into());
+        status.content_type = Some("video/mp4".into());
+        let total = pool
+            .concatenate(&id("whole"), &partials, &status, true)
+            .unwrap();
+        let expected: Vec<u8> = parts.concat();
+        assert_eq!(total, expected.len() as u64);
+        let bucket = dir.path().join("whole");
+        assert_eq!(fs::read(bucket.join("file-1")).unwrap(), expected);
+        assert_eq!(listing(&bucket), ["file-1", "lock", "status.json"]);
+        assert_eq!(listing(dir.path()), ["whole"], "the partials are gone");
+        let done = pool.status(&id("whole")).unwrap();
+        assert_eq!(done.state, State::Done);
+        assert_eq!(done.size, Some(total));
+        assert_eq!(done.received, Some(total));
+        assert_eq!(done.started, Some(7));
+        let [file] = done.files() else {
+            panic!("{done:?}")
+        };
+        assert_eq!(file.size, total);
+        assert_eq!(file.filename, "whole.bin");
+        assert_eq!(file.content_type, "video/mp4");
+        assert_eq!(
+            file.sha256.as_deref(),
+            Some(
+                crate::identifier::hex(&<sha2::Sha256 as sha2::Digest>::digest(&expected)).as_str()
+            )
+        );
+        assert_eq!(
+            pool.bucket(&id("whole")).paths().unwrap(),
+            [bucket.join("file-1")]
+        );
+        assert_eq!(
+            fs::metadata(bucket.join("file-1")).unwrap().mode() & 0o777,
+            0o600
+        );
+        // Without hashing, and with a file entry given: its names are kept.
+        complete_resumable(&pool, "x1", b"hello ");
+        complete_resumable(&pool, "x2", b"world");
+        let mut status = Status::incomplete("greeting", None, 7);
+        status.files = Some(vec![FileInfo {
+            field: "file".into(),
+            filename: "hello.txt".into(),
+            content_type: "text/plain".into(),
+            size: 0,
+            sha256: None,
+            path: String::new(),
+        }]);
+        pool.concatenate(&id("greeting"), &[id("x2"), id("x1")], &status, false)
+            .unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("greeting/file-1")).unwrap(),
+            b"worldhello "
+        );
+        let done = pool.status(&id("greeting")).unwrap();
+        assert_eq!(done.files()[0].field, "file");
+        assert_eq!(done.files()[0].filename, "hello.txt");
+        assert_eq!(done.files()[0].size, 11);
+        assert_eq!(done.files()[0].sha256, None);
+    }
+
+    /// Each refusal is typed, and leaves every byte of the pool as it was:
+    /// no final bucket, partials untouched.
+    #[test]
+    fn a_partial_that_cannot_be_used_is_refused_and_nothing_changes() {
+        let (dir, pool) = pool();
+        complete_resumable(&pool, "good", b"good bytes");
+        // Incomplete: a chunk in, more to come.
+        let upload = pool
+            .create_resumable(&id("half"), &Status::incomplete("half", Some(9), 1))
+            .unwrap();
+        chunk_and_pause(upload, 0, b"half");
+        // Failed: its bytes are gone.
+        let upload = pool
+            .create_resumable(&id("failed"), &Status::incomplete("failed", Some(9), 1))
+            .unwrap();
+        let mut failed = Status::incomplete("failed", Some(9), 1);
+        failed.fail(ErrorCode::TooLarge, "too large", 2);
+        upload.fail(&failed);
+        // Done, but its file is not the size its status says.
+        complete_resumable(&pool, "damaged", b"twelve bytes");
+        fs::write(dir.path().join("damaged/file-1"), b"thirteen byte").unwrap();
+        // Running: a request holds it.
+        complete_resumable(&pool, "busy", b"busy");
+        let status = Status::incomplete("final", None, 1);
+        let refused = |partials: &[&str]| {
+            let before = tree(dir.path());
+            let partials: Vec<Identifier> = partials.iter().map(|n| id(n)).collect();
+            let err = pool
+                .concatenate(&id("final"), &partials, &status, true)
+                .unwrap_err();
+            assert_eq!(tree(dir.path()), before, "{err}");
+            err
+        };
+        let problem = |err: PoolError| match err {
+            PoolError::Partial {
+                identifier,
+                problem,
+            } => (identifier, problem),
+            other => panic!("{other}"),
+        };
+        // A request holds it.
+        let half = pool.resume_upload(&id("half")).unwrap();
+        assert_eq!(
+            problem(refused(&["good", "half"])),
+            ("half".into(), PartialProblem::Running)
+        );
+        drop(half);
+        // The lock as another process holds it: running too.
+        let busy = File::open(dir.path().join("busy/lock")).unwrap();
+        busy.lock().unwrap();
+        assert_eq!(
+            problem(refused(&["good", "busy"])),
+            ("busy".into(), PartialProblem::Running)
+        );
+        drop(busy);
+        let before = tree(dir.path());
+        assert_eq!(
+            problem(refused(&["good", "half"])),
+            ("half".into(), PartialProblem::Incomplete)
+        );
+        for missing in ["nowhere", "failed"] {
+            assert_eq!(
+                problem(refused(&[missing, "good"])),
+                (missing.into(), PartialProblem::Missing)
+            );
+        }
+        assert!(matches!(
+            problem(refused(&["good", "damaged"])),
+            (_, PartialProblem::Damaged(_))
+        ));
+        assert_eq!(
+            problem(refused(&["good", "busy", "good"])),
+            ("good".into(), PartialProblem::Repeated)
+        );
+        assert_eq!(
+            problem(refused(&["final"])),
+            ("final".into(), PartialProblem::Repeated)
+        );
+        assert!(matches!(refused(&[]), PoolError::Misuse(_)));
+        // The final identifier has an upload of its own: refused as a new
+        // resumable upload would be.
+        assert!(matches!(
+            pool.concatenate(&id("half"), &[id("good")], &status, true),
+            Err(PoolError::InProgress)
+        ));
+        assert!(matches!(
+            pool.concatenate(&id("busy"), &[id("good")], &status, true),
+            Err(PoolError::Complete)
+        ));
+        assert_eq!(tree(dir.path()), before);
+        // The codes a client gets.
+        let code = |problem| {
+            ErrorCode::from(&PoolError::Partial {
+                identifier: "x".into(),
+                problem,
+            })
+        };
+        assert_eq!(code(PartialProblem::Missing), ErrorCode::PartialNotFound);
+        assert_eq!(
+            code(PartialProblem::Incomplete),
+            ErrorCode::PartialIncomplete
+        );
+        assert_eq!(code(PartialProblem::Running).status(), 409);
+        assert_eq!(code(PartialProblem::Repeated).status(), 400);
+    }
+
+    /// A failure once the final upload is claimed: it is recorded failed,
+    /// with no file, and the partials are untouched.
+    #[test]
+    fn a_concatenation_that_fails_midway_leaves_no_complete_upload() {
+        let (dir, pool) = pool();
+        complete_resumable(&pool, "p1", b"one");
+        complete_resumable(&pool, "p2", b"two");
+        // Something in the way of the final's data file.
+        fs::create_dir_all(dir.path().join("final/file-1")).unwrap();
+        let partials = tree(&dir.path().join("p1"))
+            .into_iter()
+            .chain(tree(&dir.path().join("p2")))
+            .collect::<Vec<_>>();
+        let status = Status::incomplete("final", None, 1);
+        let err = pool
+            .concatenate(&id("final"), &[id("p1"), id("p2")], &status, true)
+            .unwrap_err();
+        assert!(matches!(err, PoolError::Io { .. }), "{err}");
+        let failed = pool.status(&id("final")).unwrap();
+        assert_eq!(failed.state, State::Error);
+        assert_eq!(failed.files(), []);
+        let after = tree(&dir.path().join("p1"))
+            .into_iter()
+            .chain(tree(&dir.path().join("p2")))
+            .collect::<Vec<_>>();
+        assert_eq!(after, partials);
+        // Once out of the way, the same concatenation works.
+        fs::remove_dir(dir.path().join("final/file-1")).unwrap();
+        assert_eq!(
+            pool.concatenate(&id("final"), &[id("p1"), id("p2")], &status, true)
+                .unwrap(),
+            6
+        );
+        assert_eq!(
+            fs::read(dir.path().join("final/file-1")).unwrap(),
+            b"onetwo"
+        );
+    }
+
+    /// When set, [`concatenation_copies_in_the_kernel`] is the traced
+    /// child: it concatenates in the pool this names.
+    const CONCAT_CHILD: &str = "FILEUPLOAD_TEST_CONCAT_CHILD";
+
+    /// The partials' bytes go through `copy_file_range`, not through the
+    /// program: the test runs itself again under strace as the child that
+    /// concatenates, and finds one call per partial, each for all of its
+    /// bytes at its place in the final file.
+    #[test]
+    fn concatenation_copies_in_the_kernel() {
+        if let Ok(dir) = std::env::var(CONCAT_CHILD) {
+            let pool = Pool::new(dir, 0o600, false);
+            let status = Status::incomplete("joined", None, 1);
+            pool.concatenate(&id("joined"), &[id("k1"), id("k2")], &status, true)
+                .unwrap();
+            return;
+        }
+        let strace = ["/usr/bin/strace", "/bin/strace"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .expect("strace is missing: apt-get install -y strace (scripts/test installs it)");
+        let (dir, pool) = pool();
+        let (one, two) = (pattern(200_000, 4), pattern(12_345, 5));
+        complete_resumable(&pool, "k1", &one);
+        complete_resumable(&pool, "k2", &two);
+        let trace = dir.path().join("trace");
+        let out = std::process::Command::new(strace)
+            .args(["-f", "-qq", "-o"])
+            .arg(&trace)
+            .args(["-e", "trace=copy_file_range", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "pool::tests::concatenation_copies_in_the_kernel",
+                "--test-threads=1",
+            ])
+            .env(CONCAT_CHILD, dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            fs::read(dir.path().join("joined/file-1")).unwrap(),
+            [one.as_slice(), &two].concat()
+        );
+        let calls: Vec<String> = fs::read_to_string(&trace)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("copy_file_range("))
+            .map(|l| l.split_once("copy_file_range").unwrap().1.to_owned())
+            .collect();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert!(calls[0].contains(", [0], 200000, 0) = 200000"), "{calls:?}");
+        assert!(
+            calls[1].contains(", [200000], 12345, 0) = 12345"),
+            "{calls:?}"
+        );
+    }
+
+    /// The read-and-write fallback, and the kernel's copy, give the same
+    /// bytes at the same place; a source shorter than promised is an error.
+    #[test]
+    fn copying_in_the_kernel_and_by_hand_give_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = pattern(COPY_BUFFER * 2 + 12_345, 9);
+        let from_path = dir.path().join("from");
+        fs::write(&from_path, &data).unwrap();
+        let from = File::open(&from_path).unwrap();
+        for in_kernel in [true, false] {
+            let to_path = dir.path().join(format!("to-{in_kernel}"));
+            fs::write(&to_path, b"head").unwrap();
+            let to = fs::OpenOptions::new().write(true).open(&to_path).unwrap();
+            copy_data(&from, &to, data.len() as u64, 4, in_kernel, || false).unwrap();
+            let mut expected = b"head".to_vec();
+            expected.extend_from_slice(&data);
+            assert_eq!(
+                fs::read(&to_path).unwrap(),
+                expected,
+                "in kernel: {in_kernel}"
+            );
+            let short =
+                copy_data(&from, &to, data.len() as u64 + 1, 0, in_kernel, || false).unwrap_err();
+            assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
+            let cancelled = copy_data(&from, &to, 10, 0, in_kernel, || true).unwrap_err();
+            assert_eq!(cancelled.kind(), io::ErrorKind::Interrupted);
+        }
     }
 
     #[test]

@@ -160,3 +160,84 @@ fn with_fsync_off_nothing_is_synced() {
     assert!(lines.iter().any(|l| is_status_rename(l)));
     assert!(lines.iter().any(|l| is_answer(l)));
 }
+
+/// When set, [`a_saved_hash_state_is_synced_with_fsync_on`] is the traced
+/// child: it saves a hash state in the pool this names (`<dir>:on|off`).
+const HASH_STATE_CHILD: &str = "FILEUPLOAD_TEST_HASH_STATE_CHILD";
+
+/// A resumable upload's saved hash state is written as the status is: with
+/// `fsync` on, the new file is synced before its rename and the bucket
+/// after it; with it off, nothing is synced. The test runs itself again
+/// under strace, as the child that saves the state.
+#[test]
+fn a_saved_hash_state_is_synced_with_fsync_on() {
+    if let Ok(child) = std::env::var(HASH_STATE_CHILD) {
+        let (dir, fsync) = child.rsplit_once(':').expect("<dir>:on|off");
+        let pool = fileupload::Pool::new(dir, 0o600, false).with_fsync(fsync == "on");
+        let id = fileupload::verify_identifier("hashed", None).unwrap();
+        let upload = pool
+            .create_resumable(&id, &fileupload::Status::incomplete("hashed", None, 1))
+            .unwrap();
+        upload.save_hash_state(b"a state").unwrap();
+        return;
+    }
+    let strace = require("strace", "strace");
+    let me = std::env::current_exe().unwrap();
+    for fsync in ["on", "off"] {
+        let pool = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(pool.path()).unwrap();
+        let bucket = root.join("hashed");
+        let trace = root.join("trace");
+        let out = std::process::Command::new(&strace)
+            .args(["-f", "-qq", "-y", "-o"])
+            .arg(&trace)
+            .args([
+                "-e",
+                "trace=fsync,fdatasync,rename,renameat,renameat2",
+                "--",
+            ])
+            .arg(&me)
+            .args([
+                "--exact",
+                "a_saved_hash_state_is_synced_with_fsync_on",
+                "--test-threads=1",
+            ])
+            .env(HASH_STATE_CHILD, format!("{}:{fsync}", root.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read(bucket.join("sha256.state")).unwrap(),
+            b"a state"
+        );
+        // strace -f writes "<pid> call(...)": keep the calls.
+        let lines: Vec<String> = std::fs::read_to_string(&trace)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                l.split_once(' ')
+                    .map_or(l, |(_, call)| call)
+                    .trim()
+                    .to_owned()
+            })
+            .collect();
+        let rename = lines
+            .iter()
+            .position(|l| {
+                l.starts_with("rename")
+                    && l.contains("\"sha256.state.tmp\"")
+                    && l.contains("\"sha256.state\"")
+            })
+            .unwrap_or_else(|| panic!("no rename of the state in:\n{}", lines.join("\n")));
+        let state_synced = lines[..rename]
+            .iter()
+            .any(|l| fsync_of(&bucket.join("sha256.state.tmp"))(l));
+        let bucket_synced = lines[rename..].iter().any(|l| fsync_of(&bucket)(l));
+        if fsync == "on" {
+            assert!(state_synced && bucket_synced, "{}", lines.join("\n"));
+        } else {
+            let syncs: Vec<_> = lines.iter().filter(|l| l.contains("sync(")).collect();
+            assert!(syncs.is_empty(), "{syncs:?}");
+        }
+    }
+}
