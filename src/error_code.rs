@@ -61,6 +61,16 @@ pub enum ErrorCode {
     /// A chunk of a resumable upload says it starts at another offset than
     /// the stored one; nothing was written.
     MismatchedOffset,
+    /// A later request for the same resumable upload took it over (a
+    /// client that reconnected while its old request still ran); this
+    /// request stopped and kept what it had stored. tusd's code, and its
+    /// status (400): the client that sent this one has gone on with the
+    /// later request, which must not be fought for.
+    UploadInterrupted,
+    /// The request holding a resumable upload did not let go of it in
+    /// time for this one (see [`crate::Pool::take_over`]); retry. 423, as
+    /// tusd answers a locked upload.
+    UploadLocked,
     /// A chunk's `Upload-Checksum` does not match its bytes; the chunk was
     /// discarded. 460, the status tusd answers it with, so that tus clients
     /// that know it retry the chunk.
@@ -149,6 +159,8 @@ impl ErrorCode {
         ErrorCode::StatusUnreadable,
         ErrorCode::UploadNotFound,
         ErrorCode::MismatchedOffset,
+        ErrorCode::UploadInterrupted,
+        ErrorCode::UploadLocked,
         ErrorCode::ChecksumMismatch,
         ErrorCode::UnsupportedChecksumAlgorithm,
         ErrorCode::BadChecksum,
@@ -198,6 +210,8 @@ impl ErrorCode {
             ErrorCode::StatusUnreadable => "ERR_STATUS_UNREADABLE",
             ErrorCode::UploadNotFound => "ERR_UPLOAD_NOT_FOUND",
             ErrorCode::MismatchedOffset => "ERR_MISMATCHED_OFFSET",
+            ErrorCode::UploadInterrupted => "ERR_UPLOAD_INTERRUPTED",
+            ErrorCode::UploadLocked => "ERR_UPLOAD_LOCKED",
             ErrorCode::ChecksumMismatch => "ERR_CHECKSUM_MISMATCH",
             ErrorCode::UnsupportedChecksumAlgorithm => "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM",
             ErrorCode::BadChecksum => "ERR_BAD_CHECKSUM",
@@ -254,7 +268,8 @@ impl ErrorCode {
             | ErrorCode::BadChecksum
             | ErrorCode::PartialNotFound
             | ErrorCode::PartialIncomplete
-            | ErrorCode::PartialRepeated => 400,
+            | ErrorCode::PartialRepeated
+            | ErrorCode::UploadInterrupted => 400,
             ErrorCode::Signature | ErrorCode::NewIdRefused => 403,
             ErrorCode::NotFound | ErrorCode::UploadNotFound => 404,
             ErrorCode::Method => 405,
@@ -268,6 +283,7 @@ impl ErrorCode {
             ErrorCode::LengthRequired => 411,
             ErrorCode::TooLarge | ErrorCode::FormTooLarge => 413,
             ErrorCode::NotMultipart => 415,
+            ErrorCode::UploadLocked => 423,
             // Not an IANA status: tus's checksum extension defines it.
             ErrorCode::ChecksumMismatch => 460,
             ErrorCode::Storage
@@ -308,6 +324,8 @@ impl From<&PoolError> for ErrorCode {
             PoolError::Misuse(_) => ErrorCode::Internal,
             PoolError::Unreadable(_) => ErrorCode::StatusUnreadable,
             PoolError::Cancelled => ErrorCode::Cancelled,
+            PoolError::Superseded => ErrorCode::UploadInterrupted,
+            PoolError::Locked => ErrorCode::UploadLocked,
             PoolError::Partial { problem, .. } => match problem {
                 PartialProblem::Missing => ErrorCode::PartialNotFound,
                 PartialProblem::Incomplete => ErrorCode::PartialIncomplete,

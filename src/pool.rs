@@ -9,6 +9,7 @@
 //!   <name>/                   one bucket per upload, named by the unsigned identifier
 //!     status.json             the status document; always replaced whole (rename)
 //!     lock                    flock()ed exclusively by the receiving process
+//!     release                 a later request asks the lock's holder to let go (resumable uploads)
 //!     status.reserve          space held for the final status while a request on the upload runs
 //!     file-1, file-2, ...     the stored files, in the order they arrived (mode 0600);
 //!                             a resumable upload has one, file-1, that grows chunk by chunk
@@ -93,6 +94,9 @@ const STATUS: &str = "status.json";
 const STATUS_TMP: &str = "status.json.tmp";
 const RESERVE: &str = "status.reserve";
 const LOCK: &str = "lock";
+/// Made by a request that wants a resumable upload another request holds
+/// (see [`Pool::take_over`]); the holder looks for it at each progress tick.
+const RELEASE: &str = "release";
 const FILE_PREFIX: &str = "file-";
 /// A resumable upload's saved hash state (see [`Upload::save_hash_state`]).
 /// Not `file-...`: nothing that lists stored files may take it for one.
@@ -172,6 +176,15 @@ pub enum PoolError {
     Misuse(&'static str),
     #[error("the upload was cancelled by a clear request")]
     Cancelled,
+    /// A later request for this resumable upload asked for it (see
+    /// [`Pool::take_over`]): this one stopped, its bytes kept.
+    #[error(
+        "a later request for this upload took it over; this one stopped, and what it stored is kept"
+    )]
+    Superseded,
+    /// The request holding the upload did not let go in time.
+    #[error("another request holds this upload and did not let go of it in time; retry")]
+    Locked,
     #[error(
         "the status of this upload cannot be read ({0}); nothing was changed: \
          clear it or use a new identifier"
@@ -533,6 +546,42 @@ impl Pool {
         Ok(upload)
     }
 
+    /// Claims a resumable upload as [`Pool::resume_upload`] does, but when
+    /// another request holds it, asks that one to let go instead of
+    /// refusing: a client that reconnects after a network drop finds its
+    /// old request still running on the server (a half-open connection
+    /// that no timeout has ended yet), and must not be locked out of its
+    /// own upload until one does.
+    ///
+    /// The request is a file in the bucket, so it reaches a holder in any
+    /// process on any host that shares the pool. The holder sees it at its
+    /// next progress tick ([`Upload::release_requested`]), stops, keeps
+    /// what it stored, and lets go of the lock; this call then holds it,
+    /// within about one progress interval plus [`LOCK_PATIENCE`]. It gives
+    /// up with [`PoolError::Locked`] after `patience`. When several
+    /// requests want one upload, the last to ask gets it: each renews its
+    /// request while it waits, and each holder lets go when asked. Whoever
+    /// ends up holding the upload must check the stored offset again: the
+    /// old request may have stored more before it stopped.
+    pub fn take_over(&self, id: &Identifier, patience: Duration) -> Result<Upload, PoolError> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match self.resume_upload(id) {
+                Err(PoolError::Busy) => {}
+                other => return other,
+            }
+            if Instant::now() >= deadline {
+                return Err(PoolError::Locked);
+            }
+            // Made again each round: the request that took the upload
+            // before this one removed it when it did.
+            let Some(bucket) = self.find_bucket(id.name())? else {
+                return Err(PoolError::NotFound);
+            };
+            drop(self.create_file(&bucket, RELEASE, false)?);
+        }
+    }
+
     /// Claims the bucket of an incomplete resumable upload for a request
     /// that continues it, from any process or host sharing the pool.
     ///
@@ -571,6 +620,9 @@ impl Pool {
             // Cleared or replaced between our open and the lock.
             return Err(PoolError::NotFound);
         }
+        // Granted: a request to let go, ours or an earlier one's, is
+        // answered (a later one's is made again by its asker).
+        let _ = rustix::fs::unlinkat(&bucket, RELEASE, AtFlags::empty());
         match read_status_file(&bucket) {
             Ok(Some(stored)) if stored.state == State::Incomplete => {}
             Ok(Some(stored)) if stored.state == State::Done => return Err(PoolError::Complete),
@@ -1451,6 +1503,17 @@ impl Upload {
         }
     }
 
+    /// Whether a later request for this resumable upload asks this one to
+    /// let go of it ([`Pool::take_over`]): the caller then stops, pauses
+    /// the upload (its bytes are kept) and answers
+    /// [`PoolError::Superseded`]. Always false for a form upload. One
+    /// `fstatat` of a name that is usually absent: cheap enough for every
+    /// progress tick.
+    pub fn release_requested(&self) -> bool {
+        self.resumable
+            && rustix::fs::statat(&self.bucket, RELEASE, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    }
+
     /// Whether the bucket was cleared (renamed out of the pool) since the
     /// upload began.
     pub fn is_cancelled(&self) -> bool {
@@ -2237,6 +2300,91 @@ mod tests {
             Err(TryLockError::WouldBlock) => false,
             Err(TryLockError::Error(e)) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn a_later_request_takes_a_held_upload_over() {
+        let (dir, pool) = pool();
+        let id = id("takeover");
+        let bucket = dir.path().join("takeover");
+        let upload = pool
+            .create_resumable(&id, &Status::incomplete("takeover", Some(10), unix_now()))
+            .unwrap();
+        assert!(!upload.release_requested());
+        // The holder, in another process (a second view of the pool), acts
+        // as a request's progress ticks do: it looks for a request to let
+        // go, and then stores what it has and pauses.
+        let holder = thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !upload.release_requested() {
+                assert!(Instant::now() < deadline, "never asked to let go");
+                thread::sleep(Duration::from_millis(20));
+            }
+            let mut file = upload.open_data_at(0).unwrap();
+            file.write_all(b"abc").unwrap();
+            drop(file);
+            upload
+                .pause(&Status::incomplete("takeover", Some(10), 1))
+                .unwrap();
+        });
+        let other = Pool::new(dir.path(), 0o600, false);
+        let started = Instant::now();
+        let taken = other.take_over(&id, Duration::from_secs(10)).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        holder.join().unwrap();
+        // It holds the lock, the request is answered, and the bytes the
+        // old one stored before it let go are the offset to continue from.
+        assert!(!is_free(&bucket.join("lock")));
+        assert!(!bucket.join("release").exists());
+        assert!(!taken.release_requested());
+        assert_eq!(taken.offset().unwrap(), 3);
+        drop(taken);
+        // Free: taken at once, no request made.
+        let again = pool.take_over(&id, Duration::from_secs(10)).unwrap();
+        assert!(!bucket.join("release").exists());
+        drop(again);
+    }
+
+    #[test]
+    fn a_holder_that_does_not_let_go_leaves_the_asker_locked_out() {
+        let (dir, pool) = pool();
+        let id = id("stuck");
+        let _stuck = pool
+            .create_resumable(&id, &Status::incomplete("stuck", None, unix_now()))
+            .unwrap();
+        let other = Pool::new(dir.path(), 0o600, false);
+        let started = Instant::now();
+        let err = other
+            .take_over(&id, Duration::from_millis(300))
+            .unwrap_err();
+        assert!(matches!(err, PoolError::Locked), "{err}");
+        assert_eq!(err.code(), ErrorCode::UploadLocked);
+        assert_eq!(err.http_status(), 423);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        // Nothing to take over: not found, nothing made.
+        let err = other
+            .take_over(&self::id("none"), Duration::from_secs(1))
+            .unwrap_err();
+        assert!(matches!(err, PoolError::NotFound), "{err}");
+        assert!(!dir.path().join("none").exists());
+    }
+
+    #[test]
+    fn a_form_upload_is_never_asked_to_let_go() {
+        let (dir, pool) = pool();
+        let id = id("form");
+        let upload = pool.begin_upload(&id).unwrap();
+        fs::write(dir.path().join("form/release"), b"").unwrap();
+        assert!(!upload.release_requested());
+        // And a form upload is not one to take over.
+        let other = Pool::new(dir.path(), 0o600, false);
+        let err = other
+            .take_over(&id, Duration::from_millis(200))
+            .unwrap_err();
+        assert!(
+            matches!(err, PoolError::Locked | PoolError::NotFound),
+            "{err}"
+        );
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub fn run<R: Body, T>(
     let shared = Shared {
         status: Mutex::new(status),
         cancelled: AtomicBool::new(false),
+        superseded: AtomicBool::new(false),
         document: AtomicUsize::new(document),
     };
     let received = Cell::new(0);
@@ -171,6 +172,8 @@ pub fn run<R: Body, T>(
 struct Shared {
     status: Mutex<Status>,
     cancelled: AtomicBool,
+    /// A later request asked for the (resumable) upload.
+    superseded: AtomicBool,
     /// An upper bound of the status document's length as JSON.
     document: AtomicUsize,
 }
@@ -212,15 +215,22 @@ impl Session<'_> {
         self.shared.status()
     }
 
-    /// Whether the watcher saw the upload cleared.
+    /// Whether the watcher saw a reason to stop: the upload was cleared,
+    /// or a later request asked for it (a resumable upload).
     pub fn is_cancelled(&self) -> bool {
         self.shared.cancelled.load(Ordering::Relaxed)
+            || self.shared.superseded.load(Ordering::Relaxed)
     }
 
-    /// The cancellation as the error that ends the upload (410).
+    /// That reason as the error that ends the request: 410 for a clear,
+    /// 400 `ERR_UPLOAD_INTERRUPTED` for a takeover (see
+    /// [`crate::Pool::take_over`]).
     pub fn check_cancelled(&self) -> Result<(), HttpError> {
-        if self.is_cancelled() {
+        if self.shared.cancelled.load(Ordering::Relaxed) {
             return Err(PoolError::Cancelled.into());
+        }
+        if self.shared.superseded.load(Ordering::Relaxed) {
+            return Err(PoolError::Superseded.into());
         }
         Ok(())
     }
@@ -256,6 +266,10 @@ fn watch(upload: &Upload, shared: &Shared, stop: mpsc::Receiver<()>, interval: O
         }
         if upload.is_cancelled() {
             shared.cancelled.store(true, Ordering::Relaxed);
+            return;
+        }
+        if upload.release_requested() {
+            shared.superseded.store(true, Ordering::Relaxed);
             return;
         }
         if interval.is_none() {
