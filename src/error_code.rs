@@ -61,6 +61,25 @@ pub enum ErrorCode {
     /// A chunk of a resumable upload says it starts at another offset than
     /// the stored one; nothing was written.
     MismatchedOffset,
+    /// A resumable upload that existed is gone: it expired (`max_age`
+    /// after its last chunk) or failed. 410, where a never-made or deleted
+    /// one is [`ErrorCode::UploadNotFound`] (404).
+    UploadGone,
+    /// A tus request without `Tus-Resumable: 1.0.0`.
+    UnsupportedVersion,
+    /// A chunk whose `Content-Type` is not `application/offset+octet-stream`.
+    InvalidContentType,
+    /// `Upload-Length` (or `Upload-Defer-Length`) missing, malformed, both
+    /// given, or changed once known.
+    InvalidUploadLength,
+    /// `Upload-Offset` missing or malformed.
+    InvalidOffset,
+    /// `Upload-Metadata` malformed (a key twice, a value that is not
+    /// base64 of UTF-8 text) or too large.
+    InvalidMetadata,
+    /// A chunk that goes past the upload's `Upload-Length`; nothing of it
+    /// is kept.
+    UploadSizeExceeded,
     /// A clear cancelled the upload while it ran.
     Cancelled,
     /// No `Content-Length` and not chunked.
@@ -131,6 +150,13 @@ impl ErrorCode {
         ErrorCode::StatusUnreadable,
         ErrorCode::UploadNotFound,
         ErrorCode::MismatchedOffset,
+        ErrorCode::UploadGone,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::InvalidContentType,
+        ErrorCode::InvalidUploadLength,
+        ErrorCode::InvalidOffset,
+        ErrorCode::InvalidMetadata,
+        ErrorCode::UploadSizeExceeded,
         ErrorCode::Cancelled,
         ErrorCode::LengthRequired,
         ErrorCode::BadLength,
@@ -173,6 +199,13 @@ impl ErrorCode {
             ErrorCode::StatusUnreadable => "ERR_STATUS_UNREADABLE",
             ErrorCode::UploadNotFound => "ERR_UPLOAD_NOT_FOUND",
             ErrorCode::MismatchedOffset => "ERR_MISMATCHED_OFFSET",
+            ErrorCode::UploadGone => "ERR_UPLOAD_GONE",
+            ErrorCode::UnsupportedVersion => "ERR_UNSUPPORTED_VERSION",
+            ErrorCode::InvalidContentType => "ERR_INVALID_CONTENT_TYPE",
+            ErrorCode::InvalidUploadLength => "ERR_INVALID_UPLOAD_LENGTH",
+            ErrorCode::InvalidOffset => "ERR_INVALID_OFFSET",
+            ErrorCode::InvalidMetadata => "ERR_INVALID_METADATA",
+            ErrorCode::UploadSizeExceeded => "ERR_UPLOAD_SIZE_EXCEEDED",
             ErrorCode::Cancelled => "ERR_CANCELLED",
             ErrorCode::LengthRequired => "ERR_LENGTH_REQUIRED",
             ErrorCode::BadLength => "ERR_BAD_LENGTH",
@@ -217,7 +250,10 @@ impl ErrorCode {
             | ErrorCode::NoFile
             | ErrorCode::Truncated
             | ErrorCode::Aborted
-            | ErrorCode::BadFastcgi => 400,
+            | ErrorCode::BadFastcgi
+            | ErrorCode::InvalidUploadLength
+            | ErrorCode::InvalidOffset
+            | ErrorCode::InvalidMetadata => 400,
             ErrorCode::Signature | ErrorCode::NewIdRefused => 403,
             ErrorCode::NotFound | ErrorCode::UploadNotFound => 404,
             ErrorCode::Method => 405,
@@ -226,10 +262,11 @@ impl ErrorCode {
             | ErrorCode::StatusUnreadable
             | ErrorCode::MismatchedOffset => 409,
             ErrorCode::TooSlow => 408,
-            ErrorCode::Cancelled => 410,
+            ErrorCode::Cancelled | ErrorCode::UploadGone => 410,
+            ErrorCode::UnsupportedVersion => 412,
             ErrorCode::LengthRequired => 411,
-            ErrorCode::TooLarge | ErrorCode::FormTooLarge => 413,
-            ErrorCode::NotMultipart => 415,
+            ErrorCode::TooLarge | ErrorCode::FormTooLarge | ErrorCode::UploadSizeExceeded => 413,
+            ErrorCode::NotMultipart | ErrorCode::InvalidContentType => 415,
             ErrorCode::Storage
             | ErrorCode::Config
             | ErrorCode::AppStart

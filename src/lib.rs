@@ -54,6 +54,7 @@ pub mod identifier;
 pub mod multipart;
 pub mod pool;
 pub mod receiving;
+pub mod resumable;
 pub mod serve;
 pub mod service;
 pub mod status;
