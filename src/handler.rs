@@ -102,7 +102,8 @@ fn match_end<'a>(path: &'a str, pattern: &[Segment]) -> Option<Vec<&'a str>> {
 enum Answer {
     Response(Response),
     /// A completed upload: answered by us, or handed to the application.
-    Uploaded(Status),
+    /// (Boxed: a status is several times the size of a response.)
+    Uploaded(Box<Status>),
 }
 
 /// Answers one request.
@@ -290,7 +291,8 @@ fn dispatch(
                     min_rate: config.min_body_rate,
                     min_rate_after: config.min_body_rate_after,
                 };
-                upload::receive(service.pool(), &id, request, &options).map(Answer::Uploaded)
+                upload::receive(service.pool(), &id, request, &options)
+                    .map(|status| Answer::Uploaded(Box::new(status)))
             }
             _ => Err(wrong_method()),
         },
