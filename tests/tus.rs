@@ -327,6 +327,13 @@ fn an_upload_in_chunks_is_stored_byte_for_byte_and_done() {
         let answer = server.patch(&id, offset, piece, &[]);
         answer.assert_status(204);
         offset += piece.len() as u64;
+        let last = offset == data.len() as u64;
+        assert_eq!(
+            answer.header("Upload-Expires").is_some(),
+            !last,
+            "Upload-Expires while incomplete: {}",
+            answer.text()
+        );
         assert_eq!(answer.offset(), offset);
         assert_eq!(
             server.stored(&id),
@@ -575,6 +582,7 @@ fn wrong_requests_get_their_status_and_code_and_change_nothing() {
     assert_eq!(server.status(&id)["state"], "uploading");
 
     // Creation: no length, both, a bad one, over max_size, bad metadata.
+    let long_name = format!("filename {}", b64(&"n".repeat(1025)));
     for (headers, status, code) in [
         (vec![], 400, "ERR_INVALID_UPLOAD_LENGTH"),
         (
@@ -598,6 +606,11 @@ fn wrong_requests_get_their_status_and_code_and_change_nothing() {
                 ("Upload-Length", "5"),
                 ("Upload-Metadata", "filename !!notbase64"),
             ],
+            400,
+            "ERR_INVALID_METADATA",
+        ),
+        (
+            vec![("Upload-Length", "5"), ("Upload-Metadata", &long_name)],
             400,
             "ERR_INVALID_METADATA",
         ),
@@ -829,6 +842,145 @@ fn termination_removes_the_upload_and_its_identifier_answers_starting() {
     server
         .patch(&id, 40, &[9; 60], &[])
         .assert_error(404, "ERR_UPLOAD_NOT_FOUND");
+}
+
+#[test]
+fn a_clear_removes_a_resting_upload_as_a_termination_does() {
+    let server = Server::new(&[]);
+    let id = server.create(&[("Upload-Length", "100")]).id();
+    server.patch(&id, 0, &[9; 40], &[]).assert_status(204);
+    let cleared = server.send(
+        "DELETE",
+        &format!("/cgi-bin/fileupload/upload/status?X-Progress-ID={id}"),
+        &[],
+        &mut io::empty(),
+    );
+    assert_eq!(cleared.status, 200, "{}", cleared.text());
+    assert_eq!(server.status(&id), serde_json::json!({"state": "starting"}));
+    server
+        .patch(&id, 40, &[9; 60], &[])
+        .assert_error(404, "ERR_UPLOAD_NOT_FOUND");
+}
+
+#[test]
+fn a_second_patch_while_one_runs_is_refused_and_changes_nothing() {
+    let server = Server::new(&[]);
+    let id = server.create(&[("Upload-Length", "1000")]).id();
+    let (feed, fed) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| {
+            let mut body = Fed(fed, Vec::new());
+            server.send(
+                "PATCH",
+                &format!("{BASE}/{id}"),
+                &[
+                    ("Tus-Resumable", "1.0.0"),
+                    ("Content-Type", CHUNK),
+                    ("Upload-Offset", "0"),
+                    ("Content-Length", "600"),
+                ],
+                &mut body,
+            )
+        });
+        feed.send(Ok(vec![1; 100])).unwrap();
+        wait_for(Duration::from_secs(10), || {
+            (server.head(&id).offset() == 100).then_some(())
+        })
+        .expect("the first PATCH never stored its bytes");
+        server
+            .patch(&id, 100, &[2; 50], &[])
+            .assert_error(409, "ERR_UPLOAD_RUNNING");
+        feed.send(Ok(vec![1; 500])).unwrap();
+        drop(feed);
+        first.join().unwrap().assert_status(204);
+    });
+    assert_eq!(server.stored(&id), vec![1; 600], "never interleaved");
+}
+
+#[test]
+fn a_body_below_min_body_rate_keeps_the_bytes_stored_before_it() {
+    let mut server = Server::new(&[]);
+    server.config.min_body_rate = Some(1_000_000);
+    server.config.min_body_rate_after = Duration::from_millis(50);
+    let id = server.create(&[("Upload-Length", "1000")]).id();
+    let (feed, fed) = mpsc::channel();
+    let slow = std::thread::scope(|scope| {
+        let patch = scope.spawn(|| {
+            let mut body = Fed(fed, Vec::new());
+            server.send(
+                "PATCH",
+                &format!("{BASE}/{id}"),
+                &[
+                    ("Tus-Resumable", "1.0.0"),
+                    ("Content-Type", CHUNK),
+                    ("Upload-Offset", "0"),
+                    ("Content-Length", "1000"),
+                ],
+                &mut body,
+            )
+        });
+        feed.send(Ok(vec![4; 100])).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = feed.send(Ok(vec![4; 100]));
+        patch.join().unwrap()
+    });
+    slow.assert_error(408, "ERR_TOO_SLOW");
+    assert_eq!(server.stored(&id), vec![4; 100]);
+    assert_eq!(server.head(&id).offset(), 100);
+    assert_eq!(server.status(&id)["state"], "uploading");
+}
+
+/// Through the CGI program with `RLIMIT_FSIZE` at 256 KiB and `SIGXFSZ`
+/// ignored: the write past it fails as on a full disk.
+#[test]
+fn a_full_disk_mid_chunk_is_507_and_keeps_what_was_stored() {
+    let pool = common::TestPool::new();
+    let tus = |method: &str, target: &str| {
+        pool.cgi()
+            .request(method, target)
+            .env("HTTP_TUS_RESUMABLE", "1.0.0")
+    };
+    let created = tus("POST", "/upload/files")
+        .env("HTTP_UPLOAD_LENGTH", "400000")
+        .run(b"");
+    assert_eq!(created.status, 201, "{}", created.text());
+    let location = created.header("Location").unwrap().to_owned();
+    let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+    let data = random_bytes(400_000, 5);
+    let full = tus("PATCH", &location)
+        .env("CONTENT_TYPE", CHUNK)
+        .env("HTTP_UPLOAD_OFFSET", "0")
+        .env("CONTENT_LENGTH", "400000")
+        .prelude("ulimit -f 256; trap '' XFSZ")
+        .run(&data);
+    full.assert_error_code(507, "ERR_DISK_FULL", "");
+    let stored = std::fs::read(pool.path().join(&id).join("file-1")).unwrap();
+    assert!(
+        !stored.is_empty() && stored.len() <= 256 * 1024,
+        "{}",
+        stored.len()
+    );
+    assert_eq!(
+        stored,
+        data[..stored.len()],
+        "a prefix of the client's bytes"
+    );
+    let head = tus("HEAD", &location).run(b"");
+    assert_eq!(
+        head.header("Upload-Offset"),
+        Some(stored.len().to_string().as_str())
+    );
+    // With room again, the client continues from there.
+    let rest = tus("PATCH", &location)
+        .env("CONTENT_TYPE", CHUNK)
+        .env("HTTP_UPLOAD_OFFSET", &stored.len().to_string())
+        .env("CONTENT_LENGTH", &(data.len() - stored.len()).to_string())
+        .run(&data[stored.len()..]);
+    assert_eq!(rest.status, 204, "{}", rest.text());
+    assert_eq!(
+        std::fs::read(pool.path().join(&id).join("file-1")).unwrap(),
+        data
+    );
 }
 
 #[test]
