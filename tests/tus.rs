@@ -248,6 +248,15 @@ impl Body for Fed {
     }
 }
 
+/// A body that arrives in these pieces, one read each.
+fn pieces(pieces: &[&[u8]]) -> Fed {
+    let (feed, fed) = mpsc::channel();
+    for piece in pieces {
+        feed.send(Ok(piece.to_vec())).unwrap();
+    }
+    Fed(fed, Vec::new())
+}
+
 fn is_uuid(text: &str) -> bool {
     let groups: Vec<&str> = text.split('-').collect();
     groups.iter().map(|g| g.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
@@ -570,7 +579,8 @@ fn wrong_requests_get_their_status_and_code_and_change_nothing() {
             ("Upload-Offset", "3"),
             ("Transfer-Encoding", "chunked"),
         ],
-        &mut &b"defghijk"[..],
+        // In pieces: the first ones are written before the end is passed.
+        &mut pieces(&[b"def", b"ghi", b"jk"]),
     );
     streamed.assert_error(413, "ERR_UPLOAD_SIZE_EXCEEDED");
     // A length that differs from the one given at creation.
@@ -703,7 +713,7 @@ fn a_deferred_upload_over_max_size_is_refused_while_streaming() {
             ("Upload-Offset", "600"),
             ("Transfer-Encoding", "chunked"),
         ],
-        &mut &[6u8; 500][..],
+        &mut pieces(&[&[6; 300], &[6; 200]]),
     );
     streamed.assert_error(413, "ERR_TOO_LARGE");
     assert_eq!(server.stored(&id), vec![5; 600]);
