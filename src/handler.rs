@@ -284,13 +284,7 @@ fn dispatch(
         Route::Upload => match method {
             "POST" => {
                 let id = identifier(config, request)?;
-                let options = upload::Options {
-                    max_size: config.max_size,
-                    sha256: config.sha256,
-                    progress_interval: config.progress_interval,
-                    min_rate: config.min_body_rate,
-                    min_rate_after: config.min_body_rate_after,
-                };
+                let options = upload::Options::from_config(config);
                 upload::receive(service.pool(), &id, request, &options)
                     .map(|status| Answer::Uploaded(Box::new(status)))
             }

@@ -61,13 +61,7 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(config: &Config) -> Settings {
         Settings {
-            options: Options {
-                max_size: config.max_size,
-                sha256: config.sha256,
-                progress_interval: config.progress_interval,
-                min_rate: config.min_body_rate,
-                min_rate_after: config.min_body_rate_after,
-            },
+            options: Options::from_config(config),
             max_age: config.max_age,
         }
     }
