@@ -1169,3 +1169,60 @@ fn options_head_and_delete_are_quick_post_and_patch_bulk() {
         &[("X-HTTP-Method-Override", "HEAD")]
     ));
 }
+
+/// The CGI process receiving a PATCH is SIGKILLed mid-body: the upload
+/// stays resumable at the bytes that reached the file, for any other
+/// process, and the client finishes it byte for byte.
+#[test]
+fn a_killed_receiver_leaves_the_upload_resumable_for_the_next_process() {
+    let pool = common::TestPool::new();
+    let tus = |method: &str, target: &str| {
+        pool.cgi()
+            .request(method, target)
+            .env("HTTP_TUS_RESUMABLE", "1.0.0")
+            .env("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")
+    };
+    let data = random_bytes(1 << 20, 9);
+    let created = tus("POST", "/upload/files")
+        .env("HTTP_UPLOAD_LENGTH", &data.len().to_string())
+        .run(b"");
+    assert_eq!(created.status, 201, "{}", created.text());
+    let location = created.header("Location").unwrap().to_owned();
+    let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+    let mut child = tus("PATCH", &location)
+        .env("CONTENT_TYPE", CHUNK)
+        .env("HTTP_UPLOAD_OFFSET", "0")
+        .env("CONTENT_LENGTH", &data.len().to_string())
+        .spawn();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&data[..300_000]).unwrap();
+    stdin.flush().unwrap();
+    let data_file = pool.path().join(&id).join("file-1");
+    wait_for(Duration::from_secs(10), || {
+        (std::fs::metadata(&data_file).map(|m| m.len()).unwrap_or(0) == 300_000).then_some(())
+    })
+    .expect("the first bytes never reached the file");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    drop(stdin);
+    let status = common::status_of(&pool.cgi(), &id);
+    assert_eq!(status["state"], "uploading", "not interrupted: {status}");
+    assert_eq!(status["offset"], 300_000, "{status}");
+    let head = tus("HEAD", &location).run(b"");
+    assert_eq!(
+        head.header("Upload-Offset"),
+        Some("300000"),
+        "{}",
+        head.text()
+    );
+    let rest = tus("PATCH", &location)
+        .env("CONTENT_TYPE", CHUNK)
+        .env("HTTP_UPLOAD_OFFSET", "300000")
+        .env("CONTENT_LENGTH", &(data.len() - 300_000).to_string())
+        .run(&data[300_000..]);
+    assert_eq!(rest.status, 204, "{}", rest.text());
+    assert_eq!(std::fs::read(&data_file).unwrap(), data);
+    let status = common::status_of(&pool.cgi(), &id);
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["files"][0]["sha256"], sha256_hex(&data).as_str());
+}
