@@ -1,7 +1,7 @@
 //! tus 1.0 in-process: requests made in memory through the handler, a pool
 //! in a temporary directory, the bytes checked on disk. The transports
 //! passing the methods through are tested with them (tests/serve.rs,
-//! tests/fastcgi.rs, tests/cli.rs).
+//! tests/fastcgi.rs, tests/upload.rs for CGI).
 
 mod common;
 
