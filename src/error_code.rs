@@ -89,6 +89,25 @@ pub enum ErrorCode {
     PartialRunning,
     /// A final upload names the same partial upload twice, or itself.
     PartialRepeated,
+    /// A resumable upload that existed is gone: it expired (`max_age`
+    /// after its last chunk) or failed. 410, where a never-made or deleted
+    /// one is [`ErrorCode::UploadNotFound`] (404).
+    UploadGone,
+    /// A tus request without `Tus-Resumable: 1.0.0`.
+    UnsupportedVersion,
+    /// A chunk whose `Content-Type` is not `application/offset+octet-stream`.
+    InvalidContentType,
+    /// `Upload-Length` (or `Upload-Defer-Length`) missing, malformed, both
+    /// given, or changed once known.
+    InvalidUploadLength,
+    /// `Upload-Offset` missing or malformed.
+    InvalidOffset,
+    /// `Upload-Metadata` malformed (a key twice, a value that is not
+    /// base64 of UTF-8 text) or too large.
+    InvalidMetadata,
+    /// A chunk that goes past the upload's `Upload-Length`; nothing of it
+    /// is kept.
+    UploadSizeExceeded,
     /// A clear cancelled the upload while it ran.
     Cancelled,
     /// No `Content-Length` and not chunked.
@@ -168,6 +187,13 @@ impl ErrorCode {
         ErrorCode::PartialIncomplete,
         ErrorCode::PartialRunning,
         ErrorCode::PartialRepeated,
+        ErrorCode::UploadGone,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::InvalidContentType,
+        ErrorCode::InvalidUploadLength,
+        ErrorCode::InvalidOffset,
+        ErrorCode::InvalidMetadata,
+        ErrorCode::UploadSizeExceeded,
         ErrorCode::Cancelled,
         ErrorCode::LengthRequired,
         ErrorCode::BadLength,
@@ -219,6 +245,13 @@ impl ErrorCode {
             ErrorCode::PartialIncomplete => "ERR_PARTIAL_INCOMPLETE",
             ErrorCode::PartialRunning => "ERR_PARTIAL_RUNNING",
             ErrorCode::PartialRepeated => "ERR_PARTIAL_REPEATED",
+            ErrorCode::UploadGone => "ERR_UPLOAD_GONE",
+            ErrorCode::UnsupportedVersion => "ERR_UNSUPPORTED_VERSION",
+            ErrorCode::InvalidContentType => "ERR_INVALID_CONTENT_TYPE",
+            ErrorCode::InvalidUploadLength => "ERR_INVALID_UPLOAD_LENGTH",
+            ErrorCode::InvalidOffset => "ERR_INVALID_OFFSET",
+            ErrorCode::InvalidMetadata => "ERR_INVALID_METADATA",
+            ErrorCode::UploadSizeExceeded => "ERR_UPLOAD_SIZE_EXCEEDED",
             ErrorCode::Cancelled => "ERR_CANCELLED",
             ErrorCode::LengthRequired => "ERR_LENGTH_REQUIRED",
             ErrorCode::BadLength => "ERR_BAD_LENGTH",
@@ -269,7 +302,10 @@ impl ErrorCode {
             | ErrorCode::PartialNotFound
             | ErrorCode::PartialIncomplete
             | ErrorCode::PartialRepeated
-            | ErrorCode::UploadInterrupted => 400,
+            | ErrorCode::UploadInterrupted
+            | ErrorCode::InvalidUploadLength
+            | ErrorCode::InvalidOffset
+            | ErrorCode::InvalidMetadata => 400,
             ErrorCode::Signature | ErrorCode::NewIdRefused => 403,
             ErrorCode::NotFound | ErrorCode::UploadNotFound => 404,
             ErrorCode::Method => 405,
@@ -279,10 +315,11 @@ impl ErrorCode {
             | ErrorCode::MismatchedOffset
             | ErrorCode::PartialRunning => 409,
             ErrorCode::TooSlow => 408,
-            ErrorCode::Cancelled => 410,
+            ErrorCode::Cancelled | ErrorCode::UploadGone => 410,
+            ErrorCode::UnsupportedVersion => 412,
             ErrorCode::LengthRequired => 411,
-            ErrorCode::TooLarge | ErrorCode::FormTooLarge => 413,
-            ErrorCode::NotMultipart => 415,
+            ErrorCode::TooLarge | ErrorCode::FormTooLarge | ErrorCode::UploadSizeExceeded => 413,
+            ErrorCode::NotMultipart | ErrorCode::InvalidContentType => 415,
             ErrorCode::UploadLocked => 423,
             // Not an IANA status: tus's checksum extension defines it.
             ErrorCode::ChecksumMismatch => 460,

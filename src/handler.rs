@@ -8,6 +8,8 @@
 //! | `/upload/status` | GET, HEAD              | status (`clear` flag: clear)  |
 //! | `/upload/status` | DELETE                 | clear                         |
 //! | `/upload/new`    | GET, HEAD, POST        | a fresh identifier (no key)   |
+//! | `/upload/files`  | OPTIONS, POST          | tus: creation                 |
+//! | `/upload/files/<id>` | OPTIONS, HEAD, PATCH, DELETE | tus: offset, chunk, termination |
 //! | anything else    |                        | 404, or the application       |
 //!
 //! Every answer of ours is JSON (JSONP with a valid `callback`, HTML after
@@ -26,6 +28,7 @@ use crate::config::Config;
 use crate::error_code::ErrorCode;
 use crate::http::{HttpError, Request, Response, ResponseWriter};
 use crate::identifier::{Identifier, create_identifier, verify_identifier};
+use crate::resumable::{self, tus};
 use crate::service::Service;
 use crate::status::Status;
 use crate::upload;
@@ -36,6 +39,10 @@ enum Route {
     Upload,
     Status,
     New,
+    /// tus: the collection uploads are created in.
+    Files,
+    /// tus: one upload, by the identifier in the path.
+    File,
 }
 
 /// One segment of a route's path pattern.
@@ -45,13 +52,6 @@ enum Segment {
     Fixed(&'static str),
     /// Any non-empty segment, handed to the endpoint (an identifier in the
     /// path, as resumable-upload protocols put it).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the resumable protocol's routes (issue 12) are the first to use it"
-        )
-    )]
     Param,
 }
 
@@ -65,6 +65,8 @@ const ROUTES: &[(&[Segment], Route)] = &[
     (&[Fixed("upload")], Route::Upload),
     (&[Fixed("upload"), Fixed("status")], Route::Status),
     (&[Fixed("upload"), Fixed("new")], Route::New),
+    (&[Fixed("upload"), Fixed("files")], Route::Files),
+    (&[Fixed("upload"), Fixed("files"), Param], Route::File),
 ];
 
 impl Route {
@@ -100,7 +102,8 @@ fn match_end<'a>(path: &'a str, pattern: &[Segment]) -> Option<Vec<&'a str>> {
 enum Answer {
     Response(Response),
     /// A completed upload: answered by us, or handed to the application.
-    Uploaded(Status),
+    /// (Boxed: a status is several times the size of a response.)
+    Uploaded(Box<Status>),
 }
 
 /// Answers one request.
@@ -175,7 +178,11 @@ pub fn is_quick(config: &Config, request: &Request<'_>) -> bool {
     if config.app.is_some() && config.upload_url.is_some() {
         return false; // everything goes to the application
     }
-    !receives_body(route, request)
+    match route {
+        // A creation may carry a first chunk, a PATCH is one.
+        Route::Files | Route::File => !tus::is_bulk(request),
+        _ => !receives_body(route, request),
+    }
 }
 
 /// Whether `dispatch` would receive an upload for this request.
@@ -202,8 +209,14 @@ pub fn answer(
     out: &mut dyn ResponseWriter,
 ) -> io::Result<()> {
     let config = service.config();
-    // No route takes path parameters yet; the resumable protocol's will.
-    let route = Route::of(&request.path()).map(|(route, _params)| route);
+    let path = request.path();
+    let matched = Route::of(&path).map(|(route, params)| {
+        let params: Vec<String> = params.into_iter().map(str::to_owned).collect();
+        (route, params)
+    });
+    drop(path);
+    let route = matched.as_ref().map(|(route, _)| *route);
+    let params = matched.map(|(_, params)| params).unwrap_or_default();
     if let Some(program) = &config.app
         && (route.is_none() || config.upload_url.is_some())
     {
@@ -211,11 +224,12 @@ pub fn answer(
     }
     let head_only = request.method() == "HEAD";
     let answer = check_callback(request).and_then(|()| match route {
-        Some(route) => dispatch(service, route, request),
+        Some(route) => dispatch(service, route, &params, request),
         None => Err(HttpError::new(
             ErrorCode::NotFound,
             format!(
-                "no such endpoint: {}; use .../upload, .../upload/status or .../upload/new",
+                "no such endpoint: {}; use .../upload, .../upload/status, .../upload/new \
+                 or .../upload/files",
                 request.path()
             ),
         )),
@@ -243,6 +257,7 @@ pub fn answer(
 fn dispatch(
     service: &Service,
     route: Route,
+    params: &[String],
     request: &mut Request<'_>,
 ) -> Result<Answer, HttpError> {
     let config = service.config();
@@ -269,14 +284,9 @@ fn dispatch(
         Route::Upload => match method {
             "POST" => {
                 let id = identifier(config, request)?;
-                let options = upload::Options {
-                    max_size: config.max_size,
-                    sha256: config.sha256,
-                    progress_interval: config.progress_interval,
-                    min_rate: config.min_body_rate,
-                    min_rate_after: config.min_body_rate_after,
-                };
-                upload::receive(service.pool(), &id, request, &options).map(Answer::Uploaded)
+                let options = upload::Options::from_config(config);
+                upload::receive(service.pool(), &id, request, &options)
+                    .map(|status| Answer::Uploaded(Box::new(status)))
             }
             _ => Err(wrong_method()),
         },
@@ -290,6 +300,11 @@ fn dispatch(
             "GET" | "HEAD" | "POST" => new_identifier(config),
             _ => Err(wrong_method()),
         },
+        Route::Files => Ok(Answer::Response(tus::collection(service, request))),
+        Route::File => {
+            let param = params.first().map(String::as_str).unwrap_or_default();
+            Ok(Answer::Response(tus::upload(service, request, param)))
+        }
     }
 }
 
@@ -298,6 +313,8 @@ fn allowed_methods(route: Option<Route>) -> &'static str {
         Some(Route::Upload) => "POST, GET, HEAD, DELETE",
         Some(Route::Status) => "GET, HEAD, DELETE",
         Some(Route::New) => "GET, HEAD, POST",
+        Some(Route::Files) => "OPTIONS, POST",
+        Some(Route::File) => "OPTIONS, HEAD, PATCH, DELETE",
         None => "GET",
     }
 }
@@ -319,7 +336,10 @@ fn identifier(config: &Config, request: &Request<'_>) -> Result<Identifier, Http
 
 fn status(service: &Service, request: &Request<'_>) -> Result<Answer, HttpError> {
     let id = identifier(service.config(), request)?;
-    let status = service.pool().status(&id)?;
+    let stored = service.pool().status(&id)?;
+    // A resumable upload at rest is `incomplete` on disk, `uploading` here.
+    let settings = resumable::Settings::from_config(service.config());
+    let status = resumable::public_status(service.pool(), &id, stored, &settings);
     Ok(Answer::Response(Response::json(200, &status)))
 }
 

@@ -332,10 +332,13 @@ impl Response {
         self
     }
 
-    /// Sends it; for a `HEAD` request, without the body.
+    /// Sends it; for a `HEAD` request, without the body. A 204 has no
+    /// `Content-Length` (RFC 9110 section 8.6 forbids one).
     pub fn send(&self, out: &mut dyn ResponseWriter, head_only: bool) -> io::Result<()> {
         let mut headers = self.headers.clone();
-        headers.push(("Content-Length".into(), self.body.len().to_string()));
+        if self.status != 204 {
+            headers.push(("Content-Length".into(), self.body.len().to_string()));
+        }
         let body = out.start(self.status, &headers)?;
         if !head_only {
             body.write_all(&self.body)?;
@@ -386,6 +389,7 @@ pub fn reason(status: u16) -> &'static str {
         409 => "Conflict",
         410 => "Gone",
         411 => "Length Required",
+        412 => "Precondition Failed",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
         // tus's checksum extension (tusd's phrase); not an IANA status.

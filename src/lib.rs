@@ -9,7 +9,9 @@
 //! transport built once: the configuration and its pool), the [`upload`] driver
 //! streams it through the [`multipart`] parser into the [`pool`] (with the
 //! counted body, progress and cancellation of [`receiving`]), and the
-//! answer goes back through an [`http::ResponseWriter`].
+//! answer goes back through an [`http::ResponseWriter`]. A resumable upload
+//! (tus) takes the same path through [`resumable`], its chunks streamed by
+//! the same [`receiving`] machinery into the same pool.
 //!
 //! For applications, the original's API:
 //!
@@ -55,6 +57,7 @@ pub mod identifier;
 pub mod multipart;
 pub mod pool;
 pub mod receiving;
+pub mod resumable;
 pub mod serve;
 pub mod service;
 pub mod status;

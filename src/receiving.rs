@@ -71,6 +71,19 @@ pub struct Options {
     pub min_rate_after: Duration,
 }
 
+impl Options {
+    /// The options a configuration gives every protocol's uploads.
+    pub fn from_config(config: &crate::config::Config) -> Options {
+        Options {
+            max_size: config.max_size,
+            sha256: config.sha256,
+            progress_interval: config.progress_interval,
+            min_rate: config.min_body_rate,
+            min_rate_after: config.min_body_rate_after,
+        }
+    }
+}
+
 /// Lowers the calling thread's CPU priority to the lowest (nice 19;
 /// threads it starts inherit it), for the thread that receives a request
 /// body.

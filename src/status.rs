@@ -109,6 +109,22 @@ pub struct Status {
     /// Unix time (seconds) of the last change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated: Option<u64>,
+    /// The upload arrives in several requests (tus): kept in the stored
+    /// status, so that the protocol can tell its uploads from form uploads
+    /// under the same identifiers, and a deferred length (`size` absent)
+    /// from a form whose length was never known.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumable: bool,
+    /// A resumable upload's stored offset, in a status answer only (see
+    /// [`crate::resumable::public_status`]): the data file's length, which
+    /// is the truth after a crash, where `received` on disk is only as
+    /// fresh as its last rewrite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// When an incomplete resumable upload expires (Unix seconds: its last
+    /// change plus `max_age`), in a status answer only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<FileInfo>>,
     /// Ordinary (non-file) form fields.
@@ -131,6 +147,9 @@ impl Status {
             received: None,
             started: None,
             updated: None,
+            resumable: false,
+            offset: None,
+            expires: None,
             files: None,
             fields: None,
         }
@@ -156,6 +175,7 @@ impl Status {
     pub fn incomplete(identifier: &str, size: Option<u64>, now: u64) -> Status {
         Status {
             state: State::Incomplete,
+            resumable: true,
             ..Status::uploading(identifier, size, now)
         }
     }

@@ -1247,3 +1247,56 @@ fn a_body_that_stalls_past_body_timeout_fails_with_err_too_slow() {
     assert_eq!(status["status"], 408, "{status}");
     assert_eq!(pool.bucket_files("stalls"), ["lock", "status.json"]);
 }
+
+/// tus through the daemon: OPTIONS, HEAD and DELETE (quick, answered by
+/// the event loop's threads) and POST and PATCH (bulk) all reach the
+/// handler, and the chunks end up on disk as sent.
+#[test]
+fn tus_methods_pass_through_the_daemon() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_MAX_SIZE", "1M")]);
+    let tus = [("HTTP_TUS_RESUMABLE", "1.0.0")];
+    let options = daemon.request("OPTIONS", "/upload/files", &[], b"");
+    assert_eq!(options.status, 204, "{}", options.text());
+    assert_eq!(options.header("Tus-Max-Size"), Some("1048576"));
+    let created = daemon.request(
+        "POST",
+        "/upload/files",
+        &[tus[0], ("HTTP_UPLOAD_LENGTH", "11")],
+        b"",
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let location = created.header("Location").unwrap().to_owned();
+    let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+    let chunk = |offset: &str, data: &[u8]| {
+        daemon.request(
+            "PATCH",
+            &location,
+            &[
+                tus[0],
+                ("CONTENT_TYPE", "application/offset+octet-stream"),
+                ("HTTP_UPLOAD_OFFSET", offset),
+                ("CONTENT_LENGTH", &data.len().to_string()),
+            ],
+            data,
+        )
+    };
+    let first = chunk("0", b"hello ");
+    assert_eq!(first.status, 204, "{}", first.text());
+    let head = daemon.request("HEAD", &location, &tus, b"");
+    assert_eq!(head.status, 200, "{}", head.text());
+    assert_eq!(head.header("Upload-Offset"), Some("6"));
+    let last = chunk("6", b"world");
+    assert_eq!(last.header("Upload-Offset"), Some("11"), "{}", last.text());
+    let status = status_of(&pool.cgi(), &id);
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["files"][0]["sha256"], sha256_hex(b"hello world"));
+    assert_eq!(
+        std::fs::read(pool.path().join(&id).join("file-1")).unwrap(),
+        b"hello world"
+    );
+    let deleted = daemon.request("DELETE", &location, &tus, b"");
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    assert_eq!(status_of(&pool.cgi(), &id)["state"], "starting");
+    assert!(daemon.log_lines().is_empty(), "{:?}", daemon.log_lines());
+}

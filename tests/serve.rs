@@ -264,3 +264,57 @@ fn the_demo_page_loads_nothing_from_elsewhere() {
         "inline script and style"
     );
 }
+
+/// tus through the development server (tiny_http): OPTIONS, POST, PATCH,
+/// HEAD and DELETE reach the handler and the chunks end up on disk.
+#[test]
+fn tus_methods_pass_through_the_development_server() {
+    let pool = TestPool::new();
+    let serve = Serve::start(pool.path(), &[]);
+    let send = |method: &str, target: &str, headers: &str, body: &[u8]| {
+        let mut request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n{headers}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        serve.exchange(&request)
+    };
+    let header = |head: &str, name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {head}"))
+    };
+    let (status, head, _) = send("OPTIONS", "/upload/files", "", b"");
+    assert_eq!(status, 204, "{head}");
+    assert!(header(&head, "Tus-Extension").contains("termination"));
+    let (status, head, _) = send("POST", "/upload/files", "Upload-Length: 11\r\n", b"");
+    assert_eq!(status, 201, "{head}");
+    let location = header(&head, "Location");
+    let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+    let chunk = |offset: u64, data: &[u8]| {
+        let headers =
+            format!("Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n");
+        send("PATCH", &location, &headers, data)
+    };
+    let (status, head, _) = chunk(0, b"hello ");
+    assert_eq!(status, 204, "{head}");
+    let (status, head, _) = send("HEAD", &location, "", b"");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(header(&head, "Upload-Offset"), "6");
+    let (status, head, _) = chunk(6, b"world");
+    assert_eq!((status, header(&head, "Upload-Offset")), (204, "11".into()));
+    let status = status_of(&pool.cgi(), &id);
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(
+        std::fs::read(pool.path().join(&id).join("file-1")).unwrap(),
+        b"hello world"
+    );
+    let (status, head, _) = send("DELETE", &location, "", b"");
+    assert_eq!(status, 204, "{head}");
+    assert_eq!(status_of(&pool.cgi(), &id)["state"], "starting");
+}

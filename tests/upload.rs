@@ -291,3 +291,51 @@ fn a_full_disk_is_507_and_leaves_no_partial_file() {
     assert_eq!(status["status"], 507);
     assert_eq!(pool.bucket_files("full"), ["lock", "status.json"]);
 }
+
+/// tus through the CGI program, a process per request: OPTIONS, POST,
+/// PATCH, HEAD and DELETE all reach it and the chunks end up on disk.
+#[test]
+fn tus_methods_pass_through_cgi() {
+    let pool = TestPool::new();
+    let tus = |method: &str, target: &str| {
+        pool.cgi()
+            .request(method, target)
+            .env("HTTP_TUS_RESUMABLE", "1.0.0")
+    };
+    let options = pool.cgi().request("OPTIONS", "/upload/files").run(b"");
+    assert_eq!(options.status, 204, "{}", options.text());
+    assert!(
+        options.header("Tus-Extension").is_some(),
+        "{}",
+        options.text()
+    );
+    let created = tus("POST", "/upload/files")
+        .env("HTTP_UPLOAD_LENGTH", "11")
+        .run(b"");
+    assert_eq!(created.status, 201, "{}", created.text());
+    let location = created.header("Location").unwrap().to_owned();
+    let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+    let chunk = |offset: &str, data: &[u8]| {
+        tus("PATCH", &location)
+            .env("CONTENT_TYPE", "application/offset+octet-stream")
+            .env("HTTP_UPLOAD_OFFSET", offset)
+            .env("CONTENT_LENGTH", &data.len().to_string())
+            .run(data)
+    };
+    let first = chunk("0", b"hello ");
+    assert_eq!(first.status, 204, "{}", first.text());
+    let head = tus("HEAD", &location).run(b"");
+    assert_eq!(head.header("Upload-Offset"), Some("6"), "{}", head.text());
+    assert_eq!(status_of(&pool.cgi(), &id)["state"], "uploading");
+    let last = chunk("6", b"world");
+    assert_eq!(last.header("Upload-Offset"), Some("11"), "{}", last.text());
+    let status = status_of(&pool.cgi(), &id);
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(
+        std::fs::read(pool.path().join(&id).join("file-1")).unwrap(),
+        b"hello world"
+    );
+    let deleted = tus("DELETE", &location).run(b"");
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    assert_eq!(status_of(&pool.cgi(), &id)["state"], "starting");
+}

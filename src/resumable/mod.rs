@@ -1,0 +1,616 @@
+//! Resumable uploads over the pool, whatever the protocol that carries
+//! them: create one, tell its offset, append a chunk streamed from a
+//! request body, terminate it, complete it.
+//!
+//! The split is tusd's: a protocol module ([`tus`] today, the IETF draft
+//! later) parses and validates its headers and shapes its answers; this
+//! module decides what an upload may do (limits, offsets, expiry,
+//! completion) and the pool ([`crate::pool`]) only stores. Nothing here
+//! knows a header name, so a second protocol uses it unchanged.
+//!
+//! A chunk is streamed through [`receiving::run`], as a form's body is: the
+//! same counted body (the size limit enforced while streaming, the rate
+//! floor, the transport's own failure reasons), the same watcher thread
+//! (progress rewrites of the status, cancellation by a clear or a
+//! termination). What a failed chunk leaves depends on why it failed:
+//!
+//! - refused (it goes past `Upload-Length` or `max_size`): cut back, so the
+//!   stored bytes are what they were before the request;
+//! - cut short (the connection dropped, the body stalled, the disk filled):
+//!   the bytes that reached the file stay, and the upload stays resumable
+//!   from there, which is the point of a resumable upload;
+//! - cancelled (cleared or terminated while it ran): the bucket is gone
+//!   already, nothing is written.
+//!
+//! Between requests the stored state is [`State::Incomplete`] (the pool's
+//! liveness rule depends on it); status answers show such an upload as
+//! `uploading` ([`public_status`]).
+
+pub mod tus;
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::error_code::{ErrorCode, store_error};
+use crate::http::{Body, BodyLength, HttpError};
+use crate::identifier::{Identifier, hex};
+use crate::pool::{Pool, PoolError, Upload, unix_now};
+use crate::receiving::{self, Options};
+use crate::status::{FileInfo, State, Status};
+
+/// The form field name a resumable upload's one file is listed under in
+/// its status (a form gives each file its field; a resumable upload has
+/// none, and middleware applications find the file under this name).
+pub const FILE_FIELD: &str = "file";
+/// Bytes read from a chunk's body at once.
+const CHUNK_BUFFER: usize = 256 * 1024;
+
+/// What resumable uploads may do: the form upload's options (`max_size`,
+/// progress, the rate floor, whether to hash) and `max_age`, after which
+/// an incomplete upload expires.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub options: Options,
+    pub max_age: Option<Duration>,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            options: Options::from_config(config),
+            max_age: config.max_age,
+        }
+    }
+
+    /// When an incomplete upload last changed at `updated` expires: gc's
+    /// rule (`updated` plus `max_age`), so what a client is told is when gc
+    /// may remove it.
+    fn expires(&self, status: &Status) -> Option<u64> {
+        let max_age = self.max_age?;
+        (status.state == State::Incomplete)
+            .then_some(status.updated?.saturating_add(max_age.as_secs()))
+    }
+}
+
+/// A new upload, as its protocol understood the creation request.
+#[derive(Clone, Debug, Default)]
+pub struct NewUpload {
+    /// The whole upload's length; `None` while the client defers it.
+    pub length: Option<u64>,
+    /// The status's file name and content type.
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    /// The protocol's metadata, kept in the status's `fields` (as a form's
+    /// text fields are) and given back by [`info`].
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One chunk: where the client says it starts, a length it declares with
+/// it (once, for an upload created without one), and its body.
+pub struct Chunk<'r> {
+    pub offset: u64,
+    pub length: Option<u64>,
+    pub body: &'r mut dyn Body,
+    pub body_length: BodyLength,
+}
+
+/// Where an upload stands after a request, for the protocol's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The stored offset.
+    pub offset: u64,
+    /// The whole length, once known.
+    pub length: Option<u64>,
+    /// When it expires, while incomplete and `max_age` is set (Unix seconds).
+    pub expires: Option<u64>,
+    pub complete: bool,
+    /// The upload's status as a status query would answer it.
+    pub status: Status,
+}
+
+impl Progress {
+    fn of(status: Status) -> Progress {
+        Progress {
+            offset: status.offset.unwrap_or(0),
+            length: status.size,
+            expires: status.expires,
+            complete: status.state == State::Done,
+            status,
+        }
+    }
+
+    /// The metadata given at creation.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.status.fields.as_ref().unwrap_or(&EMPTY)
+    }
+}
+
+/// Creates an upload under `id`, with `first` as its first chunk when the
+/// creation request carries one. A length over `max_size` is refused (413)
+/// before anything is made; an identifier in use is 409, as for a form.
+/// An upload of length 0 is complete at once.
+pub fn create(
+    pool: &Pool,
+    id: &Identifier,
+    new: NewUpload,
+    first: Option<Chunk<'_>>,
+    settings: &Settings,
+) -> Result<Progress, HttpError> {
+    if let (Some(length), Some(max)) = (new.length, settings.options.max_size)
+        && length > max
+    {
+        return Err(HttpError::new(
+            ErrorCode::TooLarge,
+            format!("the upload is {length} bytes, more than the limit of {max} bytes"),
+        ));
+    }
+    let mut status = Status::incomplete(id.as_str(), new.length, unix_now());
+    status.filename = new.filename;
+    status.content_type = new.content_type;
+    status.fields = Some(new.metadata);
+    let upload = pool.create_resumable(id, &status)?;
+    match first {
+        Some(chunk) if chunk.offset != 0 => Err(PoolError::OffsetMismatch {
+            stored: 0,
+            given: chunk.offset,
+        }
+        .into()),
+        Some(chunk) => proceed(pool, id, upload, status, chunk, settings),
+        None if new.length == Some(0) => finish(pool, id, upload, status, settings),
+        None => {
+            upload.pause(&status)?;
+            info(pool, id, settings)
+        }
+    }
+}
+
+/// Where the upload under `id` stands, without taking its lock (so never
+/// queued behind a running chunk). 404 [`ErrorCode::UploadNotFound`] for
+/// none (never made, terminated, cleared, or a form upload), 410
+/// [`ErrorCode::UploadGone`] for one that failed or expired.
+pub fn info(pool: &Pool, id: &Identifier, settings: &Settings) -> Result<Progress, HttpError> {
+    let stored = pool.status(id)?;
+    check_usable(&stored, settings)?;
+    Ok(Progress::of(public_status(pool, id, stored, settings)))
+}
+
+/// Appends `chunk` to the upload under `id`, from any process or host
+/// sharing the pool.
+///
+/// Checked under the upload's lock, before a byte is written: the offset
+/// (409, with the stored one in the message), a declared length (only on
+/// an upload without one, not below the offset, not over `max_size`), and
+/// an announced body that would go past the length (413) or `max_size`.
+/// The body is then held to the same limits while it streams. The upload
+/// is complete when its offset reaches its length.
+pub fn append(
+    pool: &Pool,
+    id: &Identifier,
+    chunk: Chunk<'_>,
+    settings: &Settings,
+) -> Result<Progress, HttpError> {
+    let upload = pool.resume_upload(id)?;
+    let mut status = pool.status(id)?;
+    check_usable(&status, settings)?;
+    if let Some(length) = chunk.length {
+        match status.size {
+            Some(known) if known != length => {
+                return Err(HttpError::new(
+                    ErrorCode::InvalidUploadLength,
+                    format!("the upload's length is {known} already, not {length}"),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                check_length(length, chunk.offset, &settings.options)?;
+                status.size = Some(length);
+            }
+        }
+    }
+    proceed(pool, id, upload, status, chunk, settings)
+}
+
+/// Terminates the upload under `id`: it is removed for every process (a
+/// chunk running in another one stops at its next progress tick) and the
+/// identifier is unknown again, as after a clear. 404 when there is no
+/// resumable upload under it: a form upload is not this API's to delete.
+pub fn terminate(pool: &Pool, id: &Identifier) -> Result<(), HttpError> {
+    let stored = pool.status(id)?;
+    if !stored.resumable || !pool.clear(id)? {
+        return Err(PoolError::NotFound.into());
+    }
+    Ok(())
+}
+
+/// The status of a resumable upload as status queries answer it: an
+/// incomplete one is `uploading`, whether or not a request is adding to it
+/// right now, with `received` and `offset` the stored offset (the data
+/// file's length) and `expires`; a complete one has its `offset` too.
+/// Anything else is given back as it is.
+///
+/// Only the answer says `uploading`: on disk the state stays `incomplete`,
+/// which the pool never takes for a dead receiver, so a paused upload is
+/// never reported interrupted.
+pub fn public_status(pool: &Pool, id: &Identifier, stored: Status, settings: &Settings) -> Status {
+    if !stored.resumable {
+        return stored;
+    }
+    let mut status = stored;
+    match status.state {
+        State::Incomplete => {
+            status.expires = settings.expires(&status);
+            let offset = pool
+                .offset(id)
+                .unwrap_or_else(|_| status.received.unwrap_or(0));
+            status.state = State::Uploading;
+            status.received = Some(offset);
+            status.offset = Some(offset);
+        }
+        State::Done => status.offset = status.size,
+        _ => {}
+    }
+    status
+}
+
+/// Refuses what no request may continue or describe.
+fn check_usable(status: &Status, settings: &Settings) -> Result<(), HttpError> {
+    match status.state {
+        _ if !status.resumable => Err(PoolError::NotFound.into()),
+        State::Starting => Err(PoolError::NotFound.into()),
+        State::Error => Err(HttpError::new(
+            ErrorCode::UploadGone,
+            format!(
+                "the upload failed ({}); its bytes are gone: start a new one",
+                status.error.as_deref().unwrap_or("no reason recorded")
+            ),
+        )),
+        State::Incomplete
+            if settings
+                .expires(status)
+                .is_some_and(|expires| expires <= unix_now()) =>
+        {
+            Err(HttpError::new(
+                ErrorCode::UploadGone,
+                "the upload expired (max_age after its last chunk): start a new one",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A length declared after creation: at least what is stored, at most
+/// `max_size`.
+fn check_length(length: u64, offset: u64, options: &Options) -> Result<(), HttpError> {
+    if length < offset {
+        return Err(HttpError::new(
+            ErrorCode::InvalidUploadLength,
+            format!("the length {length} is less than the {offset} bytes stored"),
+        ));
+    }
+    if let Some(max) = options.max_size
+        && length > max
+    {
+        return Err(HttpError::new(
+            ErrorCode::TooLarge,
+            format!("the upload is {length} bytes, more than the limit of {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The limit a chunk starting at `offset` is held to, and what going past
+/// it means: the upload's length once known (past it, the client is wrong
+/// about its own file), `max_size` while it is deferred.
+fn room(status: &Status, offset: u64, options: &Options) -> Option<(u64, ErrorCode)> {
+    match status.size {
+        Some(length) => Some((length.saturating_sub(offset), ErrorCode::UploadSizeExceeded)),
+        None => options
+            .max_size
+            .map(|max| (max.saturating_sub(offset), ErrorCode::TooLarge)),
+    }
+}
+
+fn past_the_end(code: ErrorCode, status: &Status, offset: u64, options: &Options) -> HttpError {
+    match (code, status.size, options.max_size) {
+        (ErrorCode::UploadSizeExceeded, Some(length), _) => HttpError::new(
+            code,
+            format!(
+                "the chunk goes past the upload's length of {length} bytes \
+                 (it starts at {offset}); nothing of it was kept"
+            ),
+        ),
+        (_, _, Some(max)) => HttpError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the upload is larger than the limit of {max} bytes \
+                 (the chunk starts at {offset}); nothing of it was kept"
+            ),
+        ),
+        _ => HttpError::new(code, "the chunk goes past the upload's end"),
+    }
+}
+
+/// Streams `chunk` into the claimed `upload`, then pauses or completes it.
+fn proceed(
+    pool: &Pool,
+    id: &Identifier,
+    upload: Upload,
+    mut status: Status,
+    chunk: Chunk<'_>,
+    settings: &Settings,
+) -> Result<Progress, HttpError> {
+    let start = chunk.offset;
+    let mut file = upload.open_data_at(start)?;
+    let limit = room(&status, start, &settings.options);
+    let announced = chunk.body_length.known();
+    if let (Some(n), Some((room, code))) = (announced, limit)
+        && n > room
+    {
+        // Refused before a byte is read: the upload is as it was (the
+        // claim, dropped, leaves the status and the bytes alone).
+        return Err(past_the_end(code, &status, start, &settings.options));
+    }
+    let body_bytes = match chunk.body_length {
+        BodyLength::Known(n) => n,
+        BodyLength::UntilEnd => u64::MAX,
+        // RFC 3875: no length, no body.
+        BodyLength::Absent => 0,
+    };
+    status.received = Some(start);
+    let options = Options {
+        max_size: limit.map(|(room, _)| room),
+        // The whole file is hashed once, at completion (see `finish`).
+        sha256: false,
+        ..settings.options.clone()
+    };
+    let body = chunk.body.take(body_bytes);
+    let (mut status, outcome) = receiving::run(&upload, status, body, &options, |body, session| {
+        copy_chunk(body, &mut file, start, announced, session)
+    });
+    drop(file);
+    match outcome {
+        Ok(written) => {
+            let offset = start + written;
+            status.received = Some(offset);
+            if status.size == Some(offset) {
+                finish(pool, id, upload, status, settings)
+            } else {
+                upload.pause(&status)?;
+                info(pool, id, settings)
+            }
+        }
+        Err(err) if err.code == ErrorCode::Cancelled || upload.is_cancelled() => {
+            // Cleared or terminated: the bucket is out of the pool already.
+            drop(upload);
+            Err(PoolError::Cancelled.into())
+        }
+        Err(err) => {
+            let err = match (err.code, limit) {
+                (ErrorCode::TooLarge, Some((_, code))) => {
+                    // Past the end: the client is wrong about its file, so
+                    // nothing of this chunk is kept.
+                    upload.truncate_data(start)?;
+                    past_the_end(code, &status, start, &settings.options)
+                }
+                _ => err,
+            };
+            status.received = Some(upload.offset().unwrap_or(start));
+            // What reached the file stays: the client continues after it.
+            if let Err(paused) = upload.pause(&status) {
+                crate::log!("cannot record the offset of upload {id}: {paused}");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Copies the body to the end of the data file; returns the bytes
+/// written. `received` in the status follows the bytes written, not read,
+/// so the watcher only publishes what is stored.
+fn copy_chunk(
+    mut body: impl Read,
+    file: &mut std::fs::File,
+    start: u64,
+    announced: Option<u64>,
+    session: &receiving::Session<'_>,
+) -> Result<u64, HttpError> {
+    let mut buffer = vec![0; CHUNK_BUFFER];
+    let mut written = 0u64;
+    loop {
+        let n = match body.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(session.body_failure().unwrap_or_else(|| {
+                    HttpError::new(
+                        ErrorCode::Truncated,
+                        format!(
+                            "reading the chunk failed after {written} bytes: {e}; \
+                             the upload continues from offset {}",
+                            start + written
+                        ),
+                    )
+                }));
+            }
+        };
+        session.check_cancelled()?;
+        file.write_all(&buffer[..n]).map_err(store_error)?;
+        written += n as u64;
+        session.status().received = Some(start + written);
+    }
+    if let Some(announced) = announced.filter(|&n| written < n) {
+        return Err(HttpError::new(
+            ErrorCode::Truncated,
+            format!(
+                "the chunk ended after {written} of {announced} bytes; \
+                 the upload continues from offset {}",
+                start + written
+            ),
+        ));
+    }
+    Ok(written)
+}
+
+/// Completes the upload: state `done`, its one file with the name and type
+/// from its metadata and, with `sha256` on, the digest of the whole file.
+///
+/// The one place an upload becomes `done`, whichever protocol and request
+/// brought its last byte. For now it reads the file back to hash it; a
+/// hash state persisted with the offset will replace that read here.
+/// Should recording it fail, the upload stays incomplete with all its
+/// bytes (see [`Upload::finish`]) and the completing request may be
+/// repeated.
+fn finish(
+    pool: &Pool,
+    id: &Identifier,
+    upload: Upload,
+    mut status: Status,
+    settings: &Settings,
+) -> Result<Progress, HttpError> {
+    let size = upload.offset()?;
+    let mut file = upload.open_data_at(size)?;
+    let sha256 = if settings.options.sha256 {
+        Some(digest(&mut file).map_err(store_error)?)
+    } else {
+        None
+    };
+    drop(file);
+    let now = unix_now();
+    status.state = State::Done;
+    status.size = Some(size);
+    status.received = Some(size);
+    status.updated = Some(now);
+    status.files = Some(vec![FileInfo {
+        field: FILE_FIELD.to_owned(),
+        filename: status.filename.clone().unwrap_or_default(),
+        content_type: status
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".to_owned()),
+        size,
+        sha256,
+        path: upload.data_path().to_string_lossy().into_owned(),
+    }]);
+    upload.finish(&status)?;
+    Ok(Progress::of(public_status(pool, id, status, settings)))
+}
+
+/// The SHA-256 of a file from its start, as lowercase hex.
+fn digest(file: &mut std::fs::File) -> io::Result<String> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; CHUNK_BUFFER];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identifier::verify_identifier;
+
+    fn settings(max_size: Option<u64>) -> Settings {
+        Settings {
+            options: Options {
+                max_size,
+                sha256: true,
+                progress_interval: None,
+                min_rate: None,
+                min_rate_after: receiving::MIN_RATE_AFTER,
+            },
+            max_age: Some(Duration::from_secs(3600)),
+        }
+    }
+
+    fn chunk<'r>(offset: u64, body: &'r mut &[u8]) -> Chunk<'r> {
+        let body_length = BodyLength::Known(body.len() as u64);
+        Chunk {
+            offset,
+            length: None,
+            body,
+            body_length,
+        }
+    }
+
+    #[test]
+    fn chunks_complete_an_upload_with_its_digest_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::new(dir.path(), 0o600, false);
+        let id = verify_identifier("r1", None).unwrap();
+        let settings = settings(None);
+        let new = NewUpload {
+            length: Some(6),
+            filename: Some("a.txt".into()),
+            content_type: Some("text/plain".into()),
+            metadata: BTreeMap::from([("filename".into(), "a.txt".into())]),
+        };
+        let created = create(&pool, &id, new, None, &settings).unwrap();
+        assert_eq!((created.offset, created.length), (0, Some(6)));
+        assert!(created.expires.is_some() && !created.complete);
+        let first = append(&pool, &id, chunk(0, &mut &b"abc"[..]), &settings).unwrap();
+        assert_eq!((first.offset, first.complete), (3, false));
+        assert_eq!(first.status.state, State::Uploading);
+        let stored = pool.status(&id).unwrap();
+        assert_eq!(stored.state, State::Incomplete, "the disk keeps incomplete");
+        let last = append(&pool, &id, chunk(3, &mut &b"def"[..]), &settings).unwrap();
+        assert!(last.complete);
+        let file = &last.status.files()[0];
+        assert_eq!(std::fs::read(&file.path).unwrap(), b"abcdef");
+        assert_eq!(
+            file.sha256.as_deref(),
+            Some(hex(&Sha256::digest(b"abcdef")).as_str())
+        );
+        assert_eq!(
+            (file.filename.as_str(), file.content_type.as_str()),
+            ("a.txt", "text/plain")
+        );
+        assert_eq!(last.metadata()["filename"], "a.txt");
+        assert_eq!(
+            last.expires, None,
+            "a complete upload does not expire as incomplete"
+        );
+    }
+
+    #[test]
+    fn a_chunk_past_the_length_leaves_the_stored_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::new(dir.path(), 0o600, false);
+        let id = verify_identifier("r2", None).unwrap();
+        let settings = settings(None);
+        let new = NewUpload {
+            length: Some(4),
+            ..NewUpload::default()
+        };
+        create(&pool, &id, new, None, &settings).unwrap();
+        append(&pool, &id, chunk(0, &mut &b"ab"[..]), &settings).unwrap();
+        // Streamed without a length: refused at the byte past the end.
+        let mut body = &b"cdefgh"[..];
+        let streamed = Chunk {
+            offset: 2,
+            length: None,
+            body: &mut body,
+            body_length: BodyLength::UntilEnd,
+        };
+        let err = append(&pool, &id, streamed, &settings).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UploadSizeExceeded, "{err}");
+        assert_eq!(pool.offset(&id).unwrap(), 2);
+        let data = dir.path().join("r2").join("file-1");
+        assert_eq!(std::fs::read(data).unwrap(), b"ab");
+        // And the upload goes on.
+        let done = append(&pool, &id, chunk(2, &mut &b"cd"[..]), &settings).unwrap();
+        assert!(done.complete);
+    }
+}
