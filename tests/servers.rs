@@ -44,6 +44,7 @@ struct Expect {
 }
 
 fn exercise(site: &Site, expect: Expect) {
+    resumable_methods_reach_fileupload(site);
     progress_mid_upload(site, expect);
     over_size(site);
     if expect.streams {
@@ -52,6 +53,82 @@ fn exercise(site: &Site, expect: Expect) {
     } else {
         two_at_once(site);
     }
+}
+
+/// What resumable uploads send, to an upload URL (`.../upload/files/<id>`)
+/// under the example's location, reaches fileupload: no web server answers
+/// it itself, with a 405 or its own page. Today fileupload answers these with
+/// its JSON 404 (no such endpoint); once it speaks tus, with tus headers:
+/// either proves the request reached it, since no web server sends either.
+fn resumable_methods_reach_fileupload(site: &Site) {
+    let tus = ("Tus-Resumable", "1.0.0");
+    let patch = site.request(
+        "PATCH",
+        "/upload/files/x",
+        &[
+            tus,
+            ("Upload-Offset", "0"),
+            ("Content-Type", "application/offset+octet-stream"),
+        ],
+        b"resumable bytes",
+    );
+    assert_from_fileupload(site, "PATCH", &patch);
+    let delete = site.request("DELETE", "/upload/files/x", &[tus], b"");
+    assert_from_fileupload(site, "DELETE", &delete);
+    let head = site.request("HEAD", "/upload/files/x", &[tus], b"");
+    assert_from_fileupload(site, "HEAD", &head);
+    // tus-js-client's overridePatchMethod, for servers that cannot pass
+    // PATCH: a POST carrying the method in a header.
+    let overridden = site.request(
+        "POST",
+        "/upload/files/x",
+        &[
+            tus,
+            ("X-HTTP-Method-Override", "PATCH"),
+            ("Upload-Offset", "0"),
+            ("Content-Type", "application/offset+octet-stream"),
+        ],
+        b"resumable bytes",
+    );
+    assert_from_fileupload(site, "POST (PATCH override)", &overridden);
+    // A browser's CORS preflight, and tus discovery.
+    let options = site.request("OPTIONS", "/upload/files/x", &[tus], b"");
+    assert_from_fileupload(site, "OPTIONS", &options);
+}
+
+/// `answer` is fileupload's: tus headers, or its JSON error (for HEAD,
+/// which has no body, its JSON headers).
+fn assert_from_fileupload(site: &Site, method: &str, answer: &Answer) {
+    if answer.header("Tus-Resumable") == Some("1.0.0") {
+        return;
+    }
+    let context = || format!("{method} /upload/files/x: {answer:?}\n{}", site.logs_text());
+    assert!(
+        matches!(answer.status, 400..=499),
+        "{method} was not answered as a client error: {}",
+        context()
+    );
+    assert_eq!(
+        answer.header("Content-Type"),
+        Some("application/json"),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        answer.header("Cache-Control"),
+        Some("no-store"),
+        "{}",
+        context()
+    );
+    if method == "HEAD" {
+        assert!(answer.body.is_empty(), "{}", context());
+        return;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&answer.body)
+        .unwrap_or_else(|e| panic!("not fileupload's JSON ({e}): {}", context()));
+    assert_eq!(json["state"], "error", "{}", context());
+    assert_eq!(json["status"], answer.status, "{}", context());
+    common::assert_code_shape(&json, answer.status);
 }
 
 fn progress_mid_upload(site: &Site, expect: Expect) {
@@ -189,41 +266,6 @@ fn two_at_once(site: &Site) {
 }
 
 // ---- the configurations ------------------------------------------------------
-
-/// nginx-fcgiwrap.conf in front of fcgiwrap started from `dropin` (none:
-/// Debian's units as installed), with the program both where the
-/// `/upload` location names it and in a cgi-bin folder for the
-/// `/cgi-bin/fileupload/` location.
-fn start_nginx_fcgiwrap(site: &mut Site, dropin: Option<&str>) {
-    let socket = start_fcgiwrap_with(site, dropin);
-    let cgi_bin = site.path("cgi-bin");
-    std::fs::create_dir(&cgi_bin).unwrap();
-    std::fs::copy(&site.bin, cgi_bin.join("fileupload")).unwrap();
-    let substitutions = [
-        site.program_substitutions(),
-        vec![
-            (
-                "unix:/run/fcgiwrap.socket",
-                format!("unix:{}", socket.display()),
-            ),
-            (
-                "FILEUPLOAD_MAX_SIZE 100;",
-                format!("FILEUPLOAD_MAX_SIZE {MAX_SIZE_MIB};"),
-            ),
-            (
-                "/usr/lib$fastcgi_script_name",
-                format!("{}$fastcgi_script_name", site.dir.path().display()),
-            ),
-        ],
-    ]
-    .concat();
-    start_nginx(site, "nginx-fcgiwrap.conf", &substitutions);
-}
-
-fn children_dropin() -> String {
-    std::fs::read_to_string(Path::new(EXAMPLES).join("systemd/fcgiwrap.service.d/children.conf"))
-        .unwrap()
-}
 
 #[test]
 fn nginx_with_fcgiwrap() {
