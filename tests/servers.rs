@@ -96,6 +96,53 @@ fn resumable_methods_reach_fileupload(site: &Site) {
     assert_from_fileupload(site, "OPTIONS", &options);
 }
 
+/// What the nginx examples warn of: a method restriction in front of the
+/// program (`limit_except`, common hardening) has nginx answer PATCH
+/// itself, with its own HTML page, and the check above tells that answer
+/// from fileupload's.
+#[test]
+fn a_method_restriction_keeps_patch_from_fileupload() {
+    let patch = |site: &Site| {
+        site.request(
+            "PATCH",
+            "/upload/files/x",
+            &[
+                ("Tus-Resumable", "1.0.0"),
+                ("Upload-Offset", "0"),
+                ("Content-Type", "application/offset+octet-stream"),
+            ],
+            b"resumable bytes",
+        )
+    };
+    let mut site = Site::new();
+    let socket = start_systemd_daemon(&mut site);
+    start_nginx_fastcgi(
+        &mut site,
+        &socket,
+        &[(
+            "fastcgi_keep_conn on;",
+            "fastcgi_keep_conn on;\n        limit_except GET POST { deny all; }".to_owned(),
+        )],
+    );
+    refused_by_the_server(&site, &patch(&site));
+    // GET and POST still pass.
+    assert_eq!(site.status("x")["state"], "starting");
+}
+
+fn refused_by_the_server(site: &Site, answer: &Answer) {
+    assert_eq!(answer.status, 403, "{answer:?}\n{}", site.logs_text());
+    assert!(
+        answer
+            .header("Content-Type")
+            .is_some_and(|t| t.starts_with("text/html")),
+        "{answer:?}"
+    );
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_from_fileupload(site, "PATCH", answer)
+    }));
+    assert!(caught.is_err(), "the check took the server's page for ours");
+}
+
 /// `answer` is fileupload's: tus headers, or its JSON error (for HEAD,
 /// which has no body, its JSON headers).
 fn assert_from_fileupload(site: &Site, method: &str, answer: &Answer) {
