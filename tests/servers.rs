@@ -317,7 +317,7 @@ fn two_at_once(site: &Site) {
 #[test]
 fn nginx_with_fcgiwrap() {
     let mut site = Site::new();
-    start_nginx_fcgiwrap(&mut site, Some(&children_dropin()));
+    start_nginx_fcgiwrap(&mut site, Some(&children_dropin()), &[]);
     let expect = Expect {
         streams: true,
         late_410: true,
@@ -340,7 +340,7 @@ fn nginx_with_fcgiwrap() {
 #[test]
 fn debian_fcgiwrap_as_installed_serves_one_request_at_a_time() {
     let mut site = Site::new();
-    start_nginx_fcgiwrap(&mut site, None);
+    start_nginx_fcgiwrap(&mut site, None, &[]);
     let (file, sha) = site.data_file("progress.bin", 3 << 20, 1);
     let mut curl = site.upload("progress", &file, Some("1M"));
     let began = Instant::now();

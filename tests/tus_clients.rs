@@ -205,15 +205,42 @@ enum Transport {
 /// A deployment on `transport`, with room for the tests' files (64 MiB,
 /// the web server's body limit a MiB above, as the examples set it).
 fn deploy(transport: Transport) -> Site {
+    deploy_with(transport, None)
+}
+
+/// The same, with `key_file` as the upload key (`upload_key_file`), set
+/// where the README says: the daemon's and the development server's
+/// environment, and the fcgiwrap example's commented `fastcgi_param`.
+fn deploy_with(transport: Transport, key_file: Option<&Path>) -> Site {
     let mut site = Site::new();
     site.max_size_mib = 64;
     site.server_limit_mib = 65;
+    if let Some(key) = key_file {
+        site.daemon_env.push((
+            "FILEUPLOAD_UPLOAD_KEY_FILE".into(),
+            key.display().to_string(),
+        ));
+    }
     match transport {
         Transport::Serve => start_serve(&mut site),
         Transport::NginxDaemon => {
             start_nginx_with_the_daemon(&mut site);
         }
-        Transport::NginxFcgiwrap => start_nginx_fcgiwrap(&mut site, Some(&children_dropin())),
+        Transport::NginxFcgiwrap => {
+            let extra: Vec<(&str, String)> = key_file
+                .map(|key| {
+                    (
+                        "# fastcgi_param FILEUPLOAD_UPLOAD_KEY_FILE /etc/fileupload/key;",
+                        format!(
+                            "fastcgi_param FILEUPLOAD_UPLOAD_KEY_FILE {};",
+                            key.display()
+                        ),
+                    )
+                })
+                .into_iter()
+                .collect();
+            start_nginx_fcgiwrap(&mut site, Some(&children_dropin()), &extra)
+        }
     }
     site
 }
@@ -580,6 +607,114 @@ fn ietf_draft_05_killed_mid_upload_then_resumed(transport: Transport) {
     killed_mid_upload_then_resumed(transport, "ietf-draft-05");
 }
 
+/// tus-js-client's `overridePatchMethod`, for servers that cannot pass
+/// PATCH: each chunk is a POST with `X-HTTP-Method-Override: PATCH`.
+fn tus_v1_patch_method_override(transport: Transport) {
+    let site = deploy(transport);
+    let (file, bytes) = data(&site, "override.bin", 3 * MIB + 3, 9);
+    let json = succeeded(
+        &site,
+        &tus_js(
+            &site,
+            &file,
+            &["--override-patch", "--chunk-size", &(2 * MIB).to_string()],
+        ),
+    );
+    assert!(sent(&json, "PATCH").is_empty(), "{json}");
+    let overrides: Vec<&Value> = sent(&json, "POST")
+        .into_iter()
+        .filter(|p| p["methodOverride"] == "PATCH")
+        .collect();
+    assert_eq!(overrides.len(), 2, "{json}");
+    for (i, chunk) in overrides.iter().enumerate() {
+        assert_eq!(offset(chunk, "offset"), Some((i * 2 * MIB) as u64));
+        assert_eq!(chunk["status"], 204, "{json}");
+    }
+    assert_stored(&site, json["url"].as_str().unwrap(), &file, &bytes);
+}
+
+/// `uploadDataDuringCreation` (creation-with-upload): the first 2 MiB
+/// chunk is the creating POST's body, and the PATCHes go on from the
+/// offset its answer gave.
+fn tus_v1_creation_with_upload(transport: Transport) {
+    let site = deploy(transport);
+    let (file, bytes) = data(&site, "with-upload.bin", 5 * MIB + 55, 10);
+    let chunk = 2 * MIB;
+    let json = succeeded(
+        &site,
+        &tus_js(
+            &site,
+            &file,
+            &[
+                "--upload-during-creation",
+                "--chunk-size",
+                &chunk.to_string(),
+            ],
+        ),
+    );
+    let posts = sent(&json, "POST");
+    assert_eq!(posts.len(), 1, "{json}");
+    assert_eq!(posts[0]["contentType"], "application/offset+octet-stream");
+    assert_eq!(posts[0]["status"], 201, "{json}");
+    assert_eq!(offset(posts[0], "responseOffset"), Some(chunk as u64));
+    let offsets: Vec<Option<u64>> = sent(&json, "PATCH")
+        .iter()
+        .map(|p| offset(p, "offset"))
+        .collect();
+    assert_eq!(
+        offsets,
+        [Some(chunk as u64), Some(2 * chunk as u64)],
+        "{json}"
+    );
+    assert_stored(&site, json["url"].as_str().unwrap(), &file, &bytes);
+}
+
+/// With an upload key, creation takes the signed identifier the
+/// application issued (`fileupload new-id`), given as an `X-Progress-ID`
+/// header: the upload URL carries it, and the status answers under it.
+/// Without one, creation is refused (403).
+fn signed_identifier_in_a_header(transport: Transport) {
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        keys.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let key = keys.path().join("key");
+    std::fs::write(&key, "a key for the tus client tests\n").unwrap();
+    run_chown(&key);
+    let site = deploy_with(transport, Some(&key));
+    let minted = Command::new(&site.bin)
+        .env_clear()
+        .env("FILEUPLOAD_UPLOAD_KEY_FILE", &key)
+        .arg("new-id")
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let id = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let (file, bytes) = data(&site, "signed.bin", 2 * MIB + 22, 11);
+
+    let refused = tus_js(&site, &file, &[]);
+    assert!(!refused.status.success(), "{}", refused.json);
+    assert_eq!(
+        sent(&refused.json, "POST")[0]["status"],
+        403,
+        "{}",
+        refused.json
+    );
+    assert!(sent(&refused.json, "PATCH").is_empty(), "{}", refused.json);
+
+    let header = format!("X-Progress-ID: {id}");
+    let json = succeeded(&site, &tus_js(&site, &file, &["--header", &header]));
+    let url = json["url"].as_str().unwrap();
+    assert_eq!(
+        identifier(&site, url),
+        id,
+        "the Location carries the signed identifier"
+    );
+    assert_stored(&site, url, &file, &bytes);
+}
+
 /// Every case through every transport, each its own test
 /// (`serve::tus_v1_one_patch`, `nginx_daemon::...`, `nginx_fcgiwrap::...`).
 macro_rules! through_each_transport {
@@ -602,6 +737,9 @@ through_each_transport!(
     parallel_uploads_4,
     upload_length_deferred,
     tus_v1_killed_mid_upload_then_resumed,
+    tus_v1_patch_method_override,
+    tus_v1_creation_with_upload,
+    signed_identifier_in_a_header,
     tuspy_chunks_then_resume,
     ietf_draft_03,
     ietf_draft_05,

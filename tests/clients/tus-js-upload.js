@@ -255,6 +255,7 @@ const upload = new tus.Upload(input, {
       concat: req.getHeader('Upload-Concat') ?? null,
       complete: req.getHeader('Upload-Complete') ?? null,
       contentType: req.getHeader('Content-Type') ?? null,
+      methodOverride: req.getHeader('X-HTTP-Method-Override') ?? null,
     })
   },
   onAfterResponse(req, res) {

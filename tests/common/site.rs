@@ -871,8 +871,8 @@ pub fn start_nginx_fastcgi(site: &mut Site, socket: &Path, extra: &[(&str, Strin
 /// Debian's units as installed), with the program both where the
 /// `/upload` location names it and in a cgi-bin folder for the
 /// `/cgi-bin/fileupload/` location; the site's size limits in place of
-/// the example's.
-pub fn start_nginx_fcgiwrap(site: &mut Site, dropin: Option<&str>) {
+/// the example's, and the test's own `extra` substitutions.
+pub fn start_nginx_fcgiwrap(site: &mut Site, dropin: Option<&str>, extra: &[(&str, String)]) {
     let socket = start_fcgiwrap_with(site, dropin);
     let cgi_bin = site.path("cgi-bin");
     std::fs::create_dir(&cgi_bin).unwrap();
@@ -893,6 +893,7 @@ pub fn start_nginx_fcgiwrap(site: &mut Site, dropin: Option<&str>) {
                 format!("{}$fastcgi_script_name", site.dir.path().display()),
             ),
         ],
+        extra.to_vec(),
     ]
     .concat();
     start_nginx(site, "nginx-fcgiwrap.conf", &substitutions);
