@@ -44,6 +44,7 @@ struct Expect {
 }
 
 fn exercise(site: &Site, expect: Expect) {
+    resumable_methods_reach_fileupload(site);
     progress_mid_upload(site, expect);
     over_size(site);
     if expect.streams {
@@ -52,6 +53,129 @@ fn exercise(site: &Site, expect: Expect) {
     } else {
         two_at_once(site);
     }
+}
+
+/// What resumable uploads send, to an upload URL (`.../upload/files/<id>`)
+/// under the example's location, reaches fileupload: no web server answers
+/// it itself, with a 405 or its own page. Today fileupload answers these with
+/// its JSON 404 (no such endpoint); once it speaks tus, with tus headers:
+/// either proves the request reached it, since no web server sends either.
+fn resumable_methods_reach_fileupload(site: &Site) {
+    let tus = ("Tus-Resumable", "1.0.0");
+    let patch = site.request(
+        "PATCH",
+        "/upload/files/x",
+        &[
+            tus,
+            ("Upload-Offset", "0"),
+            ("Content-Type", "application/offset+octet-stream"),
+        ],
+        b"resumable bytes",
+    );
+    assert_from_fileupload(site, "PATCH", &patch);
+    let delete = site.request("DELETE", "/upload/files/x", &[tus], b"");
+    assert_from_fileupload(site, "DELETE", &delete);
+    let head = site.request("HEAD", "/upload/files/x", &[tus], b"");
+    assert_from_fileupload(site, "HEAD", &head);
+    // tus-js-client's overridePatchMethod, for servers that cannot pass
+    // PATCH: a POST carrying the method in a header.
+    let overridden = site.request(
+        "POST",
+        "/upload/files/x",
+        &[
+            tus,
+            ("X-HTTP-Method-Override", "PATCH"),
+            ("Upload-Offset", "0"),
+            ("Content-Type", "application/offset+octet-stream"),
+        ],
+        b"resumable bytes",
+    );
+    assert_from_fileupload(site, "POST (PATCH override)", &overridden);
+    // A browser's CORS preflight, and tus discovery.
+    let options = site.request("OPTIONS", "/upload/files/x", &[tus], b"");
+    assert_from_fileupload(site, "OPTIONS", &options);
+}
+
+/// What the nginx examples warn of: a method restriction in front of the
+/// program (`limit_except`, common hardening) has nginx answer PATCH
+/// itself, with its own HTML page, and the check above tells that answer
+/// from fileupload's.
+#[test]
+fn a_method_restriction_keeps_patch_from_fileupload() {
+    let patch = |site: &Site| {
+        site.request(
+            "PATCH",
+            "/upload/files/x",
+            &[
+                ("Tus-Resumable", "1.0.0"),
+                ("Upload-Offset", "0"),
+                ("Content-Type", "application/offset+octet-stream"),
+            ],
+            b"resumable bytes",
+        )
+    };
+    let mut site = Site::new();
+    let socket = start_systemd_daemon(&mut site);
+    start_nginx_fastcgi(
+        &mut site,
+        &socket,
+        &[(
+            "fastcgi_keep_conn on;",
+            "fastcgi_keep_conn on;\n        limit_except GET POST { deny all; }".to_owned(),
+        )],
+    );
+    refused_by_the_server(&site, &patch(&site));
+    // GET and POST still pass.
+    assert_eq!(site.status("x")["state"], "starting");
+}
+
+fn refused_by_the_server(site: &Site, answer: &Answer) {
+    assert_eq!(answer.status, 403, "{answer:?}\n{}", site.logs_text());
+    assert!(
+        answer
+            .header("Content-Type")
+            .is_some_and(|t| t.starts_with("text/html")),
+        "{answer:?}"
+    );
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_from_fileupload(site, "PATCH", answer)
+    }));
+    assert!(caught.is_err(), "the check took the server's page for ours");
+}
+
+/// `answer` is fileupload's: tus headers, or its JSON error (for HEAD,
+/// which has no body, its JSON headers).
+fn assert_from_fileupload(site: &Site, method: &str, answer: &Answer) {
+    if answer.header("Tus-Resumable") == Some("1.0.0") {
+        return;
+    }
+    let context = || format!("{method} /upload/files/x: {answer:?}\n{}", site.logs_text());
+    assert!(
+        matches!(answer.status, 400..=499),
+        "{method} was not answered as a client error: {}",
+        context()
+    );
+    assert_eq!(
+        answer.header("Content-Type"),
+        Some("application/json"),
+        "{}",
+        context()
+    );
+    assert_eq!(
+        answer.header("Cache-Control"),
+        Some("no-store"),
+        "{}",
+        context()
+    );
+    if method == "HEAD" {
+        assert!(answer.body.is_empty(), "{}", context());
+        return;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&answer.body)
+        .unwrap_or_else(|e| panic!("not fileupload's JSON ({e}): {}", context()));
+    assert_eq!(json["state"], "error", "{}", context());
+    assert_eq!(json["status"], answer.status, "{}", context());
+    common::assert_code_shape(&json, answer.status);
 }
 
 fn progress_mid_upload(site: &Site, expect: Expect) {
@@ -190,45 +314,10 @@ fn two_at_once(site: &Site) {
 
 // ---- the configurations ------------------------------------------------------
 
-/// nginx-fcgiwrap.conf in front of fcgiwrap started from `dropin` (none:
-/// Debian's units as installed), with the program both where the
-/// `/upload` location names it and in a cgi-bin folder for the
-/// `/cgi-bin/fileupload/` location.
-fn start_nginx_fcgiwrap(site: &mut Site, dropin: Option<&str>) {
-    let socket = start_fcgiwrap_with(site, dropin);
-    let cgi_bin = site.path("cgi-bin");
-    std::fs::create_dir(&cgi_bin).unwrap();
-    std::fs::copy(&site.bin, cgi_bin.join("fileupload")).unwrap();
-    let substitutions = [
-        site.program_substitutions(),
-        vec![
-            (
-                "unix:/run/fcgiwrap.socket",
-                format!("unix:{}", socket.display()),
-            ),
-            (
-                "FILEUPLOAD_MAX_SIZE 100;",
-                format!("FILEUPLOAD_MAX_SIZE {MAX_SIZE_MIB};"),
-            ),
-            (
-                "/usr/lib$fastcgi_script_name",
-                format!("{}$fastcgi_script_name", site.dir.path().display()),
-            ),
-        ],
-    ]
-    .concat();
-    start_nginx(site, "nginx-fcgiwrap.conf", &substitutions);
-}
-
-fn children_dropin() -> String {
-    std::fs::read_to_string(Path::new(EXAMPLES).join("systemd/fcgiwrap.service.d/children.conf"))
-        .unwrap()
-}
-
 #[test]
 fn nginx_with_fcgiwrap() {
     let mut site = Site::new();
-    start_nginx_fcgiwrap(&mut site, Some(&children_dropin()));
+    start_nginx_fcgiwrap(&mut site, Some(&children_dropin()), &[]);
     let expect = Expect {
         streams: true,
         late_410: true,
@@ -251,7 +340,7 @@ fn nginx_with_fcgiwrap() {
 #[test]
 fn debian_fcgiwrap_as_installed_serves_one_request_at_a_time() {
     let mut site = Site::new();
-    start_nginx_fcgiwrap(&mut site, None);
+    start_nginx_fcgiwrap(&mut site, None, &[]);
     let (file, sha) = site.data_file("progress.bin", 3 << 20, 1);
     let mut curl = site.upload("progress", &file, Some("1M"));
     let began = Instant::now();

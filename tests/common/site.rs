@@ -220,6 +220,51 @@ impl Site {
         (status, body)
     }
 
+    /// One request with any method, headers and body (HTTP/1.0, so that
+    /// no server answers in chunks); the status, the header lines and the
+    /// body. Status 0: no answer.
+    pub fn request(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Answer {
+        let target = format!("{}{path_and_query}", self.prefix);
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut head = format!("{method} {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+        for (name, value) in headers {
+            head += &format!("{name}: {value}\r\n");
+        }
+        head += &format!("Content-Length: {}\r\n\r\n", body.len());
+        stream.write_all(head.as_bytes()).unwrap();
+        // A server may answer before reading the whole body (and close).
+        let _ = stream.write_all(body);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(response.len());
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let body = response.get(split + 4..).unwrap_or_default().to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
     pub fn status(&self, id: &str) -> serde_json::Value {
         let (code, body) = self.get(&format!("/upload/status?X-Progress-ID={id}"));
         assert_eq!(code, 200, "status of {id}: {body}\n{}", self.logs_text());
@@ -275,6 +320,27 @@ impl Drop for Site {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
             let _ = child.wait();
         }
+    }
+}
+
+/// An answer from [`Site::request`].
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
@@ -799,4 +865,62 @@ pub fn start_nginx_fastcgi(site: &mut Site, socket: &Path, extra: &[(&str, Strin
     ];
     substitutions.extend(extra.iter().cloned());
     start_nginx(site, "nginx-fastcgi.conf", &substitutions);
+}
+
+/// nginx-fcgiwrap.conf in front of fcgiwrap started from `dropin` (none:
+/// Debian's units as installed), with the program both where the
+/// `/upload` location names it and in a cgi-bin folder for the
+/// `/cgi-bin/fileupload/` location; the site's size limits in place of
+/// the example's, and the test's own `extra` substitutions.
+pub fn start_nginx_fcgiwrap(site: &mut Site, dropin: Option<&str>, extra: &[(&str, String)]) {
+    let socket = start_fcgiwrap_with(site, dropin);
+    let cgi_bin = site.path("cgi-bin");
+    std::fs::create_dir(&cgi_bin).unwrap();
+    std::fs::copy(&site.bin, cgi_bin.join("fileupload")).unwrap();
+    let substitutions = [
+        site.program_substitutions(),
+        vec![
+            (
+                "unix:/run/fcgiwrap.socket",
+                format!("unix:{}", socket.display()),
+            ),
+            (
+                "FILEUPLOAD_MAX_SIZE 100;",
+                format!("FILEUPLOAD_MAX_SIZE {};", site.max_size_mib),
+            ),
+            (
+                "/usr/lib$fastcgi_script_name",
+                format!("{}$fastcgi_script_name", site.dir.path().display()),
+            ),
+        ],
+        extra.to_vec(),
+    ]
+    .concat();
+    start_nginx(site, "nginx-fcgiwrap.conf", &substitutions);
+}
+
+/// The drop-in the README gives fcgiwrap for several processes.
+pub fn children_dropin() -> String {
+    std::fs::read_to_string(Path::new(EXAMPLES).join("systemd/fcgiwrap.service.d/children.conf"))
+        .unwrap()
+}
+
+/// `fileupload serve`, the development server, as the README starts it,
+/// on the site's port, with the site's pool and size limit in its
+/// environment.
+pub fn start_serve(site: &mut Site) {
+    let log = site.path("serve.log");
+    let mut command = Command::new(&site.bin);
+    command
+        .env_clear()
+        .env("FILEUPLOAD_DIRECTORY", &site.pool)
+        .env("FILEUPLOAD_MAX_SIZE", site.max_size_mib.to_string())
+        .arg("serve")
+        .arg("--http")
+        .arg(format!("127.0.0.1:{}", site.port));
+    for (name, value) in &site.daemon_env {
+        command.env(name, value);
+    }
+    site.spawn("fileupload serve", &mut command, Some(log));
+    site.wait_ready();
 }
