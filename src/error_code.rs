@@ -102,6 +102,10 @@ pub enum ErrorCode {
     InvalidUploadLength,
     /// `Upload-Offset` missing or malformed.
     InvalidOffset,
+    /// IETF draft: `Upload-Complete` is not a structured boolean (`?0`,
+    /// `?1`), or is given where the draft forbids it (offset retrieval,
+    /// cancellation), or says complete where the bytes fall short.
+    InvalidUploadComplete,
     /// `Upload-Metadata` malformed (a key twice, a value that is not
     /// base64 of UTF-8 text) or too large.
     InvalidMetadata,
@@ -192,6 +196,7 @@ impl ErrorCode {
         ErrorCode::InvalidContentType,
         ErrorCode::InvalidUploadLength,
         ErrorCode::InvalidOffset,
+        ErrorCode::InvalidUploadComplete,
         ErrorCode::InvalidMetadata,
         ErrorCode::UploadSizeExceeded,
         ErrorCode::Cancelled,
@@ -250,6 +255,7 @@ impl ErrorCode {
             ErrorCode::InvalidContentType => "ERR_INVALID_CONTENT_TYPE",
             ErrorCode::InvalidUploadLength => "ERR_INVALID_UPLOAD_LENGTH",
             ErrorCode::InvalidOffset => "ERR_INVALID_OFFSET",
+            ErrorCode::InvalidUploadComplete => "ERR_INVALID_UPLOAD_COMPLETE",
             ErrorCode::InvalidMetadata => "ERR_INVALID_METADATA",
             ErrorCode::UploadSizeExceeded => "ERR_UPLOAD_SIZE_EXCEEDED",
             ErrorCode::Cancelled => "ERR_CANCELLED",
@@ -305,6 +311,7 @@ impl ErrorCode {
             | ErrorCode::UploadInterrupted
             | ErrorCode::InvalidUploadLength
             | ErrorCode::InvalidOffset
+            | ErrorCode::InvalidUploadComplete
             | ErrorCode::InvalidMetadata => 400,
             ErrorCode::Signature | ErrorCode::NewIdRefused => 403,
             ErrorCode::NotFound | ErrorCode::UploadNotFound => 404,

@@ -8,8 +8,8 @@
 //! | `/upload/status` | GET, HEAD              | status (`clear` flag: clear)  |
 //! | `/upload/status` | DELETE                 | clear                         |
 //! | `/upload/new`    | GET, HEAD, POST        | a fresh identifier (no key)   |
-//! | `/upload/files`  | OPTIONS, POST          | tus: creation                 |
-//! | `/upload/files/<id>` | OPTIONS, HEAD, PATCH, DELETE | tus: offset, chunk, termination |
+//! | `/upload/files`  | OPTIONS, POST          | tus, IETF draft: creation     |
+//! | `/upload/files/<id>` | OPTIONS, HEAD, PATCH, DELETE | tus, IETF draft: offset, chunk, termination |
 //! | anything else    |                        | 404, or the application       |
 //!
 //! Every answer of ours is JSON (JSONP with a valid `callback`, HTML after
@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::error_code::ErrorCode;
 use crate::http::{HttpError, Request, Response, ResponseWriter};
 use crate::identifier::{Identifier, create_identifier, verify_identifier};
-use crate::resumable::{self, tus};
+use crate::resumable::{self, ietf, tus};
 use crate::service::Service;
 use crate::status::Status;
 use crate::upload;
@@ -300,10 +300,19 @@ fn dispatch(
             "GET" | "HEAD" | "POST" => new_identifier(config),
             _ => Err(wrong_method()),
         },
+        // The IETF draft shares the endpoints: its requests say their
+        // interop version, tus requests their Tus-Resumable.
+        Route::Files if ietf::is_ietf(request) => {
+            Ok(Answer::Response(ietf::collection(service, request)))
+        }
         Route::Files => Ok(Answer::Response(tus::collection(service, request))),
         Route::File => {
             let param = params.first().map(String::as_str).unwrap_or_default();
-            Ok(Answer::Response(tus::upload(service, request, param)))
+            Ok(Answer::Response(if ietf::is_ietf(request) {
+                ietf::upload(service, request, param)
+            } else {
+                tus::upload(service, request, param)
+            }))
         }
     }
 }

@@ -26,6 +26,7 @@
 //! liveness rule depends on it); status answers show such an upload as
 //! `uploading` ([`public_status`]).
 
+pub mod ietf;
 pub mod tus;
 
 use std::collections::BTreeMap;

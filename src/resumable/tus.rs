@@ -174,7 +174,10 @@ fn empty(status: u16) -> Response {
 /// The identifier of a new upload: the client's `X-Progress-ID` (query or
 /// header) if it gives one, else a fresh one; with an upload key, only a
 /// signed one the application issued (403 without).
-fn new_identifier(service: &Service, request: &Request<'_>) -> Result<Identifier, HttpError> {
+pub(crate) fn new_identifier(
+    service: &Service,
+    request: &Request<'_>,
+) -> Result<Identifier, HttpError> {
     let key = service.config().upload_key.as_ref();
     let given = request
         .query_param("X-Progress-ID")
@@ -196,7 +199,7 @@ fn new_identifier(service: &Service, request: &Request<'_>) -> Result<Identifier
     }
 }
 
-fn path_identifier(service: &Service, param: &str) -> Result<Identifier, HttpError> {
+pub(crate) fn path_identifier(service: &Service, param: &str) -> Result<Identifier, HttpError> {
     // A client may percent-encode the signature's ':'.
     let text = percent_decode(param);
     Ok(verify_identifier(
