@@ -494,6 +494,7 @@ fn options_gives_the_limits() {
     let answer = limited.ietf("6", "OPTIONS", BASE, &[], b"");
     answer.assert_status(204, "6");
     assert_eq!(answer.header("Upload-Limit"), Some("max-size=1000"));
+    assert_eq!(answer.header("Accept-Patch"), Some(PARTIAL));
     let unlimited = Server::new(&[]);
     let answer = unlimited.ietf("5", "OPTIONS", &format!("{BASE}/x"), &[], b"");
     answer.assert_status(204, "5");
@@ -564,6 +565,26 @@ fn wrong_requests_get_their_status_and_code_and_change_nothing() {
     server
         .ietf(v, "GET", BASE, &[], b"")
         .assert_error(405, v, "ERR_METHOD");
+    // The draft's representation metadata is held to a form's limits.
+    let long_name = format!("attachment; filename=\"{}\"", "n".repeat(1025));
+    server
+        .create(
+            v,
+            &[
+                ("Upload-Complete", "?1"),
+                ("Content-Disposition", &long_name),
+            ],
+            b"abc",
+        )
+        .assert_error(400, v, "ERR_INVALID_METADATA");
+    let long_type = format!("text/{}", "t".repeat(256));
+    server
+        .create(
+            v,
+            &[("Upload-Complete", "?1"), ("Content-Type", &long_type)],
+            b"abc",
+        )
+        .assert_error(400, v, "ERR_INVALID_METADATA");
     assert_eq!(server.buckets(), 0, "no refused creation made an upload");
 
     let id = server
