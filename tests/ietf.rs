@@ -712,3 +712,31 @@ fn with_a_key_creation_needs_a_signed_identifier() {
         )
         .assert_status(201, "6");
 }
+
+/// A creation under an identifier in use (the client's `X-Progress-ID`) is
+/// refused and points nowhere: the upload there is someone else's.
+#[test]
+fn creation_under_an_identifier_in_use_is_refused_without_its_location() {
+    let server = Server::new(&[]);
+    let headers = [
+        ("Upload-Complete", "?0"),
+        ("Upload-Length", "4"),
+        ("X-Progress-ID", "taken-1"),
+    ];
+    let first = server.create("6", &headers, b"");
+    first.assert_status(201, "6");
+    server
+        .append("6", "taken-1", 0, false, b"ab", &[])
+        .assert_status(204, "6");
+    let again = server.create("5", &headers, b"xy");
+    assert_eq!(again.status, 409, "{}", again.text());
+    assert!(
+        again.json()["code"]
+            .as_str()
+            .unwrap()
+            .starts_with("ERR_UPLOAD_")
+    );
+    assert_eq!(again.header("Location"), None, "{}", again.text());
+    assert_eq!(again.header("Upload-Offset"), None, "{}", again.text());
+    assert_eq!(server.stored("taken-1"), b"ab");
+}

@@ -84,9 +84,9 @@ pub fn collection(service: &Service, request: &mut Request<'_>) -> Response {
     let known = version.as_ref().ok().copied();
     let answer = match version {
         Err(error) => Err(error.into()),
-        Ok(version) => match &*tus::method(request) {
+        Ok(_) => match &*tus::method(request) {
             "OPTIONS" => Ok(options(service)),
-            "POST" => create(service, request, version),
+            "POST" => create(service, request),
             _ => Err(wrong_method(request, ALLOWED)),
         },
     };
@@ -481,11 +481,7 @@ fn short_of_complete(progress: &Progress) -> HttpError {
     )
 }
 
-fn create(
-    service: &Service,
-    request: &mut Request<'_>,
-    _version: Interop,
-) -> Result<Response, Failure> {
+fn create(service: &Service, request: &mut Request<'_>) -> Result<Response, Failure> {
     let complete = complete(request)?;
     if request.header("Upload-Offset").is_some() {
         return Err(HttpError::new(
@@ -518,7 +514,12 @@ fn create(
         // A first part that failed leaves the upload made: the client may
         // continue it from the offset given.
         let mut headers = vec![("Upload-Complete", "?0".to_owned())];
-        if let Ok(progress) = resumable::info(service.pool(), &id, &settings) {
+        // An identifier already in use is someone's upload, not this one.
+        let ours = !matches!(
+            error.code,
+            ErrorCode::UploadRunning | ErrorCode::UploadComplete | ErrorCode::StatusUnreadable
+        );
+        if ours && let Ok(progress) = resumable::info(service.pool(), &id, &settings) {
             headers.push(("Location", location.clone()));
             headers.push(("Upload-Offset", progress.offset.to_string()));
         }
