@@ -740,3 +740,46 @@ fn creation_under_an_identifier_in_use_is_refused_without_its_location() {
     assert_eq!(again.header("Upload-Offset"), None, "{}", again.text());
     assert_eq!(server.stored("taken-1"), b"ab");
 }
+
+/// Through CGI (the program run as a web server runs it), each answer
+/// carries its own `Status:` line: a `201` that said nothing would reach
+/// the client as `200`.
+#[test]
+fn through_cgi_every_answer_carries_its_status() {
+    let pool = common::TestPool::new();
+    let ietf = |method: &str, target: &str| {
+        pool.cgi()
+            .request(method, target)
+            .env("HTTP_UPLOAD_DRAFT_INTEROP_VERSION", "6")
+    };
+    let created = ietf("POST", "/upload/files")
+        .env("HTTP_UPLOAD_COMPLETE", "?0")
+        .env("HTTP_UPLOAD_LENGTH", "5")
+        .run(b"");
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.header("Upload-Complete"), Some("?0"));
+    let location = created.header("Location").expect("Location").to_owned();
+    let id = location.rsplit('/').next().unwrap().to_owned();
+    let head = ietf("HEAD", &location).run(b"");
+    assert_eq!(head.status, 204, "{}", head.text());
+    assert_eq!(head.header("Upload-Offset"), Some("0"));
+    let done = ietf("PATCH", &location)
+        .env("CONTENT_TYPE", PARTIAL)
+        .env("CONTENT_LENGTH", "5")
+        .env("HTTP_UPLOAD_OFFSET", "0")
+        .env("HTTP_UPLOAD_COMPLETE", "?0")
+        .run(b"hello");
+    assert_eq!(done.status, 201, "{}", done.text());
+    assert_eq!(done.header("Upload-Complete"), Some("?1"));
+    assert_eq!(done.json()["state"], "done");
+    assert_eq!(
+        std::fs::read(pool.path().join(&id).join("file-1")).unwrap(),
+        b"hello"
+    );
+    ietf("PATCH", &location)
+        .env("CONTENT_TYPE", "text/plain")
+        .env("CONTENT_LENGTH", "1")
+        .env("HTTP_UPLOAD_OFFSET", "5")
+        .run(b"x")
+        .assert_error_code(415, "ERR_INVALID_CONTENT_TYPE", "partial-upload");
+}

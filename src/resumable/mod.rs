@@ -2,8 +2,8 @@
 //! them: create one, tell its offset, append a chunk streamed from a
 //! request body, terminate it, complete it.
 //!
-//! The split is tusd's: a protocol module ([`tus`] today, the IETF draft
-//! later) parses and validates its headers and shapes its answers; this
+//! The split is tusd's: a protocol module ([`tus`], and [`ietf`] for the
+//! IETF draft) parses and validates its headers and shapes its answers; this
 //! module decides what an upload may do (limits, offsets, expiry,
 //! completion) and the pool ([`crate::pool`]) only stores. Nothing here
 //! knows a header name, so a second protocol uses it unchanged.
