@@ -783,3 +783,32 @@ fn through_cgi_every_answer_carries_its_status() {
         .run(b"x")
         .assert_error_code(415, "ERR_INVALID_CONTENT_TYPE", "partial-upload");
 }
+
+/// tus-js-client's `overridePatchMethod` works in the draft's protocols
+/// too: a `POST` to the upload with `X-HTTP-Method-Override: PATCH` is an
+/// append.
+#[test]
+fn a_method_override_stands_for_the_append() {
+    let server = Server::new(&[]);
+    let id = server
+        .create(
+            "5",
+            &[("Upload-Complete", "?0"), ("Upload-Length", "3")],
+            b"",
+        )
+        .id();
+    let answer = server.ietf(
+        "5",
+        "POST",
+        &format!("{BASE}/{id}"),
+        &[
+            ("X-HTTP-Method-Override", "PATCH"),
+            ("Upload-Offset", "0"),
+            ("Upload-Complete", "?1"),
+        ],
+        b"abc",
+    );
+    answer.assert_status(201, "5");
+    assert_eq!(answer.header("Upload-Complete"), Some("?1"));
+    assert_eq!(server.stored(&id), b"abc");
+}
