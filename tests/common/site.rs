@@ -152,11 +152,25 @@ impl Site {
         }
         // Its own process group: a server's helpers (fcgiwrap's preforked
         // children, which outlive their parent) are stopped with it.
-        let child = command
-            .stdout(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        command.stdout(Stdio::null()).process_group(0);
+        // Each site runs a copy of the binary, written just before. While
+        // it was open for writing, a test on another thread may have
+        // forked, and until that child execs it holds the copy open too:
+        // exec then fails with ETXTBSY for a moment (a known race of any
+        // multithreaded program that writes and runs a file).
+        let mut tries = 0;
+        let child = loop {
+            match command.spawn() {
+                Err(e)
+                    if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error())
+                        && tries < 50 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.unwrap_or_else(|e| panic!("starting {name}: {e}")),
+            }
+        };
         self.processes.push((name.to_owned(), child));
     }
 
