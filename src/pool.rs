@@ -557,7 +557,7 @@ impl Pool {
     /// process on any host that shares the pool. The holder sees it at its
     /// next progress tick ([`Upload::release_requested`]), stops, keeps
     /// what it stored, and lets go of the lock; this call then holds it,
-    /// within about one progress interval plus [`LOCK_PATIENCE`]. It gives
+    /// within about one progress interval plus the 100 ms a claim waits for a lock. It gives
     /// up with [`PoolError::Locked`] after `patience`. When several
     /// requests want one upload, the last to ask gets it: each renews its
     /// request while it waits, and each holder lets go when asked. Whoever
