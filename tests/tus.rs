@@ -980,7 +980,7 @@ fn a_chunk_with_a_wrong_checksum_is_discarded_with_460() {
 /// refused.
 #[test]
 fn partial_uploads_are_concatenated_into_one_file() {
-    let server = Server::new(&[("max_size", "10000")]);
+    let server = Server::new(&[("max_size", "10000B")]);
     let data = random_bytes(4000, 22);
     let mut urls = Vec::new();
     let mut ids = Vec::new();
