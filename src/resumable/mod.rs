@@ -902,4 +902,76 @@ mod tests {
         let done = append(&pool, &id, chunk(2, &mut &b"cd"[..]), &settings).unwrap();
         assert!(done.complete);
     }
+
+    /// Bytes this thread has read through system calls (`rchar`): the
+    /// hashing runs in the calling thread, so only its reads are counted.
+    fn thread_reads() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|line| line.strip_prefix("rchar: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn completion_reads_back_only_bytes_never_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::new(dir.path(), 0o600, false);
+        let id = verify_identifier("r3", None).unwrap();
+        let settings = settings(None);
+        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let new = NewUpload {
+            length: Some(data.len() as u64),
+            ..NewUpload::default()
+        };
+        create(&pool, &id, new, None, &settings).unwrap();
+        append(&pool, &id, chunk(0, &mut &data[..1_500_000]), &settings).unwrap();
+        append(&pool, &id, chunk(1_500_000, &mut &data[1_500_000..3_000_000]), &settings)
+            .unwrap();
+        // A request killed after its write, before its save: 500 000 bytes
+        // stored that no state saw.
+        let path = dir.path().join("r3").join("file-1");
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&data[3_000_000..3_500_000]).unwrap();
+        drop(file);
+        let before = thread_reads();
+        let done = append(&pool, &id, chunk(3_500_000, &mut &data[3_500_000..]), &settings).unwrap();
+        let read = thread_reads() - before;
+        assert!(done.complete);
+        assert_eq!(
+            done.status.files()[0].sha256.as_deref(),
+            Some(hex(&Sha256::digest(&data)).as_str())
+        );
+        // The 500 000 unhashed bytes and a few small files (status, state),
+        // never the 4 MB file.
+        assert!(
+            (500_000..600_000).contains(&read),
+            "{read} bytes read to complete"
+        );
+    }
+
+    #[test]
+    fn a_completing_chunk_reads_nothing_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::new(dir.path(), 0o600, false);
+        let id = verify_identifier("r4", None).unwrap();
+        let settings = settings(None);
+        let data = vec![5u8; 3_000_000];
+        let new = NewUpload {
+            length: Some(data.len() as u64),
+            ..NewUpload::default()
+        };
+        create(&pool, &id, new, None, &settings).unwrap();
+        append(&pool, &id, chunk(0, &mut &data[..2_000_000]), &settings).unwrap();
+        let before = thread_reads();
+        let done = append(&pool, &id, chunk(2_000_000, &mut &data[2_000_000..]), &settings).unwrap();
+        let read = thread_reads() - before;
+        assert_eq!(
+            done.status.files()[0].sha256.as_deref(),
+            Some(hex(&Sha256::digest(&data)).as_str())
+        );
+        assert!(read < 64 * 1024, "{read} bytes read to complete");
+    }
 }
