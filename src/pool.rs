@@ -749,7 +749,7 @@ impl Pool {
                 created,
                 resumable: false,
                 settled: false,
-            let_go: AtomicBool::new(false),
+                let_go: AtomicBool::new(false),
             });
         }
         Err(PoolError::Busy)

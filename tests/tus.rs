@@ -957,12 +957,25 @@ fn a_chunk_with_a_wrong_checksum_is_discarded_with_460() {
     assert_eq!(server.head(&id).offset(), 1000, "the offset is unchanged");
     assert_eq!(server.stored(&id), data[..1000]);
     server
-        .patch(&id, 1000, &data[1000..2000], &[("Upload-Checksum", "md5 AAAA")])
+        .patch(
+            &id,
+            1000,
+            &data[1000..2000],
+            &[("Upload-Checksum", "md5 AAAA")],
+        )
         .assert_error(400, "ERR_BAD_CHECKSUM");
     server
-        .patch(&id, 1000, &data[1000..2000], &[("Upload-Checksum", "blake3 AAAA")])
+        .patch(
+            &id,
+            1000,
+            &data[1000..2000],
+            &[("Upload-Checksum", "blake3 AAAA")],
+        )
         .assert_error(400, "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM");
-    let crc = format!("crc32 {}", b64_bytes(&crc32fast::hash(&data[1000..]).to_be_bytes()));
+    let crc = format!(
+        "crc32 {}",
+        b64_bytes(&crc32fast::hash(&data[1000..]).to_be_bytes())
+    );
     server
         .patch(&id, 1000, &data[1000..], &[("Upload-Checksum", &crc)])
         .assert_status(204);
@@ -1004,12 +1017,16 @@ fn partial_uploads_are_concatenated_into_one_file() {
     server
         .create(&[("Upload-Concat", &not_partial)])
         .assert_error(400, "ERR_PARTIAL_NOT_FOUND");
-    let open = server.create(&[("Upload-Length", "9000"), ("Upload-Concat", "partial")]).id();
+    let open = server
+        .create(&[("Upload-Length", "9000"), ("Upload-Concat", "partial")])
+        .id();
     server.patch(&open, 0, &[7; 8000], &[]).assert_status(204);
     server
         .create(&[("Upload-Concat", &format!("final;{BASE}/{open}"))])
         .assert_error(400, "ERR_PARTIAL_INCOMPLETE");
-    server.patch(&open, 8000, &[7; 1000], &[]).assert_status(204);
+    server
+        .patch(&open, 8000, &[7; 1000], &[])
+        .assert_status(204);
     let too_much = format!("final;{BASE}/{open} {BASE}/{} {BASE}/{}", ids[0], ids[1]);
     server
         .create(&[("Upload-Concat", &too_much)])
@@ -1034,7 +1051,10 @@ fn partial_uploads_are_concatenated_into_one_file() {
     assert_eq!(status["files"][0]["filename"], "whole.bin");
     assert_eq!(status["files"][0]["sha256"], sha256_hex(&data).as_str());
     for part in &ids {
-        assert_eq!(server.status(part), serde_json::json!({"state": "starting"}));
+        assert_eq!(
+            server.status(part),
+            serde_json::json!({"state": "starting"})
+        );
     }
     server
         .patch(&id, 4000, b"x", &[])
@@ -1057,10 +1077,15 @@ fn with_a_key_a_final_upload_names_signed_parts_only() {
             ("X-Progress-ID", part.as_str()),
         ])
         .assert_status(201);
-    server.patch(part.as_str(), 0, b"abc", &[]).assert_status(204);
+    server
+        .patch(part.as_str(), 0, b"abc", &[])
+        .assert_status(204);
     let whole = create_identifier(Some(&server.key())).unwrap();
     let header = format!("final;{BASE}/{}", part.as_str());
-    let made = server.create(&[("Upload-Concat", &header), ("X-Progress-ID", whole.as_str())]);
+    let made = server.create(&[
+        ("Upload-Concat", &header),
+        ("X-Progress-ID", whole.as_str()),
+    ]);
     made.assert_status(201);
     assert_eq!(server.stored(whole.name()), b"abc");
 }

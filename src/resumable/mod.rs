@@ -536,7 +536,9 @@ fn proceed(
         let (stop, stopped) = mpsc::channel::<()>();
         let interval = settings.options.progress_interval.unwrap_or(RELEASE_CHECK);
         let (upload, written, resting, unchecked) = (&upload, &written, &resting, &unchecked);
-        scope.spawn(move || let_go_when_asked(upload, written, resting, unchecked, stopped, interval));
+        scope.spawn(move || {
+            let_go_when_asked(upload, written, resting, unchecked, stopped, interval)
+        });
         let ran = receiving::run(upload, status, body, &options, |body, session| {
             copy_chunk(body, &mut file, start, announced, session, written)
         });
@@ -673,7 +675,12 @@ fn saved_hash(upload: &Upload) -> ResumableSha256 {
     let loaded = upload
         .load_hash_state()
         .map_err(|e| e.to_string())
-        .and_then(|bytes| bytes.map(|b| ResumableSha256::from_bytes(&b)).transpose().map_err(|e| e.to_string()));
+        .and_then(|bytes| {
+            bytes
+                .map(|b| ResumableSha256::from_bytes(&b))
+                .transpose()
+                .map_err(|e| e.to_string())
+        });
     match loaded {
         Ok(Some(hash)) => hash,
         Ok(None) => ResumableSha256::new(),
@@ -928,16 +935,30 @@ mod tests {
         };
         create(&pool, &id, new, None, &settings).unwrap();
         append(&pool, &id, chunk(0, &mut &data[..1_500_000]), &settings).unwrap();
-        append(&pool, &id, chunk(1_500_000, &mut &data[1_500_000..3_000_000]), &settings)
-            .unwrap();
+        append(
+            &pool,
+            &id,
+            chunk(1_500_000, &mut &data[1_500_000..3_000_000]),
+            &settings,
+        )
+        .unwrap();
         // A request killed after its write, before its save: 500 000 bytes
         // stored that no state saw.
         let path = dir.path().join("r3").join("file-1");
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         file.write_all(&data[3_000_000..3_500_000]).unwrap();
         drop(file);
         let before = thread_reads();
-        let done = append(&pool, &id, chunk(3_500_000, &mut &data[3_500_000..]), &settings).unwrap();
+        let done = append(
+            &pool,
+            &id,
+            chunk(3_500_000, &mut &data[3_500_000..]),
+            &settings,
+        )
+        .unwrap();
         let read = thread_reads() - before;
         assert!(done.complete);
         assert_eq!(
@@ -966,7 +987,13 @@ mod tests {
         create(&pool, &id, new, None, &settings).unwrap();
         append(&pool, &id, chunk(0, &mut &data[..2_000_000]), &settings).unwrap();
         let before = thread_reads();
-        let done = append(&pool, &id, chunk(2_000_000, &mut &data[2_000_000..]), &settings).unwrap();
+        let done = append(
+            &pool,
+            &id,
+            chunk(2_000_000, &mut &data[2_000_000..]),
+            &settings,
+        )
+        .unwrap();
         let read = thread_reads() - before;
         assert_eq!(
             done.status.files()[0].sha256.as_deref(),
