@@ -2,7 +2,6 @@
 //! process per request as under fcgiwrap: a client that went silent
 //! mid-PATCH and reconnects, two PATCHes at once, and the `fsync` setting.
 
-#[allow(dead_code)]
 mod common;
 
 use std::io::Write;
