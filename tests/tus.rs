@@ -1409,3 +1409,113 @@ fn a_killed_receiver_leaves_the_upload_resumable_for_the_next_process() {
     assert_eq!(status["state"], "done", "{status}");
     assert_eq!(status["files"][0]["sha256"], sha256_hex(&data).as_str());
 }
+
+/// The command line gives the stored status as it is: a resumable upload
+/// between requests is `incomplete` there, `uploading` over HTTP; once
+/// complete, `fileupload path` gives its file as for any upload.
+#[test]
+fn the_command_line_shows_a_paused_upload_as_stored_incomplete() {
+    let pool = common::TestPool::new();
+    let tus = |method: &str, target: &str| {
+        pool.cgi()
+            .request(method, target)
+            .env("HTTP_TUS_RESUMABLE", "1.0.0")
+    };
+    let created = tus("POST", "/upload/files")
+        .env("HTTP_UPLOAD_LENGTH", "10")
+        .run(b"");
+    assert_eq!(created.status, 201, "{}", created.text());
+    let location = created.header("Location").unwrap().to_owned();
+    let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+    let first = tus("PATCH", &location)
+        .env("CONTENT_TYPE", CHUNK)
+        .env("HTTP_UPLOAD_OFFSET", "0")
+        .env("CONTENT_LENGTH", "4")
+        .run(b"abcd");
+    assert_eq!(first.status, 204, "{}", first.text());
+    let out = pool.cli(&["status", &id]);
+    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stored["state"], "incomplete", "{stored}");
+    assert_eq!(common::status_of(&pool.cgi(), &id)["state"], "uploading");
+    let rest = tus("PATCH", &location)
+        .env("CONTENT_TYPE", CHUNK)
+        .env("HTTP_UPLOAD_OFFSET", "4")
+        .env("CONTENT_LENGTH", "6")
+        .run(b"efghij");
+    assert_eq!(rest.status, 204, "{}", rest.text());
+    let out = pool.cli(&["path", &id]);
+    let path = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(std::fs::read(path.trim()).unwrap(), b"abcdefghij");
+}
+
+/// Middleware mode: the request that completes a resumable upload hands it
+/// to the application as a completed form upload is (a JSON POST of its
+/// status, `FILEUPLOAD_FILE` set), and the application's answer goes out
+/// with the tus headers added; a chunk that does not complete it, and a
+/// partial upload, are answered by tus alone.
+#[test]
+fn in_middleware_mode_a_completed_upload_is_handed_to_the_application() {
+    use std::os::unix::fs::PermissionsExt;
+    let pool = common::TestPool::new();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("app.cgi");
+    std::fs::write(
+        &app,
+        "#!/bin/sh\nprintf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\nX-App: yes\\r\\n\\r\\n'\n\
+         echo \"method=$REQUEST_METHOD\"\necho \"file=$FILEUPLOAD_FILE\"\necho \"id=$FILEUPLOAD_IDENTIFIER\"\ncat\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tus = |method: &str, target: &str| {
+        pool.cgi()
+            .request(method, target)
+            .env("HTTP_TUS_RESUMABLE", "1.0.0")
+            .env("FILEUPLOAD_APP", app.to_str().unwrap())
+    };
+    let create = |extra: &[(&str, &str)]| {
+        let mut cgi = tus("POST", "/upload/files").env("HTTP_UPLOAD_LENGTH", "10");
+        for (name, value) in extra {
+            cgi = cgi.env(name, value);
+        }
+        let created = cgi.run(b"");
+        assert_eq!(created.status, 201, "{}", created.text());
+        assert_eq!(created.header("X-App"), None);
+        created.header("Location").unwrap().to_owned()
+    };
+    let patch = |location: &str, offset: usize, body: &[u8]| {
+        tus("PATCH", location)
+            .env("CONTENT_TYPE", CHUNK)
+            .env("HTTP_UPLOAD_OFFSET", &offset.to_string())
+            .env("CONTENT_LENGTH", &body.len().to_string())
+            .run(body)
+    };
+    let location = create(&[]);
+    let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+    let first = patch(&location, 0, b"abcd");
+    assert_eq!(first.status, 204, "{}", first.text());
+    assert_eq!(first.header("X-App"), None, "not complete: not handed over");
+    let last = patch(&location, 4, b"efghij");
+    assert_eq!(last.status, 200, "{}", last.text());
+    assert_eq!(last.header("X-App"), Some("yes"));
+    assert_eq!(last.header("Tus-Resumable"), Some("1.0.0"));
+    assert_eq!(last.header("Upload-Offset"), Some("10"));
+    let text = String::from_utf8_lossy(&last.body).into_owned();
+    let file = pool.path().join(&id).join("file-1");
+    assert!(text.contains("method=POST\n"), "{text}");
+    assert!(text.contains(&format!("id={id}\n")), "{text}");
+    assert!(
+        text.contains(&format!("file={}\n", file.display())),
+        "{text}"
+    );
+    let json: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(json["state"], "done", "{json}");
+    assert_eq!(
+        json["files"][0]["sha256"],
+        sha256_hex(b"abcdefghij").as_str()
+    );
+    // A partial upload is only a part.
+    let partial = create(&[("HTTP_UPLOAD_CONCAT", "partial")]);
+    let done = patch(&partial, 0, b"0123456789");
+    assert_eq!(done.status, 204, "{}", done.text());
+    assert_eq!(done.header("X-App"), None);
+}

@@ -23,6 +23,7 @@ use crate::http::{HttpError, Request, Response, percent_decode};
 use crate::identifier::{Identifier, create_identifier, verify_identifier};
 use crate::resumable::{self, Chunk, NewUpload, Progress, Settings};
 use crate::service::Service;
+use crate::status::Status;
 use crate::transfer_encoding::{Decoder, TransferEncoding};
 use crate::upload::{MAX_CONTENT_TYPE_BYTES, MAX_FIELD_BYTES, MAX_FILENAME_BYTES};
 
@@ -49,20 +50,33 @@ pub fn is_bulk(request: &Request<'_>) -> bool {
     matches!(&*method(request), "POST" | "PATCH")
 }
 
+/// A tus answer, and the upload the request completed (never a partial
+/// one): in middleware mode the application gets it, as it gets a
+/// completed form upload, and its answer goes out with this one's headers.
+pub struct Answered {
+    pub response: Response,
+    pub completed: Option<Box<Status>>,
+}
+
 /// `.../upload/files`: `OPTIONS`, `POST`.
-pub fn collection(service: &Service, request: &mut Request<'_>) -> Response {
+pub fn collection(service: &Service, request: &mut Request<'_>) -> Answered {
+    let mut completed = None;
     let answer = match &*method(request) {
         "OPTIONS" => Ok(options(service)),
-        "POST" => checked(request).and_then(|()| create(service, request)),
+        "POST" => checked(request).and_then(|()| create(service, request, &mut completed)),
         _ => Err(wrong_method(request, "OPTIONS, POST")),
     };
-    finish(request, answer, "OPTIONS, POST")
+    Answered {
+        response: finish(request, answer, "OPTIONS, POST"),
+        completed,
+    }
 }
 
 /// `.../upload/files/<id>`: `OPTIONS`, `HEAD`, `PATCH`, `DELETE`.
-pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Response {
+pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Answered {
     const ALLOWED: &str = "OPTIONS, HEAD, PATCH, DELETE";
     let method = method(request).into_owned();
+    let mut completed = None;
     let answer = if method == "OPTIONS" {
         Ok(options(service))
     } else {
@@ -76,7 +90,7 @@ pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Resp
                     let collection = path.rsplit_once('/').map_or("", |(c, _)| c);
                     Ok(described(&progress, collection))
                 }
-                "PATCH" => patch(service, request, &id, &settings),
+                "PATCH" => patch(service, request, &id, &settings, &mut completed),
                 "DELETE" => {
                     resumable::terminate(service.pool(), &id)?;
                     Ok(empty(204))
@@ -85,7 +99,16 @@ pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Resp
             }
         })
     };
-    finish(request, answer, ALLOWED)
+    Answered {
+        response: finish(request, answer, ALLOWED),
+        completed,
+    }
+}
+
+/// The status of an upload this request completed, for middleware mode;
+/// a partial upload is only a part, never handed over.
+fn completed_by(progress: &Progress) -> Option<Box<Status>> {
+    (progress.complete && !progress.status.partial).then(|| Box::new(progress.status.clone()))
 }
 
 /// An answer with the headers every tus answer has; errors as JSON.
@@ -250,10 +273,14 @@ fn concat(service: &Service, request: &Request<'_>) -> Result<Concat, HttpError>
     Ok(Concat::Final(parts))
 }
 
-fn create(service: &Service, request: &mut Request<'_>) -> Result<Response, Failure> {
+fn create(
+    service: &Service,
+    request: &mut Request<'_>,
+    completed: &mut Option<Box<Status>>,
+) -> Result<Response, Failure> {
     let concat = concat(service, request)?;
     if let Concat::Final(parts) = concat {
-        return create_final(service, request, &parts);
+        return create_final(service, request, &parts, completed);
     }
     let length = match (
         request.header("Upload-Length"),
@@ -318,6 +345,7 @@ fn create(service: &Service, request: &mut Request<'_>) -> Result<Response, Fail
     };
     match created {
         Ok(progress) => {
+            *completed = completed_by(&progress);
             let mut response = empty(201)
                 .with_header("Location", &location)
                 .with_header("Upload-Offset", &progress.offset.to_string());
@@ -346,6 +374,7 @@ fn create_final(
     service: &Service,
     request: &mut Request<'_>,
     parts: &[Identifier],
+    completed: &mut Option<Box<Status>>,
 ) -> Result<Response, Failure> {
     if request.header("Upload-Length").is_some() || request.header("Upload-Defer-Length").is_some()
     {
@@ -372,6 +401,7 @@ fn create_final(
     };
     let settings = Settings::from_config(service.config());
     let progress = resumable::concatenate(service.pool(), &id, new, parts, &settings)?;
+    *completed = completed_by(&progress);
     Ok(empty(201)
         .with_header("Location", &format!("{}/{}", request.path(), id.as_str()))
         .with_header("Upload-Offset", &progress.offset.to_string()))
@@ -382,6 +412,7 @@ fn patch(
     request: &mut Request<'_>,
     id: &Identifier,
     settings: &Settings,
+    completed: &mut Option<Box<Status>>,
 ) -> Result<Response, Failure> {
     if !is_chunk_type(request.content_type()) {
         return Err(HttpError::new(
@@ -420,6 +451,7 @@ fn patch(
     };
     let progress =
         resumable::append_checked(service.pool(), id, chunk, checksum.as_ref(), settings)?;
+    *completed = completed_by(&progress);
     let mut response = empty(204).with_header("Upload-Offset", &progress.offset.to_string());
     if let Some(expires) = progress.expires {
         response = response.with_header("Upload-Expires", &http_date(expires));
