@@ -87,7 +87,7 @@ fn a_reconnected_client_takes_over_from_its_silent_request() {
     assert_eq!(rest.header("Upload-Offset"), Some("1048576"));
     println!("reconnect to 204 (HEAD, takeover, 748 KiB): {took:?}");
     assert!(
-        took < INTERVAL * 2 + Duration::from_millis(600),
+        took < INTERVAL * 2 + Duration::from_secs(1),
         "the takeover took {took:?}"
     );
     // The old request wakes at last: it stores nothing, and says why.
