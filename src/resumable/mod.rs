@@ -20,7 +20,13 @@
 //!   the bytes that reached the file stay, and the upload stays resumable
 //!   from there, which is the point of a resumable upload;
 //! - cancelled (cleared or terminated while it ran): the bucket is gone
-//!   already, nothing is written.
+//!   already, nothing is written;
+//! - taken over (a later request for the upload asked for it): what it
+//!   stored stays, the offset and hash state are recorded, and the lock is
+//!   let go of from a thread beside the reader, which a silent client may
+//!   block for good;
+//! - a chunk with a checksum that does not match, or that does not arrive
+//!   whole: cut back, as a refused one.
 //!
 //! Between requests the stored state is [`State::Incomplete`] (the pool's
 //! liveness rule depends on it); status answers show such an upload as
