@@ -81,6 +81,64 @@ pub fn hand_over(
     run_or_answer(program, env, &mut body, out, false)
 }
 
+/// Hands a resumable upload that a request just completed to the
+/// application, as [`hand_over`] does a form upload, and sends its answer
+/// with the protocol's own headers added (`Tus-Resumable`,
+/// `Upload-Offset`, a creation's `Location`): the client is a tus client,
+/// and it learns from them that its upload is complete. An application
+/// should answer it with a 2xx status.
+pub fn hand_over_resumable(
+    program: &Path,
+    config: &Config,
+    request: &Request<'_>,
+    status: &Status,
+    protocol: &Response,
+    out: &mut dyn ResponseWriter,
+) -> io::Result<()> {
+    let headers = protocol
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            !name.eq_ignore_ascii_case("Content-Length")
+                && !name.eq_ignore_ascii_case("Content-Type")
+        })
+        .cloned()
+        .collect();
+    let mut out = WithHeaders {
+        inner: out,
+        headers,
+    };
+    hand_over(program, config, request, status, &mut out)
+}
+
+/// A writer that adds headers to the answer it starts (replacing the
+/// application's of the same name).
+struct WithHeaders<'a> {
+    inner: &'a mut dyn ResponseWriter,
+    headers: Vec<(String, String)>,
+}
+
+impl ResponseWriter for WithHeaders<'_> {
+    fn start(
+        &mut self,
+        status: u16,
+        headers: &[(String, String)],
+    ) -> io::Result<&mut dyn io::Write> {
+        let mut all: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(name, _)| {
+                !self
+                    .headers
+                    .iter()
+                    .any(|(ours, _)| ours.eq_ignore_ascii_case(name))
+            })
+            .cloned()
+            .collect();
+        all.extend(self.headers.iter().cloned());
+        self.inner.start(status, &all)
+    }
+}
+
 fn set(env: &mut Vec<(String, String)>, name: &str, value: &str) {
     env.retain(|(n, _)| n != name);
     env.push((name.to_owned(), value.to_owned()));

@@ -104,6 +104,8 @@ enum Answer {
     /// A completed upload: answered by us, or handed to the application.
     /// (Boxed: a status is several times the size of a response.)
     Uploaded(Box<Status>),
+    /// A resumable upload's answer; the upload, if the request completed it.
+    Resumable(Response, Option<Box<Status>>),
 }
 
 /// Answers one request.
@@ -239,6 +241,12 @@ pub fn answer(
             Some(program) => return app::hand_over(program, config, request, &status, out),
             None => upload_response(request, &status),
         },
+        Ok(Answer::Resumable(response, completed)) => match (&config.app, completed) {
+            (Some(program), Some(status)) => {
+                return app::hand_over_resumable(program, config, request, &status, &response, out);
+            }
+            _ => response,
+        },
         Ok(Answer::Response(response)) => response,
         Err(err) => {
             if err.status() >= 500 {
@@ -305,14 +313,17 @@ fn dispatch(
         Route::Files if ietf::is_ietf(request) => {
             Ok(Answer::Response(ietf::collection(service, request)))
         }
-        Route::Files => Ok(Answer::Response(tus::collection(service, request))),
+        Route::Files => {
+            let answered = tus::collection(service, request);
+            Ok(Answer::Resumable(answered.response, answered.completed))
+        }
         Route::File => {
             let param = params.first().map(String::as_str).unwrap_or_default();
-            Ok(Answer::Response(if ietf::is_ietf(request) {
-                ietf::upload(service, request, param)
-            } else {
-                tus::upload(service, request, param)
-            }))
+            if ietf::is_ietf(request) {
+                return Ok(Answer::Response(ietf::upload(service, request, param)));
+            }
+            let answered = tus::upload(service, request, param);
+            Ok(Answer::Resumable(answered.response, answered.completed))
         }
     }
 }

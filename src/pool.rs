@@ -78,7 +78,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -651,6 +651,7 @@ impl Pool {
             created: false,
             resumable: true,
             settled: false,
+            let_go: AtomicBool::new(false),
         })
     }
 
@@ -748,6 +749,7 @@ impl Pool {
                 created,
                 resumable: false,
                 settled: false,
+                let_go: AtomicBool::new(false),
             });
         }
         Err(PoolError::Busy)
@@ -1200,6 +1202,9 @@ pub struct Upload {
     /// it resumable.
     resumable: bool,
     settled: bool,
+    /// Let go of by [`Upload::let_go`]: the bucket is another request's
+    /// now, so nothing is written through this claim any more.
+    let_go: AtomicBool,
 }
 
 impl Upload {
@@ -1260,6 +1265,7 @@ impl Upload {
     /// hashed (after a crash) and for copying the data.
     pub fn open_data_at(&self, offset: u64) -> Result<File, PoolError> {
         self.require_resumable("open_data_at on an upload that is not resumable")?;
+        self.still_ours()?;
         if self.is_cancelled() {
             return Err(PoolError::Cancelled);
         }
@@ -1316,6 +1322,7 @@ impl Upload {
     /// next request hashes from the start.
     pub fn truncate_data(&self, offset: u64) -> Result<(), PoolError> {
         self.require_resumable("truncate_data on an upload that is not resumable")?;
+        self.still_ours()?;
         let fd = match open_data(&self.bucket, OFlags::WRONLY) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => return Ok(()),
@@ -1359,6 +1366,7 @@ impl Upload {
     /// [`MAX_HASH_STATE_BYTES`] is [`PoolError::Misuse`].
     pub fn save_hash_state(&self, state: &[u8]) -> Result<(), PoolError> {
         self.require_resumable("save_hash_state on an upload that is not resumable")?;
+        self.still_ours()?;
         if state.len() > MAX_HASH_STATE_BYTES {
             return Err(PoolError::Misuse(
                 "a hash state larger than MAX_HASH_STATE_BYTES",
@@ -1485,6 +1493,7 @@ impl Upload {
     }
 
     fn replace_status(&self, status: &Status, durable: bool) -> Result<(), PoolError> {
+        self.still_ours()?;
         write_status_file(&self.bucket, status, self.file_mode, durable)
             .map_err(io_error(format!(
                 "cannot write status of upload {}",
@@ -1512,6 +1521,35 @@ impl Upload {
     pub fn release_requested(&self) -> bool {
         self.resumable
             && rustix::fs::statat(&self.bucket, RELEASE, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    }
+
+    /// Pauses this resumable upload as [`Upload::pause`] does (the status
+    /// records the stored offset, synced with `fsync`) and lets go of its
+    /// lock at once, from any thread, while the request's reader may still
+    /// be blocked on a client that went silent: that is the one case a
+    /// progress tick cannot end the request, and the case
+    /// [`Pool::take_over`] is for. From then on every write through this
+    /// claim is refused with [`PoolError::Superseded`] (the bucket is the
+    /// next holder's), and dropping it touches nothing.
+    ///
+    /// The caller stops writing data first: bytes appended after this
+    /// would land in the next holder's upload.
+    pub fn let_go(&self, status: &Status) -> Result<(), PoolError> {
+        self.require_resumable("let_go on an upload that is not resumable")?;
+        self.still_ours()?;
+        let paused = self.record_paused(status);
+        self.let_go.store(true, Ordering::Release);
+        self._lock
+            .unlock()
+            .map_err(io_error("cannot unlock upload folder"))?;
+        paused
+    }
+
+    fn still_ours(&self) -> Result<(), PoolError> {
+        match self.let_go.load(Ordering::Acquire) {
+            true => Err(PoolError::Superseded),
+            false => Ok(()),
+        }
     }
 
     /// Whether the bucket was cleared (renamed out of the pool) since the
@@ -1593,6 +1631,9 @@ impl Upload {
 
     /// Gives back the room held for the final status, just before writing it.
     fn release_reserve(&self) {
+        if self.let_go.load(Ordering::Acquire) {
+            return; // the reserve there is the new holder's
+        }
         let _ = rustix::fs::unlinkat(&self.bucket, RESERVE, AtFlags::empty());
     }
 
@@ -1640,6 +1681,9 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        if self.let_go.load(Ordering::Acquire) {
+            return;
+        }
         if !self.settled && self.resumable {
             // The status on disk says `incomplete` (see `write_status`) and
             // the offset is the file's length: nothing false is left.

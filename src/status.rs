@@ -125,6 +125,15 @@ pub struct Status {
     /// change plus `max_age`), in a status answer only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<u64>,
+    /// A part of a concatenated upload (tus `Upload-Concat: partial`):
+    /// complete when its bytes are, but never handed to an application,
+    /// and removed once a final upload is made of it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// The identifiers of the partial uploads a final (concatenated)
+    /// upload was made of, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<FileInfo>>,
     /// Ordinary (non-file) form fields.
@@ -150,6 +159,8 @@ impl Status {
             resumable: false,
             offset: None,
             expires: None,
+            partial: false,
+            parts: None,
             files: None,
             fields: None,
         }

@@ -296,7 +296,14 @@ fn options_lists_what_is_implemented_without_needing_a_version() {
         assert_eq!(answer.header("Tus-Version"), Some("1.0.0"));
         assert_eq!(
             answer.header("Tus-Extension"),
-            Some("creation,creation-with-upload,creation-defer-length,termination,expiration")
+            Some(
+                "creation,creation-with-upload,creation-defer-length,termination,expiration,\
+                 checksum,concatenation"
+            )
+        );
+        assert_eq!(
+            answer.header("Tus-Checksum-Algorithm"),
+            Some("sha1,md5,crc32,sha256")
         );
         assert_eq!(answer.header("Tus-Max-Size"), Some("1048576"));
         assert_eq!(answer.header("Content-Length"), None, "a 204 has none");
@@ -872,8 +879,12 @@ fn a_clear_removes_a_resting_upload_as_a_termination_does() {
         .assert_error(404, "ERR_UPLOAD_NOT_FOUND");
 }
 
+/// The client's earlier PATCH still runs (its connection went silent, no
+/// FIN): the later one takes the upload over within about two progress
+/// intervals, the earlier is answered ERR_UPLOAD_INTERRUPTED with its bytes
+/// kept, and whatever it is sent afterwards is never stored.
 #[test]
-fn a_second_patch_while_one_runs_is_refused_and_changes_nothing() {
+fn a_second_patch_takes_over_from_one_that_runs() {
     let server = Server::new(&[]);
     let id = server.create(&[("Upload-Length", "1000")]).id();
     let (feed, fed) = mpsc::channel();
@@ -897,14 +908,186 @@ fn a_second_patch_while_one_runs_is_refused_and_changes_nothing() {
             (server.head(&id).offset() == 100).then_some(())
         })
         .expect("the first PATCH never stored its bytes");
+        // A stale offset is 409 once the later request holds the upload.
+        let started = std::time::Instant::now();
         server
-            .patch(&id, 100, &[2; 50], &[])
-            .assert_error(409, "ERR_UPLOAD_RUNNING");
-        feed.send(Ok(vec![1; 500])).unwrap();
+            .patch(&id, 0, &[2; 50], &[])
+            .assert_error(409, "ERR_MISMATCHED_OFFSET");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        server.patch(&id, 100, &[2; 50], &[]).assert_status(204);
+        // The earlier one wakes: it writes nothing more.
+        let _ = feed.send(Ok(vec![1; 500]));
         drop(feed);
-        first.join().unwrap().assert_status(204);
+        first
+            .join()
+            .unwrap()
+            .assert_error(400, "ERR_UPLOAD_INTERRUPTED");
     });
-    assert_eq!(server.stored(&id), vec![1; 600], "never interleaved");
+    let mut expected = vec![1; 100];
+    expected.extend_from_slice(&[2; 50]);
+    assert_eq!(server.stored(&id), expected, "never interleaved");
+    assert_eq!(server.head(&id).offset(), 150);
+}
+
+fn b64_bytes(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn a_chunk_with_a_wrong_checksum_is_discarded_with_460() {
+    use sha1::Digest as _;
+    let server = Server::new(&[]);
+    let data = random_bytes(3000, 21);
+    let id = server.create(&[("Upload-Length", "3000")]).id();
+    let sha1 = |bytes: &[u8]| b64_bytes(&sha1::Sha1::digest(bytes));
+    let good = format!("sha1 {}", sha1(&data[..1000]));
+    server
+        .patch(&id, 0, &data[..1000], &[("Upload-Checksum", &good)])
+        .assert_status(204);
+    // The digest of other bytes: refused after the whole chunk streamed.
+    let wrong = format!("sha1 {}", sha1(b"other bytes"));
+    server
+        .patch(&id, 1000, &data[1000..2000], &[("Upload-Checksum", &wrong)])
+        .assert_error(460, "ERR_CHECKSUM_MISMATCH");
+    assert_eq!(server.head(&id).offset(), 1000, "the offset is unchanged");
+    assert_eq!(server.stored(&id), data[..1000]);
+    server
+        .patch(
+            &id,
+            1000,
+            &data[1000..2000],
+            &[("Upload-Checksum", "md5 AAAA")],
+        )
+        .assert_error(400, "ERR_BAD_CHECKSUM");
+    server
+        .patch(
+            &id,
+            1000,
+            &data[1000..2000],
+            &[("Upload-Checksum", "blake3 AAAA")],
+        )
+        .assert_error(400, "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM");
+    let crc = format!(
+        "crc32 {}",
+        b64_bytes(&crc32fast::hash(&data[1000..]).to_be_bytes())
+    );
+    server
+        .patch(&id, 1000, &data[1000..], &[("Upload-Checksum", &crc)])
+        .assert_status(204);
+    assert_eq!(server.stored(&id), data);
+    // The whole file's digest is right although a chunk was cut away: the
+    // saved hash state was put back to before it.
+    let status = server.status(&id);
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["files"][0]["sha256"], sha256_hex(&data).as_str());
+}
+
+/// Four partial uploads, then the final one naming them by absolute URL
+/// and by path: one file, the parts gone; HEAD of it says what it was made
+/// of; an ordinary upload, an incomplete part or a total over max_size are
+/// refused.
+#[test]
+fn partial_uploads_are_concatenated_into_one_file() {
+    let server = Server::new(&[("max_size", "10000B")]);
+    let data = random_bytes(4000, 22);
+    let mut urls = Vec::new();
+    let mut ids = Vec::new();
+    for (i, part) in data.chunks(1000).enumerate() {
+        let created = server.create(&[("Upload-Length", "1000"), ("Upload-Concat", "partial")]);
+        created.assert_status(201);
+        let id = created.id();
+        server.patch(&id, 0, part, &[]).assert_status(204);
+        let head = server.head(&id);
+        assert_eq!(head.header("Upload-Concat"), Some("partial"));
+        assert_eq!(server.status(&id)["partial"], true);
+        urls.push(match i % 2 {
+            0 => format!("https://uploads.example{BASE}/{id}"),
+            _ => format!("{BASE}/{id}"),
+        });
+        ids.push(id);
+    }
+    let ordinary = server.create(&[("Upload-Length", "10")]).id();
+    server.patch(&ordinary, 0, &[7; 10], &[]).assert_status(204);
+    let not_partial = format!("final;{BASE}/{ordinary}");
+    server
+        .create(&[("Upload-Concat", &not_partial)])
+        .assert_error(400, "ERR_PARTIAL_NOT_FOUND");
+    let open = server
+        .create(&[("Upload-Length", "9000"), ("Upload-Concat", "partial")])
+        .id();
+    server.patch(&open, 0, &[7; 8000], &[]).assert_status(204);
+    server
+        .create(&[("Upload-Concat", &format!("final;{BASE}/{open}"))])
+        .assert_error(400, "ERR_PARTIAL_INCOMPLETE");
+    server
+        .patch(&open, 8000, &[7; 1000], &[])
+        .assert_status(204);
+    let too_much = format!("final;{BASE}/{open} {BASE}/{} {BASE}/{}", ids[0], ids[1]);
+    server
+        .create(&[("Upload-Concat", &too_much)])
+        .assert_error(413, "ERR_TOO_LARGE");
+    let header = format!("final;{}", urls.join(" "));
+    let metadata = format!("filename {}", b64("whole.bin"));
+    let made = server.create(&[("Upload-Concat", &header), ("Upload-Metadata", &metadata)]);
+    made.assert_status(201);
+    let id = made.id();
+    let head = server.head(&id);
+    head.assert_status(200);
+    assert_eq!(head.offset(), 4000);
+    assert_eq!(head.header("Upload-Length"), Some("4000"));
+    let parts: Vec<String> = ids.iter().map(|p| format!("{BASE}/{p}")).collect();
+    assert_eq!(
+        head.header("Upload-Concat"),
+        Some(format!("final;{}", parts.join(" ")).as_str())
+    );
+    assert_eq!(server.stored(&id), data);
+    let status = server.status(&id);
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["files"][0]["filename"], "whole.bin");
+    assert_eq!(status["files"][0]["sha256"], sha256_hex(&data).as_str());
+    for part in &ids {
+        assert_eq!(
+            server.status(part),
+            serde_json::json!({"state": "starting"})
+        );
+    }
+    server
+        .patch(&id, 4000, b"x", &[])
+        .assert_error(409, "ERR_UPLOAD_COMPLETE");
+}
+
+/// With a key, the parts named in a final upload are verified as any
+/// identifier in a path: an unsigned one is 403.
+#[test]
+fn with_a_key_a_final_upload_names_signed_parts_only() {
+    let server = Server::new(&[("upload_key", "a key of at least thirty-two bytes!!")]);
+    server
+        .create(&[("Upload-Concat", &format!("final;{BASE}/plain-name"))])
+        .assert_error(403, "ERR_SIGNATURE");
+    let part = create_identifier(Some(&server.key())).unwrap();
+    server
+        .create(&[
+            ("Upload-Length", "3"),
+            ("Upload-Concat", "partial"),
+            ("X-Progress-ID", part.as_str()),
+        ])
+        .assert_status(201);
+    server
+        .patch(part.as_str(), 0, b"abc", &[])
+        .assert_status(204);
+    let whole = create_identifier(Some(&server.key())).unwrap();
+    let header = format!("final;{BASE}/{}", part.as_str());
+    let made = server.create(&[
+        ("Upload-Concat", &header),
+        ("X-Progress-ID", whole.as_str()),
+    ]);
+    made.assert_status(201);
+    assert_eq!(server.stored(whole.name()), b"abc");
 }
 
 #[test]
@@ -1225,4 +1408,114 @@ fn a_killed_receiver_leaves_the_upload_resumable_for_the_next_process() {
     let status = common::status_of(&pool.cgi(), &id);
     assert_eq!(status["state"], "done", "{status}");
     assert_eq!(status["files"][0]["sha256"], sha256_hex(&data).as_str());
+}
+
+/// The command line gives the stored status as it is: a resumable upload
+/// between requests is `incomplete` there, `uploading` over HTTP; once
+/// complete, `fileupload path` gives its file as for any upload.
+#[test]
+fn the_command_line_shows_a_paused_upload_as_stored_incomplete() {
+    let pool = common::TestPool::new();
+    let tus = |method: &str, target: &str| {
+        pool.cgi()
+            .request(method, target)
+            .env("HTTP_TUS_RESUMABLE", "1.0.0")
+    };
+    let created = tus("POST", "/upload/files")
+        .env("HTTP_UPLOAD_LENGTH", "10")
+        .run(b"");
+    assert_eq!(created.status, 201, "{}", created.text());
+    let location = created.header("Location").unwrap().to_owned();
+    let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+    let first = tus("PATCH", &location)
+        .env("CONTENT_TYPE", CHUNK)
+        .env("HTTP_UPLOAD_OFFSET", "0")
+        .env("CONTENT_LENGTH", "4")
+        .run(b"abcd");
+    assert_eq!(first.status, 204, "{}", first.text());
+    let out = pool.cli(&["status", &id]);
+    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stored["state"], "incomplete", "{stored}");
+    assert_eq!(common::status_of(&pool.cgi(), &id)["state"], "uploading");
+    let rest = tus("PATCH", &location)
+        .env("CONTENT_TYPE", CHUNK)
+        .env("HTTP_UPLOAD_OFFSET", "4")
+        .env("CONTENT_LENGTH", "6")
+        .run(b"efghij");
+    assert_eq!(rest.status, 204, "{}", rest.text());
+    let out = pool.cli(&["path", &id]);
+    let path = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(std::fs::read(path.trim()).unwrap(), b"abcdefghij");
+}
+
+/// Middleware mode: the request that completes a resumable upload hands it
+/// to the application as a completed form upload is (a JSON POST of its
+/// status, `FILEUPLOAD_FILE` set), and the application's answer goes out
+/// with the tus headers added; a chunk that does not complete it, and a
+/// partial upload, are answered by tus alone.
+#[test]
+fn in_middleware_mode_a_completed_upload_is_handed_to_the_application() {
+    use std::os::unix::fs::PermissionsExt;
+    let pool = common::TestPool::new();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("app.cgi");
+    std::fs::write(
+        &app,
+        "#!/bin/sh\nprintf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\nX-App: yes\\r\\n\\r\\n'\n\
+         echo \"method=$REQUEST_METHOD\"\necho \"file=$FILEUPLOAD_FILE\"\necho \"id=$FILEUPLOAD_IDENTIFIER\"\ncat\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tus = |method: &str, target: &str| {
+        pool.cgi()
+            .request(method, target)
+            .env("HTTP_TUS_RESUMABLE", "1.0.0")
+            .env("FILEUPLOAD_APP", app.to_str().unwrap())
+    };
+    let create = |extra: &[(&str, &str)]| {
+        let mut cgi = tus("POST", "/upload/files").env("HTTP_UPLOAD_LENGTH", "10");
+        for (name, value) in extra {
+            cgi = cgi.env(name, value);
+        }
+        let created = cgi.run(b"");
+        assert_eq!(created.status, 201, "{}", created.text());
+        assert_eq!(created.header("X-App"), None);
+        created.header("Location").unwrap().to_owned()
+    };
+    let patch = |location: &str, offset: usize, body: &[u8]| {
+        tus("PATCH", location)
+            .env("CONTENT_TYPE", CHUNK)
+            .env("HTTP_UPLOAD_OFFSET", &offset.to_string())
+            .env("CONTENT_LENGTH", &body.len().to_string())
+            .run(body)
+    };
+    let location = create(&[]);
+    let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+    let first = patch(&location, 0, b"abcd");
+    assert_eq!(first.status, 204, "{}", first.text());
+    assert_eq!(first.header("X-App"), None, "not complete: not handed over");
+    let last = patch(&location, 4, b"efghij");
+    assert_eq!(last.status, 200, "{}", last.text());
+    assert_eq!(last.header("X-App"), Some("yes"));
+    assert_eq!(last.header("Tus-Resumable"), Some("1.0.0"));
+    assert_eq!(last.header("Upload-Offset"), Some("10"));
+    let text = String::from_utf8_lossy(&last.body).into_owned();
+    let file = pool.path().join(&id).join("file-1");
+    assert!(text.contains("method=POST\n"), "{text}");
+    assert!(text.contains(&format!("id={id}\n")), "{text}");
+    assert!(
+        text.contains(&format!("file={}\n", file.display())),
+        "{text}"
+    );
+    let json: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(json["state"], "done", "{json}");
+    assert_eq!(
+        json["files"][0]["sha256"],
+        sha256_hex(b"abcdefghij").as_str()
+    );
+    // A partial upload is only a part.
+    let partial = create(&[("HTTP_UPLOAD_CONCAT", "partial")]);
+    let done = patch(&partial, 0, b"0123456789");
+    assert_eq!(done.status, 204, "{}", done.text());
+    assert_eq!(done.header("X-App"), None);
 }

@@ -366,7 +366,7 @@ fn chunks_of_8_mib(transport: Transport) {
     assert_stored(&site, json["url"].as_str().unwrap(), &file, &bytes);
 }
 
-/// `parallelUploads: 4`. NEEDS THE CONCATENATION EXTENSION: four partial
+/// `parallelUploads: 4`, over the concatenation extension: four partial
 /// uploads (`Upload-Concat: partial`), then a final one that names them
 /// (`Upload-Concat: final;<url> <url> ...`), which must become ONE file in
 /// the pool while the partial ones are removed.

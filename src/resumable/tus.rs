@@ -17,19 +17,21 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use crate::checksum::{TUS_CHECKSUM_ALGORITHMS, parse_upload_checksum};
 use crate::error_code::ErrorCode;
 use crate::http::{HttpError, Request, Response, percent_decode};
 use crate::identifier::{Identifier, create_identifier, verify_identifier};
 use crate::resumable::{self, Chunk, NewUpload, Progress, Settings};
 use crate::service::Service;
+use crate::status::Status;
 use crate::transfer_encoding::{Decoder, TransferEncoding};
 use crate::upload::{MAX_CONTENT_TYPE_BYTES, MAX_FIELD_BYTES, MAX_FILENAME_BYTES};
 
 /// The protocol version this server speaks.
 pub const VERSION: &str = "1.0.0";
 /// The extensions implemented, as `Tus-Extension` lists them.
-pub const EXTENSIONS: &str =
-    "creation,creation-with-upload,creation-defer-length,termination,expiration";
+pub const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,termination,\
+     expiration,checksum,concatenation";
 /// The media type of a chunk.
 pub const CHUNK_TYPE: &str = "application/offset+octet-stream";
 
@@ -48,20 +50,33 @@ pub fn is_bulk(request: &Request<'_>) -> bool {
     matches!(&*method(request), "POST" | "PATCH")
 }
 
+/// A tus answer, and the upload the request completed (never a partial
+/// one): in middleware mode the application gets it, as it gets a
+/// completed form upload, and its answer goes out with this one's headers.
+pub struct Answered {
+    pub response: Response,
+    pub completed: Option<Box<Status>>,
+}
+
 /// `.../upload/files`: `OPTIONS`, `POST`.
-pub fn collection(service: &Service, request: &mut Request<'_>) -> Response {
+pub fn collection(service: &Service, request: &mut Request<'_>) -> Answered {
+    let mut completed = None;
     let answer = match &*method(request) {
         "OPTIONS" => Ok(options(service)),
-        "POST" => checked(request).and_then(|()| create(service, request)),
+        "POST" => checked(request).and_then(|()| create(service, request, &mut completed)),
         _ => Err(wrong_method(request, "OPTIONS, POST")),
     };
-    finish(request, answer, "OPTIONS, POST")
+    Answered {
+        response: finish(request, answer, "OPTIONS, POST"),
+        completed,
+    }
 }
 
 /// `.../upload/files/<id>`: `OPTIONS`, `HEAD`, `PATCH`, `DELETE`.
-pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Response {
+pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Answered {
     const ALLOWED: &str = "OPTIONS, HEAD, PATCH, DELETE";
     let method = method(request).into_owned();
+    let mut completed = None;
     let answer = if method == "OPTIONS" {
         Ok(options(service))
     } else {
@@ -71,9 +86,11 @@ pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Resp
             match method.as_str() {
                 "HEAD" => {
                     let progress = resumable::info(service.pool(), &id, &settings)?;
-                    Ok(described(&progress))
+                    let path = request.path();
+                    let collection = path.rsplit_once('/').map_or("", |(c, _)| c);
+                    Ok(described(&progress, collection))
                 }
-                "PATCH" => patch(service, request, &id, &settings),
+                "PATCH" => patch(service, request, &id, &settings, &mut completed),
                 "DELETE" => {
                     resumable::terminate(service.pool(), &id)?;
                     Ok(empty(204))
@@ -82,7 +99,16 @@ pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Resp
             }
         })
     };
-    finish(request, answer, ALLOWED)
+    Answered {
+        response: finish(request, answer, ALLOWED),
+        completed,
+    }
+}
+
+/// The status of an upload this request completed, for middleware mode;
+/// a partial upload is only a part, never handed over.
+fn completed_by(progress: &Progress) -> Option<Box<Status>> {
+    (progress.complete && !progress.status.partial).then(|| Box::new(progress.status.clone()))
 }
 
 /// An answer with the headers every tus answer has; errors as JSON.
@@ -156,7 +182,8 @@ fn checked(request: &Request<'_>) -> Result<(), Failure> {
 fn options(service: &Service) -> Response {
     let mut response = empty(204)
         .with_header("Tus-Version", VERSION)
-        .with_header("Tus-Extension", EXTENSIONS);
+        .with_header("Tus-Extension", EXTENSIONS)
+        .with_header("Tus-Checksum-Algorithm", TUS_CHECKSUM_ALGORITHMS);
     if let Some(max) = service.config().max_size {
         response = response.with_header("Tus-Max-Size", &max.to_string());
     }
@@ -208,7 +235,56 @@ pub(crate) fn path_identifier(service: &Service, param: &str) -> Result<Identifi
     )?)
 }
 
-fn create(service: &Service, request: &mut Request<'_>) -> Result<Response, Failure> {
+/// What `Upload-Concat` asks of a creation.
+enum Concat {
+    None,
+    Partial,
+    /// The identifiers of the parts, in order.
+    Final(Vec<Identifier>),
+}
+
+/// `Upload-Concat: partial`, or `final;<url> <url> ...`: each URL absolute
+/// or a path, its last segment the part's identifier, verified as any
+/// identifier in a path is (signed, when a key is set).
+fn concat(service: &Service, request: &Request<'_>) -> Result<Concat, HttpError> {
+    let Some(header) = request.header("Upload-Concat").map(str::trim) else {
+        return Ok(Concat::None);
+    };
+    if header == "partial" {
+        return Ok(Concat::Partial);
+    }
+    let bad = |why: String| {
+        HttpError::new(
+            ErrorCode::PartialNotFound,
+            format!("Upload-Concat must be \"partial\" or \"final;<url> <url> ...\": {why}"),
+        )
+    };
+    let Some(urls) = header.strip_prefix("final;") else {
+        return Err(bad(format!("not {header:?}")));
+    };
+    let parts = urls
+        .split_ascii_whitespace()
+        .map(|url| {
+            let path = url.split(['?', '#']).next().unwrap_or(url);
+            let last = path.rsplit('/').next().unwrap_or(path);
+            path_identifier(service, last)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if parts.is_empty() {
+        return Err(bad("no upload named".to_owned()));
+    }
+    Ok(Concat::Final(parts))
+}
+
+fn create(
+    service: &Service,
+    request: &mut Request<'_>,
+    completed: &mut Option<Box<Status>>,
+) -> Result<Response, Failure> {
+    let concat = concat(service, request)?;
+    if let Concat::Final(parts) = concat {
+        return create_final(service, request, &parts, completed);
+    }
     let length = match (
         request.header("Upload-Length"),
         request.header("Upload-Defer-Length"),
@@ -266,8 +342,13 @@ fn create(service: &Service, request: &mut Request<'_>) -> Result<Response, Fail
         body: request.body(),
         body_length,
     });
-    match resumable::create(service.pool(), &id, new, first, &settings) {
+    let created = match concat {
+        Concat::Partial => resumable::create_partial(service.pool(), &id, new, first, &settings),
+        _ => resumable::create(service.pool(), &id, new, first, &settings),
+    };
+    match created {
         Ok(progress) => {
+            *completed = completed_by(&progress);
             let mut response = empty(201)
                 .with_header("Location", &location)
                 .with_header("Upload-Offset", &progress.offset.to_string());
@@ -290,11 +371,51 @@ fn create(service: &Service, request: &mut Request<'_>) -> Result<Response, Fail
     }
 }
 
+/// `Upload-Concat: final;...`: the final upload, made at once of its
+/// parts; no length (it is theirs) and no body.
+fn create_final(
+    service: &Service,
+    request: &mut Request<'_>,
+    parts: &[Identifier],
+    completed: &mut Option<Box<Status>>,
+) -> Result<Response, Failure> {
+    if request.header("Upload-Length").is_some() || request.header("Upload-Defer-Length").is_some()
+    {
+        return Err(HttpError::new(
+            ErrorCode::InvalidUploadLength,
+            "a final upload's length is its parts': give no Upload-Length",
+        )
+        .into());
+    }
+    if request.body_length()?.known().is_some_and(|n| n > 0) {
+        return Err(HttpError::new(
+            ErrorCode::InvalidContentType,
+            "a final upload has no body: its bytes are its parts'",
+        )
+        .into());
+    }
+    let metadata = parse_metadata(request.header("Upload-Metadata").unwrap_or(""))?;
+    let id = new_identifier(service, request)?;
+    let new = NewUpload {
+        length: None,
+        filename: metadata.get("filename").cloned(),
+        content_type: metadata.get("filetype").cloned(),
+        metadata,
+    };
+    let settings = Settings::from_config(service.config());
+    let progress = resumable::concatenate(service.pool(), &id, new, parts, &settings)?;
+    *completed = completed_by(&progress);
+    Ok(empty(201)
+        .with_header("Location", &format!("{}/{}", request.path(), id.as_str()))
+        .with_header("Upload-Offset", &progress.offset.to_string()))
+}
+
 fn patch(
     service: &Service,
     request: &mut Request<'_>,
     id: &Identifier,
     settings: &Settings,
+    completed: &mut Option<Box<Status>>,
 ) -> Result<Response, Failure> {
     if !is_chunk_type(request.content_type()) {
         return Err(HttpError::new(
@@ -320,6 +441,10 @@ fn patch(
         .header("Upload-Length")
         .map(|text| number(text, ErrorCode::InvalidUploadLength, "Upload-Length"))
         .transpose()?;
+    let checksum = request
+        .header("Upload-Checksum")
+        .map(parse_upload_checksum)
+        .transpose()?;
     let body_length = request.body_length()?;
     let chunk = Chunk {
         offset,
@@ -327,7 +452,9 @@ fn patch(
         body: request.body(),
         body_length,
     };
-    let progress = resumable::append(service.pool(), id, chunk, settings)?;
+    let progress =
+        resumable::append_checked(service.pool(), id, chunk, checksum.as_ref(), settings)?;
+    *completed = completed_by(&progress);
     let mut response = empty(204).with_header("Upload-Offset", &progress.offset.to_string());
     if let Some(expires) = progress.expires {
         response = response.with_header("Upload-Expires", &http_date(expires));
@@ -335,9 +462,16 @@ fn patch(
     Ok(response)
 }
 
-/// The answer to `HEAD`.
-fn described(progress: &Progress) -> Response {
+/// The answer to `HEAD`; `collection` is the path the upload URLs of a
+/// final upload's parts are under.
+fn described(progress: &Progress, collection: &str) -> Response {
     let mut response = empty(200).with_header("Upload-Offset", &progress.offset.to_string());
+    if progress.status.partial {
+        response = response.with_header("Upload-Concat", "partial");
+    } else if let Some(parts) = &progress.status.parts {
+        let urls: Vec<String> = parts.iter().map(|p| format!("{collection}/{p}")).collect();
+        response = response.with_header("Upload-Concat", &format!("final;{}", urls.join(" ")));
+    }
     response = match progress.length {
         Some(length) => response.with_header("Upload-Length", &length.to_string()),
         None => response.with_header("Upload-Defer-Length", "1"),
