@@ -635,7 +635,7 @@ fn a_drop_in_the_form_mode_is_sent_as_a_form() {
 }
 
 #[test]
-fn with_a_key_the_printed_identifier_names_the_resumable_upload() {
+fn with_a_key_the_printed_identifier_names_the_resumable_upload_and_names_are_text() {
     let pool = TestPool::new();
     let key = [("FILEUPLOAD_UPLOAD_KEY", "trial-key")];
     let serve = Serve::start(pool.path(), &key);
@@ -648,7 +648,9 @@ fn with_a_key_the_printed_identifier_names_the_resumable_upload() {
         .to_owned();
     assert!(printed.contains(':'), "not signed: {printed}");
     browser.click(&browser.find("#mode-resumable"));
-    drop_files(&browser, &[("signed.bin", 100 * 1024)]);
+    // A file name that is markup: shown as text, never parsed.
+    let name = "<img src=x onerror=\"window.injected=1\">.bin";
+    drop_files(&browser, &[(name, 100 * 1024)]);
     browser.click(&browser.find("#start"));
     browser.wait_for(
         &format!("{ROW} && {ROW}.dataset.state === 'done' && {ROW}.dataset.sha256"),
@@ -662,6 +664,16 @@ fn with_a_key_the_printed_identifier_names_the_resumable_upload() {
     let data: Vec<u8> = (0..100 * 1024).map(made).collect();
     assert_eq!(status["resumable"], true, "{status}");
     assert!(std::fs::read(path_of(&status, 0)).unwrap() == data);
+    assert_eq!(status["files"][0]["filename"], name);
+    let shown = browser.script(&format!(
+        "return {{ injected: window.injected === undefined ? null : window.injected, \
+                  images: document.querySelectorAll('#queue img').length, \
+                  name: {ROW}.querySelector('.name').textContent }};"
+    ));
+    assert_eq!(
+        shown,
+        serde_json::json!({"injected": null, "images": 0, "name": format!("{name} (100.0 KiB)")})
+    );
 }
 
 #[test]
