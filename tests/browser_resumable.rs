@@ -498,6 +498,12 @@ fn stall_then_resume(half_open: bool) {
         proxy.cut();
     }
     proxy.restore();
+    // The row's bar follows the server again, past what the stall left
+    // (1 MiB/s: seconds before the end).
+    browser.wait_for(
+        &format!("Number({ROW}.dataset.received) > {held}"),
+        Duration::from_secs(30),
+    );
     assert_stored(&browser, &pool, &id, &data);
     let seen = events(&browser);
     assert!(seen.iter().any(|e| e["event"] == "stalled"), "{seen:?}");
