@@ -23,6 +23,14 @@ use crate::service::Service;
 /// The demo page; the same file a web server can serve (conf-examples/demo).
 pub const DEMO_PAGE: &str = include_str!("../conf-examples/demo/index.html");
 
+/// tus-js-client's browser build, which the page's resumable mode loads
+/// from next to itself: a copy of the pinned npm package's `dist/tus.min.js`
+/// (scripts/vendor-tus-js-client), so that the page needs no CDN.
+pub const TUS_JS_CLIENT: &[u8] = include_bytes!("../conf-examples/demo/tus.min.js");
+
+/// tus-js-client's MIT licence, which travels with its code.
+pub const TUS_JS_CLIENT_LICENSE: &str = include_str!("../conf-examples/demo/tus-js-client-LICENSE");
+
 /// Serves until the process is stopped. Prints where to point a browser.
 pub fn run(config: Config, address: &str) -> Result<(), String> {
     let server = tiny_http::Server::http(address).map_err(|e| {
@@ -89,6 +97,16 @@ fn serve_one(service: &Service, bound: Option<SocketAddr>, mut request: tiny_htt
             ("Cache-Control".into(), "no-store".into()),
         ];
         held.body = demo_page(service.config()).into_bytes();
+    } else if let Some((content_type, body)) =
+        demo_file(path).filter(|_| method == "GET" || method == "HEAD")
+    {
+        held.status = 200;
+        held.headers = vec![
+            ("Content-Type".into(), content_type.into()),
+            // The copy changes only with the binary.
+            ("Cache-Control".into(), "no-cache".into()),
+        ];
+        held.body = body.to_vec();
     } else {
         let vars = cgi_vars(&request, &method, path, query, bound);
         // tiny_http decodes a chunked body and marks its end; without a
@@ -130,6 +148,18 @@ impl Read for HttpBody<'_> {
 impl Body for HttpBody<'_> {
     fn failure(&mut self) -> Option<HttpError> {
         None
+    }
+}
+
+/// The files the page loads from next to itself.
+fn demo_file(path: &str) -> Option<(&'static str, &'static [u8])> {
+    match path {
+        "/tus.min.js" => Some(("text/javascript; charset=utf-8", TUS_JS_CLIENT)),
+        "/tus-js-client-LICENSE" => Some((
+            "text/plain; charset=utf-8",
+            TUS_JS_CLIENT_LICENSE.as_bytes(),
+        )),
+        _ => None,
     }
 }
 
