@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -21,7 +22,14 @@ pub struct Browser {
     port: u16,
     session: String,
     _profile: tempfile::TempDir,
+    /// One browser at a time in a test binary: the tests pace uploads and
+    /// time stalls, and several Chromiums at once on two cores made the
+    /// pages miss their own timers (a reconnect that never came within the
+    /// test's wait).
+    _turn: MutexGuard<'static, ()>,
 }
+
+static ONE_BROWSER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 impl Browser {
     pub fn start() -> Browser {
@@ -36,6 +44,10 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // A test that failed while holding it poisoned it; the next may go.
+        let turn = ONE_BROWSER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let profile = tempfile::tempdir().unwrap();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
@@ -55,6 +67,7 @@ impl Browser {
             port,
             session: String::new(),
             _profile: profile,
+            _turn: turn,
         };
         // The flags a closed network needs (no background traffic), and
         // --no-sandbox because the tests run as root.
