@@ -996,6 +996,9 @@ def resumable(work, quick):
     reconnect_rss = {t: [] for t in transports}
     told = {t: [] for t in transports}
     peak_log = []  # the daemon's peak in each daemon scenario, in run order
+    # The other helpers' load, after each scenario: bulk receiving runs at
+    # nice 19, so wall times stretch with it, the server's CPU much less.
+    loads = []
     try:
         # What the server says it has: a scenario it lacks is tried anyway
         # (so it counts the moment the server has it) and, if refused,
@@ -1022,6 +1025,7 @@ def resumable(work, quick):
                     continue
                 run.check_stored(ident, name)
                 samples[name].append((wall, peak, cpu))
+                loads.append(os.getloadavg()[0])
                 if name.startswith("daemon."):
                     peak_log.append(peak)
                 say(f"  {name}: {wall:.2f} s, server CPU {cpu:.2f} s, daemon peak {peak / 1024:.1f} MiB")
@@ -1105,6 +1109,9 @@ def resumable(work, quick):
     first, last = peak_log[0] / 1024, peak_log[-1] / 1024
     figure("tus.daemon.peak_rss_drift", last - first,
            f"MiB (first scenario {first:.3g} MiB, last {last:.3g} MiB, {len(peak_log)} uploads apart)")
+    figure("tus.load_average", statistics.median(loads),
+           f"(1-minute, median over the scenarios, range {min(loads):.2g} to {max(loads):.2g}; this run's own "
+           f"load is about 2: above that, other work shared the 2 cores and the wall times are noisy)")
     figure("tus.run_time", elapsed, f"s ({rounds} interleaved rounds, {label} bodies)")
 
 
