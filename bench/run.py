@@ -1078,7 +1078,7 @@ def resumable(work, quick):
             figure(f"tus.{t}.{kind}_vs_post.server_cpu", statistics.median(pairs), f"x (rounds {shown(pairs)})")
     name = "daemon.parallel_4"
     if name in unavailable:
-        figure(f"tus.{name}.{label}.wall", unavailable[name], "")
+        figure(f"tus.{name}.{label}.wall", unavailable[name], "(4 partial uploads + final: not measured)")
     else:
         walls = [s[0] for s in samples[name]]
         figure(f"tus.{name}.{label}.wall", med(name, 0), f"s (median of {shown(walls)}; 4 partial uploads + final)")
