@@ -641,6 +641,9 @@ CHUNK = 8 * MIB
 # upload is let go at the holder's next tick, so the goal is two of them.
 PROGRESS_INTERVAL_MS = 200
 RESUMABLE_ROUNDS = 5
+# The reconnect scenario's upload: the input's first 64 MiB, a quarter of
+# it sent before the client goes silent.
+RECONNECT_SIZE = 64 * MIB
 
 
 class HttpError(RuntimeError):
@@ -794,17 +797,19 @@ class Resumable:
 
     # -- checking what was stored
 
-    def check_stored(self, ident, what):
-        """The stored file's SHA-256 on disk against what was sent; then the
-        upload is cleared, so the pool does not fill up."""
+    def check_stored(self, ident, what, expected=None):
+        """The stored file's SHA-256 on disk against what was sent (the whole
+        input unless `expected` says otherwise); then the upload is
+        cleared, so the pool does not fill up."""
+        expected = expected or self.raw_sha
         out = subprocess.run([str(BIN), "path", ident], env={"FILEUPLOAD_DIRECTORY": str(self.pool), "PATH": "/usr/bin:/bin"},
                              capture_output=True, text=True)
         paths = out.stdout.split()
         if out.returncode != 0 or len(paths) != 1:
             raise RuntimeError(f"{what}: `fileupload path {ident}` gave {out.returncode}: {out.stdout!r} {out.stderr!r}")
         got = sha256_file(Path(paths[0]))
-        if got != self.raw_sha:
-            raise RuntimeError(f"{what}: stored other bytes ({got} != {self.raw_sha})")
+        if got != expected:
+            raise RuntimeError(f"{what}: stored other bytes ({got} != {expected})")
         subprocess.run([str(BIN), "clear", ident], env={"FILEUPLOAD_DIRECTORY": str(self.pool), "PATH": "/usr/bin:/bin"},
                        check=True, capture_output=True)
 
@@ -913,7 +918,7 @@ class Resumable:
         from the offset HEAD gives. Returns (ms from the new HEAD's start to
         the small PATCH's 204, what the old request was answered, the
         upload's identifier); raises HttpError if the server refuses."""
-        size = 64 * MIB
+        size = RECONNECT_SIZE
         sent_first = 16 * MIB
         conn = Conn(self.servers.port)
         url = tus_create(conn, base, size)
@@ -947,10 +952,12 @@ class Resumable:
             elapsed = (time.perf_counter() - start) * 1000
             offset = int(answer[1]["upload-offset"])
             # What the silent request was told: it should have been stopped.
-            old.sock.settimeout(5)
+            old.sock.settimeout(2)
             try:
                 old_answer = old.response("PATCH")
                 told = f"{old_answer[0]} {(json.loads(old_answer[2]) if old_answer[2] else {}).get('code', '')}".strip()
+            except TimeoutError:
+                told = "nothing in 2 s"
             except (OSError, ConnectionError, ValueError) as e:
                 told = f"no answer ({type(e).__name__})"
             # The rest, then the whole checked on disk.
@@ -979,6 +986,8 @@ def resumable(work, quick):
     raw_sha = write_raw(raw, size)
     body = root / "raw.body"
     body_len = wrap_multipart(raw, body)
+    with open(raw, "rb") as f:
+        reconnect_sha = hashlib.sha256(f.read(RECONNECT_SIZE)).hexdigest()
     pool = fresh(root / "pool")
     os.chmod(root, 0o755)
     servers = Servers(root, pool)
@@ -1040,7 +1049,7 @@ def resumable(work, quick):
                                                      f"({e.what}): the held upload is not taken over")
                     say(f"  reconnect.{t}: {unavailable[f'reconnect.{t}']}")
                     continue
-                run.check_stored(ident, f"reconnect.{t}")
+                run.check_stored(ident, f"reconnect.{t}", reconnect_sha)
                 reconnect[t].append(ms)
                 reconnect_rss[t].append(run.peak_kib())
                 told[t].append(answer)
