@@ -8,10 +8,16 @@ answer cannot score. Times are medians of repeated runs, taken in
 interleaved order, because these machines are shared and noisy: only the
 ratios between figures of the same run mean anything.
 
-Usage: bench/run [--quick] [--work DIR] [--only slow-clients]
+Usage: bench/run [--quick] [--work DIR] [--only slow-clients|resumable]
 
 --only slow-clients runs only the slow-client scenarios (tests/slow_clients.rs,
 about two minutes) and updates their rows of bench/results.md and the README.
+--only resumable runs only the tus scenarios (1 GiB as a multipart POST, one
+PATCH, 8 MiB PATCHes, through the daemon and fcgiwrap; four partial uploads
+concatenated; reconnect to a held upload), five interleaved rounds, about
+five minutes, and updates their `tus.*` rows likewise. A scenario the server
+does not support yet (concatenation, taking over a held upload) is still
+tried every run, and reported "not available" with the server's answer.
 """
 
 import argparse
@@ -423,6 +429,7 @@ http {{
       include /etc/nginx/fastcgi_params;
       fastcgi_param SCRIPT_FILENAME {BIN};
       fastcgi_param FILEUPLOAD_DIRECTORY {pool};
+      fastcgi_param FILEUPLOAD_FSYNC off;
       fastcgi_pass unix:{self.fcgiwrap_sock};
     }}
     location /floor/status {{
@@ -619,6 +626,504 @@ def replace_readme_table(make):
     return True
 
 
+# ---- resumable uploads (tus) -------------------------------------------------------
+
+# The client for these figures is the benchmark's own HTTP/1.1 client (below),
+# not tus-js-client: it speaks the tus requests directly, sends every body
+# with sendfile(2) from the page cache on a kept-alive connection, and so
+# costs the same few system calls whether the bytes go out as one multipart
+# POST, one PATCH, 8 MiB PATCHes or four partial uploads; Node streaming a
+# gigabyte would take the CPU the server is being measured for, on two cores.
+
+TUS = {"Tus-Resumable": "1.0.0"}
+CHUNK = 8 * MIB
+# The daemon's and the CGI's default progress interval (config.rs): a held
+# upload is let go at the holder's next tick, so the goal is two of them.
+PROGRESS_INTERVAL_MS = 200
+RESUMABLE_ROUNDS = 5
+# The reconnect scenario's upload: the input's first 64 MiB, a quarter of
+# it sent before the client goes silent.
+RECONNECT_SIZE = 64 * MIB
+
+
+class HttpError(RuntimeError):
+    def __init__(self, what, status, headers, body):
+        super().__init__(f"{what}: {status} {body[:300]!r}")
+        self.what, self.status, self.headers, self.body = what, status, headers, body
+
+    def code(self):
+        try:
+            return json.loads(self.body).get("code") or json.loads(self.body).get("error")
+        except (ValueError, AttributeError):
+            return None
+
+
+class Conn:
+    """One kept-alive HTTP/1.1 connection to nginx."""
+
+    def __init__(self, port, timeout=300):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.reader = self.sock.makefile("rb")
+
+    def send_head(self, method, path, headers, length):
+        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def send_file(self, path, offset, count):
+        with open(path, "rb") as f:
+            sent = self.sock.sendfile(f, offset, count)
+        if sent != count:
+            raise RuntimeError(f"sendfile sent {sent} of {count} bytes")
+
+    def response(self, method):
+        line = self.reader.readline()
+        if not line:
+            raise ConnectionError("the server closed the connection without an answer")
+        status = int(line.split()[1])
+        headers = {}
+        while (line := self.reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if method == "HEAD" or status in (204, 304) or status < 200:
+            body = b""
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while (size := int(self.reader.readline().split(b";")[0], 16)):
+                parts.append(self.reader.read(size))
+                self.reader.readline()
+            while self.reader.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            body = b"".join(parts)
+        elif "content-length" in headers:
+            body = self.reader.read(int(headers["content-length"]))
+        else:
+            body = self.reader.read()
+        return status, headers, body.decode(errors="replace")
+
+    def request(self, method, path, headers=None, body=b"", file=None, offset=0, count=None):
+        headers = dict(headers or {})
+        length = count if file is not None else (len(body) if body or method in ("POST", "PATCH") else None)
+        self.send_head(method, path, headers, length)
+        if file is not None:
+            self.send_file(file, offset, count)
+        elif body:
+            self.sock.sendall(body)
+        return self.response(method)
+
+    def close(self):
+        self.reader.close()
+        self.sock.close()
+
+
+def expect(what, answer, status):
+    if answer[0] != status:
+        raise HttpError(what, *answer)
+    return answer
+
+
+def tus_create(conn, base, length, extra=None):
+    headers = {**TUS, "Upload-Length": str(length), **(extra or {})}
+    _, h, _ = expect("tus creation", conn.request("POST", f"{base}/files", headers), 201)
+    location = h["location"]
+    # Location may be absolute (with the host); requests go by its path.
+    return re.sub(r"^https?://[^/]+", "", location)
+
+
+def tus_patch(conn, url, file, offset, count):
+    headers = {**TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}
+    _, h, _ = expect("tus PATCH", conn.request("PATCH", url, headers, file=file, offset=offset, count=count), 204)
+    return int(h["upload-offset"])
+
+
+def tus_head(conn, url):
+    _, h, _ = expect("tus HEAD", conn.request("HEAD", url, TUS), 200)
+    return int(h["upload-offset"])
+
+
+def write_raw(path, size):
+    """Writes `size` random bytes; returns their SHA-256."""
+    digest = hashlib.sha256()
+    block = os.urandom(4 * MIB)
+    with open(path, "wb") as out:
+        left = size
+        while left:
+            piece = block[: min(left, len(block))]
+            out.write(piece)
+            digest.update(piece)
+            left -= len(piece)
+            block = block[1:] + block[:1]  # no two blocks alike
+    return digest.hexdigest()
+
+
+def wrap_multipart(raw, path):
+    """The multipart body of one file whose bytes are `raw`'s."""
+    with open(path, "wb") as out, open(raw, "rb") as src:
+        out.write(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="raw.bin"\r\n'
+                  f"Content-Type: application/octet-stream\r\n\r\n".encode())
+        shutil.copyfileobj(src, out, 4 * MIB)
+        out.write(f"\r\n--{BOUNDARY}--\r\n".encode())
+    return path.stat().st_size
+
+
+class Resumable:
+    """The resumable scenarios against one nginx (Servers), each transport
+    under its own prefix: /fcgi/upload (the daemon), /cgi/upload (fcgiwrap,
+    a process per request)."""
+
+    def __init__(self, servers, pool, raw, raw_sha, body, body_len):
+        self.servers, self.pool = servers, pool
+        self.raw, self.raw_sha, self.size = raw, raw_sha, raw.stat().st_size
+        self.body, self.body_len = body, body_len
+        self.daemon_pid = servers.procs[0].pid  # setpriv execs the daemon: same pid
+        self.serial = 0
+
+    # -- the daemon's memory
+
+    def reset_peak(self):
+        # "5" resets VmHWM, so each scenario's peak is its own.
+        try:
+            Path(f"/proc/{self.daemon_pid}/clear_refs").write_text("5\n")
+        except OSError as e:
+            raise RuntimeError(f"cannot reset the daemon's peak RSS: {e}")
+
+    def peak_kib(self):
+        for line in Path(f"/proc/{self.daemon_pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmHWM for the daemon")
+
+    # -- checking what was stored
+
+    def check_stored(self, ident, what, expected=None):
+        """The stored file's SHA-256 on disk against what was sent (the whole
+        input unless `expected` says otherwise); then the upload is
+        cleared, so the pool does not fill up."""
+        expected = expected or self.raw_sha
+        out = subprocess.run([str(BIN), "path", ident], env={"FILEUPLOAD_DIRECTORY": str(self.pool), "PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True)
+        paths = out.stdout.split()
+        if out.returncode != 0 or len(paths) != 1:
+            raise RuntimeError(f"{what}: `fileupload path {ident}` gave {out.returncode}: {out.stdout!r} {out.stderr!r}")
+        got = sha256_file(Path(paths[0]))
+        if got != expected:
+            raise RuntimeError(f"{what}: stored other bytes ({got} != {expected})")
+        subprocess.run([str(BIN), "clear", ident], env={"FILEUPLOAD_DIRECTORY": str(self.pool), "PATH": "/usr/bin:/bin"},
+                       check=True, capture_output=True)
+
+    @staticmethod
+    def ident_of(url):
+        return url.rsplit("/", 1)[1]
+
+    def group_cpu(self, transport):
+        """CPU seconds used so far by the transport's processes: the daemon
+        (all its threads), or fcgiwrap with every CGI it has reaped. On two
+        shared cores the wall times follow the other helpers' load; the CPU
+        a scenario costs the server follows it much less."""
+        pgid = self.servers.procs[0 if transport == "daemon" else 1].pid
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[2]) == pgid:
+                ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def timed(self, transport, run):
+        """Runs one scenario from a settled page cache:
+        (wall s, daemon peak KiB, server CPU s, identifier)."""
+        settle(self.raw)
+        settle(self.body)  # both inputs cached alike, whichever is sent
+        self.reset_peak()
+        cpu = self.group_cpu(transport)
+        start = time.perf_counter()
+        ident = run()
+        wall = time.perf_counter() - start
+        # A CGI is reaped just after it answers: give fcgiwrap a moment.
+        time.sleep(0.2)
+        return wall, self.peak_kib(), self.group_cpu(transport) - cpu, ident
+
+    # -- the scenarios
+
+    def post(self, base):
+        self.serial += 1
+        ident = f"bench-post-{self.serial}"
+        conn = Conn(self.servers.port)
+        try:
+            expect("multipart POST", conn.request(
+                "POST", f"{base}?X-Progress-ID={ident}",
+                {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+                file=self.body, offset=0, count=self.body_len), 200)
+        finally:
+            conn.close()
+        return ident
+
+    def tus(self, base, chunk):
+        conn = Conn(self.servers.port)
+        try:
+            url = tus_create(conn, base, self.size)
+            offset = 0
+            while offset < self.size:
+                count = min(chunk, self.size - offset)
+                offset = tus_patch(conn, url, self.raw, offset, count)
+        finally:
+            conn.close()
+        return self.ident_of(url)
+
+    def parallel(self, base, parts):
+        """tus-js-client's parallelUploads, done by hand: `parts` partial
+        uploads (Upload-Concat: partial), each one PATCH on its own
+        connection, at once; then the final upload that concatenates them."""
+        bounds = [(i * self.size // parts, (i + 1) * self.size // parts) for i in range(parts)]
+        urls, errors = [None] * parts, []
+
+        def one(i):
+            start, end = bounds[i]
+            conn = Conn(self.servers.port)
+            try:
+                urls[i] = tus_create(conn, base, end - start, {"Upload-Concat": "partial"})
+                headers = {**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+                # The part's bytes are the file's from `start`: sendfile's offset.
+                conn.send_head("PATCH", urls[i], headers, end - start)
+                conn.send_file(self.raw, start, end - start)
+                expect("tus PATCH (partial)", conn.response("PATCH"), 204)
+            except Exception as e:  # reported by the caller, with the others
+                errors.append(e)
+            finally:
+                conn.close()
+
+        import threading
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(parts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        conn = Conn(self.servers.port)
+        try:
+            _, h, _ = expect("tus final (Upload-Concat: final)", conn.request(
+                "POST", f"{base}/files", {**TUS, "Upload-Concat": "final;" + " ".join(urls)}), 201)
+        finally:
+            conn.close()
+        return self.ident_of(re.sub(r"^https?://[^/]+", "", h["location"]))
+
+    def reconnect(self, base):
+        """A PATCH whose client goes silent (the socket open, no FIN, as after
+        a network drop), then the same client anew: HEAD, and a small PATCH
+        from the offset HEAD gives. Returns (ms from the new HEAD's start to
+        the small PATCH's 204, what the old request was answered, the
+        upload's identifier); raises HttpError if the server refuses."""
+        size = RECONNECT_SIZE
+        sent_first = 16 * MIB
+        conn = Conn(self.servers.port)
+        url = tus_create(conn, base, size)
+        old = Conn(self.servers.port)
+        old.send_head("PATCH", url, {**TUS, "Upload-Offset": "0",
+                                     "Content-Type": "application/offset+octet-stream"}, size)
+        old.send_file(self.raw, 0, sent_first)
+        # Wait until what was sent is stored, so that the new request's
+        # offset is not overtaken by bytes still in flight.
+        deadline = time.time() + 20
+        while (stored := tus_head(conn, url)) < sent_first and time.time() < deadline:
+            time.sleep(0.05)
+        conn.close()
+        if stored != sent_first:
+            raise RuntimeError(f"reconnect: only {stored} of {sent_first} bytes stored before the client went silent")
+        time.sleep(3 * PROGRESS_INTERVAL_MS / 1000)  # the old request is idle, holding the upload
+        small = 64 * 1024
+        new = Conn(self.servers.port)
+        start = time.perf_counter()
+        try:
+            for _ in range(5):  # a 409 mismatched offset: HEAD again, as a client does
+                offset = tus_head(new, url)
+                headers = {**TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}
+                answer = new.request("PATCH", url, headers, file=self.raw, offset=offset, count=small)
+                if answer[0] == 204:
+                    break
+                if answer[0] != 409 or "MISMATCHED" not in answer[2]:
+                    raise HttpError(f"reconnect PATCH after {time.perf_counter() - start:.2f} s", *answer)
+            else:
+                raise HttpError("reconnect PATCH (offset kept moving)", *answer)
+            elapsed = (time.perf_counter() - start) * 1000
+            offset = int(answer[1]["upload-offset"])
+            # What the silent request was told: it should have been stopped.
+            old.sock.settimeout(2)
+            try:
+                old_answer = old.response("PATCH")
+                told = f"{old_answer[0]} {(json.loads(old_answer[2]) if old_answer[2] else {}).get('code', '')}".strip()
+            except TimeoutError:
+                told = "nothing in 2 s"
+            except (OSError, ConnectionError, ValueError) as e:
+                told = f"no answer ({type(e).__name__})"
+            # The rest, then the whole checked on disk.
+            while offset < size:
+                offset = tus_patch(new, url, self.raw, offset, min(CHUNK, size - offset))
+        finally:
+            old.close()
+            new.close()
+        return elapsed, told, self.ident_of(url)
+
+
+def resumable(work, quick):
+    """The tus figures: for each transport the multipart POST, one PATCH and
+    8 MiB PATCHes of the same bytes; four partial uploads concatenated
+    against one; the time from reconnect to the first accepted byte; the
+    daemon's peak RSS in each. Interleaved rounds, medians; every stored
+    file's SHA-256 checked on disk."""
+    if os.geteuid() != 0:
+        sys.exit("bench: the resumable scenarios run nginx and the daemon as www-data: run as root")
+    size = 128 * MIB if quick else GIB
+    label = "1g" if size == GIB else f"{size // MIB}m"
+    rounds = 2 if quick else RESUMABLE_ROUNDS
+    root = fresh(work / "resumable")
+    raw = root / "raw.bin"
+    say(f"resumable: making {label} of input")
+    raw_sha = write_raw(raw, size)
+    body = root / "raw.body"
+    body_len = wrap_multipart(raw, body)
+    with open(raw, "rb") as f:
+        reconnect_sha = hashlib.sha256(f.read(RECONNECT_SIZE)).hexdigest()
+    pool = fresh(root / "pool")
+    os.chmod(root, 0o755)
+    servers = Servers(root, pool)
+    run = Resumable(servers, pool, raw, raw_sha, body, body_len)
+    transports = {"daemon": "/fcgi/upload", "fcgiwrap": "/cgi/upload"}
+    throughput = {}
+    for t, base in transports.items():
+        throughput[f"{t}.post"] = lambda base=base: run.post(base)
+        throughput[f"{t}.one_patch"] = lambda base=base: run.tus(base, size)
+        throughput[f"{t}.8m_patches"] = lambda base=base: run.tus(base, CHUNK)
+    throughput["daemon.parallel_4"] = lambda: run.parallel("/fcgi/upload", 4)
+    samples = {name: [] for name in throughput}
+    unavailable = {}
+    reconnect = {t: [] for t in transports}
+    reconnect_rss = {t: [] for t in transports}
+    told = {t: [] for t in transports}
+    peak_log = []  # the daemon's peak in each daemon scenario, in run order
+    # The other helpers' load, after each scenario: bulk receiving runs at
+    # nice 19, so wall times stretch with it, the server's CPU much less.
+    loads = []
+    try:
+        # What the server says it has: a scenario it lacks is tried anyway
+        # (so it counts the moment the server has it) and, if refused,
+        # reported "not available" with the server's answer.
+        conn = Conn(servers.port)
+        extensions = conn.request("OPTIONS", "/fcgi/upload/files", TUS)[1].get("tus-extension", "")
+        conn.close()
+        say(f"resumable: Tus-Extension: {extensions}")
+        started = time.time()
+        for r in range(rounds):
+            say(f"resumable round {r + 1} of {rounds}")
+            for name, scenario in throughput.items():
+                if name in unavailable:
+                    continue
+                try:
+                    wall, peak, cpu, ident = run.timed(name.split(".")[0], scenario)
+                except HttpError as e:
+                    if name != "daemon.parallel_4":
+                        raise
+                    unavailable[name] = (f"not available: {e.status} {e.code() or ''} to the {e.what}"
+                                         f" (concatenation {'is' if 'concatenation' in extensions else 'is not'}"
+                                         f" in Tus-Extension)")
+                    say(f"  {name}: {unavailable[name]}")
+                    continue
+                run.check_stored(ident, name)
+                samples[name].append((wall, peak, cpu))
+                loads.append(os.getloadavg()[0])
+                if name.startswith("daemon."):
+                    peak_log.append(peak)
+                say(f"  {name}: {wall:.2f} s, server CPU {cpu:.2f} s, daemon peak {peak / 1024:.1f} MiB")
+            for t, base in transports.items():
+                if f"reconnect.{t}" in unavailable:
+                    continue
+                run.reset_peak()
+                try:
+                    ms, answer, ident = run.reconnect(base)
+                except HttpError as e:
+                    unavailable[f"reconnect.{t}"] = (f"not available: {e.status} {e.code() or ''} "
+                                                     f"({e.what}): the held upload is not taken over")
+                    say(f"  reconnect.{t}: {unavailable[f'reconnect.{t}']}")
+                    continue
+                run.check_stored(ident, f"reconnect.{t}", reconnect_sha)
+                reconnect[t].append(ms)
+                reconnect_rss[t].append(run.peak_kib())
+                told[t].append(answer)
+                say(f"  reconnect.{t}: {ms:.0f} ms; the silent request was answered {answer}")
+        elapsed = time.time() - started
+    finally:
+        servers.stop()
+
+    def med(name, i):
+        return statistics.median(s[i] for s in samples[name])
+
+    def shown(values, scale=1.0):
+        return ", ".join(f"{v * scale:.3g}" for v in values)
+
+    goals = {"one_patch": 1.05, "8m_patches": 1.15}
+    for t in transports:
+        post = med(f"{t}.post", 0)
+        for kind in ("post", "one_patch", "8m_patches"):
+            name = f"{t}.{kind}"
+            walls = [s[0] for s in samples[name]]
+            figure(f"tus.{name}.{label}.wall", med(name, 0), f"s (median of {shown(walls)})")
+            figure(f"tus.{name}.{label}.server_cpu", med(name, 2),
+                   f"s (median of {shown([s[2] for s in samples[name]])})")
+            if t == "daemon":
+                figure(f"tus.{name}.{label}.daemon_peak_rss", med(name, 1) / 1024,
+                       f"MiB (median of {shown([s[1] for s in samples[name]], 1 / 1024)})")
+        for kind, goal in goals.items():
+            # The ratio of each round's pair, then their median: the rounds
+            # drift with the machine's other load more than the pairs do.
+            pairs = [a[0] / b[0] for a, b in zip(samples[f"{t}.{kind}"], samples[f"{t}.post"])]
+            value = statistics.median(pairs)
+            figure(f"tus.{t}.{kind}_vs_post", value,
+                   f"x (wall; rounds {shown(pairs)}; goal <= {goal}: {'met' if value <= goal else 'missed'})")
+            pairs = [a[2] / b[2] for a, b in zip(samples[f"{t}.{kind}"], samples[f"{t}.post"])]
+            figure(f"tus.{t}.{kind}_vs_post.server_cpu", statistics.median(pairs), f"x (rounds {shown(pairs)})")
+    name = "daemon.parallel_4"
+    if name in unavailable:
+        figure(f"tus.{name}.{label}.wall", unavailable[name], "(4 partial uploads + final: not measured)")
+    else:
+        walls = [s[0] for s in samples[name]]
+        figure(f"tus.{name}.{label}.wall", med(name, 0), f"s (median of {shown(walls)}; 4 partial uploads + final)")
+        figure(f"tus.{name}.{label}.daemon_peak_rss", med(name, 1) / 1024,
+               f"MiB (median of {shown([s[1] for s in samples[name]], 1 / 1024)})")
+        pairs = [a[0] / b[0] for a, b in zip(samples[name], samples["daemon.one_patch"])]
+        figure("tus.daemon.parallel_4_vs_1", statistics.median(pairs),
+               f"x (rounds {shown(pairs)}; 1 = one upload, one PATCH; below 1 is faster)")
+    goal_ms = 2 * PROGRESS_INTERVAL_MS
+    for t in transports:
+        key = f"reconnect.{t}"
+        if key in unavailable:
+            figure(f"tus.{key}.first_byte", unavailable[key], f"(goal < {goal_ms} ms: not measured)")
+            continue
+        value = statistics.median(reconnect[t])
+        figure(f"tus.{key}.first_byte", value,
+               f"ms (median of {shown(reconnect[t])}; goal < {goal_ms} ms, 2 progress intervals: "
+               f"{'met' if value < goal_ms else 'missed'}; the silent PATCH was answered {', '.join(sorted(set(told[t])))})")
+        if t == "daemon":
+            figure(f"tus.{key}.daemon_peak_rss", statistics.median(reconnect_rss[t]) / 1024, "MiB")
+    # Flat: no tus scenario's daemon peak more than 8 MiB over the POST's.
+    peaks = {n: med(n, 1) / 1024 for n in samples if n.startswith("daemon.") and samples[n]}
+    spread = max(peaks.values()) - peaks["daemon.post"]
+    figure("tus.daemon.peak_rss_over_post", spread,
+           f"MiB (the highest tus scenario's over the POST's; goal <= 8 MiB, flat: {'met' if spread <= 8 else 'missed'})")
+    # Across the run (not per scenario): the peak of the first scenario
+    # measured and of the last, dozens of uploads later.
+    first, last = peak_log[0] / 1024, peak_log[-1] / 1024
+    figure("tus.daemon.peak_rss_drift", last - first,
+           f"MiB (first scenario {first:.3g} MiB, last {last:.3g} MiB, {len(peak_log)} uploads apart)")
+    figure("tus.load_average", statistics.median(loads),
+           f"(1-minute, median over the scenarios, range {min(loads):.2g} to {max(loads):.2g}; this run's own "
+           f"load is about 2: above that, other work shared the 2 cores and the wall times are noisy)")
+    figure("tus.run_time", elapsed, f"s ({rounds} interleaved rounds, {label} bodies)")
+
+
 # ---- the benchmark -------------------------------------------------------------
 
 def main():
@@ -626,7 +1131,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller bodies (a smoke run)")
     parser.add_argument("--work", default=str(ROOT / "target" / "bench-work"),
                         help="scratch directory; the pool and every copy live here, on its filesystem")
-    parser.add_argument("--only", choices=["slow-clients"],
+    parser.add_argument("--only", choices=["slow-clients", "resumable"],
                         help="run only this part and update only its rows of bench/results.md")
     args = parser.parse_args()
     if args.only == "slow-clients":
@@ -637,6 +1142,11 @@ def main():
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    if args.only == "resumable":
+        resumable(work, args.quick)
+        merge_markdown(f"Resumable (`tus.*`) rows: `bench/run --only resumable{' --quick' if args.quick else ''}`, "
+                       f"{time.strftime('%Y-%m-%d')}; noisy (2 shared cores): medians of interleaved rounds.")
+        return
     rounds = 2 if args.quick else 5
     big = 128 * MIB if args.quick else GIB
     huge = 256 * MIB if args.quick else 4 * GIB
@@ -782,6 +1292,9 @@ def main():
 
     # 8: slow clients through nginx as the README configures it.
     slow_clients()
+
+    # 9: resumable uploads (tus) against the multipart POST.
+    resumable(work, args.quick)
 
     # The ratios the targets are stated in.
     cat = get(f"limit.cat_file_to_file.{label}.wall")
