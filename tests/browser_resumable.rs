@@ -6,6 +6,13 @@
 //! file, the size check before sending, cancel and retry. Every upload is
 //! checked byte for byte on disk and by its SHA-256 in the status.
 //!
+//! The scenarios that lean on the network and the server (a cut, a held
+//! upload taken over, a reload) run through each transport the README
+//! offers: `fileupload serve`, nginx in front of the FastCGI daemon, and
+//! nginx in front of fcgiwrap (a CGI process per request), each as its
+//! example in conf-examples/ says, the page installed as its comment says;
+//! the proxy sits between the browser and the web server.
+//!
 //! The proxy is here because nothing in the browser can take a network
 //! away from an upload already under way: DevTools "offline" leaves a
 //! running request's bytes flowing.
@@ -23,8 +30,113 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::site::{Site, children_dropin, start_nginx_fcgiwrap, start_nginx_with_the_daemon};
 use common::webdriver::Browser;
 use common::*;
+
+/// What serves the page and its uploads.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Serve,
+    NginxDaemon,
+    NginxFcgiwrap,
+}
+
+/// A running deployment, and where its uploads' status and files are read.
+enum Deployment {
+    Serve { serve: Serve, pool: TestPool },
+    Nginx(Site),
+}
+
+impl Deployment {
+    fn start(transport: Transport) -> Deployment {
+        let nginx = |start: fn(&mut Site)| {
+            let mut site = Site::new();
+            // Room for the test files, with the examples' margin between
+            // fileupload's limit and nginx's.
+            site.max_size_mib = 64;
+            site.server_limit_mib = 65;
+            start(&mut site);
+            Deployment::Nginx(site)
+        };
+        match transport {
+            Transport::Serve => {
+                let pool = TestPool::new();
+                let serve = Serve::start(pool.path(), &[]);
+                Deployment::Serve { serve, pool }
+            }
+            Transport::NginxDaemon => nginx(|site| {
+                start_nginx_with_the_daemon(site);
+            }),
+            // With the drop-in the README gives fcgiwrap: a held request
+            // and its successor each need a process.
+            Transport::NginxFcgiwrap => {
+                nginx(|site| start_nginx_fcgiwrap(site, Some(&children_dropin()), &[]))
+            }
+        }
+    }
+
+    /// Where the browser's requests go (through the proxy).
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Deployment::Serve { serve, .. } => serve.addr(),
+            Deployment::Nginx(site) => SocketAddr::from(([127, 0, 0, 1], site.port)),
+        }
+    }
+
+    /// The status of `id`: from the pool for the development server, from
+    /// the web server's status URL behind nginx.
+    fn status(&self, id: &str) -> Value {
+        match self {
+            Deployment::Serve { pool, .. } => status_of(&pool.cgi(), id),
+            Deployment::Nginx(site) => site.status(id),
+        }
+    }
+
+    /// The uploads in the pool.
+    fn buckets(&self) -> Vec<String> {
+        let names = match self {
+            Deployment::Serve { pool, .. } => pool.top_level(),
+            Deployment::Nginx(site) => std::fs::read_dir(&site.pool)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect(),
+        };
+        names.into_iter().filter(|n| !n.starts_with('.')).collect()
+    }
+
+    fn pool_path(&self) -> &Path {
+        match self {
+            Deployment::Serve { pool, .. } => pool.path(),
+            Deployment::Nginx(site) => &site.pool,
+        }
+    }
+}
+
+/// One `#[test]` per transport for a scenario `fn(Transport)`, named
+/// `scenario::serve`, `scenario::nginx_daemon`, `scenario::nginx_fcgiwrap`.
+macro_rules! through_each_transport {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::Transport;
+
+            #[test]
+            fn serve() {
+                super::$scenario(Transport::Serve);
+            }
+
+            #[test]
+            fn nginx_daemon() {
+                super::$scenario(Transport::NginxDaemon);
+            }
+
+            #[test]
+            fn nginx_fcgiwrap() {
+                super::$scenario(Transport::NginxFcgiwrap);
+            }
+        }
+    };
+}
 
 /// `fileupload serve` on a free port.
 struct Serve {
@@ -284,24 +396,24 @@ fn row_identifier(browser: &Browser) -> String {
 }
 
 /// The offset the server holds for `id`, once it has at least `at_least`.
-fn wait_received(pool: &TestPool, id: &str, at_least: u64) -> u64 {
+fn wait_received(server: &Deployment, id: &str, at_least: u64) -> u64 {
     wait_for(Duration::from_secs(60), || {
-        let status = status_of(&pool.cgi(), id);
+        let status = server.status(id);
         status["received"].as_u64().filter(|&r| r >= at_least)
     })
     .unwrap_or_else(|| {
         panic!(
             "the server never held {at_least} bytes: {}",
-            status_of(&pool.cgi(), id)
+            server.status(id)
         )
     })
 }
 
 /// The offset once it stops moving: what a cut left on the server.
-fn settled_offset(pool: &TestPool, id: &str) -> u64 {
+fn settled_offset(server: &Deployment, id: &str) -> u64 {
     let mut last = u64::MAX;
     for _ in 0..50 {
-        let status = status_of(&pool.cgi(), id);
+        let status = server.status(id);
         assert_eq!(status["state"], "uploading", "{status}");
         assert_eq!(status["resumable"], true, "{status}");
         let now = status["received"].as_u64().expect("received");
@@ -316,12 +428,12 @@ fn settled_offset(pool: &TestPool, id: &str) -> u64 {
 
 /// The upload `id` is done: the stored file is `data` byte for byte, the
 /// status and the page's row show its SHA-256.
-fn assert_stored(browser: &Browser, pool: &TestPool, id: &str, data: &[u8]) {
+fn assert_stored(browser: &Browser, server: &Deployment, id: &str, data: &[u8]) {
     browser.wait_for(
         &format!("{ROW}.dataset.state === 'done' && {ROW}.dataset.sha256"),
         Duration::from_secs(90),
     );
-    let status = status_of(&pool.cgi(), id);
+    let status = server.status(id);
     assert_eq!(status["state"], "done", "{status}");
     assert_eq!(status["files"][0]["sha256"], sha256_hex(data).as_str());
     let stored = std::fs::read(path_of(&status, 0)).unwrap();
@@ -401,17 +513,17 @@ fn the_vendored_tus_js_client_is_the_pinned_npm_package() {
     assert!(String::from_utf8_lossy(&body).starts_with("The MIT License"));
 }
 
-#[test]
-fn a_cut_connection_resumes_from_the_servers_offset() {
-    let pool = TestPool::new();
-    let serve = Serve::start(pool.path(), &[]);
-    let proxy = Proxy::start(serve.addr(), 1 << 20);
+through_each_transport!(a_cut_connection_resumes_from_the_servers_offset);
+
+fn a_cut_connection_resumes_from_the_servers_offset(transport: Transport) {
+    let server = Deployment::start(transport);
+    let proxy = Proxy::start(server.addr(), 1 << 20);
     let data = random_bytes(6 << 20, 31);
     let file = write_file("cut.bin", &data);
     let browser = Browser::start();
     send_resumable(&browser, &proxy.url, &file, None);
     let id = row_identifier(&browser);
-    wait_received(&pool, &id, 3 << 19);
+    wait_received(&server, &id, 3 << 19);
 
     proxy.cut();
     let said = browser.wait_for(
@@ -424,8 +536,8 @@ fn a_cut_connection_resumes_from_the_servers_offset() {
         said.as_str().unwrap().contains("reconnecting"),
         "the row says {said}"
     );
-    browser.screenshot(&output_dir().join("reconnecting.png"));
-    let held = settled_offset(&pool, &id);
+    browser.screenshot(&output_dir().join(format!("reconnecting-{transport:?}.png")));
+    let held = settled_offset(&server, &id);
     assert!(
         held > 0 && held < data.len() as u64,
         "the server holds {held}"
@@ -447,8 +559,8 @@ fn a_cut_connection_resumes_from_the_servers_offset() {
     let before = proxy.upstream_bytes();
     proxy.restore();
 
-    assert_stored(&browser, &pool, &id, &data);
-    browser.screenshot(&output_dir().join("resumed-done.png"));
+    assert_stored(&browser, &server, &id, &data);
+    browser.screenshot(&output_dir().join(format!("resumed-done-{transport:?}.png")));
     // It asked the server where it stood and went on from there.
     let resumed: Vec<u64> = events(&browser)
         .iter()
@@ -474,19 +586,18 @@ fn a_cut_connection_resumes_from_the_servers_offset() {
 /// network comes back, with the stalled connection reset (`half_open`
 /// false: a middlebox or the server's side saw it die) or still open on
 /// the server (`half_open`: the server still holds its request).
-fn stall_then_resume(half_open: bool) {
-    let pool = TestPool::new();
-    let serve = Serve::start(pool.path(), &[]);
-    let proxy = Proxy::start(serve.addr(), 1 << 20);
+fn stall_then_resume(transport: Transport, half_open: bool) {
+    let server = Deployment::start(transport);
+    let proxy = Proxy::start(server.addr(), 1 << 20);
     let data = random_bytes(6 << 20, 34);
     let file = write_file("stall.bin", &data);
     let browser = Browser::start();
     send_resumable(&browser, &proxy.url, &file, None);
     let id = row_identifier(&browser);
-    wait_received(&pool, &id, 1 << 20);
+    wait_received(&server, &id, 1 << 20);
 
     proxy.stall();
-    let held = settled_offset(&pool, &id);
+    let held = settled_offset(&server, &id);
     assert!(held < data.len() as u64, "{held}");
     let said = browser.wait_for(
         &format!(
@@ -500,7 +611,7 @@ fn stall_then_resume(half_open: bool) {
             .starts_with("No answer for 15 s: reconnecting"),
         "the row says {said}"
     );
-    browser.screenshot(&output_dir().join("stalled.png"));
+    browser.screenshot(&output_dir().join(format!("stalled-{transport:?}.png")));
     if !half_open {
         proxy.cut();
     }
@@ -511,7 +622,7 @@ fn stall_then_resume(half_open: bool) {
         &format!("Number({ROW}.dataset.received) > {held}"),
         Duration::from_secs(30),
     );
-    assert_stored(&browser, &pool, &id, &data);
+    assert_stored(&browser, &server, &id, &data);
     let seen = events(&browser);
     assert!(seen.iter().any(|e| e["event"] == "stalled"), "{seen:?}");
     let resumed = seen
@@ -524,23 +635,27 @@ fn stall_then_resume(half_open: bool) {
 
 #[test]
 fn a_stalled_connection_is_given_up_and_the_upload_resumes() {
-    stall_then_resume(false);
+    stall_then_resume(Transport::Serve, false);
 }
 
 /// The stalled request still held by the server (its connection frozen,
 /// not closed): the new one takes the upload over (`Pool::take_over`, the
 /// issue's lock release request) rather than waiting for the old
 /// connection to time out.
-#[test]
-fn a_stalled_connection_still_held_by_the_server_is_taken_over() {
-    stall_then_resume(true);
+/// Behind nginx the web server holds the frozen connection and keeps the
+/// old request open to the program (the daemon's worker, or its own CGI
+/// process under fcgiwrap), so the takeover happens across processes.
+fn a_stalled_connection_still_held_by_the_server_is_taken_over(transport: Transport) {
+    stall_then_resume(transport, true);
 }
 
-#[test]
-fn reloading_mid_upload_and_choosing_the_same_file_resumes_it() {
-    let pool = TestPool::new();
-    let serve = Serve::start(pool.path(), &[]);
-    let proxy = Proxy::start(serve.addr(), 1 << 20);
+through_each_transport!(a_stalled_connection_still_held_by_the_server_is_taken_over);
+
+through_each_transport!(reloading_mid_upload_and_choosing_the_same_file_resumes_it);
+
+fn reloading_mid_upload_and_choosing_the_same_file_resumes_it(transport: Transport) {
+    let server = Deployment::start(transport);
+    let proxy = Proxy::start(server.addr(), 1 << 20);
     let data = random_bytes(5 << 20, 32);
     let file = write_file("reload.bin", &data);
     let browser = Browser::start();
@@ -549,10 +664,10 @@ fn reloading_mid_upload_and_choosing_the_same_file_resumes_it() {
     // on loopback), and the upload would be over before the reload.
     send_resumable(&browser, &proxy.url, &file, Some(1 << 20));
     let id = row_identifier(&browser);
-    wait_received(&pool, &id, 1 << 20);
+    wait_received(&server, &id, 1 << 20);
 
     browser.goto(&proxy.url);
-    let held = settled_offset(&pool, &id);
+    let held = settled_offset(&server, &id);
     assert!(held >= 1 << 20 && held < data.len() as u64, "{held}");
     // The page came back in the mode it was left in; the same file again.
     assert_eq!(
@@ -565,7 +680,7 @@ fn reloading_mid_upload_and_choosing_the_same_file_resumes_it() {
     browser.click(&browser.find("#start"));
     let again = row_identifier(&browser);
     assert_eq!(again, id, "a new upload, not the one left off");
-    assert_stored(&browser, &pool, &id, &data);
+    assert_stored(&browser, &server, &id, &data);
     let seen = events(&browser);
     assert!(
         seen.iter().any(|e| e["event"] == "previous"),
@@ -588,11 +703,7 @@ fn reloading_mid_upload_and_choosing_the_same_file_resumes_it() {
         "a finished upload is forgotten in localStorage"
     );
     // One upload in the pool: nothing was begun again.
-    let buckets: Vec<String> = pool
-        .top_level()
-        .into_iter()
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    let buckets = server.buckets();
     assert_eq!(buckets, [id], "{buckets:?}");
 }
 
@@ -762,29 +873,24 @@ fn dropped_files_get_a_row_each_and_the_size_limit_is_checked_first() {
 
 #[test]
 fn cancel_removes_the_upload_and_retry_sends_it_again() {
-    let pool = TestPool::new();
-    let serve = Serve::start(pool.path(), &[]);
-    let proxy = Proxy::start(serve.addr(), 1 << 20);
+    let server = Deployment::start(Transport::Serve);
+    let proxy = Proxy::start(server.addr(), 1 << 20);
     let data = random_bytes(4 << 20, 33);
     let file = write_file("cancel-retry.bin", &data);
     let browser = Browser::start();
     send_resumable(&browser, &proxy.url, &file, None);
     let id = row_identifier(&browser);
-    wait_received(&pool, &id, 1 << 19);
+    wait_received(&server, &id, 1 << 19);
     browser.click(&browser.find("#queue li button.cancel"));
     browser.wait_for(
         &format!("{ROW}.dataset.state === 'cancelled'"),
         Duration::from_secs(20),
     );
     let removed = wait_for(Duration::from_secs(10), || {
-        (status_of(&pool.cgi(), &id)["state"] == "starting" && !pool.path().join(&id).exists())
+        (server.status(&id)["state"] == "starting" && !server.pool_path().join(&id).exists())
             .then_some(())
     });
-    assert!(
-        removed.is_some(),
-        "after cancel: {}",
-        status_of(&pool.cgi(), &id)
-    );
+    assert!(removed.is_some(), "after cancel: {}", server.status(&id));
     assert_eq!(
         stored_uploads(&browser),
         0,
@@ -804,5 +910,5 @@ fn cancel_removes_the_upload_and_retry_sends_it_again() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_stored(&browser, &pool, &again, &data);
+    assert_stored(&browser, &server, &again, &data);
 }

@@ -419,7 +419,8 @@ pub fn start_nginx_with(site: &mut Site, server_block: &str) {
     run_chown(&temp);
     let dir = site.dir.path().display().to_string();
     // The main configuration is Debian's in substance (workers as
-    // www-data, `worker_processes auto`: one a core), with the connection limits the README's FastCGI daemon
+    // www-data, `worker_processes auto`: one a core, its MIME types, so the
+    // demo page's script goes out as JavaScript), with the connection limits the README's FastCGI daemon
     // section tells an administrator to set for thousands of concurrent
     // uploads, taken from that section's nginx block. The site is the
     // example.
@@ -427,7 +428,7 @@ pub fn start_nginx_with(site: &mut Site, server_block: &str) {
     let main = format!(
         "user www-data;\ndaemon off;\nworker_processes auto;\npid {dir}/nginx.pid;\n\
          error_log {dir}/nginx-error.log warn;\n{limits}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {dir}/nginx-temp/body;\n  fastcgi_temp_path {dir}/nginx-temp/fastcgi;\n\
+         http {{\n  include /etc/nginx/mime.types;\n  default_type application/octet-stream;\n  access_log off;\n  client_body_temp_path {dir}/nginx-temp/body;\n  fastcgi_temp_path {dir}/nginx-temp/fastcgi;\n\
          proxy_temp_path {dir}/nginx-temp/proxy;\n  uwsgi_temp_path {dir}/nginx-temp/uwsgi;\n  scgi_temp_path {dir}/nginx-temp/scgi;\n\
          include {dir}/site.conf;\n}}\n"
     );
@@ -845,15 +846,27 @@ pub fn start_apache(
     site.wait_ready();
 }
 
-/// conf-examples/demo/index.html where the nginx example's `root` points.
-pub fn install_demo_page(site: &Site) -> PathBuf {
+/// The demo page's folder installed where `example`'s `root` points, by
+/// running the `install` line its comment gives (from the repository's
+/// root, as a reader of the example would), so that the test serves
+/// exactly what a reader who follows it gets.
+pub fn install_demo_page(site: &Site, example: &str) -> PathBuf {
+    const SHARE: &str = "/usr/local/share/fileupload";
+    let text = std::fs::read_to_string(Path::new(EXAMPLES).join(example))
+        .unwrap_or_else(|e| panic!("conf-examples/{example}: {e}"));
+    let line = text
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix('#'))
+        .map(str::trim)
+        .find(|l| l.starts_with("install ") && l.contains(SHARE))
+        .unwrap_or_else(|| {
+            panic!("conf-examples/{example} no longer says how to install the demo page")
+        });
     let demo = site.path("demo");
-    std::fs::create_dir_all(&demo).unwrap();
-    std::fs::copy(
-        Path::new(EXAMPLES).join("demo/index.html"),
-        demo.join("index.html"),
-    )
-    .unwrap();
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(line.replace(SHARE, &demo.display().to_string()))
+        .current_dir(env!("CARGO_MANIFEST_DIR")));
     demo
 }
 
@@ -869,7 +882,7 @@ pub fn start_nginx_with_the_daemon(site: &mut Site) -> PathBuf {
 /// nginx-fastcgi.conf pointed at the daemon's `socket`, with the demo page
 /// where the example serves it, and the test's own `extra` substitutions.
 pub fn start_nginx_fastcgi(site: &mut Site, socket: &Path, extra: &[(&str, String)]) {
-    let demo = install_demo_page(site);
+    let demo = install_demo_page(site, "nginx-fastcgi.conf");
     let mut substitutions = vec![
         (
             "unix:/run/fileupload/fileupload.sock",
@@ -885,15 +898,18 @@ pub fn start_nginx_fastcgi(site: &mut Site, socket: &Path, extra: &[(&str, Strin
 /// Debian's units as installed), with the program both where the
 /// `/upload` location names it and in a cgi-bin folder for the
 /// `/cgi-bin/fileupload/` location; the site's size limits in place of
-/// the example's, and the test's own `extra` substitutions.
+/// the example's, the demo page where the example serves it, and the
+/// test's own `extra` substitutions.
 pub fn start_nginx_fcgiwrap(site: &mut Site, dropin: Option<&str>, extra: &[(&str, String)]) {
     let socket = start_fcgiwrap_with(site, dropin);
     let cgi_bin = site.path("cgi-bin");
     std::fs::create_dir(&cgi_bin).unwrap();
     std::fs::copy(&site.bin, cgi_bin.join("fileupload")).unwrap();
+    let demo = install_demo_page(site, "nginx-fcgiwrap.conf");
     let substitutions = [
         site.program_substitutions(),
         vec![
+            ("/usr/local/share/fileupload", demo.display().to_string()),
             (
                 "unix:/run/fcgiwrap.socket",
                 format!("unix:{}", socket.display()),
