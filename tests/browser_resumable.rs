@@ -57,6 +57,21 @@ impl Deployment {
             site.max_size_mib = 64;
             site.server_limit_mib = 65;
             start(&mut site);
+            // The example serves what the page loads next to it, as it is
+            // in conf-examples/demo/, with the types a browser wants.
+            let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf-examples/demo");
+            for (name, content_type) in [
+                ("tus.min.js", "application/javascript"),
+                ("tus-js-client-LICENSE", "text/plain"),
+            ] {
+                let answer = site.request("GET", &format!("/{name}"), &[], b"");
+                assert_eq!(answer.status, 200, "/{name}\n{}", site.logs_text());
+                assert_eq!(answer.header("Content-Type"), Some(content_type), "/{name}");
+                assert!(
+                    answer.body == std::fs::read(demo.join(name)).unwrap(),
+                    "/{name} is not conf-examples/demo/{name}"
+                );
+            }
             Deployment::Nginx(site)
         };
         match transport {
@@ -589,7 +604,11 @@ fn a_cut_connection_resumes_from_the_servers_offset(transport: Transport) {
 fn stall_then_resume(transport: Transport, half_open: bool) {
     let server = Deployment::start(transport);
     let proxy = Proxy::start(server.addr(), 1 << 20);
-    let data = random_bytes(6 << 20, 34);
+    // Long enough after the restore (11 s at 1 MiB/s) for the page's
+    // status polls to report the server again: a poll left on a connection
+    // the stall froze is given up only after 5 s, and behind nginx (which
+    // keeps idle connections open) 6 MiB sometimes ended first.
+    let data = random_bytes(12 << 20, 34);
     let file = write_file("stall.bin", &data);
     let browser = Browser::start();
     send_resumable(&browser, &proxy.url, &file, None);

@@ -862,6 +862,10 @@ pub fn install_demo_page(site: &Site, example: &str) -> PathBuf {
         .unwrap_or_else(|| {
             panic!("conf-examples/{example} no longer says how to install the demo page")
         });
+    assert!(
+        include_str!("../../README.md").contains(line),
+        "the README does not give conf-examples/{example}'s line: {line}"
+    );
     let demo = site.path("demo");
     run(Command::new("sh")
         .arg("-c")
