@@ -600,6 +600,10 @@ def merge_markdown(note):
                 continue
             figure_rows = [i for i, l in enumerate(lines) if l.startswith("| `") and not l.startswith("| `ratio.")]
             lines.insert(figure_rows[-1] + 1 if figure_rows else len(lines), row)
+        # The note of an earlier partial run of the same kind ("Slow-client
+        # rows: ...") is this one's, replaced, not kept beside it.
+        kind = note.split(" `bench/run")[0]
+        lines = [l for l in lines if not (l.startswith(kind) and l != note)]
         text = "\n".join(lines)
         marker = "\n\n| figure | value |"
         if note not in text and marker in text:
