@@ -310,19 +310,21 @@ fn dispatch(
         },
         // The IETF draft shares the endpoints: its requests say their
         // interop version, tus requests their Tus-Resumable.
-        Route::Files if ietf::is_ietf(request) => {
-            Ok(Answer::Response(ietf::collection(service, request)))
-        }
         Route::Files => {
-            let answered = tus::collection(service, request);
+            let answered = if ietf::is_ietf(request) {
+                ietf::collection(service, request)
+            } else {
+                tus::collection(service, request)
+            };
             Ok(Answer::Resumable(answered.response, answered.completed))
         }
         Route::File => {
             let param = params.first().map(String::as_str).unwrap_or_default();
-            if ietf::is_ietf(request) {
-                return Ok(Answer::Response(ietf::upload(service, request, param)));
-            }
-            let answered = tus::upload(service, request, param);
+            let answered = if ietf::is_ietf(request) {
+                ietf::upload(service, request, param)
+            } else {
+                tus::upload(service, request, param)
+            };
             Ok(Answer::Resumable(answered.response, answered.completed))
         }
     }

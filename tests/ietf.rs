@@ -812,3 +812,61 @@ fn a_method_override_stands_for_the_append() {
     assert_eq!(answer.header("Upload-Complete"), Some("?1"));
     assert_eq!(server.stored(&id), b"abc");
 }
+
+/// Middleware mode: the append that completes an upload hands it to the
+/// application, as a completed form (or tus) upload is; one that does not
+/// complete it is answered by fileupload.
+#[test]
+fn in_middleware_mode_a_completed_upload_is_handed_to_the_application() {
+    use std::os::unix::fs::PermissionsExt;
+    let pool = common::TestPool::new();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("app.cgi");
+    std::fs::write(
+        &app,
+        "#!/bin/sh\nprintf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\nX-App: yes\\r\\n\\r\\n'\n\
+         echo \"id=$FILEUPLOAD_IDENTIFIER\"\ncat\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let draft = |method: &str, target: &str| {
+        pool.cgi()
+            .request(method, target)
+            .env("HTTP_UPLOAD_DRAFT_INTEROP_VERSION", "6")
+            .env("FILEUPLOAD_APP", app.to_str().unwrap())
+    };
+    let created = draft("POST", "/upload/files")
+        .env("HTTP_UPLOAD_COMPLETE", "?0")
+        .env("HTTP_UPLOAD_LENGTH", "10")
+        .run(b"");
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(
+        created.header("X-App"),
+        None,
+        "not complete: not handed over"
+    );
+    let location = created.header("Location").unwrap().to_owned();
+    let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+    let append = |offset: usize, body: &[u8], complete: &str| {
+        draft("PATCH", &location)
+            .env("CONTENT_TYPE", "application/partial-upload")
+            .env("HTTP_UPLOAD_OFFSET", &offset.to_string())
+            .env("HTTP_UPLOAD_COMPLETE", complete)
+            .env("CONTENT_LENGTH", &body.len().to_string())
+            .run(body)
+    };
+    let first = append(0, b"abcd", "?0");
+    assert_eq!(first.status, 204, "{}", first.text());
+    assert_eq!(first.header("X-App"), None);
+    let last = append(4, b"efghij", "?1");
+    assert_eq!(last.status, 200, "{}", last.text());
+    assert_eq!(last.header("X-App"), Some("yes"));
+    let text = String::from_utf8_lossy(&last.body).into_owned();
+    assert!(text.contains(&format!("id={id}\n")), "{text}");
+    let json: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(json["state"], "done", "{json}");
+    assert_eq!(
+        json["files"][0]["sha256"],
+        sha256_hex(b"abcdefghij").as_str()
+    );
+}

@@ -43,8 +43,10 @@ use crate::error_code::ErrorCode;
 use crate::http::{BodyLength, HttpError, Request, Response};
 use crate::identifier::Identifier;
 use crate::pool::unix_now;
-use crate::resumable::{self, Chunk, NewUpload, Progress, Settings, tus};
+use crate::resumable::tus::{self, Answered};
+use crate::resumable::{self, Chunk, NewUpload, Progress, Settings};
 use crate::service::Service;
+use crate::status::Status;
 use crate::upload::{MAX_CONTENT_TYPE_BYTES, MAX_FILENAME_BYTES};
 
 /// The header that makes a request an IETF-draft one.
@@ -78,24 +80,29 @@ pub fn is_ietf(request: &Request<'_>) -> bool {
 }
 
 /// `.../upload/files`: `OPTIONS`, `POST`.
-pub fn collection(service: &Service, request: &mut Request<'_>) -> Response {
+pub fn collection(service: &Service, request: &mut Request<'_>) -> Answered {
     const ALLOWED: &str = "OPTIONS, POST";
     let version = interop(request);
     let known = version.as_ref().ok().copied();
+    let mut completed = None;
     let answer = match version {
         Err(error) => Err(error.into()),
         Ok(_) => match &*tus::method(request) {
             "OPTIONS" => Ok(options(service)),
-            "POST" => create(service, request),
+            "POST" => create(service, request, &mut completed),
             _ => Err(wrong_method(request, ALLOWED)),
         },
     };
-    finish(request, known, answer, ALLOWED)
+    Answered {
+        response: finish(request, known, answer, ALLOWED),
+        completed,
+    }
 }
 
 /// `.../upload/files/<id>`: `OPTIONS`, `HEAD`, `PATCH`, `DELETE`.
-pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Response {
+pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Answered {
     const ALLOWED: &str = "OPTIONS, HEAD, PATCH, DELETE";
+    let mut completed = None;
     let version = interop(request);
     let known = version.as_ref().ok().copied();
     let method = tus::method(request).into_owned();
@@ -111,7 +118,7 @@ pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Resp
                 let progress = resumable::info(service.pool(), &id, &settings)?;
                 Ok(described(service, &progress))
             }
-            "PATCH" => append(service, request, &id, &settings, version),
+            "PATCH" => append(service, request, &id, &settings, version, &mut completed),
             "DELETE" => {
                 no_upload_state(request, "a cancellation (DELETE)")?;
                 resumable::terminate(service.pool(), &id)?;
@@ -120,7 +127,10 @@ pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Resp
             _ => Err(wrong_method(request, ALLOWED)),
         }
     });
-    finish(request, known, answer, ALLOWED)
+    Answered {
+        response: finish(request, known, answer, ALLOWED),
+        completed,
+    }
 }
 
 /// An error, with the headers the draft wants beside it (the offset and
@@ -326,7 +336,7 @@ fn described(service: &Service, progress: &Progress) -> Response {
 
 /// The answer to a request that completed the upload: its status, as a
 /// form upload's answer gives it (the file's size and SHA-256).
-fn completed(service: &Service, status: u16, progress: &Progress) -> Response {
+fn complete_answer(service: &Service, status: u16, progress: &Progress) -> Response {
     state_headers(
         service,
         Response::json(status, &progress.status),
@@ -481,7 +491,11 @@ fn short_of_complete(progress: &Progress) -> HttpError {
     )
 }
 
-fn create(service: &Service, request: &mut Request<'_>) -> Result<Response, Failure> {
+fn create(
+    service: &Service,
+    request: &mut Request<'_>,
+    completed: &mut Option<Box<Status>>,
+) -> Result<Response, Failure> {
     let complete = complete(request)?;
     if request.header("Upload-Offset").is_some() {
         return Err(HttpError::new(
@@ -530,7 +544,8 @@ fn create(service: &Service, request: &mut Request<'_>) -> Result<Response, Fail
         return Err(failed(short_of_complete(&progress)));
     }
     let response = if progress.complete {
-        completed(service, 201, &progress)
+        *completed = Some(Box::new(progress.status.clone()));
+        complete_answer(service, 201, &progress)
     } else {
         state_headers(service, empty(201), &progress, false)
     };
@@ -543,6 +558,7 @@ fn append(
     id: &Identifier,
     settings: &Settings,
     version: Interop,
+    completed: &mut Option<Box<Status>>,
 ) -> Result<Response, Failure> {
     // Version 5's clients (tus-js-client's 'ietf-draft-03') send no type;
     // the media type became a requirement with version 6.
@@ -587,7 +603,8 @@ fn append(
         return Err(failed(short_of_complete(&progress)));
     }
     if progress.complete {
-        Ok(completed(service, 201, &progress))
+        *completed = Some(Box::new(progress.status.clone()));
+        Ok(complete_answer(service, 201, &progress))
     } else {
         Ok(state_headers(service, empty(204), &progress, false))
     }

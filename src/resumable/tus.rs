@@ -50,9 +50,10 @@ pub fn is_bulk(request: &Request<'_>) -> bool {
     matches!(&*method(request), "POST" | "PATCH")
 }
 
-/// A tus answer, and the upload the request completed (never a partial
-/// one): in middleware mode the application gets it, as it gets a
-/// completed form upload, and its answer goes out with this one's headers.
+/// A resumable protocol's answer (tus's, or the IETF draft's), and the
+/// upload the request completed (never a partial one): in middleware mode
+/// the application gets it, as it gets a completed form upload, and its
+/// answer goes out with this one's headers.
 pub struct Answered {
     pub response: Response,
     pub completed: Option<Box<Status>>,
