@@ -43,7 +43,7 @@ use crate::error_code::ErrorCode;
 use crate::http::{BodyLength, HttpError, Request, Response};
 use crate::identifier::Identifier;
 use crate::pool::unix_now;
-use crate::resumable::tus::{self, Answered};
+use crate::resumable::tus::{self, Answered, Failure, wrong_method};
 use crate::resumable::{self, Chunk, NewUpload, Progress, Settings};
 use crate::service::Service;
 use crate::status::Status;
@@ -133,23 +133,6 @@ pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Answ
     }
 }
 
-/// An error, with the headers the draft wants beside it (the offset and
-/// `Upload-Complete: ?0` on a failed append, the `Location` of an upload
-/// whose first bytes failed).
-struct Failure {
-    error: HttpError,
-    headers: Vec<(&'static str, String)>,
-}
-
-impl From<HttpError> for Failure {
-    fn from(error: HttpError) -> Failure {
-        Failure {
-            error,
-            headers: Vec::new(),
-        }
-    }
-}
-
 fn finish(
     request: &Request<'_>,
     version: Option<Interop>,
@@ -158,39 +141,12 @@ fn finish(
 ) -> Response {
     let response = match answer {
         Ok(response) => response,
-        Err(Failure { error, headers }) => {
-            if error.status() >= 500 {
-                crate::log!(
-                    "{} {}: {}",
-                    tus::method(request),
-                    request.path(),
-                    error.message
-                );
-            }
-            let mut response = Response::error(&error);
-            if error.code == ErrorCode::Method {
-                response = response.with_header("Allow", allowed);
-            }
-            headers
-                .into_iter()
-                .fold(response, |r, (name, value)| r.with_header(name, &value))
-        }
+        Err(failure) => failure.into_response(request, allowed),
     };
     match version {
         Some(version) => response.with_header(INTEROP_HEADER, version.number()),
         None => response,
     }
-}
-
-fn wrong_method(request: &Request<'_>, allowed: &str) -> Failure {
-    HttpError::new(
-        ErrorCode::Method,
-        format!(
-            "method {} is not allowed here; use {allowed}",
-            tus::method(request)
-        ),
-    )
-    .into()
 }
 
 /// The request's interop version: 5 or 6, else 412 (a later draft's

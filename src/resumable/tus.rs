@@ -116,31 +116,24 @@ fn completed_by(progress: &Progress) -> Option<Box<Status>> {
 fn finish(request: &Request<'_>, answer: Result<Response, Failure>, allowed: &str) -> Response {
     let response = match answer {
         Ok(response) => response,
-        Err(Failure { error, headers }) => {
-            if error.status() >= 500 {
-                crate::log!("{} {}: {}", method(request), request.path(), error.message);
+        Err(failure) => {
+            let unsupported = failure.error.code == ErrorCode::UnsupportedVersion;
+            let response = failure.into_response(request, allowed);
+            match unsupported {
+                true => response.with_header("Tus-Version", VERSION),
+                false => response,
             }
-            let mut response = Response::error(&error);
-            match error.code {
-                ErrorCode::Method => response = response.with_header("Allow", allowed),
-                ErrorCode::UnsupportedVersion => {
-                    response = response.with_header("Tus-Version", VERSION);
-                }
-                _ => {}
-            }
-            headers
-                .into_iter()
-                .fold(response, |r, (name, value)| r.with_header(name, &value))
         }
     };
     response.with_header("Tus-Resumable", VERSION)
 }
 
 /// An error, with headers the answer needs beside it (the `Location` of
-/// an upload whose first chunk failed).
-struct Failure {
-    error: HttpError,
-    headers: Vec<(&'static str, String)>,
+/// an upload whose first chunk failed; for the IETF draft, the offset
+/// beside a failed append).
+pub(crate) struct Failure {
+    pub(crate) error: HttpError,
+    pub(crate) headers: Vec<(&'static str, String)>,
 }
 
 impl From<HttpError> for Failure {
@@ -152,7 +145,25 @@ impl From<HttpError> for Failure {
     }
 }
 
-fn wrong_method(request: &Request<'_>, allowed: &str) -> Failure {
+impl Failure {
+    /// The JSON error answer with the failure's headers, and `Allow` for
+    /// a wrong method; logged when the fault is the server's.
+    pub(crate) fn into_response(self, request: &Request<'_>, allowed: &str) -> Response {
+        let Failure { error, headers } = self;
+        if error.status() >= 500 {
+            crate::log!("{} {}: {}", method(request), request.path(), error.message);
+        }
+        let mut response = Response::error(&error);
+        if error.code == ErrorCode::Method {
+            response = response.with_header("Allow", allowed);
+        }
+        headers
+            .into_iter()
+            .fold(response, |r, (name, value)| r.with_header(name, &value))
+    }
+}
+
+pub(crate) fn wrong_method(request: &Request<'_>, allowed: &str) -> Failure {
     HttpError::new(
         ErrorCode::Method,
         format!(
