@@ -4,40 +4,20 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fileupload::http::{Body, HttpError, Request, ResponseWriter};
+use fileupload::http::{Body, Request};
 use fileupload::identifier::verify_identifier;
 use fileupload::status::State;
 use fileupload::{Config, handler, upload};
 use serde_json::Value;
 
+use common::in_process::{Answer as Collected, Fed};
 use common::{Form, random_bytes, sha256_hex, wait_for};
 
-/// An answer, collected.
-#[derive(Default)]
-struct Collected {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl ResponseWriter for Collected {
-    fn start(&mut self, status: u16, headers: &[(String, String)]) -> io::Result<&mut dyn Write> {
-        self.status = status;
-        self.headers = headers.to_vec();
-        Ok(&mut self.body)
-    }
-}
-
 impl Collected {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
     fn assert_error(&self, status: u16, code: &str) {
         let json = self.json();
         assert_eq!(
@@ -113,33 +93,6 @@ fn status(config: &Config, id: &str) -> Value {
     );
     assert_eq!(answer.status, 200);
     answer.json()
-}
-
-/// A body whose bytes come from a channel, so a test decides when they
-/// arrive; a sent `Err` is a read error, a dropped sender the end.
-struct Fed(mpsc::Receiver<io::Result<Vec<u8>>>, Vec<u8>);
-
-impl Read for Fed {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.1.is_empty() {
-            match self.0.recv() {
-                Ok(chunk) => self.1 = chunk?,
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.1.len());
-        buf[..n].copy_from_slice(&self.1[..n]);
-        self.1.drain(..n);
-        Ok(n)
-    }
-}
-
-/// A client's connection: an error is the connection's, with no reason
-/// beyond it.
-impl Body for Fed {
-    fn failure(&mut self) -> Option<HttpError> {
-        None
-    }
 }
 
 /// Feeds `body` into a [`Fed`] reader `chunk` bytes every `pause`, on a

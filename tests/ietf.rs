@@ -6,57 +6,21 @@
 
 mod common;
 
-use std::io::{self, Write};
+use std::io::{self};
 use std::path::PathBuf;
 
-use fileupload::http::{Body, Request, ResponseWriter};
+use fileupload::http::{Body, Request};
 use fileupload::identifier::Key;
 use fileupload::{Config, handler};
 use serde_json::Value;
 
+use common::in_process::Answer;
 use common::{random_bytes, sha256_hex};
 
 const BASE: &str = "/cgi-bin/fileupload/upload/files";
 const PARTIAL: &str = "application/partial-upload";
 
-#[derive(Default, Debug)]
-struct Answer {
-    head: bool,
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl ResponseWriter for Answer {
-    fn start(&mut self, status: u16, headers: &[(String, String)]) -> io::Result<&mut dyn Write> {
-        self.status = status;
-        self.headers = headers.to_vec();
-        Ok(&mut self.body)
-    }
-}
-
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn text(&self) -> String {
-        format!(
-            "{} {:?} {}",
-            self.status,
-            self.headers,
-            String::from_utf8_lossy(&self.body)
-        )
-    }
-
     /// The status, and what every IETF answer has: the interop version
     /// echoed, and no tus version.
     fn assert_status(&self, status: u16, version: &str) -> &Answer {

@@ -5,61 +5,23 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use fileupload::http::{Body, HttpError, Request, ResponseWriter};
+use fileupload::http::{Body, Request};
 use fileupload::identifier::{Key, create_identifier};
 use fileupload::{Config, handler};
 use serde_json::Value;
 
+use common::in_process::{Answer, Fed};
 use common::{random_bytes, sha256_hex, wait_for};
 
 const CHUNK: &str = "application/offset+octet-stream";
 const BASE: &str = "/cgi-bin/fileupload/upload/files";
 
-/// An answer, collected.
-#[derive(Default, Debug)]
-struct Answer {
-    /// A HEAD answer has no body: its error code cannot be checked.
-    head: bool,
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl ResponseWriter for Answer {
-    fn start(&mut self, status: u16, headers: &[(String, String)]) -> io::Result<&mut dyn Write> {
-        self.status = status;
-        self.headers = headers.to_vec();
-        Ok(&mut self.body)
-    }
-}
-
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn text(&self) -> String {
-        format!(
-            "{} {:?} {}",
-            self.status,
-            self.headers,
-            String::from_utf8_lossy(&self.body)
-        )
-    }
-
     fn assert_status(&self, status: u16) -> &Answer {
         assert_eq!(self.status, status, "{}", self.text());
         assert_eq!(
@@ -220,31 +182,6 @@ impl Server {
 
     fn stored(&self, name: &str) -> Vec<u8> {
         std::fs::read(self.data(name)).unwrap_or_default()
-    }
-}
-
-/// A body whose bytes come from a channel, so that a test decides when
-/// they arrive; a sent `Err` is a read error (a dropped connection).
-struct Fed(mpsc::Receiver<io::Result<Vec<u8>>>, Vec<u8>);
-
-impl Read for Fed {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.1.is_empty() {
-            match self.0.recv() {
-                Ok(chunk) => self.1 = chunk?,
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.1.len());
-        buf[..n].copy_from_slice(&self.1[..n]);
-        self.1.drain(..n);
-        Ok(n)
-    }
-}
-
-impl Body for Fed {
-    fn failure(&mut self) -> Option<HttpError> {
-        None
     }
 }
 

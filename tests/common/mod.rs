@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod fcgi;
+pub mod in_process;
 pub mod load;
 pub mod site;
 pub mod webdriver;
