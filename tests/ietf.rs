@@ -9,12 +9,12 @@ mod common;
 use std::io::{self};
 use std::path::PathBuf;
 
-use fileupload::http::{Body, Request};
+use fileupload::Config;
+use fileupload::http::Body;
 use fileupload::identifier::Key;
-use fileupload::{Config, handler};
 use serde_json::Value;
 
-use common::in_process::Answer;
+use common::in_process::{self, Answer};
 use common::{random_bytes, sha256_hex};
 
 const BASE: &str = "/cgi-bin/fileupload/upload/files";
@@ -91,8 +91,7 @@ impl Server {
         Server { dir, config }
     }
 
-    /// One request: `headers` are HTTP header names (`Content-Type` and
-    /// `Content-Length` become their CGI variables).
+    /// One request through the handler (see [`in_process::send`]).
     fn send(
         &self,
         method: &str,
@@ -100,35 +99,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: &mut dyn Body,
     ) -> Answer {
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let mut vars = vec![
-            ("REQUEST_METHOD".to_owned(), method.to_owned()),
-            ("SCRIPT_NAME".to_owned(), "/cgi-bin/fileupload".to_owned()),
-            (
-                "PATH_INFO".to_owned(),
-                path.strip_prefix("/cgi-bin/fileupload")
-                    .unwrap_or(path)
-                    .to_owned(),
-            ),
-            ("QUERY_STRING".to_owned(), query.to_owned()),
-        ];
-        for (name, value) in headers {
-            let var = match name.to_ascii_lowercase().as_str() {
-                "content-type" => "CONTENT_TYPE".to_owned(),
-                "content-length" => "CONTENT_LENGTH".to_owned(),
-                _ => format!("HTTP_{}", name.to_ascii_uppercase().replace('-', "_")),
-            };
-            vars.push((var, value.to_string()));
-        }
-        let chunked = headers.iter().any(|(n, _)| *n == "Transfer-Encoding");
-        let mut request = Request::new(vars, body, chunked);
-        let mut answer = Answer {
-            head: method == "HEAD",
-            ..Answer::default()
-        };
-        let service = fileupload::Service::new(self.config.clone());
-        handler::handle(&service, &mut request, &mut answer).unwrap();
-        answer
+        in_process::send(&self.config, method, target, headers, body)
     }
 
     /// An IETF request with `version` and a body announced by

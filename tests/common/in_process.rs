@@ -5,7 +5,8 @@
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
 
-use fileupload::http::{Body, HttpError, ResponseWriter};
+use fileupload::http::{Body, HttpError, Request, ResponseWriter};
+use fileupload::{Config, Service, handler};
 use serde_json::Value;
 
 /// An answer, collected.
@@ -76,4 +77,45 @@ impl Body for Fed {
     fn failure(&mut self) -> Option<HttpError> {
         None
     }
+}
+
+/// One request through the handler, as a CGI program at
+/// `/cgi-bin/fileupload` would get it: `headers` are HTTP header names
+/// (`Content-Type` and `Content-Length` become their CGI variables).
+pub fn send(
+    config: &Config,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &mut dyn Body,
+) -> Answer {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut vars = vec![
+        ("REQUEST_METHOD".to_owned(), method.to_owned()),
+        ("SCRIPT_NAME".to_owned(), "/cgi-bin/fileupload".to_owned()),
+        (
+            "PATH_INFO".to_owned(),
+            path.strip_prefix("/cgi-bin/fileupload")
+                .unwrap_or(path)
+                .to_owned(),
+        ),
+        ("QUERY_STRING".to_owned(), query.to_owned()),
+    ];
+    for (name, value) in headers {
+        let var = match name.to_ascii_lowercase().as_str() {
+            "content-type" => "CONTENT_TYPE".to_owned(),
+            "content-length" => "CONTENT_LENGTH".to_owned(),
+            _ => format!("HTTP_{}", name.to_ascii_uppercase().replace('-', "_")),
+        };
+        vars.push((var, value.to_string()));
+    }
+    let chunked = headers.iter().any(|(n, _)| *n == "Transfer-Encoding");
+    let mut request = Request::new(vars, body, chunked);
+    let mut answer = Answer {
+        head: method == "HEAD",
+        ..Answer::default()
+    };
+    let service = Service::new(config.clone());
+    handler::handle(&service, &mut request, &mut answer).unwrap();
+    answer
 }
