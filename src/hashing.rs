@@ -49,25 +49,194 @@ use crate::identifier::hex;
 /// upload's start is fast: its hashing moves to a thread of its own.
 pub const FAST_BYTES: u64 = 1 << 20;
 pub const FAST_WITHIN: Duration = Duration::from_secs(1);
-/// Chunks in flight at most (each up to the parser's 256 KiB buffer).
+/// Jobs in flight at most (each chunk up to the parser's 256 KiB buffer).
 const QUEUE: usize = 8;
 
-enum Job {
-    /// Bytes of file `index`, in order.
-    Data(usize, Vec<u8>),
-    /// File `index` is complete.
-    End(usize),
+/// State that is fed a body's bytes in order: one hash or several. `Tag`
+/// says which of its files the bytes belong to, where there are several.
+pub trait Feed: Default + Send + 'static {
+    type Tag: Copy + Send + 'static;
+    fn feed(&mut self, tag: Self::Tag, bytes: &[u8]);
 }
 
-/// The file being hashed and its state, and the digests so far.
+enum Job<S: Feed> {
+    Data(S::Tag, Vec<u8>),
+    /// Runs on the state after every job queued before it.
+    Run(Box<dyn FnOnce(&mut S) + Send>),
+}
+
+enum Mode<S: Feed> {
+    /// On the request's thread; `fed` bytes so far, and until when the
+    /// body may still prove fast (`None`: it did not).
+    Inline {
+        state: S,
+        fed: u64,
+        until: Option<Instant>,
+    },
+    Thread(Worker<S>),
+}
+
+/// The hashing thread, and the way to feed it.
+struct Worker<S: Feed> {
+    jobs: SyncSender<Job<S>>,
+    spare: Receiver<Vec<u8>>,
+    handle: JoinHandle<S>,
+}
+
+impl<S: Feed> Worker<S> {
+    /// Starts the thread, going on from `state`; the state back if no
+    /// thread can be had (then hashing stays on the request's thread).
+    fn start(state: S) -> Result<Worker<S>, S> {
+        let (jobs, queue) = mpsc::sync_channel::<Job<S>>(QUEUE);
+        let (give_back, spare) = mpsc::channel::<Vec<u8>>();
+        // Moved in by the closure only if the thread starts; else handed
+        // back through the error below.
+        let (seed, seeded) = mpsc::channel::<S>();
+        let spawned = thread::Builder::new().name("sha256".into()).spawn(move || {
+            let mut state = seeded.recv().unwrap_or_default();
+            for job in queue {
+                match job {
+                    Job::Data(tag, bytes) => {
+                        state.feed(tag, &bytes);
+                        // The buffer goes back for the next chunk.
+                        let _ = give_back.send(bytes);
+                    }
+                    Job::Run(run) => run(&mut state),
+                }
+            }
+            state
+        });
+        match spawned {
+            Ok(handle) => {
+                let _ = seed.send(state);
+                Ok(Worker {
+                    jobs,
+                    spare,
+                    handle,
+                })
+            }
+            Err(_) => Err(state),
+        }
+    }
+}
+
+/// Feeds `S` on the request's thread while the body may be slow, and on a
+/// thread of its own once it proves fast (see the module's documentation).
+/// Whoever holds it sees one state fed in order, wherever it runs.
+pub struct Offload<S: Feed> {
+    mode: Mode<S>,
+}
+
+/// The hashing thread died (it panicked): its state is lost, and whatever
+/// it was to prove must be proven again.
+#[derive(Debug, thiserror::Error)]
+#[error("the hashing thread stopped before the end of the body")]
+pub struct HashingLost;
+
+impl<S: Feed> Offload<S> {
+    pub fn new(state: S) -> Offload<S> {
+        Offload::fast_within(state, FAST_WITHIN)
+    }
+
+    /// As [`Offload::new`], with another time for a body to prove fast.
+    fn fast_within(state: S, window: Duration) -> Offload<S> {
+        Offload {
+            mode: Mode::Inline {
+                state,
+                fed: 0,
+                until: Some(Instant::now() + window),
+            },
+        }
+    }
+
+    /// Feeds (or queues) bytes; waits if the hashing thread is behind.
+    pub fn feed(&mut self, tag: S::Tag, bytes: &[u8]) {
+        match &mut self.mode {
+            Mode::Inline { state, fed, until } => {
+                state.feed(tag, bytes);
+                *fed += bytes.len() as u64;
+                let Some(deadline) = *until else {
+                    return;
+                };
+                if Instant::now() > deadline {
+                    *until = None; // slow: it stays here
+                } else if *fed >= FAST_BYTES {
+                    self.mode = match Worker::start(std::mem::take(state)) {
+                        Ok(worker) => Mode::Thread(worker),
+                        // No thread: hash here, as fast as it goes.
+                        Err(state) => Mode::Inline {
+                            state,
+                            fed: 0,
+                            until: None,
+                        },
+                    };
+                }
+            }
+            Mode::Thread(worker) => {
+                let mut buffer = worker.spare.try_recv().unwrap_or_default();
+                buffer.clear();
+                buffer.extend_from_slice(bytes);
+                // The worker only stops when we drop `jobs`.
+                let _ = worker.jobs.send(Job::Data(tag, buffer));
+            }
+        }
+    }
+
+    /// Runs `run` on the state once every byte fed so far is in it.
+    pub fn then(&mut self, run: impl FnOnce(&mut S) + Send + 'static) {
+        match &mut self.mode {
+            Mode::Inline { state, .. } => run(state),
+            Mode::Thread(worker) => {
+                let _ = worker.jobs.send(Job::Run(Box::new(run)));
+            }
+        }
+    }
+
+    /// What `look` sees in the state once every byte fed so far is in it;
+    /// waits for the hashing thread to get there.
+    pub fn peek<R: Send + 'static>(
+        &mut self,
+        look: impl FnOnce(&S) -> R + Send + 'static,
+    ) -> Result<R, HashingLost> {
+        if let Mode::Inline { state, .. } = &self.mode {
+            return Ok(look(state));
+        }
+        let (answer, answered) = mpsc::channel();
+        self.then(move |state| {
+            let _ = answer.send(look(state));
+        });
+        answered.recv().map_err(|_| HashingLost)
+    }
+
+    /// The state with every byte fed; waits for the hashing thread, if any.
+    pub fn finish(self) -> Result<S, HashingLost> {
+        match self.mode {
+            Mode::Inline { state, .. } => Ok(state),
+            Mode::Thread(worker) => {
+                drop(worker.jobs);
+                worker.handle.join().map_err(|_| HashingLost)
+            }
+        }
+    }
+
+    /// Whether the hashing thread runs (for tests).
+    pub fn threaded(&self) -> bool {
+        matches!(self.mode, Mode::Thread(_))
+    }
+}
+
+/// The SHA-256 of each file of a form, in order: the file being hashed and
+/// its state, and the digests so far.
 #[derive(Default)]
-struct Digests {
+pub struct Digests {
     current: Option<(usize, Sha256)>,
     done: Vec<(usize, String)>,
 }
 
-impl Digests {
-    fn update(&mut self, index: usize, bytes: &[u8]) {
+impl Feed for Digests {
+    type Tag = usize;
+
+    fn feed(&mut self, index: usize, bytes: &[u8]) {
         match &mut self.current {
             Some((i, hasher)) if *i == index => hasher.update(bytes),
             _ => {
@@ -77,7 +246,9 @@ impl Digests {
             }
         }
     }
+}
 
+impl Digests {
     fn end(&mut self, index: usize) {
         let hasher = match self.current.take() {
             Some((i, hasher)) if i == index => hasher,
@@ -87,64 +258,10 @@ impl Digests {
     }
 }
 
-enum Mode {
-    /// On the request's thread; `hashed` bytes so far, and until when the
-    /// body may still prove fast (`None`: it did not).
-    Inline {
-        digests: Digests,
-        hashed: u64,
-        until: Option<Instant>,
-    },
-    Thread(Worker),
-}
-
-/// The hashing thread, and the way to feed it.
-struct Worker {
-    jobs: SyncSender<Job>,
-    spare: Receiver<Vec<u8>>,
-    handle: JoinHandle<Vec<(usize, String)>>,
-}
-
-impl Worker {
-    /// Starts the thread, going on from `digests`; the digests back if no
-    /// thread can be had (then hashing stays on the request's thread).
-    fn start(digests: Box<Digests>) -> Result<Worker, Box<Digests>> {
-        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
-        let (give_back, spare) = mpsc::channel::<Vec<u8>>();
-        // Moved in by the closure only if the thread starts; else handed
-        // back through the error below.
-        let (seed, seeded) = mpsc::channel::<Box<Digests>>();
-        let spawned = thread::Builder::new().name("sha256".into()).spawn(move || {
-            let mut digests = seeded.recv().map(|d| *d).unwrap_or_default();
-            for job in queue {
-                match job {
-                    Job::Data(index, bytes) => {
-                        digests.update(index, &bytes);
-                        // The buffer goes back for the next chunk.
-                        let _ = give_back.send(bytes);
-                    }
-                    Job::End(index) => digests.end(index),
-                }
-            }
-            digests.done
-        });
-        match spawned {
-            Ok(handle) => {
-                let _ = seed.send(digests);
-                Ok(Worker {
-                    jobs,
-                    spare,
-                    handle,
-                })
-            }
-            Err(_) => Err(digests),
-        }
-    }
-}
-
-/// SHA-256 of each stored file, fed in order.
+/// SHA-256 of each stored file of a form, fed in order. Shared by the
+/// multipart writer's parts, hence `&self`.
 pub struct Hashing {
-    mode: RefCell<Mode>,
+    offload: RefCell<Offload<Digests>>,
 }
 
 impl Default for Hashing {
@@ -161,79 +278,36 @@ impl Hashing {
     /// As [`Hashing::new`], with another time for a body to prove fast.
     fn fast_within(window: Duration) -> Hashing {
         Hashing {
-            mode: RefCell::new(Mode::Inline {
-                digests: Digests::default(),
-                hashed: 0,
-                until: Some(Instant::now() + window),
-            }),
+            offload: RefCell::new(Offload::fast_within(Digests::default(), window)),
         }
     }
 
     /// Hashes (or queues) bytes of file `index`; waits if the hashing
     /// thread is behind.
     pub fn update(&self, index: usize, bytes: &[u8]) {
-        let mut mode = self.mode.borrow_mut();
-        if let Mode::Inline {
-            digests,
-            hashed,
-            until,
-        } = &mut *mode
-        {
-            digests.update(index, bytes);
-            *hashed += bytes.len() as u64;
-            let Some(deadline) = *until else {
-                return;
-            };
-            if Instant::now() > deadline {
-                *until = None; // slow: it stays here
-            } else if *hashed >= FAST_BYTES {
-                let digests = Box::new(std::mem::take(digests));
-                *mode = match Worker::start(digests) {
-                    Ok(worker) => Mode::Thread(worker),
-                    // No thread: hash here, as fast as it goes.
-                    Err(digests) => Mode::Inline {
-                        digests: *digests,
-                        hashed: 0,
-                        until: None,
-                    },
-                };
-            }
-            return;
-        }
-        if let Mode::Thread(worker) = &*mode {
-            let mut buffer = worker.spare.try_recv().unwrap_or_default();
-            buffer.clear();
-            buffer.extend_from_slice(bytes);
-            // The worker only stops when we drop `jobs`.
-            let _ = worker.jobs.send(Job::Data(index, buffer));
-        }
+        self.offload.borrow_mut().feed(index, bytes);
     }
 
     /// Marks file `index` complete.
     pub fn end(&self, index: usize) {
-        match &mut *self.mode.borrow_mut() {
-            Mode::Inline { digests, .. } => digests.end(index),
-            Mode::Thread(worker) => {
-                let _ = worker.jobs.send(Job::End(index));
-            }
-        }
+        self.offload
+            .borrow_mut()
+            .then(move |digests| digests.end(index));
     }
 
     /// Waits for the hashing thread, if any; returns each completed file's
-    /// digest.
+    /// digest (none, should the thread have died: a file without a digest
+    /// is stored as one whose digest was not asked for).
     pub fn finish(self) -> Vec<(usize, String)> {
-        match self.mode.into_inner() {
-            Mode::Inline { digests, .. } => digests.done,
-            Mode::Thread(worker) => {
-                drop(worker.jobs);
-                worker.handle.join().unwrap_or_default()
-            }
+        match self.offload.into_inner().finish() {
+            Ok(digests) => digests.done,
+            Err(_) => Vec::new(),
         }
     }
 
     /// Whether the hashing thread runs (for tests).
     pub fn threaded(&self) -> bool {
-        matches!(&*self.mode.borrow(), Mode::Thread(_))
+        self.offload.borrow().threaded()
     }
 }
 
@@ -650,6 +724,33 @@ mod tests {
         hashing.update(0, rest);
         hashing.end(0);
         assert_eq!(hashing.finish(), vec![(0, hex(&Sha256::digest(&data)))]);
+    }
+
+    /// A resumable chunk's state, read while the thread runs (a takeover
+    /// saves it), covers every byte fed before the look and none after.
+    #[test]
+    fn a_peek_at_the_threaded_state_sees_every_byte_fed_before_it() {
+        #[derive(Default)]
+        struct Whole(ResumableSha256);
+        impl Feed for Whole {
+            type Tag = ();
+            fn feed(&mut self, (): (), bytes: &[u8]) {
+                self.0.update(bytes);
+            }
+        }
+        let data = pattern(3 * FAST_BYTES as usize + 777);
+        let (first, rest) = data.split_at(2 * FAST_BYTES as usize + 5);
+        let mut offload = Offload::fast_within(Whole::default(), Duration::from_secs(3600));
+        for piece in first.chunks(60_000) {
+            offload.feed((), piece);
+        }
+        assert!(offload.threaded());
+        let seen = offload.peek(|whole| whole.0.clone()).unwrap();
+        assert_eq!(seen.offset(), first.len() as u64);
+        assert_eq!(seen.finish_hex(), hex(&Sha256::digest(first)));
+        offload.feed((), rest);
+        let whole = offload.finish().unwrap().0;
+        assert_eq!(whole.finish_hex(), hex(&Sha256::digest(&data)));
     }
 
     #[test]

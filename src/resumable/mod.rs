@@ -45,7 +45,7 @@ use std::time::Duration;
 use crate::checksum::{Expected, Hasher};
 use crate::config::Config;
 use crate::error_code::{ErrorCode, store_error};
-use crate::hashing::ResumableSha256;
+use crate::hashing::{Feed, Offload, ResumableSha256};
 use crate::http::{Body, BodyLength, HttpError};
 use crate::identifier::Identifier;
 use crate::pool::{Pool, PoolError, Upload, unix_now};
@@ -463,13 +463,34 @@ fn past_the_end(code: ErrorCode, status: &Status, offset: u64, options: &Options
 /// What a chunk's request has stored, shared between its reader and the
 /// thread that lets go of the upload on a takeover (see [`let_go_when_asked`]).
 struct Written {
-    bytes: u64,
-    /// The whole file's SHA-256, up to the bytes stored.
-    hash: Option<ResumableSha256>,
-    /// The chunk's own checksum, when the client gave one.
-    check: Option<Hasher>,
+    /// Fed every byte stored, in order: on the reader's thread while the
+    /// chunk may be slow, on a thread of their own once it proves fast, as
+    /// a form's files are (see [`crate::hashing`]).
+    hashes: Offload<Hashes>,
     /// Let go of: nothing more may be written.
     released: bool,
+}
+
+/// The hashes a chunk's bytes go through.
+#[derive(Default)]
+struct Hashes {
+    /// The whole file's SHA-256, up to the bytes stored.
+    whole: Option<ResumableSha256>,
+    /// The chunk's own checksum, when the client gave one.
+    check: Option<Hasher>,
+}
+
+impl Feed for Hashes {
+    type Tag = ();
+
+    fn feed(&mut self, (): (), bytes: &[u8]) {
+        if let Some(whole) = self.whole.as_mut() {
+            whole.update(bytes);
+        }
+        if let Some(check) = self.check.as_mut() {
+            check.update(bytes);
+        }
+    }
 }
 
 fn lock(written: &Mutex<Written>) -> MutexGuard<'_, Written> {
@@ -514,9 +535,10 @@ fn proceed(
     };
     let before = hash.clone();
     let written = Mutex::new(Written {
-        bytes: 0,
-        hash,
-        check: checksum.map(Expected::hasher),
+        hashes: Offload::new(Hashes {
+            whole: hash,
+            check: checksum.map(Expected::hasher),
+        }),
         released: false,
     });
     let body_bytes = match chunk.body_length {
@@ -554,20 +576,21 @@ fn proceed(
     });
     drop(file);
     let mut status = status;
-    let Written {
-        bytes: _,
-        hash,
-        check,
-        released,
-    } = written.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let Written { hashes, released } = written.into_inner().unwrap_or_else(PoisonError::into_inner);
     if released {
         // The upload is the next request's now: nothing more is written.
         return Err(PoolError::Superseded.into());
     }
+    let Hashes { whole: hash, check } = hashes.finish().unwrap_or_else(|lost| {
+        // No state for the file: the next request catches up from the
+        // saved one. No checksum: the chunk is refused as unproven.
+        crate::log!("upload {id}: {lost}");
+        Hashes::default()
+    });
     match outcome {
         Ok(written) => {
-            if let (Some(expected), Some(check)) = (checksum, check)
-                && !check.matches(expected)
+            if let Some(expected) = checksum
+                && !check.is_some_and(|check| check.matches(expected))
             {
                 unchecked.discard(&upload)?;
                 status.received = Some(start);
@@ -662,7 +685,11 @@ fn let_go_when_asked(
         let kept = match unchecked.checksum {
             true => unchecked.discard(upload),
             false => {
-                save_hash(upload, state.hash.as_ref());
+                // Waits for a hashing thread to reach the last byte stored.
+                match state.hashes.peek(|hashes| hashes.whole.clone()) {
+                    Ok(whole) => save_hash(upload, whole.as_ref()),
+                    Err(lost) => crate::log!("handing over: {lost}; the next request catches up"),
+                }
                 Ok(())
             }
         };
@@ -710,7 +737,8 @@ fn save_hash(upload: &Upload, hash: Option<&ResumableSha256>) {
 /// Copies the body to the end of the data file; returns the bytes
 /// written. `received` in the status follows the bytes written, not read,
 /// so the watcher only publishes what is stored. Each piece is written and
-/// hashed under `written`'s lock, so a takeover lets go between pieces.
+/// handed to the hashes under `written`'s lock, so a takeover lets go
+/// between pieces and its hash state covers exactly the bytes stored.
 fn copy_chunk(
     mut body: impl Read,
     file: &mut std::fs::File,
@@ -745,14 +773,7 @@ fn copy_chunk(
             return Err(PoolError::Superseded.into());
         }
         file.write_all(&buffer[..n]).map_err(store_error)?;
-        let piece = &buffer[..n];
-        if let Some(hash) = state.hash.as_mut() {
-            hash.update(piece);
-        }
-        if let Some(check) = state.check.as_mut() {
-            check.update(piece);
-        }
-        state.bytes += n as u64;
+        state.hashes.feed((), &buffer[..n]);
         drop(state);
         written += n as u64;
         session.status().received = Some(start + written);
@@ -978,6 +999,101 @@ mod tests {
             (500_000..600_000).contains(&read),
             "{read} bytes read to complete"
         );
+    }
+
+    /// A fast chunk (hashed on a thread of its own) whose client then goes
+    /// silent, taken over by the next request: the state the old request
+    /// saves covers exactly the bytes stored, so completing reads nothing
+    /// back and the digest is the file's.
+    #[test]
+    fn a_takeover_mid_chunk_saves_the_hash_of_every_byte_stored() {
+        /// Gives `data` in 64 KiB pieces, then blocks until `hold` is
+        /// dropped, as a client gone silent with the socket open.
+        struct Stalling {
+            data: Vec<u8>,
+            at: usize,
+            hold: mpsc::Receiver<()>,
+        }
+        impl Read for Stalling {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.at == self.data.len() {
+                    let _ = self.hold.recv();
+                    return Err(io::ErrorKind::ConnectionReset.into());
+                }
+                let n = buf.len().min(64 << 10).min(self.data.len() - self.at);
+                buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+                self.at += n;
+                Ok(n)
+            }
+        }
+        impl Body for Stalling {
+            fn failure(&mut self) -> Option<HttpError> {
+                None
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::new(dir.path(), 0o600, false);
+        let id = verify_identifier("r5", None).unwrap();
+        let settings = Settings {
+            options: Options {
+                progress_interval: Some(Duration::from_millis(20)),
+                ..settings(None).options
+            },
+            ..settings(None)
+        };
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
+        let sent = 3_000_000;
+        let new = NewUpload {
+            length: Some(data.len() as u64),
+            ..NewUpload::default()
+        };
+        create(&pool, &id, new, None, &settings).unwrap();
+        let (keep, hold) = mpsc::channel::<()>();
+        let old = thread::scope(|scope| {
+            let old = scope.spawn(|| {
+                let mut body = Stalling {
+                    data: data[..sent].to_vec(),
+                    at: 0,
+                    hold,
+                };
+                let streamed = Chunk {
+                    offset: 0,
+                    length: None,
+                    body: &mut body,
+                    body_length: BodyLength::Known(data.len() as u64),
+                };
+                append(&pool, &id, streamed, &settings)
+            });
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while pool.offset(&id).unwrap() < sent as u64 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the chunk never arrived"
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+            // The next request asks, the old one lets go: the new one
+            // goes on from the offset stored.
+            let before = thread_reads();
+            let done = append(
+                &pool,
+                &id,
+                chunk(sent as u64, &mut &data[sent..]),
+                &settings,
+            )
+            .unwrap();
+            let read = thread_reads() - before;
+            assert!(done.complete);
+            assert_eq!(
+                done.status.files()[0].sha256.as_deref(),
+                Some(hex(&Sha256::digest(&data)).as_str())
+            );
+            assert!(read < 64 * 1024, "{read} bytes read back to complete");
+            drop(keep);
+            old.join().unwrap()
+        });
+        let err = old.unwrap_err();
+        assert_eq!(err.code, PoolError::Superseded.code(), "{err}");
     }
 
     #[test]
