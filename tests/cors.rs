@@ -7,7 +7,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use common::fcgi::*;
 use common::*;
@@ -63,6 +67,84 @@ fn var_of(header: &str) -> String {
 enum Transport {
     Cgi(Cgi),
     Daemon(Daemon),
+    Serve(Serve),
+}
+
+/// `fileupload serve`, the development server, on a port of its own.
+struct Serve {
+    child: Child,
+    port: u16,
+}
+
+impl Serve {
+    fn start(pool: &TestPool, settings: &[(&str, &str)]) -> Serve {
+        let mut child = Command::new(bin())
+            .env_clear()
+            .env("FILEUPLOAD_DIRECTORY", pool.path())
+            .envs(settings.iter().copied())
+            .args(["serve", "--http", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start fileupload serve");
+        let mut first_line = String::new();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut first_line)
+            .unwrap();
+        let port = first_line
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {first_line:?}"));
+        Serve { child, port }
+    }
+
+    fn send(&self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut head =
+            format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            head += &format!("{name}: {value}\r\n");
+        }
+        if !headers.iter().any(|(h, _)| *h == "Content-Length") {
+            head += &format!("Content-Length: {}\r\n", body.len());
+        }
+        head += "\r\n";
+        stream.write_all(head.as_bytes()).unwrap();
+        // It may answer (a refusal) before taking the body.
+        let _ = stream.write_all(body);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no answer: {}", String::from_utf8_lossy(&response)));
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(": "))
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: response[split + 4..].to_vec(),
+            stderr: String::new(),
+            exit: std::process::ExitStatus::default(),
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Transport {
@@ -78,10 +160,14 @@ impl Transport {
         Transport::Daemon(Daemon::start(pool.path(), settings))
     }
 
-    fn both(pool: &TestPool, settings: &[(&str, &str)]) -> [(&'static str, Transport); 2] {
+    /// CGI, the FastCGI daemon and the development server: each reads the
+    /// headers its own way (`HTTP_ORIGIN` in the environment, FastCGI
+    /// parameters, HTTP).
+    fn all(pool: &TestPool, settings: &[(&str, &str)]) -> [(&'static str, Transport); 3] {
         [
             ("CGI", Transport::cgi(pool, settings)),
             ("FastCGI", Transport::daemon(pool, settings)),
+            ("serve", Transport::Serve(Serve::start(pool, settings))),
         ]
     }
 
@@ -109,6 +195,7 @@ impl Transport {
                 let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
                 daemon.request(method, target, &vars, body)
             }
+            Transport::Serve(serve) => serve.send(method, target, headers, body),
         }
     }
 
@@ -180,7 +267,7 @@ fn file_form(data: &[u8]) -> Form {
 #[test]
 fn a_listed_origin_uploads_and_polls_with_every_header_on_every_answer() {
     let pool = TestPool::new();
-    for (name, transport) in Transport::both(&pool, &[("FILEUPLOAD_ALLOWED_ORIGINS", APP)]) {
+    for (name, transport) in Transport::all(&pool, &[("FILEUPLOAD_ALLOWED_ORIGINS", APP)]) {
         let id = format!("listed-{name}");
         let data = random_bytes(100_000, 7);
         let reply = transport.form(
@@ -252,7 +339,7 @@ fn a_preflight_on_every_endpoint_gets_its_methods_headers_and_max_age() {
         (FILES, "POST", "OPTIONS, POST"),
         ("/upload/files/abc", "PATCH", "OPTIONS, HEAD, PATCH, DELETE"),
     ];
-    for (name, transport) in Transport::both(&pool, &settings) {
+    for (name, transport) in Transport::all(&pool, &settings) {
         let before = pool.snapshot();
         for (target, method, methods) in endpoints {
             let context = format!("{name} {target}");
@@ -308,7 +395,7 @@ fn a_preflight_on_every_endpoint_gets_its_methods_headers_and_max_age() {
 #[test]
 fn tus_options_without_a_request_method_still_answers_as_tus() {
     let pool = TestPool::new();
-    for (name, transport) in Transport::both(&pool, &[("FILEUPLOAD_ALLOWED_ORIGINS", APP)]) {
+    for (name, transport) in Transport::all(&pool, &[("FILEUPLOAD_ALLOWED_ORIGINS", APP)]) {
         let reply = transport.send("OPTIONS", FILES, &[("Origin", APP)], b"");
         assert_eq!(reply.status, 204, "{name}: {}", reply.text());
         assert_eq!(reply.header("Tus-Version"), Some("1.0.0"), "{name}");
@@ -320,7 +407,7 @@ fn tus_options_without_a_request_method_still_answers_as_tus() {
 #[test]
 fn a_resumable_upload_from_a_listed_origin_exposes_location_and_offset() {
     let pool = TestPool::new();
-    for (name, transport) in Transport::both(&pool, &[("FILEUPLOAD_ALLOWED_ORIGINS", APP)]) {
+    for (name, transport) in Transport::all(&pool, &[("FILEUPLOAD_ALLOWED_ORIGINS", APP)]) {
         let data = random_bytes(30_000, 3);
         let created = transport.send(
             "POST",
@@ -375,7 +462,7 @@ fn assert_refused(
 #[test]
 fn an_unlisted_origin_is_refused_before_anything_is_stored() {
     let pool = TestPool::new();
-    for (name, transport) in Transport::both(&pool, &[("FILEUPLOAD_ALLOWED_ORIGINS", APP)]) {
+    for (name, transport) in Transport::all(&pool, &[("FILEUPLOAD_ALLOWED_ORIGINS", APP)]) {
         // A resumable upload of the listed origin, for the PATCH to aim at.
         let created = transport.send(
             "POST",
@@ -486,7 +573,7 @@ fn without_an_origin_or_without_the_setting_nothing_changes() {
     let pool = TestPool::new();
     let data = random_bytes(5_000, 5);
     for settings in [&[("FILEUPLOAD_ALLOWED_ORIGINS", APP)][..], &[][..]] {
-        for (name, transport) in Transport::both(&pool, settings) {
+        for (name, transport) in Transport::all(&pool, settings) {
             let context = format!("{name} {settings:?}");
             let id = format!("plain-{name}-{}", settings.len());
             let reply = transport.form(
@@ -511,7 +598,7 @@ fn without_an_origin_or_without_the_setting_nothing_changes() {
         }
     }
     // The setting unset: an Origin is not checked, as before it existed.
-    for (name, transport) in Transport::both(&pool, &[]) {
+    for (name, transport) in Transport::all(&pool, &[]) {
         let id = format!("unset-{name}");
         let reply = transport.form(
             &format!("/upload?X-Progress-ID={id}"),
@@ -529,7 +616,7 @@ fn without_an_origin_or_without_the_setting_nothing_changes() {
 #[test]
 fn star_allows_every_page_without_credentials() {
     let pool = TestPool::new();
-    for (name, transport) in Transport::both(&pool, &[("FILEUPLOAD_ALLOWED_ORIGINS", "*")]) {
+    for (name, transport) in Transport::all(&pool, &[("FILEUPLOAD_ALLOWED_ORIGINS", "*")]) {
         for origin in [EVIL, "null"] {
             let reply = transport.form(
                 &format!("/upload?X-Progress-ID=star-{name}-{}", origin.len()),
@@ -549,7 +636,7 @@ fn credentials_are_allowed_only_when_set() {
         ("FILEUPLOAD_ALLOWED_ORIGINS", APP),
         ("FILEUPLOAD_ALLOW_CREDENTIALS", "on"),
     ];
-    for (name, transport) in Transport::both(&pool, &settings) {
+    for (name, transport) in Transport::all(&pool, &settings) {
         let reply = transport.form(
             &format!("/upload?X-Progress-ID=cred-{name}"),
             Some(APP),
@@ -642,4 +729,57 @@ fn bad_cors_settings_are_config_errors_naming_the_problem() {
         );
     }
     assert!(pool.top_level().is_empty());
+}
+
+/// Middleware mode: a completed upload's answer is the application's, and
+/// carries our CORS headers in place of any of its own; the application's
+/// own requests are its business, neither checked nor given headers.
+#[test]
+fn in_middleware_mode_the_applications_answers_get_the_headers_its_own_requests_do_not() {
+    let pool = TestPool::new();
+    let apps = tempfile::tempdir().unwrap();
+    let app = apps.path().join("app.cgi");
+    std::fs::write(
+        &app,
+        "#!/bin/sh\ncat >/dev/null\nprintf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\
+         Access-Control-Allow-Origin: *\\r\\n\\r\\nfrom the app\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let settings = [
+        ("FILEUPLOAD_ALLOWED_ORIGINS", APP),
+        ("FILEUPLOAD_APP", app.to_str().unwrap()),
+    ];
+    for (name, transport) in Transport::all(&pool, &settings) {
+        let uploaded = transport.form(
+            &format!("/upload?X-Progress-ID=app-{name}"),
+            Some(APP),
+            &file_form(b"handed over"),
+        );
+        assert_eq!(uploaded.status, 200, "{name}: {}", uploaded.text());
+        assert_eq!(uploaded.text(), "from the app\n", "{name}");
+        assert_allowed(&uploaded, APP, false, name);
+        let origins = uploaded
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Access-Control-Allow-Origin"))
+            .count();
+        assert_eq!(origins, 1, "{name}: {:?}", uploaded.headers);
+
+        let before = pool.snapshot();
+        let refused = transport.form(
+            &format!("/upload?X-Progress-ID=app-evil-{name}"),
+            Some(EVIL),
+            &file_form(b"refused"),
+        );
+        assert_refused(&refused, &pool, &before, name);
+
+        let own = transport.send("GET", "/somewhere/else", &[("Origin", EVIL)], b"");
+        assert_eq!(own.status, 200, "{name}: {}", own.text());
+        assert_eq!(
+            own.header("Access-Control-Allow-Origin"),
+            Some("*"),
+            "{name}"
+        );
+    }
 }
