@@ -19,12 +19,14 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use common::site::{
-    EXAMPLES, Site, free_port, run_chown, start_fcgiwrap, start_nginx_with, start_systemd_daemon,
+    EXAMPLES, Site, free_port, run, run_chown, start_fcgiwrap, start_nginx_with,
+    start_systemd_daemon,
 };
 use common::webdriver::Browser;
 use common::*;
@@ -79,36 +81,65 @@ impl CrossOrigin {
         let daemon_socket = start_systemd_daemon(&mut site);
         let fcgiwrap_socket = start_fcgiwrap(&mut site);
 
-        // The page and the CGI, installed where the example serves them.
+        // The page and the CGI, installed by the lines the example's
+        // comments give (run from the repository's root, as a reader
+        // would), then edited as they say: the upload server's URL in the
+        // page; the test's program and key in mint-id.
         let app = site.path("app");
-        std::fs::create_dir(&app).unwrap();
-        let page = site.render(
-            "upload-server/index.html",
-            &[("http://127.0.0.1:8081", upload_origin)],
+        let app_dir = app.display().to_string();
+        let example =
+            std::fs::read_to_string(Path::new(EXAMPLES).join("upload-server/nginx.conf")).unwrap();
+        let installs: Vec<String> = example
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix('#'))
+            .map(str::trim)
+            .filter(|l| l.starts_with("install ") && l.contains("fileupload-app"))
+            .map(|l| {
+                l.replace("/usr/local/share/fileupload-app", &app_dir)
+                    .replace("/usr/local/lib/fileupload-app", &app_dir)
+            })
+            .collect();
+        assert_eq!(
+            installs.len(),
+            2,
+            "the example no longer says how to install the page and mint-id"
         );
-        std::fs::write(app.join("index.html"), page).unwrap();
-        std::fs::copy(
-            Path::new(EXAMPLES).join("demo/tus.min.js"),
-            app.join("tus.min.js"),
-        )
-        .unwrap();
-        let mut mint = site.render(
-            "upload-server/mint-id",
-            &[
-                ("/usr/local/bin/fileupload", site.bin.display().to_string()),
-                key_substitution,
-            ],
-        );
-        if !policy.is_empty() {
-            assert!(mint.contains("\nset --\n"), "mint-id has no `set --` line");
-            mint = mint.replace("\nset --\n", &format!("\nset -- {policy}\n"));
+        for line in &installs {
+            run(Command::new("sh")
+                .arg("-c")
+                .arg(line)
+                .current_dir(env!("CARGO_MANIFEST_DIR")));
         }
-        let mint_path = app.join("mint-id");
-        std::fs::write(&mint_path, mint).unwrap();
-        std::fs::set_permissions(&mint_path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let edit = |name: &str, substitutions: &[(&str, String)]| {
+            let path = app.join(name);
+            let mut text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{name} was not installed: {e}"));
+            for (from, to) in substitutions {
+                assert!(text.contains(from), "{name} no longer contains {from:?}");
+                text = text.replace(from, to);
+            }
+            std::fs::write(&path, text).unwrap();
+        };
+        edit("index.html", &[("http://127.0.0.1:8081", upload_origin)]);
+        assert!(
+            app.join("tus.min.js").is_file(),
+            "tus.min.js was not installed"
+        );
+        let mut mint = vec![
+            ("/usr/local/bin/fileupload", site.bin.display().to_string()),
+            key_substitution,
+        ];
+        if !policy.is_empty() {
+            mint.push(("\nset --\n", format!("\nset -- {policy}\n")));
+        }
+        edit("mint-id", &mint);
+        let mode = std::fs::metadata(app.join("mint-id"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755, "mint-id is not installed executable");
 
         let access_log = site.path("upload-access.log");
-        let app_dir = app.display().to_string();
         let block = site.render(
             "upload-server/nginx.conf",
             &[
