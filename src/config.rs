@@ -197,6 +197,25 @@ pub const SETTINGS: &[Setting] = &[
                (the status says 0 received until the upload ends).",
         option: true,
     },
+    // CORS (src/cors.rs): a dedicated upload server on an origin of its own.
+    Setting {
+        name: "allowed_origins",
+        value: "ORIGINS",
+        default: "unset",
+        help: "Pages on these origins (comma-separated, exact: https://app.example, http://host:8080) may \
+               upload, poll and resume from a browser (CORS); a request with any other Origin is refused \
+               403 (ERR_ORIGIN_NOT_ALLOWED) before its body is read. * allows every page, only for uploads \
+               without credentials. Unset: no CORS headers and no Origin check.",
+        option: true,
+    },
+    Setting {
+        name: "allow_credentials",
+        value: "on|off",
+        default: "off",
+        help: "CORS: let pages on allowed_origins send cookies and HTTP authentication \
+               (Access-Control-Allow-Credentials). Needs allowed_origins, and not *.",
+        option: true,
+    },
 ];
 
 /// Settings of the FastCGI daemon as a whole: they take effect when it
@@ -293,6 +312,9 @@ pub struct Config {
     /// tests that drive the handler in-process and cannot wait a minute.
     pub min_body_rate_after: Duration,
     pub grace: Duration,
+    /// CORS: `None` means off (no headers, no `Origin` check).
+    pub allowed_origins: Option<crate::cors::AllowedOrigins>,
+    pub allow_credentials: bool,
 }
 
 impl Default for Config {
@@ -319,6 +341,8 @@ impl Default for Config {
             min_body_rate: Some(1024),
             min_body_rate_after: crate::receiving::MIN_RATE_AFTER,
             grace: Duration::from_secs(10),
+            allowed_origins: None,
+            allow_credentials: false,
         }
     }
 }
@@ -544,6 +568,14 @@ impl Config {
                     config.progress_interval = parse_duration(value)
                         .ok_or_else(|| bad("duration: use e.g. 200ms, 1s, or 0 for off"))?;
                 }
+                "allowed_origins" => {
+                    config.allowed_origins =
+                        Some(crate::cors::parse_origins(value).map_err(|m| invalid(origin, m))?);
+                }
+                "allow_credentials" => {
+                    config.allow_credentials =
+                        parse_bool(value).ok_or_else(|| bad("switch: use on or off"))?
+                }
                 _ => unreachable!("only names from SETTINGS are collected"),
             }
         }
@@ -551,6 +583,31 @@ impl Config {
             (values.get("upload_key"), values.get("upload_key_file"))
         {
             return Err(ConfigError::TwoKeys(a.to_string(), b.to_string()));
+        }
+        // Browsers refuse credentials with `*`, and without a list there is
+        // no one to send them: either way the setting would do nothing.
+        if config.allow_credentials
+            && let Some((_, origin)) = values.get("allow_credentials")
+        {
+            match &config.allowed_origins {
+                None => {
+                    return Err(invalid(
+                        origin,
+                        "allow_credentials needs allowed_origins: list the origins whose pages \
+                         may send cookies"
+                            .into(),
+                    ));
+                }
+                Some(crate::cors::AllowedOrigins::Any) => {
+                    return Err(invalid(
+                        origin,
+                        "allow_credentials cannot go with allowed_origins = *: any page could \
+                         then upload with its visitors' cookies; list the origins"
+                            .into(),
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         Ok(config)
     }
@@ -927,6 +984,8 @@ mod tests {
                 "listen" => "127.0.0.1:9000",
                 "upload_key_file" => continue,
                 "sha256" | "fsync" => "on",
+                "allowed_origins" => "https://app.example",
+                "allow_credentials" => "off",
                 "file_mode" | "socket_mode" => "600",
                 _ => "1",
             };

@@ -162,6 +162,8 @@ pub enum ErrorCode {
     Shutdown,
     /// The daemon is receiving `max_uploads` uploads already.
     Busy,
+    /// CORS: the request's `Origin` is not in `allowed_origins`.
+    OriginNotAllowed,
     /// A bug, or a system without randomness. (Keep it last: see the
     /// test `all_lists_every_variant`.)
     Internal,
@@ -223,6 +225,7 @@ impl ErrorCode {
         ErrorCode::Interrupted,
         ErrorCode::Shutdown,
         ErrorCode::Busy,
+        ErrorCode::OriginNotAllowed,
         ErrorCode::Internal,
     ];
 
@@ -282,6 +285,7 @@ impl ErrorCode {
             ErrorCode::Interrupted => "ERR_INTERRUPTED",
             ErrorCode::Shutdown => "ERR_SHUTDOWN",
             ErrorCode::Busy => "ERR_BUSY",
+            ErrorCode::OriginNotAllowed => "ERR_ORIGIN_NOT_ALLOWED",
             ErrorCode::Internal => "ERR_INTERNAL",
         }
     }
@@ -314,6 +318,7 @@ impl ErrorCode {
             | ErrorCode::InvalidUploadComplete
             | ErrorCode::InvalidMetadata => 400,
             ErrorCode::Signature | ErrorCode::NewIdRefused => 403,
+            ErrorCode::OriginNotAllowed => 403,
             ErrorCode::NotFound | ErrorCode::UploadNotFound => 404,
             ErrorCode::Method => 405,
             ErrorCode::UploadRunning

@@ -222,11 +222,28 @@ pub fn answer(
     if let Some(program) = &config.app
         && (route.is_none() || config.upload_url.is_some())
     {
+        // The application's own requests: its CORS is its own business.
         return app::forward(program, config, request, out);
     }
+    // Decided here, before any route reads a byte of the body.
+    let methods = route.map(|route| allowed_methods(Some(route)));
+    crate::cors::guard(config, request, methods, out, |request, out| {
+        answer_route(service, route, &params, request, out)
+    })
+}
+
+/// Answers a request for one of our routes (or a 404), once CORS let it in.
+fn answer_route(
+    service: &Service,
+    route: Option<Route>,
+    params: &[String],
+    request: &mut Request<'_>,
+    out: &mut dyn ResponseWriter,
+) -> io::Result<()> {
+    let config = service.config();
     let head_only = request.method() == "HEAD";
     let answer = check_callback(request).and_then(|()| match route {
-        Some(route) => dispatch(service, route, &params, request),
+        Some(route) => dispatch(service, route, params, request),
         None => Err(HttpError::new(
             ErrorCode::NotFound,
             format!(

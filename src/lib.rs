@@ -48,6 +48,7 @@ pub mod app;
 pub mod cgi;
 pub mod checksum;
 pub mod config;
+pub mod cors;
 pub mod error_code;
 pub mod fastcgi;
 pub mod handler;
