@@ -162,6 +162,14 @@ pub enum ErrorCode {
     Shutdown,
     /// The daemon is receiving `max_uploads` uploads already.
     Busy,
+    // Upload policies (src/policy.rs).
+    /// The identifier's policy expired: no new upload or chunk under it.
+    Expired,
+    /// A file's declared type (or its first bytes) is not one the
+    /// identifier's policy accepts.
+    TypeNotAccepted,
+    /// A form has more files than the identifier's policy allows.
+    TooManyFiles,
     /// A bug, or a system without randomness. (Keep it last: see the
     /// test `all_lists_every_variant`.)
     Internal,
@@ -223,6 +231,9 @@ impl ErrorCode {
         ErrorCode::Interrupted,
         ErrorCode::Shutdown,
         ErrorCode::Busy,
+        ErrorCode::Expired,
+        ErrorCode::TypeNotAccepted,
+        ErrorCode::TooManyFiles,
         ErrorCode::Internal,
     ];
 
@@ -282,6 +293,9 @@ impl ErrorCode {
             ErrorCode::Interrupted => "ERR_INTERRUPTED",
             ErrorCode::Shutdown => "ERR_SHUTDOWN",
             ErrorCode::Busy => "ERR_BUSY",
+            ErrorCode::Expired => "ERR_EXPIRED",
+            ErrorCode::TypeNotAccepted => "ERR_TYPE_NOT_ACCEPTED",
+            ErrorCode::TooManyFiles => "ERR_TOO_MANY_FILES",
             ErrorCode::Internal => "ERR_INTERNAL",
         }
     }
@@ -338,6 +352,9 @@ impl ErrorCode {
             ErrorCode::App => 502,
             ErrorCode::Shutdown | ErrorCode::Busy => 503,
             ErrorCode::DiskFull => 507,
+            ErrorCode::Expired => 403,
+            ErrorCode::TypeNotAccepted => 415,
+            ErrorCode::TooManyFiles => 400,
         }
     }
 
@@ -397,8 +414,13 @@ impl From<&IdError> for ErrorCode {
     /// is (a signature the server cannot check is the client's mistake).
     fn from(err: &IdError) -> ErrorCode {
         match err {
-            IdError::Malformed | IdError::UnexpectedSignature => ErrorCode::BadIdentifier,
-            IdError::Unsigned | IdError::BadSignature => ErrorCode::Signature,
+            IdError::Malformed
+            | IdError::UnexpectedSignature
+            | IdError::PolicyWithoutKey
+            | IdError::BadPolicy(_) => ErrorCode::BadIdentifier,
+            IdError::Unsigned | IdError::BadSignature | IdError::UnsignedPolicy => {
+                ErrorCode::Signature
+            }
         }
     }
 }

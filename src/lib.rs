@@ -55,6 +55,7 @@ pub mod hashing;
 pub mod http;
 pub mod identifier;
 pub mod multipart;
+pub mod policy;
 pub mod pool;
 pub mod receiving;
 pub mod resumable;
