@@ -696,7 +696,11 @@ fn proceed(
 
 /// 415 for an upload whose whole length is too short to start with its
 /// declared type's signature (only a policy that lists types asks).
-fn check_short(policy: &Policy, declared: Option<&str>, length: Option<u64>) -> Result<(), HttpError> {
+fn check_short(
+    policy: &Policy,
+    declared: Option<&str>,
+    length: Option<u64>,
+) -> Result<(), HttpError> {
     match (policy.signature_for(declared), length) {
         (Some(signature), Some(length)) if length < signature.len() as u64 => {
             Err(signature.mismatch())
