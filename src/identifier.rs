@@ -32,7 +32,7 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Length of the hex signature after the `:`.
 const SIGNATURE_HEX_LEN: usize = 64;
 /// Longest identifier accepted anywhere (a query, a header, a URL path, a
-/// status document): a name, a policy and a signature. About 330 bytes,
+/// status document): a name, a policy and a signature: 374 bytes,
 /// well inside what web servers allow in a request line or header.
 pub const MAX_IDENTIFIER_LEN: usize = MAX_NAME_LEN + 1 + MAX_POLICY_TEXT + 1 + SIGNATURE_HEX_LEN;
 
@@ -443,6 +443,8 @@ mod tests {
         let id = create_identifier_with_policy(&k, &full_policy()).unwrap();
         let text = id.as_str();
         assert!(text.len() <= MAX_IDENTIFIER_LEN, "{} bytes", text.len());
+        // The bound README states.
+        assert_eq!(MAX_IDENTIFIER_LEN, 374);
         assert!(
             text.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)),

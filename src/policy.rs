@@ -379,7 +379,7 @@ impl Signature {
     }
 
     /// How many first bytes the check needs.
-    pub fn len(&self) -> usize {
+    pub fn needed(&self) -> usize {
         self.patterns.iter().map(|p| p.len()).max().unwrap_or(0)
     }
 

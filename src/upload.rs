@@ -297,7 +297,7 @@ impl Receiver<'_> {
             Some(signature) => Ok(Sink::Sniffing {
                 headers,
                 signature,
-                first: Vec::with_capacity(signature.len()),
+                first: Vec::with_capacity(signature.needed()),
             }),
             None => self.open_file(headers),
         }
@@ -346,9 +346,9 @@ impl Receiver<'_> {
                 signature,
                 first,
             } => {
-                let take = (signature.len() - first.len()).min(bytes.len());
+                let take = (signature.needed() - first.len()).min(bytes.len());
                 first.extend_from_slice(&bytes[..take]);
-                if first.len() < signature.len() {
+                if first.len() < signature.needed() {
                     return Ok(());
                 }
                 if !signature.matches_file(first, first.len() as u64) {

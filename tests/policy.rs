@@ -15,6 +15,9 @@ use common::fcgi::Daemon;
 use common::*;
 
 const KEY: &str = "policy test key";
+/// CGI variables of one request.
+type Vars = Vec<(&'static str, &'static str)>;
+
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 fn png(len: usize, seed: u64) -> Vec<u8> {
@@ -258,6 +261,42 @@ fn expiry_refuses_new_form_uploads_at_the_boundary() {
 }
 
 #[test]
+fn a_form_upload_running_when_its_policy_expires_finishes() {
+    use std::io::Write;
+    let site = Site::new(Via::Daemon);
+    let daemon = site.daemon.as_ref().unwrap();
+    let expires = unix_now() + 2;
+    let id = Site::mint(&Policy {
+        expires: Some(expires),
+        ..Policy::default()
+    });
+    let data = random_bytes(200_000, 9);
+    let form = Form::new().file("f", "slow.bin", "application/octet-stream", &data);
+    let body = form.body();
+    let mut stream = daemon.connect();
+    let target = format!("/upload?X-Progress-ID={id}");
+    let mut bytes = common::fcgi::upload_head(&form, &target, body.len(), false);
+    bytes.extend(common::fcgi::stdin_data(1, &body[..100_000]));
+    stream.write_all(&bytes).unwrap();
+    wait_for(Duration::from_secs(5), || {
+        (unix_now() >= expires).then_some(())
+    })
+    .expect("the clock reaches the expiry");
+    stream
+        .write_all(&common::fcgi::stdin_records(1, &body[100_000..]))
+        .unwrap();
+    let (reply, _) = common::fcgi::read_response(&mut stream, 1);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let status = site.status(&id);
+    assert_eq!(status["state"], "done", "{status}");
+    let path = status["files"][0]["path"].as_str().unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), data);
+    // A new upload under it is refused now.
+    site.post(&id, &form)
+        .assert_error_code(403, "ERR_EXPIRED", "expired");
+}
+
+#[test]
 fn over_the_size_limit_is_413_before_reading_and_while_streaming() {
     for via in [Via::Cgi, Via::Daemon] {
         let site = Site::new(via);
@@ -480,12 +519,12 @@ fn tus_uploads_under_a_policy() {
         let status = site.status(&id);
         assert_eq!(status["state"], "done", "{status}");
         assert_eq!(
-            std::fs::read(&status["files"][0]["path"].as_str().unwrap()).unwrap(),
+            std::fs::read(status["files"][0]["path"].as_str().unwrap()).unwrap(),
             data
         );
         assert_eq!(site.head(&id).status, 200);
 
-        let refusals: [(&str, Vec<(&str, &str)>, u16, &str); 4] = [
+        let refusals: [(&str, Vars, u16, &str); 4] = [
             (
                 "a length over the size limit",
                 vec![
@@ -605,6 +644,16 @@ fn tus_expiry_refuses_creation_and_later_chunks_but_not_status() {
         let head = site.head(&id);
         assert_eq!(head.status, 200, "{}", head.text());
         assert_eq!(head.header("Upload-Offset"), Some("5"));
+        // A clear under the expired identifier still works.
+        let cleared = site.send(
+            "DELETE",
+            &format!("/upload/status?X-Progress-ID={id}"),
+            &[],
+            b"",
+            false,
+        );
+        assert!(cleared.status < 300, "{}", cleared.text());
+        site.assert_untouched("after the expired upload was cleared");
     }
 }
 
@@ -652,7 +701,7 @@ fn ietf_uploads_under_a_policy() {
         );
         assert!(cleared.status < 300, "{}", cleared.text());
 
-        let cases: [(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str); 4] = [
+        let cases: [(&str, Vars, Vec<u8>, u16, &str); 4] = [
             (
                 "a declared type not accepted",
                 vec![

@@ -591,7 +591,7 @@ fn proceed(
     let signature = id
         .policy()
         .and_then(|p| p.signature_for(status.content_type.as_deref()))
-        .filter(|s| start < s.len() as u64);
+        .filter(|s| start < s.needed() as u64);
     let body = Sniffed {
         inner: chunk.body,
         signature,
@@ -702,7 +702,7 @@ fn check_short(
     length: Option<u64>,
 ) -> Result<(), HttpError> {
     match (policy.signature_for(declared), length) {
-        (Some(signature), Some(length)) if length < signature.len() as u64 => {
+        (Some(signature), Some(length)) if length < signature.needed() as u64 => {
             Err(signature.mismatch())
         }
         _ => Ok(()),
@@ -728,7 +728,7 @@ impl Read for Sniffed<'_> {
                 return Err(io::Error::other("the chunk is not of its declared type"));
             }
             self.at += n as u64;
-            if self.at >= signature.len() as u64 {
+            if self.at >= signature.needed() as u64 {
                 self.signature = None;
             }
         }
