@@ -67,18 +67,23 @@ pub const MAX_POLICY_TEXT: usize = (MAX_POLICY_BYTES * 4).div_ceil(3);
 /// What the application allows one upload.
 ///
 /// `None` is "no limit of this kind" (the server's own settings still
-/// apply).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// apply). It serializes as JSON with only the limits it sets, for a
+/// program that is told about an upload (a hook, a log).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Policy {
     /// Unix seconds from which the identifier no longer starts an upload
     /// or a chunk: expired when `now >= expires`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires: Option<u64>,
     /// Most bytes, counted as `max_size` counts them (a form's whole body,
     /// a resumable upload's length).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub size_limit: Option<u64>,
     /// Accepted media types, lowercase: `type/subtype` or `type/*`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accept: Vec<String>,
     /// Most files in the upload (at least 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub file_limit: Option<u32>,
 }
 
@@ -512,6 +517,16 @@ mod tests {
             );
             assert_eq!(Policy::decode(&text), Ok(policy), "{text}");
         }
+    }
+
+    #[test]
+    fn json_names_only_the_limits_set() {
+        let json = serde_json::to_string(&full()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"expires":1800000000,"size_limit":104857600,"accept":["image/*","application/pdf"],"file_limit":3}"#
+        );
+        assert_eq!(serde_json::to_string(&Policy::default()).unwrap(), "{}");
     }
 
     #[test]
