@@ -632,12 +632,51 @@ fn tus_expiry_refuses_creation_and_later_chunks_but_not_status() {
         assert_eq!(created.status, 201, "{}", created.text());
         let first = site.tus_patch(&id, 0, b"01234", false);
         assert_eq!(first.status, 204, "{}", first.text());
+        // The same through the IETF draft, made in the same window.
+        let ietf = Site::mint(&Policy {
+            expires: Some(expires),
+            ..Policy::default()
+        });
+        let made = site.send(
+            "POST",
+            &format!("/upload/files?X-Progress-ID={ietf}"),
+            &[
+                ("HTTP_UPLOAD_DRAFT_INTEROP_VERSION", "6"),
+                ("HTTP_UPLOAD_COMPLETE", "?0"),
+                ("HTTP_UPLOAD_LENGTH", "10"),
+            ],
+            b"01234",
+            false,
+        );
+        assert_eq!(made.status, 201, "{}", made.text());
         wait_for(Duration::from_secs(5), || {
             (unix_now() >= expires).then_some(())
         })
         .expect("the clock reaches the expiry");
         site.tus_patch(&id, 5, b"56789", false)
             .assert_error_code(403, "ERR_EXPIRED", "");
+        site.send(
+            "PATCH",
+            &format!("/upload/files/{ietf}"),
+            &[
+                ("HTTP_UPLOAD_DRAFT_INTEROP_VERSION", "6"),
+                ("HTTP_UPLOAD_OFFSET", "5"),
+                ("HTTP_UPLOAD_COMPLETE", "?1"),
+                ("CONTENT_TYPE", "application/partial-upload"),
+            ],
+            b"56789",
+            false,
+        )
+        .assert_error_code(403, "ERR_EXPIRED", "");
+        assert_eq!(site.status(&ietf)["offset"], 5);
+        let cleared = site.send(
+            "DELETE",
+            &format!("/upload/status?X-Progress-ID={ietf}"),
+            &[],
+            b"",
+            false,
+        );
+        assert!(cleared.status < 300, "{}", cleared.text());
         let status = site.status(&id);
         assert_eq!(status["state"], "uploading", "{status}");
         assert_eq!(status["offset"], 5, "{status}");
