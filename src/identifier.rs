@@ -524,6 +524,26 @@ mod tests {
     }
 
     #[test]
+    fn any_one_character_changed_is_refused() {
+        let k = key(b"k1");
+        let id = create_identifier_with_policy(&k, &full_policy()).unwrap();
+        let text = id.as_str();
+        for (i, c) in text.char_indices() {
+            for replacement in ['A', '0', '-', '_', '.', ':'] {
+                if replacement == c {
+                    continue;
+                }
+                let mut changed = text.to_owned();
+                changed.replace_range(i..i + 1, &replacement.to_string());
+                assert!(
+                    verify_identifier(&changed, Some(&k)).is_err(),
+                    "{changed} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_policy_needs_a_signature_and_a_key() {
         let k = key(b"k1");
         let id = create_identifier_with_policy(&k, &full_policy()).unwrap();
