@@ -728,6 +728,8 @@ fn ietf_uploads_under_a_policy() {
             &data,
         );
         assert_eq!(done.status, 201, "{via:?}: {}", done.text());
+        // The limit the answer gives is the policy's, below max_size's none.
+        assert_eq!(done.header("Upload-Limit"), Some("max-size=50000"));
         let status = site.status(&id);
         assert_eq!(status["state"], "done", "{status}");
         assert_eq!(status["content-type"], "image/png", "{status}");
