@@ -573,7 +573,7 @@ fn append(
     }
     if progress.complete {
         *completed = Some(Box::new(progress.status.clone()));
-        Ok(complete_answer(service, &id, 201, &progress))
+        Ok(complete_answer(service, id, 201, &progress))
     } else {
         Ok(state_headers(service, id, empty(204), &progress, false))
     }
