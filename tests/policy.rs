@@ -915,3 +915,65 @@ fn new_id_mints_policies_from_its_options() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("needs an upload key"), "{stderr}");
 }
+
+#[test]
+fn a_concatenated_upload_is_checked_as_its_declared_type() {
+    for via in [Via::Cgi, Via::Daemon] {
+        let site = Site::new(via);
+        let final_policy = Policy {
+            accept: vec!["image/png".into()],
+            ..hour()
+        };
+        // Partial uploads under identifiers of their own, with no type.
+        let part = |data: &[u8]| {
+            let id = Site::mint(&hour());
+            let length = data.len().to_string();
+            let created = site.tus_create(
+                &id,
+                &[
+                    ("HTTP_UPLOAD_LENGTH", &length),
+                    ("HTTP_UPLOAD_CONCAT", "partial"),
+                ],
+            );
+            assert_eq!(created.status, 201, "{via:?}: {}", created.text());
+            let sent = site.tus_patch(&id, 0, data, false);
+            assert_eq!(sent.status, 204, "{}", sent.text());
+            id
+        };
+        let concat = |parts: &[String]| {
+            let id = Site::mint(&final_policy);
+            let urls: Vec<String> = parts.iter().map(|p| format!("/upload/files/{p}")).collect();
+            let header = format!("final;{}", urls.join(" "));
+            let reply = site.tus_create(
+                &id,
+                &[
+                    ("HTTP_UPLOAD_CONCAT", &header),
+                    ("HTTP_UPLOAD_METADATA", "filetype aW1hZ2UvcG5n"),
+                ],
+            );
+            (id, reply)
+        };
+        let data = png(3000, 8);
+        let parts = [part(&data[..3]), part(&data[3..])];
+        let (id, made) = concat(&parts);
+        assert_eq!(made.status, 201, "{via:?}: {}", made.text());
+        let status = site.status(&id);
+        assert_eq!(status["state"], "done", "{status}");
+        let path = status["files"][0]["path"].as_str().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), data);
+        let cleared = site.send(
+            "DELETE",
+            &format!("/upload/status?X-Progress-ID={id}"),
+            &[],
+            b"",
+            false,
+        );
+        assert!(cleared.status < 300, "{}", cleared.text());
+        site.assert_untouched("before the wrong concatenation");
+        // Parts that make no PNG: refused, and nothing is left of them.
+        let parts = [part(b"MZ\x90\x00"), part(b" a program")];
+        let (_, refused) = concat(&parts);
+        refused.assert_error_code(415, "ERR_TYPE_NOT_ACCEPTED", "image/png");
+        site.assert_untouched("after a concatenation of the wrong type");
+    }
+}

@@ -369,7 +369,46 @@ pub fn concatenate(
     status.fields = Some(new.metadata);
     status.parts = Some(parts.iter().map(|p| p.as_str().to_owned()).collect());
     pool.concatenate(id, parts, &status, settings.options.sha256)?;
-    info(pool, id, settings)
+    let progress = info(pool, id, settings)?;
+    // The parts' bytes were never checked as this type (a part declares its
+    // own, or none): the final file's first bytes are, now that it exists.
+    if let Some(signature) = id
+        .policy()
+        .and_then(|p| p.signature_for(progress.status.content_type.as_deref()))
+    {
+        let first = progress
+            .status
+            .files()
+            .first()
+            .map(|file| first_bytes(&file.path, signature.needed()))
+            .unwrap_or_default();
+        if !signature.matches_file(&first, total) {
+            if let Err(cleared) = pool.clear(id) {
+                crate::log!("cannot remove upload {id} of the wrong type: {cleared}");
+            }
+            return Err(signature.mismatch());
+        }
+    }
+    Ok(progress)
+}
+
+/// Up to `n` first bytes of the stored file at `path` (none if it cannot be
+/// read, which then fails the check it is read for). Opened without
+/// following a link, and without blocking on anything but a file.
+fn first_bytes(path: &str, n: usize) -> Vec<u8> {
+    use rustix::fs::{Mode, OFlags};
+    let Ok(fd) = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let mut first = Vec::with_capacity(n);
+    let _ = std::fs::File::from(fd)
+        .take(n as u64)
+        .read_to_end(&mut first);
+    first
 }
 
 /// Terminates the upload under `id`: it is removed for every process (a
