@@ -10,8 +10,11 @@ use std::io::Write;
 
 use getopts::Options;
 
-use fileupload::config::{Config, SETTINGS};
-use fileupload::identifier::{Identifier, create_identifier, verify_identifier};
+use fileupload::config::{Config, SETTINGS, parse_duration, parse_size};
+use fileupload::identifier::{
+    Identifier, create_identifier, create_identifier_with_policy, verify_identifier,
+};
+use fileupload::policy::{Policy, parse_accept};
 use fileupload::status::State;
 
 const USAGE: &str = "\
@@ -26,7 +29,9 @@ socket as stdin, as spawn-fcgi and mod_fcgid do) it serves FastCGI until
 SIGTERM. From a shell, it runs one of these commands:
 
 Commands:
-    new-id          print a new upload identifier (signed when a key is set)
+    new-id          print a new upload identifier (signed when a key is set);
+                    with --expires, --size-limit, --accept or --file-limit
+                    it carries that upload policy (needs an upload key)
     verify-id ID    exit 0 if ID is valid here, 1 (with the reason) if not
     status ID       print the upload's status as JSON
     path ID         print the stored files' paths, one a line, if the upload
@@ -78,6 +83,31 @@ fn options() -> Options {
         "",
         "fastcgi",
         "serve FastCGI on --listen (or `listen`), else on the listening socket passed as stdin",
+    );
+    // The upload policy new-id signs into the identifier (src/policy.rs).
+    opts.optopt(
+        "",
+        "expires",
+        "new-id: the identifier starts no upload or chunk after DURATION (30m, 1h, 7d)",
+        "DURATION",
+    );
+    opts.optopt(
+        "",
+        "size-limit",
+        "new-id: the upload's most bytes, counted as max_size counts them (512K, 100M)",
+        "SIZE",
+    );
+    opts.optopt(
+        "",
+        "accept",
+        "new-id: the accepted media types, comma-separated (image/*,application/pdf)",
+        "TYPES",
+    );
+    opts.optopt(
+        "",
+        "file-limit",
+        "new-id: the most files the upload may hold",
+        "N",
     );
     for setting in SETTINGS.iter().filter(|s| s.option) {
         let help = format!("{} [default: {}]", setting.help, setting.default);
@@ -150,7 +180,19 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
     match name.as_str() {
         "new-id" => {
             expect_args(0)?;
-            let id = create_identifier(config.upload_key.as_ref()).map_err(error)?;
+            let id = match policy_options(&matches)? {
+                None => create_identifier(config.upload_key.as_ref()).map_err(error)?,
+                Some(policy) => {
+                    let key = config.upload_key.as_ref().ok_or_else(|| {
+                        error(
+                            "new-id with a policy needs an upload key (--upload-key, \
+                             --upload-key-file or the upload_key setting): an unsigned \
+                             policy would bind no one",
+                        )
+                    })?;
+                    create_identifier_with_policy(key, &policy).map_err(error)?
+                }
+            };
             print(out, id.as_str())?;
             Ok(0)
         }
@@ -222,6 +264,59 @@ fn command(args: Vec<OsString>, out: &mut dyn Write) -> Result<i32, Exit> {
             "unknown command {other:?}\nTry 'fileupload --help'."
         ))),
     }
+}
+
+/// The policy new-id's options ask for; `None` when none is given.
+fn policy_options(matches: &getopts::Matches) -> Result<Option<Policy>, Exit> {
+    let given = |name: &str| matches.opt_str(name).filter(|v| !v.trim().is_empty());
+    let mut policy = Policy::default();
+    let mut any = false;
+    if let Some(text) = given("expires") {
+        let duration = parse_duration(&text).flatten().ok_or_else(|| {
+            error(format!(
+                "--expires {text:?}: expected a duration above 0, such as 90s, 30m, 1h or 7d"
+            ))
+        })?;
+        let now = fileupload::pool::unix_now();
+        // Rounded up: an identifier never expires before what was asked.
+        let seconds = duration.as_millis().div_ceil(1000);
+        let seconds = u64::try_from(seconds).unwrap_or(u64::MAX);
+        policy.expires = Some(now.saturating_add(seconds));
+        any = true;
+    }
+    if let Some(text) = given("size-limit") {
+        let size = parse_size(&text).flatten().ok_or_else(|| {
+            error(format!(
+                "--size-limit {text:?}: expected a size above 0, such as 512K, 100M or 2G \
+                 (a bare number is megabytes, as for --max-size)"
+            ))
+        })?;
+        policy.size_limit = Some(size);
+        any = true;
+    }
+    if let Some(text) = given("accept") {
+        let accept = parse_accept(&text).map_err(|e| error(format!("--accept {text:?}: {e}")))?;
+        if accept.is_empty() {
+            return Err(error(format!("--accept {text:?}: no media type given")));
+        }
+        policy.accept = accept;
+        any = true;
+    }
+    if let Some(text) = given("file-limit") {
+        let limit = text
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                error(format!(
+                    "--file-limit {text:?}: expected a whole number above 0"
+                ))
+            })?;
+        policy.file_limit = Some(limit);
+        any = true;
+    }
+    Ok(any.then_some(policy))
 }
 
 fn serve_fastcgi(config: Config, given: &[(&str, String)]) -> Result<i32, Exit> {

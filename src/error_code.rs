@@ -164,6 +164,14 @@ pub enum ErrorCode {
     Busy,
     /// CORS: the request's `Origin` is not in `allowed_origins`.
     OriginNotAllowed,
+    // Upload policies (src/policy.rs).
+    /// The identifier's policy expired: no new upload or chunk under it.
+    Expired,
+    /// A file's declared type (or its first bytes) is not one the
+    /// identifier's policy accepts.
+    TypeNotAccepted,
+    /// A form has more files than the identifier's policy allows.
+    TooManyFiles,
     /// A bug, or a system without randomness. (Keep it last: see the
     /// test `all_lists_every_variant`.)
     Internal,
@@ -226,6 +234,9 @@ impl ErrorCode {
         ErrorCode::Shutdown,
         ErrorCode::Busy,
         ErrorCode::OriginNotAllowed,
+        ErrorCode::Expired,
+        ErrorCode::TypeNotAccepted,
+        ErrorCode::TooManyFiles,
         ErrorCode::Internal,
     ];
 
@@ -286,6 +297,9 @@ impl ErrorCode {
             ErrorCode::Shutdown => "ERR_SHUTDOWN",
             ErrorCode::Busy => "ERR_BUSY",
             ErrorCode::OriginNotAllowed => "ERR_ORIGIN_NOT_ALLOWED",
+            ErrorCode::Expired => "ERR_EXPIRED",
+            ErrorCode::TypeNotAccepted => "ERR_TYPE_NOT_ACCEPTED",
+            ErrorCode::TooManyFiles => "ERR_TOO_MANY_FILES",
             ErrorCode::Internal => "ERR_INTERNAL",
         }
     }
@@ -343,6 +357,9 @@ impl ErrorCode {
             ErrorCode::App => 502,
             ErrorCode::Shutdown | ErrorCode::Busy => 503,
             ErrorCode::DiskFull => 507,
+            ErrorCode::Expired => 403,
+            ErrorCode::TypeNotAccepted => 415,
+            ErrorCode::TooManyFiles => 400,
         }
     }
 
@@ -402,8 +419,13 @@ impl From<&IdError> for ErrorCode {
     /// is (a signature the server cannot check is the client's mistake).
     fn from(err: &IdError) -> ErrorCode {
         match err {
-            IdError::Malformed | IdError::UnexpectedSignature => ErrorCode::BadIdentifier,
-            IdError::Unsigned | IdError::BadSignature => ErrorCode::Signature,
+            IdError::Malformed
+            | IdError::UnexpectedSignature
+            | IdError::PolicyWithoutKey
+            | IdError::BadPolicy(_) => ErrorCode::BadIdentifier,
+            IdError::Unsigned | IdError::BadSignature | IdError::UnsignedPolicy => {
+                ErrorCode::Signature
+            }
         }
     }
 }

@@ -11,6 +11,13 @@
 //! `<uuid>:<hex HMAC-SHA256(key, uuid)>`, so only holders of the key (the
 //! application, through the CLI or the library) can mint identifiers the
 //! server will accept.
+//!
+//! A signed identifier may also carry an upload policy
+//! ([`crate::policy`]): `<name>.<policy>:<hex HMAC-SHA256(key,
+//! name.policy)>`. The name alone still names the folder; the signature
+//! covers the policy too, so a changed policy is a wrong signature. Only a
+//! signed identifier can carry one: without a key anyone could write any
+//! policy, so a server without a key refuses a policy identifier.
 
 use std::fmt;
 
@@ -18,11 +25,16 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::error_code::ErrorCode;
+use crate::policy::{MAX_POLICY_TEXT, Policy, PolicyError};
 
 /// Longest accepted name part (before the `:`).
 pub const MAX_NAME_LEN: usize = 64;
 /// Length of the hex signature after the `:`.
 const SIGNATURE_HEX_LEN: usize = 64;
+/// Longest identifier accepted anywhere (a query, a header, a URL path, a
+/// status document): a name, a policy and a signature: 374 bytes,
+/// well inside what web servers allow in a request line or header.
+pub const MAX_IDENTIFIER_LEN: usize = MAX_NAME_LEN + 1 + MAX_POLICY_TEXT + 1 + SIGNATURE_HEX_LEN;
 
 /// The secret that signs identifiers.
 ///
@@ -61,6 +73,7 @@ impl fmt::Debug for Key {
 pub struct Identifier {
     text: String,
     name_len: usize,
+    policy: Option<Policy>,
 }
 
 impl Identifier {
@@ -73,6 +86,11 @@ impl Identifier {
     /// Only `[A-Za-z0-9-]`, 1 to 64 characters.
     pub fn name(&self) -> &str {
         &self.text[..self.name_len]
+    }
+
+    /// The upload policy the identifier carries (signed with it), if any.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
     }
 }
 
@@ -96,6 +114,15 @@ pub enum IdError {
     UnexpectedSignature,
     #[error("upload identifier signature does not match")]
     BadSignature,
+    #[error(
+        "upload identifier carries an upload policy but this server has no upload key: \
+         a policy only means something when it is signed"
+    )]
+    PolicyWithoutKey,
+    #[error("upload identifier carries an upload policy but no signature")]
+    UnsignedPolicy,
+    #[error("upload identifier's policy is unreadable: {0}")]
+    BadPolicy(PolicyError),
 }
 
 impl IdError {
@@ -127,33 +154,89 @@ impl IdError {
 /// assert!(verify_identifier(id.as_str(), Key::new(*b"other").as_ref()).is_err());
 /// ```
 pub fn create_identifier(key: Option<&Key>) -> Result<Identifier, getrandom::Error> {
+    let name = random_name()?;
+    let name_len = name.len();
+    let text = match key {
+        Some(key) => sign(key, name),
+        None => name,
+    };
+    Ok(Identifier {
+        text,
+        name_len,
+        policy: None,
+    })
+}
+
+/// Why an identifier with a policy could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("no randomness for a new identifier: {0}")]
+    Random(getrandom::Error),
+    #[error("{0}")]
+    Policy(PolicyError),
+}
+
+/// Makes a fresh identifier that carries `policy`, signed with `key` (a
+/// policy is only ever signed: see the module's documentation).
+///
+/// ```
+/// use fileupload::identifier::{create_identifier_with_policy, verify_identifier, Key};
+/// use fileupload::policy::Policy;
+///
+/// let key = Key::new(*b"secret").unwrap();
+/// let policy = Policy { size_limit: Some(1 << 20), file_limit: Some(1), ..Policy::default() };
+/// let id = create_identifier_with_policy(&key, &policy).unwrap();
+/// let verified = verify_identifier(id.as_str(), Some(&key)).unwrap();
+/// assert_eq!(verified.policy(), Some(&policy));
+/// assert_eq!(verified.name().len(), 36);
+/// ```
+pub fn create_identifier_with_policy(
+    key: &Key,
+    policy: &Policy,
+) -> Result<Identifier, CreateError> {
+    let encoded = policy.encode().map_err(CreateError::Policy)?;
+    let name = random_name().map_err(CreateError::Random)?;
+    let name_len = name.len();
+    let text = sign(key, format!("{name}.{encoded}"));
+    Ok(Identifier {
+        text,
+        name_len,
+        policy: Some(policy.clone()),
+    })
+}
+
+/// 128 random bits as a UUID v4.
+fn random_name() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)?;
     bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
     bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
     let digits = hex(&bytes);
-    let mut text = format!(
+    Ok(format!(
         "{}-{}-{}-{}-{}",
         &digits[0..8],
         &digits[8..12],
         &digits[12..16],
         &digits[16..20],
         &digits[20..32]
-    );
-    let name_len = text.len();
-    if let Some(key) = key {
-        let mut mac = key.mac();
-        mac.update(text.as_bytes());
-        let signature = hex(&mac.finalize().into_bytes());
-        text.push(':');
-        text.push_str(&signature);
-    }
-    Ok(Identifier { text, name_len })
+    ))
+}
+
+/// `signed` followed by `:` and its HMAC.
+fn sign(key: &Key, mut signed: String) -> String {
+    let mut mac = key.mac();
+    mac.update(signed.as_bytes());
+    let signature = hex(&mac.finalize().into_bytes());
+    signed.push(':');
+    signed.push_str(&signature);
+    signed
 }
 
 /// Checks an identifier's form and signature.
 ///
-/// The whole text must match `^[A-Za-z0-9-]{1,64}(:[0-9a-f]{64})?$`. With a
+/// The whole text must match `^[A-Za-z0-9-]{1,64}(:[0-9a-f]{64})?$`, or
+/// `^[A-Za-z0-9-]{1,64}\.[A-Za-z0-9_-]{1,N}:[0-9a-f]{64}$` with a policy
+/// (N is [`MAX_POLICY_TEXT`]). With a
 /// key, the signature is required and compared in constant time; without
 /// one, a signed identifier is refused (it was meant for another server).
 ///
@@ -164,28 +247,55 @@ pub fn create_identifier(key: Option<&Key>) -> Result<Identifier, getrandom::Err
 /// assert_eq!(verify_identifier("../etc", None), Err(IdError::Malformed));
 /// ```
 pub fn verify_identifier(text: &str, key: Option<&Key>) -> Result<Identifier, IdError> {
-    let (name, signature) = match text.split_once(':') {
-        Some((name, signature)) => (name, Some(signature)),
+    if text.len() > MAX_IDENTIFIER_LEN {
+        return Err(IdError::Malformed);
+    }
+    let (signed, signature) = match text.split_once(':') {
+        Some((signed, signature)) => (signed, Some(signature)),
         None => (text, None),
+    };
+    let (name, policy_text) = match signed.split_once('.') {
+        Some((name, policy)) => (name, Some(policy)),
+        None => (signed, None),
     };
     if !is_valid_name(name) {
         return Err(IdError::Malformed);
     }
-    let identifier = Identifier {
+    if let Some(policy) = policy_text
+        && (policy.is_empty()
+            || policy.len() > MAX_POLICY_TEXT
+            || !policy
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        return Err(IdError::Malformed);
+    }
+    let mut identifier = Identifier {
         text: text.to_owned(),
         name_len: name.len(),
+        policy: None,
     };
-    match (signature, key) {
-        (None, None) => Ok(identifier),
-        (None, Some(_)) => Err(IdError::Unsigned),
-        (Some(signature), key) => {
+    match (signature, key, policy_text) {
+        (None, None, Some(_)) => Err(IdError::PolicyWithoutKey),
+        (None, Some(_), Some(_)) => Err(IdError::UnsignedPolicy),
+        (None, None, None) => Ok(identifier),
+        (None, Some(_), None) => Err(IdError::Unsigned),
+        (Some(signature), key, policy_text) => {
             let tag = decode_signature(signature).ok_or(IdError::Malformed)?;
-            let key = key.ok_or(IdError::UnexpectedSignature)?;
+            let key = match (key, policy_text) {
+                (Some(key), _) => key,
+                (None, Some(_)) => return Err(IdError::PolicyWithoutKey),
+                (None, None) => return Err(IdError::UnexpectedSignature),
+            };
             let mut mac = key.mac();
-            mac.update(name.as_bytes());
-            mac.verify_slice(&tag)
-                .map(|()| identifier)
-                .map_err(|_| IdError::BadSignature)
+            mac.update(signed.as_bytes());
+            mac.verify_slice(&tag).map_err(|_| IdError::BadSignature)?;
+            // Decoded only once the signature holds: the bytes are the
+            // application's, not a client's.
+            if let Some(policy_text) = policy_text {
+                identifier.policy = Some(Policy::decode(policy_text).map_err(IdError::BadPolicy)?);
+            }
+            Ok(identifier)
         }
     }
 }
@@ -316,6 +426,172 @@ mod tests {
             verify_identifier(&moved, Some(&k)),
             Err(IdError::BadSignature)
         );
+    }
+
+    fn full_policy() -> Policy {
+        Policy {
+            expires: Some(1_900_000_000),
+            size_limit: Some(100 << 20),
+            accept: vec!["image/*".into(), "application/pdf".into()],
+            file_limit: Some(3),
+        }
+    }
+
+    #[test]
+    fn a_policy_round_trips_inside_a_signed_identifier() {
+        let k = key(b"k1");
+        let id = create_identifier_with_policy(&k, &full_policy()).unwrap();
+        let text = id.as_str();
+        assert!(text.len() <= MAX_IDENTIFIER_LEN, "{} bytes", text.len());
+        // The bound README states.
+        assert_eq!(MAX_IDENTIFIER_LEN, 374);
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)),
+            "{text}"
+        );
+        let verified = verify_identifier(text, Some(&k)).unwrap();
+        assert_eq!(verified, id);
+        assert_eq!(verified.policy(), Some(&full_policy()));
+        // The folder is the name alone, a UUID as for any new identifier.
+        assert_eq!(verified.name().len(), 36);
+        assert_eq!(&text[..36], verified.name());
+        assert_eq!(&text[36..37], ".");
+        // Plain identifiers carry none.
+        let plain = create_identifier(Some(&k)).unwrap();
+        assert_eq!(
+            verify_identifier(plain.as_str(), Some(&k))
+                .unwrap()
+                .policy(),
+            None
+        );
+        assert_eq!(verify_identifier("abc", None).unwrap().policy(), None);
+    }
+
+    #[test]
+    fn a_tampered_policy_is_a_wrong_signature() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let k = key(b"k1");
+        let id = create_identifier_with_policy(&k, &full_policy()).unwrap();
+        let (signed, signature) = id.as_str().split_once(':').unwrap();
+        let (name, _) = signed.split_once('.').unwrap();
+        // Each field loosened in turn, re-encoded canonically, under the
+        // old signature.
+        let loosen: [fn(&mut Policy); 5] = [
+            |p| p.expires = Some(u64::MAX),
+            |p| p.expires = None,
+            |p| p.size_limit = Some(u64::MAX),
+            |p| p.accept = vec!["*/*".into()],
+            |p| p.file_limit = Some(1000),
+        ];
+        for change in loosen {
+            let mut policy = full_policy();
+            change(&mut policy);
+            let forged = format!("{name}.{}:{signature}", policy.encode().unwrap());
+            assert_eq!(
+                verify_identifier(&forged, Some(&k)),
+                Err(IdError::BadSignature),
+                "{policy:?}"
+            );
+        }
+        // The policy dropped, or moved to another name.
+        assert_eq!(
+            verify_identifier(&format!("{name}:{signature}"), Some(&k)),
+            Err(IdError::BadSignature)
+        );
+        let moved = format!("other{}", &id.as_str()[36..]);
+        assert_eq!(
+            verify_identifier(&moved, Some(&k)),
+            Err(IdError::BadSignature)
+        );
+        // A byte flipped inside the base64.
+        let bytes = URL_SAFE_NO_PAD.decode(&signed[37..]).unwrap();
+        for i in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 1;
+            let forged = format!("{name}.{}:{signature}", URL_SAFE_NO_PAD.encode(&flipped));
+            assert_eq!(
+                verify_identifier(&forged, Some(&k)),
+                Err(IdError::BadSignature)
+            );
+        }
+        // Another key.
+        assert_eq!(
+            verify_identifier(id.as_str(), Some(&key(b"k2"))),
+            Err(IdError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn any_one_character_changed_is_refused() {
+        let k = key(b"k1");
+        let id = create_identifier_with_policy(&k, &full_policy()).unwrap();
+        let text = id.as_str();
+        for (i, c) in text.char_indices() {
+            for replacement in ['A', '0', '-', '_', '.', ':'] {
+                if replacement == c {
+                    continue;
+                }
+                let mut changed = text.to_owned();
+                changed.replace_range(i..i + 1, &replacement.to_string());
+                assert!(
+                    verify_identifier(&changed, Some(&k)).is_err(),
+                    "{changed} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_policy_needs_a_signature_and_a_key() {
+        let k = key(b"k1");
+        let id = create_identifier_with_policy(&k, &full_policy()).unwrap();
+        let unsigned = id.as_str().split_once(':').unwrap().0;
+        assert_eq!(
+            verify_identifier(unsigned, Some(&k)),
+            Err(IdError::UnsignedPolicy)
+        );
+        assert_eq!(
+            verify_identifier(unsigned, None),
+            Err(IdError::PolicyWithoutKey)
+        );
+        assert_eq!(
+            verify_identifier(id.as_str(), None),
+            Err(IdError::PolicyWithoutKey)
+        );
+        assert_eq!(IdError::UnsignedPolicy.http_status(), 403);
+        assert_eq!(IdError::PolicyWithoutKey.http_status(), 400);
+    }
+
+    #[test]
+    fn malformed_and_too_long_policy_identifiers() {
+        let k = key(b"k1");
+        let sig = "0".repeat(64);
+        for text in [
+            format!("abc.:{sig}"),
+            format!("abc.a+b:{sig}"),
+            format!("abc.a/b:{sig}"),
+            format!("abc.a.b:{sig}"),
+            format!("abc.a=:{sig}"),
+            format!(".AQA:{sig}"),
+            format!("abc.{}:{sig}", "A".repeat(MAX_POLICY_TEXT + 1)),
+            "a".repeat(MAX_IDENTIFIER_LEN + 1),
+        ] {
+            assert_eq!(
+                verify_identifier(&text, Some(&k)),
+                Err(IdError::Malformed),
+                "{text}"
+            );
+        }
+        // A policy the signature holds for but that does not decode (an
+        // unknown version) is refused as unreadable, never guessed at.
+        let forged = sign(&k, "abc.AgA".to_owned());
+        assert!(matches!(
+            verify_identifier(&forged, Some(&k)),
+            Err(IdError::BadPolicy(_))
+        ));
+        assert_eq!(IdError::BadPolicy(PolicyError::Base64).http_status(), 400);
     }
 
     #[test]

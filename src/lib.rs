@@ -56,6 +56,7 @@ pub mod hashing;
 pub mod http;
 pub mod identifier;
 pub mod multipart;
+pub mod policy;
 pub mod pool;
 pub mod receiving;
 pub mod resumable;
@@ -67,7 +68,10 @@ pub mod upload;
 
 pub use config::Config;
 pub use error_code::ErrorCode;
-pub use identifier::{Identifier, Key, create_identifier, verify_identifier};
+pub use identifier::{
+    Identifier, Key, create_identifier, create_identifier_with_policy, verify_identifier,
+};
+pub use policy::Policy;
 pub use pool::{Bucket, Pool, PoolError};
 pub use service::Service;
 pub use status::{FileInfo, State, Status};

@@ -16,6 +16,7 @@ use crate::error_code::{ErrorCode, store_error};
 use crate::http::{Body, BodyLength, HttpError, Request};
 use crate::identifier::Identifier;
 use crate::multipart::{self, Event, MultipartError, Parser, PartHeaders};
+use crate::policy::{self, Policy, Signature};
 use crate::pool::{Pool, Upload, unix_now};
 use crate::receiving::{self, Session};
 use crate::status::{FileInfo, State, Status};
@@ -48,12 +49,21 @@ const MAX_EPILOGUE: u64 = 64 * 1024;
 /// Every failure after the bucket is claimed is recorded in its status
 /// (state `error`, with the answer's HTTP status and code), and the files stored so far are
 /// removed. A conflict with a running upload (409) changes nothing.
+///
+/// The identifier's policy ([`crate::policy`]) applies: expired, the
+/// upload is refused before a bucket is claimed (a form already running
+/// when it expires finishes: the check is here, at its start); its size
+/// limit lowers `max_size`; each file's type and number are checked when
+/// its part's headers arrive, and for a few types its first bytes before
+/// the file is made.
 pub fn receive(
     pool: &Pool,
     id: &Identifier,
     request: &mut Request<'_>,
     options: &Options,
 ) -> Result<Status, HttpError> {
+    policy::check_expiry(id.policy(), unix_now())?;
+    let options = &policy::limited(options, id.policy());
     let upload = pool.begin_upload(id)?;
     let mut status = Status::uploading(id.as_str(), None, unix_now());
     let (boundary, length) = match check(request, options) {
@@ -73,7 +83,7 @@ pub fn receive(
     }
     let limit = length.known().unwrap_or(u64::MAX);
     let body = request.body().take(limit);
-    let (status, outcome) = stream(&upload, status, &boundary, body, options);
+    let (status, outcome) = stream(&upload, status, &boundary, body, options, id.policy());
     match outcome {
         Ok(()) => {
             upload.finish(&status)?;
@@ -113,6 +123,7 @@ fn stream(
     boundary: &str,
     body: impl Body,
     options: &Options,
+    policy: Option<&Policy>,
 ) -> (Status, Result<(), HttpError>) {
     let (mut status, outcome) = receiving::run(upload, status, body, options, |body, session| {
         let mut parser = Parser::new(body, boundary);
@@ -120,7 +131,9 @@ fn stream(
             upload,
             session,
             parts: 0,
+            files: 0,
             field_bytes: 0,
+            policy,
         }
         .run(&mut parser)
     });
@@ -146,6 +159,14 @@ enum Sink {
     /// A file input left empty sends `filename=""` and no bytes: the file is
     /// only made if a byte arrives.
     Pending(PartHeaders),
+    /// A file whose declared type has a known signature, under a policy
+    /// that lists types: its first bytes are held here until they show
+    /// the type, so that a file of another kind is never made.
+    Sniffing {
+        headers: PartHeaders,
+        signature: Signature,
+        first: Vec<u8>,
+    },
     Field {
         name: String,
         value: Vec<u8>,
@@ -156,7 +177,10 @@ struct Receiver<'a> {
     upload: &'a Upload,
     session: &'a Session<'a>,
     parts: usize,
+    /// File parts begun (the policy's `file_limit` counts these).
+    files: usize,
     field_bytes: usize,
+    policy: Option<&'a Policy>,
 }
 
 impl Receiver<'_> {
@@ -241,7 +265,7 @@ impl Receiver<'_> {
     fn open(&mut self, headers: PartHeaders) -> Result<Sink, HttpError> {
         match headers.filename.as_deref() {
             Some("") => Ok(Sink::Pending(headers)),
-            Some(_) => self.open_file(headers),
+            Some(_) => self.begin_file(headers),
             None => {
                 self.count_field_bytes(headers.name.len())?;
                 Ok(Sink::Field {
@@ -252,13 +276,34 @@ impl Receiver<'_> {
         }
     }
 
-    fn open_file(&mut self, headers: PartHeaders) -> Result<Sink, HttpError> {
+    /// A file part's checks (its headers' lengths, the policy's count and
+    /// type), then its file, or its first bytes held until they can be
+    /// checked.
+    fn begin_file(&mut self, headers: PartHeaders) -> Result<Sink, HttpError> {
         check_length("file name", headers.filename.as_deref(), MAX_FILENAME_BYTES)?;
         check_length(
             "part Content-Type",
             headers.content_type.as_deref(),
             MAX_CONTENT_TYPE_BYTES,
         )?;
+        self.files += 1;
+        policy::check_file_count(self.policy, self.files)?;
+        let Some(policy) = self.policy else {
+            return self.open_file(headers);
+        };
+        let declared = headers.content_type.as_deref();
+        policy.check_type(declared)?;
+        match policy.signature_for(declared) {
+            Some(signature) => Ok(Sink::Sniffing {
+                headers,
+                signature,
+                first: Vec::with_capacity(signature.needed()),
+            }),
+            None => self.open_file(headers),
+        }
+    }
+
+    fn open_file(&mut self, headers: PartHeaders) -> Result<Sink, HttpError> {
         let (file, path) = self.upload.create_file()?;
         let info = FileInfo {
             field: headers.name,
@@ -293,8 +338,26 @@ impl Receiver<'_> {
     fn write(&mut self, sink: &mut Sink, bytes: &[u8]) -> Result<(), HttpError> {
         match sink {
             Sink::Pending(headers) => {
-                *sink = self.open_file(headers.clone())?;
+                *sink = self.begin_file(headers.clone())?;
                 self.write(sink, bytes)
+            }
+            Sink::Sniffing {
+                headers,
+                signature,
+                first,
+            } => {
+                let take = (signature.needed() - first.len()).min(bytes.len());
+                first.extend_from_slice(&bytes[..take]);
+                if first.len() < signature.needed() {
+                    return Ok(());
+                }
+                if !signature.matches_file(first, first.len() as u64) {
+                    return Err(signature.mismatch());
+                }
+                let first = std::mem::take(first);
+                *sink = self.open_file(headers.clone())?;
+                self.write(sink, &first)?;
+                self.write(sink, &bytes[take..])
             }
             Sink::File { file, index } => {
                 file.write_all(bytes).map_err(store_error)?;
@@ -324,6 +387,15 @@ impl Receiver<'_> {
                 }
             }
             Sink::Pending(_) => {}
+            // The part ended inside the signature: too short to be a file
+            // of its declared type.
+            Sink::Sniffing {
+                signature, first, ..
+            } => {
+                if !signature.matches_file(&first, first.len() as u64) {
+                    return Err(signature.mismatch());
+                }
+            }
             Sink::Field { name, value } => {
                 let value = String::from_utf8_lossy(&value).into_owned();
                 self.grow_document(json_len(&name) + json_len(&value) + 2)?;

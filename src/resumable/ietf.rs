@@ -116,7 +116,7 @@ pub fn upload(service: &Service, request: &mut Request<'_>, param: &str) -> Answ
             "HEAD" => {
                 no_upload_state(request, "an offset retrieval (HEAD)")?;
                 let progress = resumable::info(service.pool(), &id, &settings)?;
-                Ok(described(service, &progress))
+                Ok(described(service, &id, &progress))
             }
             "PATCH" => append(service, request, &id, &settings, version, &mut completed),
             "DELETE" => {
@@ -248,11 +248,17 @@ fn flag(complete: bool) -> &'static str {
     if complete { "?1" } else { "?0" }
 }
 
-/// `Upload-Limit`, a Dictionary: `max-size` from `max_size` (`min-size=0`
-/// without one, as the draft asks for "no limits"), and `max-age`, the
-/// seconds left before an incomplete upload expires.
-fn limits(service: &Service, expires: Option<u64>) -> String {
-    let mut limits = match service.config().max_size {
+/// `Upload-Limit`, a Dictionary: `max-size` from `max_size`, or the
+/// upload's policy's size limit when it is smaller (`min-size=0` without
+/// either, as the draft asks for "no limits"), and `max-age`, the seconds
+/// left before an incomplete upload expires.
+fn limits(service: &Service, expires: Option<u64>, id: Option<&Identifier>) -> String {
+    let max_size = crate::policy::limited(
+        &crate::receiving::Options::from_config(service.config()),
+        id.and_then(Identifier::policy),
+    )
+    .max_size;
+    let mut limits = match max_size {
         Some(max) => format!("max-size={max}"),
         None => "min-size=0".to_owned(),
     };
@@ -264,13 +270,14 @@ fn limits(service: &Service, expires: Option<u64>) -> String {
 
 fn options(service: &Service) -> Response {
     empty(204)
-        .with_header("Upload-Limit", &limits(service, None))
+        .with_header("Upload-Limit", &limits(service, None, None))
         .with_header("Accept-Patch", PARTIAL_UPLOAD)
 }
 
 /// Where the upload stands, as a creation or an append answers it.
 fn state_headers(
     service: &Service,
+    id: &Identifier,
     mut response: Response,
     progress: &Progress,
     complete: bool,
@@ -278,7 +285,7 @@ fn state_headers(
     response = response
         .with_header("Upload-Offset", &progress.offset.to_string())
         .with_header("Upload-Complete", flag(complete))
-        .with_header("Upload-Limit", &limits(service, progress.expires));
+        .with_header("Upload-Limit", &limits(service, progress.expires, Some(id)));
     if let Some(length) = progress.length {
         response = response.with_header("Upload-Length", &length.to_string());
     }
@@ -286,15 +293,21 @@ fn state_headers(
 }
 
 /// The answer to `HEAD`: 204, as tusd answers (the drafts allow 200 too).
-fn described(service: &Service, progress: &Progress) -> Response {
-    state_headers(service, empty(204), progress, progress.complete)
+fn described(service: &Service, id: &Identifier, progress: &Progress) -> Response {
+    state_headers(service, id, empty(204), progress, progress.complete)
 }
 
 /// The answer to a request that completed the upload: its status, as a
 /// form upload's answer gives it (the file's size and SHA-256).
-fn complete_answer(service: &Service, status: u16, progress: &Progress) -> Response {
+fn complete_answer(
+    service: &Service,
+    id: &Identifier,
+    status: u16,
+    progress: &Progress,
+) -> Response {
     state_headers(
         service,
+        id,
         Response::json(status, &progress.status),
         progress,
         true,
@@ -501,9 +514,9 @@ fn create(
     }
     let response = if progress.complete {
         *completed = Some(Box::new(progress.status.clone()));
-        complete_answer(service, 201, &progress)
+        complete_answer(service, &id, 201, &progress)
     } else {
-        state_headers(service, empty(201), &progress, false)
+        state_headers(service, &id, empty(201), &progress, false)
     };
     Ok(response.with_header("Location", &location))
 }
@@ -560,9 +573,9 @@ fn append(
     }
     if progress.complete {
         *completed = Some(Box::new(progress.status.clone()));
-        Ok(complete_answer(service, 201, &progress))
+        Ok(complete_answer(service, id, 201, &progress))
     } else {
-        Ok(state_headers(service, empty(204), &progress, false))
+        Ok(state_headers(service, id, empty(204), &progress, false))
     }
 }
 

@@ -48,6 +48,7 @@ use crate::error_code::{ErrorCode, store_error};
 use crate::hashing::{Feed, Offload, ResumableSha256};
 use crate::http::{Body, BodyLength, HttpError};
 use crate::identifier::Identifier;
+use crate::policy::{self, Policy, Signature};
 use crate::pool::{Pool, PoolError, Upload, unix_now};
 use crate::receiving::{self, Options};
 use crate::status::{FileInfo, State, Status};
@@ -88,6 +89,15 @@ impl Settings {
         Settings {
             options: Options::from_config(config),
             max_age: config.max_age,
+        }
+    }
+
+    /// These settings under the identifier's policy: its size limit folded
+    /// into `max_size` (see [`policy::limited`]).
+    fn under(&self, policy: Option<&Policy>) -> Settings {
+        Settings {
+            options: policy::limited(&self.options, policy),
+            max_age: self.max_age,
         }
     }
 
@@ -193,6 +203,16 @@ fn create_upload(
     first: Option<Chunk<'_>>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
+    // The policy, checked before anything is made: an expired identifier,
+    // a type it does not accept, a length over its size (below), or too
+    // short to hold the declared type's signature, leave nothing.
+    let policy = id.policy();
+    policy::check_expiry(policy, unix_now())?;
+    let settings = &settings.under(policy);
+    if let Some(policy) = policy {
+        policy.check_type(new.content_type.as_deref())?;
+        check_short(policy, new.content_type.as_deref(), new.length)?;
+    }
     if let (Some(length), Some(max)) = (new.length, settings.options.max_size)
         && length > max
     {
@@ -270,6 +290,10 @@ pub fn append_checked(
     checksum: Option<&Expected>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
+    // Before the takeover: a chunk refused for expiry disturbs no request
+    // still running (one started before the expiry may finish).
+    policy::check_expiry(id.policy(), unix_now())?;
+    let settings = &settings.under(id.policy());
     let upload = pool.take_over(id, takeover_patience(&settings.options))?;
     let mut status = pool.status(id)?;
     check_usable(&status, settings)?;
@@ -284,6 +308,9 @@ pub fn append_checked(
             Some(_) => {}
             None => {
                 check_length(length, chunk.offset, &settings.options)?;
+                if let Some(policy) = id.policy() {
+                    check_short(policy, status.content_type.as_deref(), Some(length))?;
+                }
                 status.size = Some(length);
             }
         }
@@ -306,6 +333,11 @@ pub fn concatenate(
     parts: &[Identifier],
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
+    policy::check_expiry(id.policy(), unix_now())?;
+    let settings = &settings.under(id.policy());
+    if let Some(policy) = id.policy() {
+        policy.check_type(new.content_type.as_deref())?;
+    }
     let mut total = 0u64;
     for part in parts {
         let stored = pool.status(part)?;
@@ -337,7 +369,46 @@ pub fn concatenate(
     status.fields = Some(new.metadata);
     status.parts = Some(parts.iter().map(|p| p.as_str().to_owned()).collect());
     pool.concatenate(id, parts, &status, settings.options.sha256)?;
-    info(pool, id, settings)
+    let progress = info(pool, id, settings)?;
+    // The parts' bytes were never checked as this type (a part declares its
+    // own, or none): the final file's first bytes are, now that it exists.
+    if let Some(signature) = id
+        .policy()
+        .and_then(|p| p.signature_for(progress.status.content_type.as_deref()))
+    {
+        let first = progress
+            .status
+            .files()
+            .first()
+            .map(|file| first_bytes(&file.path, signature.needed()))
+            .unwrap_or_default();
+        if !signature.matches_file(&first, total) {
+            if let Err(cleared) = pool.clear(id) {
+                crate::log!("cannot remove upload {id} of the wrong type: {cleared}");
+            }
+            return Err(signature.mismatch());
+        }
+    }
+    Ok(progress)
+}
+
+/// Up to `n` first bytes of the stored file at `path` (none if it cannot be
+/// read, which then fails the check it is read for). Opened without
+/// following a link, and without blocking on anything but a file.
+fn first_bytes(path: &str, n: usize) -> Vec<u8> {
+    use rustix::fs::{Mode, OFlags};
+    let Ok(fd) = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let mut first = Vec::with_capacity(n);
+    let _ = std::fs::File::from(fd)
+        .take(n as u64)
+        .read_to_end(&mut first);
+    first
 }
 
 /// Terminates the upload under `id`: it is removed for every process (a
@@ -554,7 +625,19 @@ fn proceed(
         sha256: false,
         ..settings.options.clone()
     };
-    let body = chunk.body.take(body_bytes);
+    // Under a policy that lists types, the bytes of the declared type's
+    // signature are checked as they are read, before they are written.
+    let signature = id
+        .policy()
+        .and_then(|p| p.signature_for(status.content_type.as_deref()))
+        .filter(|s| start < s.needed() as u64);
+    let body = Sniffed {
+        inner: chunk.body,
+        signature,
+        at: start,
+        mismatch: false,
+    }
+    .take(body_bytes);
     let resting = status.clone();
     let unchecked = Unchecked {
         start,
@@ -612,6 +695,15 @@ fn proceed(
             drop(upload);
             Err(PoolError::Cancelled.into())
         }
+        Err(err) if err.code == ErrorCode::TypeNotAccepted => {
+            // Not the declared type: the upload goes (nothing of it is
+            // kept, as for a refused form), the identifier is free again.
+            drop(upload);
+            if let Err(cleared) = pool.clear(id) {
+                crate::log!("cannot remove upload {id} of the wrong type: {cleared}");
+            }
+            Err(err)
+        }
         Err(err) => {
             let err = match (err.code, limit) {
                 (ErrorCode::TooLarge, Some((_, code))) => {
@@ -637,6 +729,57 @@ fn proceed(
                 crate::log!("cannot record the offset of upload {id}: {paused}");
             }
             Err(err)
+        }
+    }
+}
+
+/// 415 for an upload whose whole length is too short to start with its
+/// declared type's signature (only a policy that lists types asks).
+fn check_short(
+    policy: &Policy,
+    declared: Option<&str>,
+    length: Option<u64>,
+) -> Result<(), HttpError> {
+    match (policy.signature_for(declared), length) {
+        (Some(signature), Some(length)) if length < signature.needed() as u64 => {
+            Err(signature.mismatch())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A chunk's body, its bytes checked against the declared type's
+/// signature where they fall inside it (`at` is the file offset of the
+/// next byte read); past the signature it only passes bytes on.
+struct Sniffed<'r> {
+    inner: &'r mut dyn Body,
+    signature: Option<Signature>,
+    at: u64,
+    mismatch: bool,
+}
+
+impl Read for Sniffed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(signature) = self.signature {
+            if !signature.matches_at(self.at, &buf[..n]) {
+                self.mismatch = true;
+                return Err(io::Error::other("the chunk is not of its declared type"));
+            }
+            self.at += n as u64;
+            if self.at >= signature.needed() as u64 {
+                self.signature = None;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Body for Sniffed<'_> {
+    fn failure(&mut self) -> Option<HttpError> {
+        match (self.mismatch, self.signature) {
+            (true, Some(signature)) => Some(signature.mismatch()),
+            _ => self.inner.failure(),
         }
     }
 }
