@@ -10,10 +10,10 @@
 //! Bytes are checked on disk; what reached the server is read from nginx's
 //! access log.
 //!
-//! More cases (a policy per identifier: expired, over size, a refused
-//! type) start the deployment with their own `new-id` options
-//! ([`CrossOrigin::start`]'s `policy`) and read the error the page shows
-//! ([`CrossOrigin::upload`]'s outcome, and `#error`).
+//! Under an upload policy (mint-id given `new-id` options, as its comment
+//! says), an over-size file, a refused type and an expired identifier each
+//! end in the page with the server's error code, shown in `#error`, and
+//! nothing stored.
 
 mod common;
 
@@ -384,4 +384,134 @@ fn a_page_on_an_unlisted_origin_is_refused_and_nothing_is_stored() {
         "stored: {:?}",
         deployment.pool_entries()
     );
+}
+
+/// What the page shows after a refused upload: the outcome's code, the
+/// HTTP status the page could read, and the `#error` text.
+fn refused(deployment: &CrossOrigin, page: &str, mode: Mode, file: &Path) -> (String, u64, String) {
+    let outcome = deployment.upload(page, mode, file);
+    assert_eq!(
+        outcome["state"],
+        "error",
+        "{outcome}\n{}",
+        deployment.context()
+    );
+    let shown = deployment
+        .browser
+        .script("return document.getElementById('error').textContent;");
+    (
+        outcome["code"].as_str().unwrap_or("").to_owned(),
+        outcome["status"].as_u64().unwrap_or(0),
+        shown.as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[test]
+fn a_policy_refuses_an_over_size_file_a_type_not_accepted_and_an_expired_identifier_in_the_page() {
+    let deployment = CrossOrigin::start("--expires 1h --size-limit 100K --accept image/png");
+    let page = deployment.page(true);
+    let png = |len: usize, seed: u64| {
+        let mut data = b"\x89PNG\r\n\x1a\n".to_vec();
+        data.extend(random_bytes(len - data.len(), seed));
+        data
+    };
+    let write = |name: &str, data: &[u8]| {
+        let path = deployment.site.path(name);
+        std::fs::write(&path, data).unwrap();
+        path
+    };
+    let big = write("big.png", &png(300_000, 31));
+    let text = write("notes.txt", b"plain text, not an image\n");
+    let fake = write("fake.png", &random_bytes(20_000, 32));
+    let small = write("small.png", &png(20_000, 33));
+    let cases = [
+        (&big, Mode::Form, "ERR_TOO_LARGE", 413),
+        (&big, Mode::Resumable, "ERR_TOO_LARGE", 413),
+        (&text, Mode::Form, "ERR_TYPE_NOT_ACCEPTED", 415),
+        (&text, Mode::Resumable, "ERR_TYPE_NOT_ACCEPTED", 415),
+        // Declared a PNG, but its first bytes are not one.
+        (&fake, Mode::Form, "ERR_TYPE_NOT_ACCEPTED", 415),
+        (&fake, Mode::Resumable, "ERR_TYPE_NOT_ACCEPTED", 415),
+    ];
+    for (file, mode, code, status) in cases {
+        let (got, got_status, shown) = refused(&deployment, &page, mode, file);
+        let what = format!(
+            "{} by {}",
+            file.display(),
+            match mode {
+                Mode::Form => "form",
+                Mode::Resumable => "tus",
+            }
+        );
+        assert_eq!(got, code, "{what}: {shown}\n{}", deployment.context());
+        assert_eq!(got_status, status, "{what}");
+        assert!(
+            shown.starts_with(&format!("{code}: ")),
+            "{what}: the page shows {shown:?}"
+        );
+    }
+    assert_stores_no_file(&deployment);
+
+    // Within the policy, the same page stores the file.
+    let outcome = deployment.upload(&page, Mode::Form, &small);
+    assert_eq!(
+        outcome["state"],
+        "done",
+        "{outcome}\n{}",
+        deployment.context()
+    );
+
+    // An identifier used after its policy expired, as one copied out of a
+    // page would be: mint-id now hands out one minted to expire in 1 s.
+    let minted = Command::new(&deployment.site.bin)
+        .args(["new-id", "--expires", "1s", "--accept", "image/png"])
+        .env_clear()
+        .env(
+            "FILEUPLOAD_UPLOAD_KEY_FILE",
+            deployment.site.path("upload.key"),
+        )
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let id = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let cgi = deployment.site.path("app").join("mint-id");
+    std::fs::write(
+        &cgi,
+        format!(
+            "#!/bin/sh\nprintf 'Content-Type: application/json\\r\\n\\r\\n'\n\
+             printf '{{\"identifier\":\"%s\"}}\\n' '{id}'\n"
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    let before = deployment.pool_entries();
+    for mode in [Mode::Form, Mode::Resumable] {
+        let (got, got_status, shown) = refused(&deployment, &page, mode, &small);
+        assert_eq!(got, "ERR_EXPIRED", "{shown}\n{}", deployment.context());
+        assert_eq!(got_status, 403);
+        assert!(
+            shown.starts_with("ERR_EXPIRED: "),
+            "the page shows {shown:?}"
+        );
+    }
+    assert_eq!(
+        deployment.pool_entries(),
+        before,
+        "an expired identifier stored something"
+    );
+}
+
+/// No upload folder in the pool holds a data file.
+fn assert_stores_no_file(deployment: &CrossOrigin) {
+    for entry in deployment.pool_entries() {
+        let folder = deployment.site.pool.join(&entry);
+        let files: Vec<String> = std::fs::read_dir(&folder)
+            .map(|dir| {
+                dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("file-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(files.is_empty(), "{entry} holds {files:?}");
+    }
 }
