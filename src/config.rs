@@ -197,6 +197,29 @@ pub const SETTINGS: &[Setting] = &[
                (the status says 0 received until the upload ends).",
         option: true,
     },
+    // Hooks (issue 13).
+    Setting {
+        name: "on_create",
+        value: "PROGRAM",
+        default: "unset",
+        help: "Hook run before an upload stores its first byte, with JSON about it on stdin; a non-zero exit \
+               refuses the upload (403 ERR_REFUSED, the first line of its stdout as the message).",
+        option: true,
+    },
+    Setting {
+        name: "on_complete",
+        value: "PROGRAM",
+        default: "unset",
+        help: "Hook run after an upload is done, with its status document on stdin; it cannot change the upload.",
+        option: true,
+    },
+    Setting {
+        name: "hook_timeout",
+        value: "DURATION",
+        default: "5s",
+        help: "Longest a hook may run before it is killed (on_create then refuses the upload).",
+        option: true,
+    },
 ];
 
 /// Settings of the FastCGI daemon as a whole: they take effect when it
@@ -293,6 +316,10 @@ pub struct Config {
     /// tests that drive the handler in-process and cannot wait a minute.
     pub min_body_rate_after: Duration,
     pub grace: Duration,
+    // Hooks (issue 13).
+    pub on_create: Option<PathBuf>,
+    pub on_complete: Option<PathBuf>,
+    pub hook_timeout: Duration,
 }
 
 impl Default for Config {
@@ -319,6 +346,9 @@ impl Default for Config {
             min_body_rate: Some(1024),
             min_body_rate_after: crate::receiving::MIN_RATE_AFTER,
             grace: Duration::from_secs(10),
+            on_create: None,
+            on_complete: None,
+            hook_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -543,6 +573,26 @@ impl Config {
                 "progress_interval" => {
                     config.progress_interval = parse_duration(value)
                         .ok_or_else(|| bad("duration: use e.g. 200ms, 1s, or 0 for off"))?;
+                }
+                // Hooks (issue 13).
+                "on_create" | "on_complete" => {
+                    let path = PathBuf::from(value);
+                    if !path.is_absolute() {
+                        return Err(invalid(
+                            origin,
+                            format!("{value:?} must be an absolute path"),
+                        ));
+                    }
+                    if *name == "on_create" {
+                        config.on_create = Some(path);
+                    } else {
+                        config.on_complete = Some(path);
+                    }
+                }
+                "hook_timeout" => {
+                    config.hook_timeout = parse_duration(value)
+                        .flatten()
+                        .ok_or_else(|| bad("duration: use e.g. 5s or 500ms (not 0)"))?;
                 }
                 _ => unreachable!("only names from SETTINGS are collected"),
             }
@@ -923,7 +973,7 @@ mod tests {
         // match arm would hit unreachable!() here.
         for setting in SETTINGS {
             let value = match setting.name {
-                "directory" | "app" => "/x",
+                "directory" | "app" | "on_create" | "on_complete" => "/x",
                 "listen" => "127.0.0.1:9000",
                 "upload_key_file" => continue,
                 "sha256" | "fsync" => "on",

@@ -162,6 +162,9 @@ pub enum ErrorCode {
     Shutdown,
     /// The daemon is receiving `max_uploads` uploads already.
     Busy,
+    // Hooks (issue 13).
+    /// The `on_create` hook refused the upload, or could not be run.
+    Refused,
     /// A bug, or a system without randomness. (Keep it last: see the
     /// test `all_lists_every_variant`.)
     Internal,
@@ -223,6 +226,7 @@ impl ErrorCode {
         ErrorCode::Interrupted,
         ErrorCode::Shutdown,
         ErrorCode::Busy,
+        ErrorCode::Refused,
         ErrorCode::Internal,
     ];
 
@@ -282,6 +286,7 @@ impl ErrorCode {
             ErrorCode::Interrupted => "ERR_INTERRUPTED",
             ErrorCode::Shutdown => "ERR_SHUTDOWN",
             ErrorCode::Busy => "ERR_BUSY",
+            ErrorCode::Refused => "ERR_REFUSED",
             ErrorCode::Internal => "ERR_INTERNAL",
         }
     }
@@ -337,6 +342,7 @@ impl ErrorCode {
             | ErrorCode::Internal => 500,
             ErrorCode::App => 502,
             ErrorCode::Shutdown | ErrorCode::Busy => 503,
+            ErrorCode::Refused => 403,
             ErrorCode::DiskFull => 507,
         }
     }

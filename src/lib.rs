@@ -52,6 +52,7 @@ pub mod error_code;
 pub mod fastcgi;
 pub mod handler;
 pub mod hashing;
+pub mod hooks;
 pub mod http;
 pub mod identifier;
 pub mod multipart;

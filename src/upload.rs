@@ -73,7 +73,7 @@ pub fn receive(
     }
     let limit = length.known().unwrap_or(u64::MAX);
     let body = request.body().take(limit);
-    let (status, outcome) = stream(&upload, status, &boundary, body, options);
+    let (status, outcome) = stream(&upload, id, status, &boundary, body, options);
     match outcome {
         Ok(()) => {
             upload.finish(&status)?;
@@ -109,6 +109,7 @@ fn check(request: &Request<'_>, options: &Options) -> Result<(String, BodyLength
 /// ended.
 fn stream(
     upload: &Upload,
+    id: &Identifier,
     status: Status,
     boundary: &str,
     body: impl Body,
@@ -121,6 +122,8 @@ fn stream(
             session,
             parts: 0,
             field_bytes: 0,
+            gate: options.on_create.as_ref(),
+            id,
         }
         .run(&mut parser)
     });
@@ -157,6 +160,9 @@ struct Receiver<'a> {
     session: &'a Session<'a>,
     parts: usize,
     field_bytes: usize,
+    /// The `on_create` hook, until it has let the first file through.
+    gate: Option<&'a crate::hooks::Gate>,
+    id: &'a Identifier,
 }
 
 impl Receiver<'_> {
@@ -259,6 +265,20 @@ impl Receiver<'_> {
             headers.content_type.as_deref(),
             MAX_CONTENT_TYPE_BYTES,
         )?;
+        if let Some(gate) = self.gate.take() {
+            let length = self.session.status().size;
+            gate.check(&crate::hooks::Creation {
+                id: self.id,
+                protocol: "form",
+                length,
+                size_known: false,
+                filename: headers.filename.as_deref(),
+                content_type: headers.content_type.as_deref(),
+                metadata: None,
+                partial: false,
+                parts: Vec::new(),
+            })?;
+        }
         let (file, path) = self.upload.create_file()?;
         let info = FileInfo {
             field: headers.name,

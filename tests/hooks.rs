@@ -1,0 +1,548 @@
+//! The `on_create` and `on_complete` hooks, through the CGI program and the
+//! FastCGI daemon, for forms and tus: refusals, failures of every kind
+//! (fail closed), what they are given on stdin, and that `on_complete`
+//! neither changes an upload nor delays its answer.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::fcgi::Daemon;
+use common::{Form, Reply, TestPool, parse_cgi, sha256_hex};
+use serde_json::Value;
+
+/// A folder of hook scripts.
+struct Hooks {
+    dir: tempfile::TempDir,
+}
+
+impl Hooks {
+    fn new() -> Hooks {
+        Hooks {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// An executable `/bin/sh` script; `$D` in `body` is this folder.
+    fn script(&self, name: &str, body: &str) -> String {
+        let path = self.path(name);
+        let text = format!("#!/bin/sh\nD='{}'\n{body}\n", self.dir.path().display());
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    /// Waits (at most 20 s) for a file a hook writes, and returns it.
+    fn wait_for(&self, name: &str) -> String {
+        let path = self.path(name);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // The hook writes `name.tmp` and renames it: complete or absent.
+            if let Ok(text) = fs::read_to_string(&path) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "{name} never appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+const DATA: &[u8] = b"hook test payload 8c1f0e\n";
+
+fn form() -> Form {
+    Form::new()
+        .field("title", "t")
+        .file("file", "report.pdf", "application/pdf", DATA)
+}
+
+/// Nothing of `DATA` is anywhere in the pool.
+fn assert_nothing_stored(pool: &TestPool) {
+    let digest = sha256_hex(DATA);
+    let snapshot = pool.snapshot();
+    assert!(
+        snapshot.values().all(|(_, sha)| *sha != digest),
+        "the file was stored: {snapshot:?}"
+    );
+}
+
+fn assert_stored(pool: &TestPool) {
+    let digest = sha256_hex(DATA);
+    assert!(
+        pool.snapshot().values().any(|(_, sha)| *sha == digest),
+        "the file is not in the pool"
+    );
+}
+
+fn cgi_post(pool: &TestPool, env: &[(&str, &str)], id: &str) -> Reply {
+    let mut cgi = pool
+        .cgi()
+        .env("REMOTE_ADDR", "192.0.2.7")
+        .env("HTTP_X_TEST", "yes");
+    for (k, v) in env {
+        cgi = cgi.env(k, v);
+    }
+    cgi.post_form(&format!("/upload?X-Progress-ID={id}"), &form())
+}
+
+#[test]
+fn on_create_refusal_is_403_with_the_first_line_and_stores_nothing() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let hook = hooks.script(
+        "no.sh",
+        "cat >/dev/null; printf 'no uploads\\033 today\\nsecond line\\n'; exit 1",
+    );
+    let reply = cgi_post(&pool, &[("FILEUPLOAD_ON_CREATE", &hook)], "refused1");
+    reply.assert_error_code(403, "ERR_REFUSED", "no uploads  today");
+    assert!(!reply.text().contains("second line"), "{}", reply.text());
+    assert_nothing_stored(&pool);
+    // Recorded as any refused upload is: its status says why.
+    let status = pool
+        .cgi()
+        .get("/upload/status?X-Progress-ID=refused1")
+        .json();
+    assert_eq!(status["state"], "error", "{status}");
+    assert_eq!(status["code"], "ERR_REFUSED", "{status}");
+}
+
+#[test]
+fn on_create_exit_0_accepts_and_is_given_the_upload_as_json() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let hook = hooks.script(
+        "yes.sh",
+        "cat > \"$D/in.tmp\"; echo \"$FILEUPLOAD_HOOK\" > \"$D/kind\"; mv \"$D/in.tmp\" \"$D/in.json\"",
+    );
+    let reply = cgi_post(&pool, &[("FILEUPLOAD_ON_CREATE", &hook)], "accepted1");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["state"], "done");
+    assert_stored(&pool);
+    let input: Value = serde_json::from_str(&hooks.wait_for("in.json")).unwrap();
+    let body_length = form().body().len() as u64;
+    assert_eq!(input["Type"], "pre-create");
+    let upload = &input["Event"]["Upload"];
+    assert_eq!(upload["ID"], "accepted1");
+    assert_eq!(upload["Size"], Value::Null);
+    assert_eq!(upload["SizeIsDeferred"], true);
+    assert_eq!(upload["MetaData"]["filename"], "report.pdf");
+    assert_eq!(upload["MetaData"]["filetype"], "application/pdf");
+    let http = &input["Event"]["HTTPRequest"];
+    assert_eq!(http["Method"], "POST");
+    assert_eq!(http["URI"], "/upload?X-Progress-ID=accepted1");
+    assert_eq!(http["RemoteAddr"], "192.0.2.7");
+    assert_eq!(http["Header"]["X-Test"][0], "yes");
+    assert_eq!(input["identifier"], "accepted1");
+    assert_eq!(input["protocol"], "form");
+    assert_eq!(input["length"], body_length);
+    assert_eq!(input["remote_addr"], "192.0.2.7");
+    assert_eq!(input["filename"], "report.pdf");
+    assert_eq!(input["content_type"], "application/pdf");
+    assert_eq!(input["policy"], Value::Null);
+    assert_eq!(hooks.wait_for("kind").trim(), "pre-create");
+}
+
+#[test]
+fn on_create_runs_once_for_a_form_with_two_files() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let hook = hooks.script("count.sh", "cat >/dev/null; echo run >> \"$D/runs\"");
+    let form = form().file("second", "b.txt", "text/plain", b"bbb");
+    let reply = pool
+        .cgi()
+        .env("FILEUPLOAD_ON_CREATE", &hook)
+        .post_form("/upload?X-Progress-ID=twofiles", &form);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["files"].as_array().unwrap().len(), 2);
+    assert_eq!(fs::read_to_string(hooks.path("runs")).unwrap(), "run\n");
+}
+
+/// A hook's pid, from the file it wrote it to.
+fn hook_pid(hooks: &Hooks) -> u32 {
+    hooks.wait_for("pid").trim().parse().unwrap()
+}
+
+/// No process (not even a zombie) has this pid.
+fn assert_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            Instant::now() < deadline,
+            "hook {pid} is still there: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn on_create_past_its_timeout_is_killed_reaped_and_refuses() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let hook = hooks.script(
+        "slow.sh",
+        "echo $$ > \"$D/pid.tmp\"; mv \"$D/pid.tmp\" \"$D/pid\"; exec sleep 60",
+    );
+    let daemon = Daemon::start(
+        pool.path(),
+        &[
+            ("FILEUPLOAD_ON_CREATE", &hook),
+            ("FILEUPLOAD_HOOK_TIMEOUT", "500ms"),
+        ],
+    );
+    let reply = daemon.post_form("/upload?X-Progress-ID=slow1", &form());
+    reply.assert_error_code(403, "ERR_REFUSED", "on_create hook failed");
+    assert_nothing_stored(&pool);
+    // Reaped by the daemon, which is still running: no zombie left.
+    assert_gone(hook_pid(&hooks));
+    assert!(
+        daemon.log_text().contains("did not finish within 500ms"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn on_create_that_cannot_run_refuses_and_a_relative_one_is_a_config_error() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let missing = hooks.path("missing.sh");
+    let reply = cgi_post(
+        &pool,
+        &[("FILEUPLOAD_ON_CREATE", missing.to_str().unwrap())],
+        "m1",
+    );
+    reply.assert_error_code(403, "ERR_REFUSED", "on_create hook failed");
+    assert!(reply.stderr.contains("cannot be run"), "{}", reply.stderr);
+
+    let plain = hooks.path("plain.sh");
+    fs::write(&plain, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&plain, fs::Permissions::from_mode(0o644)).unwrap();
+    let reply = cgi_post(
+        &pool,
+        &[("FILEUPLOAD_ON_CREATE", plain.to_str().unwrap())],
+        "m2",
+    );
+    reply.assert_error_code(403, "ERR_REFUSED", "on_create hook failed");
+    assert!(
+        reply.stderr.contains("ermission denied"),
+        "{}",
+        reply.stderr
+    );
+    assert_nothing_stored(&pool);
+
+    let reply = cgi_post(&pool, &[("FILEUPLOAD_ON_CREATE", "hooks/yes.sh")], "m3");
+    reply.assert_error_code(500, "ERR_CONFIG", "misconfigured");
+    assert!(
+        reply.stderr.contains("must be an absolute path"),
+        "{}",
+        reply.stderr
+    );
+}
+
+#[test]
+fn on_create_killed_by_a_signal_refuses() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let hook = hooks.script("killed.sh", "kill -9 $$");
+    let reply = cgi_post(&pool, &[("FILEUPLOAD_ON_CREATE", &hook)], "sig1");
+    reply.assert_error_code(403, "ERR_REFUSED", "on_create hook failed");
+    assert!(
+        reply.stderr.contains("killed by signal 9"),
+        "{}",
+        reply.stderr
+    );
+    assert_nothing_stored(&pool);
+}
+
+#[test]
+fn on_create_writing_megabytes_is_stopped_and_refuses() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    for (name, redirect, stream) in [("out.sh", "", "stdout"), ("err.sh", ">&2", "stderr")] {
+        // Long enough a timeout that only the output limit can stop it.
+        let hook = hooks.script(name, &format!("exec head -c 8000000 /dev/zero {redirect}"));
+        let daemon = Daemon::start(
+            pool.path(),
+            &[
+                ("FILEUPLOAD_ON_CREATE", &hook),
+                ("FILEUPLOAD_HOOK_TIMEOUT", "60s"),
+            ],
+        );
+        let reply = daemon.post_form(&format!("/upload?X-Progress-ID=lots-{stream}"), &form());
+        reply.assert_error_code(403, "ERR_REFUSED", "on_create hook failed");
+        let wanted = format!("wrote more than 65536 bytes to its {stream}");
+        assert!(daemon.log_text().contains(&wanted), "{}", daemon.log_text());
+    }
+    assert_nothing_stored(&pool);
+}
+
+fn tus_create(daemon: &Daemon, length: usize, metadata: &str, body: &[u8]) -> Reply {
+    let length = length.to_string();
+    let body_length = body.len().to_string();
+    let mut extra = vec![
+        ("HTTP_TUS_RESUMABLE", "1.0.0"),
+        ("HTTP_UPLOAD_LENGTH", length.as_str()),
+        ("HTTP_UPLOAD_METADATA", metadata),
+        ("REMOTE_ADDR", "198.51.100.4"),
+    ];
+    if !body.is_empty() {
+        extra.push(("CONTENT_TYPE", "application/offset+octet-stream"));
+        extra.push(("CONTENT_LENGTH", body_length.as_str()));
+    }
+    daemon.request("POST", "/upload/files", &extra, body)
+}
+
+/// `filename` report.pdf, `filetype` application/pdf, in tus's base64.
+const TUS_METADATA: &str = "filename cmVwb3J0LnBkZg==,filetype YXBwbGljYXRpb24vcGRm";
+
+#[test]
+fn tus_creation_is_refused_by_on_create_and_makes_nothing() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let hook = hooks.script(
+        "no.sh",
+        "cat > \"$D/in.tmp\"; mv \"$D/in.tmp\" \"$D/in.json\"; echo 'quota exceeded'; exit 2",
+    );
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_ON_CREATE", &hook)]);
+    let reply = tus_create(&daemon, DATA.len(), TUS_METADATA, DATA);
+    reply.assert_error_code(403, "ERR_REFUSED", "quota exceeded");
+    assert!(reply.header("Location").is_none(), "{:?}", reply.headers);
+    assert_nothing_stored(&pool);
+    assert!(pool.top_level().is_empty(), "{:?}", pool.top_level());
+    let input: Value = serde_json::from_str(&hooks.wait_for("in.json")).unwrap();
+    let upload = &input["Event"]["Upload"];
+    assert_eq!(upload["Size"], DATA.len() as u64);
+    assert_eq!(upload["SizeIsDeferred"], false);
+    assert_eq!(upload["MetaData"]["filename"], "report.pdf");
+    assert_eq!(input["protocol"], "tus");
+    assert_eq!(input["length"], DATA.len() as u64);
+    assert_eq!(input["remote_addr"], "198.51.100.4");
+    assert_eq!(input["filetype"], Value::Null);
+    assert_eq!(input["content_type"], "application/pdf");
+    assert_eq!(input["identifier"], upload["ID"]);
+}
+
+#[test]
+fn tus_creation_accepted_by_on_create_completes_and_runs_on_complete() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let create = hooks.script("yes.sh", "cat >/dev/null; exit 0");
+    let complete = hooks.script(
+        "done.sh",
+        "cat > \"$D/done.tmp\"; mv \"$D/done.tmp\" \"$D/done.json\"",
+    );
+    let daemon = Daemon::start(
+        pool.path(),
+        &[
+            ("FILEUPLOAD_ON_CREATE", &create),
+            ("FILEUPLOAD_ON_COMPLETE", &complete),
+        ],
+    );
+    let reply = tus_create(&daemon, DATA.len(), TUS_METADATA, DATA);
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_stored(&pool);
+    let done: Value = serde_json::from_str(&hooks.wait_for("done.json")).unwrap();
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["filename"], "report.pdf", "{done}");
+    let id = done["identifier"].as_str().unwrap();
+    let status = daemon.get(&format!("/upload/status?X-Progress-ID={id}"));
+    assert_eq!(status.json(), done);
+}
+
+#[test]
+fn on_complete_gets_the_status_document_through_the_daemon() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let hook = hooks.script(
+        "done.sh",
+        "cat > \"$D/done.tmp\"; echo \"$FILEUPLOAD_HOOK\" > \"$D/kind\"; mv \"$D/done.tmp\" \"$D/done.json\"",
+    );
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_ON_COMPLETE", &hook)]);
+    let reply = daemon.post_form("/upload?X-Progress-ID=done1", &form());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let document = hooks.wait_for("done.json");
+    let status = daemon.get("/upload/status?X-Progress-ID=done1");
+    // Byte for byte what a status query answers.
+    assert_eq!(document.as_bytes(), status.body.as_slice());
+    assert_eq!(status.json()["state"], "done");
+    assert_eq!(hooks.wait_for("kind").trim(), "post-finish");
+}
+
+#[test]
+fn a_failing_on_complete_leaves_the_upload_done() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let cases = [
+        (
+            "exit.sh",
+            "cat >/dev/null; echo 'cannot index'; exit 3",
+            "exited with status 3: cannot index",
+        ),
+        ("signal.sh", "kill -9 $$", "killed by signal 9"),
+        ("slow.sh", "exec sleep 60", "did not finish within 300ms"),
+        (
+            "lots.sh",
+            "exec head -c 8000000 /dev/zero",
+            "wrote more than 65536 bytes to its stdout",
+        ),
+    ];
+    for (i, (name, body, logged)) in cases.iter().enumerate() {
+        let hook = hooks.script(name, body);
+        let daemon = Daemon::start(
+            pool.path(),
+            &[
+                ("FILEUPLOAD_ON_COMPLETE", &hook),
+                ("FILEUPLOAD_HOOK_TIMEOUT", "300ms"),
+            ],
+        );
+        let id = format!("fail{i}");
+        let reply = daemon.post_form(&format!("/upload?X-Progress-ID={id}"), &form());
+        assert_eq!(reply.status, 200, "{name}: {}", reply.text());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !daemon.log_text().contains(logged) {
+            assert!(Instant::now() < deadline, "{name}: {}", daemon.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = daemon
+            .get(&format!("/upload/status?X-Progress-ID={id}"))
+            .json();
+        assert_eq!(status["state"], "done", "{name}: {status}");
+        assert_eq!(status["files"][0]["size"], DATA.len() as u64);
+        assert_stored(&pool);
+    }
+}
+
+/// A hook that saves its stdin, then waits on a fifo for the test to say it
+/// has its answer, and writes what it was told.
+fn blocking_hook(hooks: &Hooks) -> String {
+    let fifo = hooks.path("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    hooks.script(
+        "wait.sh",
+        "cat > \"$D/done.tmp\"; mv \"$D/done.tmp\" \"$D/done.json\"; \
+         read line < \"$D/fifo\"; echo \"$line\" > \"$D/told.tmp\"; mv \"$D/told.tmp\" \"$D/told\"",
+    )
+}
+
+/// Tells the blocked hook that the answer is here. Fails if no hook is
+/// waiting on the fifo: one that was killed, at its timeout, because the
+/// answer waited for it.
+fn release(hooks: &Hooks) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut fifo = loop {
+        match fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(0o4000) // O_NONBLOCK: ENXIO while nobody reads
+            .open(hooks.path("fifo"))
+        {
+            Ok(fifo) => break fifo,
+            Err(e) if e.raw_os_error() == Some(6) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("no hook is waiting on the fifo: {e}"),
+        }
+    };
+    fifo.write_all(b"answered first\n").unwrap();
+    drop(fifo);
+    assert_eq!(hooks.wait_for("told").trim(), "answered first");
+}
+
+#[test]
+fn the_daemon_answers_before_on_complete_ends() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let hook = blocking_hook(&hooks);
+    let daemon = Daemon::start(
+        pool.path(),
+        &[
+            ("FILEUPLOAD_ON_COMPLETE", &hook),
+            ("FILEUPLOAD_HOOK_TIMEOUT", "120s"),
+        ],
+    );
+    let reply = daemon.post_form("/upload?X-Progress-ID=early1", &form());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    release(&hooks);
+    let done: Value = serde_json::from_str(&hooks.wait_for("done.json")).unwrap();
+    assert_eq!(done["state"], "done");
+}
+
+#[test]
+fn the_cgi_program_answers_before_on_complete_ends() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let hook = blocking_hook(&hooks);
+    let form = form();
+    let body = form.body();
+    let mut child = pool
+        .cgi()
+        .env("FILEUPLOAD_ON_COMPLETE", &hook)
+        .env("FILEUPLOAD_HOOK_TIMEOUT", "120s")
+        .request("POST", "/upload?X-Progress-ID=early2")
+        .env("CONTENT_TYPE", &form.content_type())
+        .env("CONTENT_LENGTH", &body.len().to_string())
+        .spawn();
+    child.stdin.take().unwrap().write_all(&body).unwrap();
+    // To the end of stdout, as a web server reads it, and of stderr, which
+    // fcgiwrap also waits for: both end while the hook still runs.
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let (status, _, answer) = parse_cgi(&stdout);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the CGI program did not wait for its hook"
+    );
+    release(&hooks);
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?} {stderr}");
+    let done: Value = serde_json::from_str(&hooks.wait_for("done.json")).unwrap();
+    assert_eq!(done["state"], "done");
+    assert_eq!(done["identifier"], "early2");
+}
+
+#[test]
+fn hook_settings_are_checked_at_load() {
+    let pool = TestPool::new();
+    for (var, value, why) in [
+        (
+            "FILEUPLOAD_ON_COMPLETE",
+            "done.sh",
+            "must be an absolute path",
+        ),
+        ("FILEUPLOAD_HOOK_TIMEOUT", "0", "invalid duration"),
+        ("FILEUPLOAD_HOOK_TIMEOUT", "soon", "invalid duration"),
+    ] {
+        let reply = pool
+            .cgi()
+            .env(var, value)
+            .get("/upload/status?X-Progress-ID=a");
+        reply.assert_error_code(500, "ERR_CONFIG", "misconfigured");
+        assert!(
+            reply.stderr.contains(why),
+            "{var}={value}: {}",
+            reply.stderr
+        );
+    }
+}
