@@ -112,6 +112,16 @@ fn on_create_refusal_is_403_with_the_first_line_and_stores_nothing() {
         .json();
     assert_eq!(status["state"], "error", "{status}");
     assert_eq!(status["code"], "ERR_REFUSED", "{status}");
+
+    // A long first line is cut to 200 characters; none gives a plain one.
+    let long = hooks.script("long.sh", "cat >/dev/null; printf '%0300d\\n' 0; exit 1");
+    let reply = cgi_post(&pool, &[("FILEUPLOAD_ON_CREATE", &long)], "refused2");
+    reply.assert_error_code(403, "ERR_REFUSED", &"0".repeat(200));
+    assert_eq!(reply.json()["error"].as_str().unwrap().len(), 200);
+    let silent = hooks.script("silent.sh", "exit 1");
+    let reply = cgi_post(&pool, &[("FILEUPLOAD_ON_CREATE", &silent)], "refused3");
+    reply.assert_error_code(403, "ERR_REFUSED", "the upload was refused");
+    assert_nothing_stored(&pool);
 }
 
 #[test]
@@ -120,9 +130,14 @@ fn on_create_exit_0_accepts_and_is_given_the_upload_as_json() {
     let hooks = Hooks::new();
     let hook = hooks.script(
         "yes.sh",
-        "cat > \"$D/in.tmp\"; echo \"$FILEUPLOAD_HOOK\" > \"$D/kind\"; mv \"$D/in.tmp\" \"$D/in.json\"",
+        "cat > \"$D/in.tmp\"; echo \"$FILEUPLOAD_HOOK\" > \"$D/kind\"; env > \"$D/env\"; \
+         mv \"$D/in.tmp\" \"$D/in.json\"",
     );
-    let reply = cgi_post(&pool, &[("FILEUPLOAD_ON_CREATE", &hook)], "accepted1");
+    let reply = cgi_post(
+        &pool,
+        &[("FILEUPLOAD_ON_CREATE", &hook), ("FILEUPLOAD_SHA256", "on")],
+        "accepted1",
+    );
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["state"], "done");
     assert_stored(&pool);
@@ -148,6 +163,16 @@ fn on_create_exit_0_accepts_and_is_given_the_upload_as_json() {
     assert_eq!(input["content_type"], "application/pdf");
     assert_eq!(input["policy"], Value::Null);
     assert_eq!(hooks.wait_for("kind").trim(), "pre-create");
+    // Nothing of ours (settings, the request's variables) reaches it: only
+    // PATH, FILEUPLOAD_HOOK, and what sh sets itself.
+    let env = fs::read_to_string(hooks.path("env")).unwrap();
+    let mut names: Vec<&str> = env
+        .lines()
+        .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+        .filter(|name| !matches!(*name, "PWD" | "SHLVL" | "_" | "OLDPWD"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["FILEUPLOAD_HOOK", "PATH"], "{env}");
 }
 
 #[test]
@@ -189,7 +214,8 @@ fn on_create_past_its_timeout_is_killed_reaped_and_refuses() {
     let hooks = Hooks::new();
     let hook = hooks.script(
         "slow.sh",
-        "echo $$ > \"$D/pid.tmp\"; mv \"$D/pid.tmp\" \"$D/pid\"; exec sleep 60",
+        "sleep 60 & echo $! > \"$D/child\"; echo $$ > \"$D/pid.tmp\"; mv \"$D/pid.tmp\" \"$D/pid\"; \
+         exec sleep 60",
     );
     let daemon = Daemon::start(
         pool.path(),
@@ -203,6 +229,22 @@ fn on_create_past_its_timeout_is_killed_reaped_and_refuses() {
     assert_nothing_stored(&pool);
     // Reaped by the daemon, which is still running: no zombie left.
     assert_gone(hook_pid(&hooks));
+    // What it started went with it (its process group was killed); it is
+    // not ours to reap, so a zombie of it may wait for init.
+    let child = hooks.wait_for("child").trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+        if matches!(state, None | Some('Z') | Some('X')) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hook's child runs on: {stat}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         daemon.log_text().contains("did not finish within 500ms"),
         "{}",
@@ -329,6 +371,40 @@ fn tus_creation_is_refused_by_on_create_and_makes_nothing() {
     assert_eq!(input["filetype"], Value::Null);
     assert_eq!(input["content_type"], "application/pdf");
     assert_eq!(input["identifier"], upload["ID"]);
+}
+
+#[test]
+fn ietf_creation_is_refused_by_on_create_and_makes_nothing() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let hook = hooks.script(
+        "no.sh",
+        "cat > \"$D/in.tmp\"; mv \"$D/in.tmp\" \"$D/in.json\"; echo 'not from here'; exit 1",
+    );
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_ON_CREATE", &hook)]);
+    let length = DATA.len().to_string();
+    let reply = daemon.request(
+        "POST",
+        "/upload/files",
+        &[
+            ("HTTP_UPLOAD_DRAFT_INTEROP_VERSION", "6"),
+            ("HTTP_UPLOAD_COMPLETE", "?1"),
+            (
+                "HTTP_CONTENT_DISPOSITION",
+                "attachment; filename=\"report.pdf\"",
+            ),
+            ("CONTENT_TYPE", "application/pdf"),
+            ("CONTENT_LENGTH", length.as_str()),
+        ],
+        DATA,
+    );
+    reply.assert_error_code(403, "ERR_REFUSED", "not from here");
+    assert!(pool.top_level().is_empty(), "{:?}", pool.top_level());
+    let input: Value = serde_json::from_str(&hooks.wait_for("in.json")).unwrap();
+    assert_eq!(input["protocol"], "ietf");
+    assert_eq!(input["filename"], "report.pdf");
+    assert_eq!(input["content_type"], "application/pdf");
+    assert_eq!(input["length"], DATA.len() as u64);
 }
 
 #[test]
