@@ -622,3 +622,52 @@ fn hook_settings_are_checked_at_load() {
         );
     }
 }
+
+#[test]
+fn the_development_server_answers_before_on_complete_ends() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let hook = blocking_hook(&hooks);
+    let mut child = Command::new(common::bin())
+        .env_clear()
+        .env("FILEUPLOAD_DIRECTORY", pool.path())
+        .env("FILEUPLOAD_ON_COMPLETE", &hook)
+        .env("FILEUPLOAD_HOOK_TIMEOUT", "120s")
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first_line).unwrap();
+    let port: u16 = first_line
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first_line:?}"));
+    let form = form();
+    let body = form.body();
+    let mut request = format!(
+        "POST /upload?X-Progress-ID=early3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: {}\r\nContent-Length: {}\r\n\r\n",
+        form.content_type(),
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(&request).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    release(&hooks);
+    let done: Value = serde_json::from_str(&hooks.wait_for("done.json")).unwrap();
+    assert_eq!(done["identifier"], "early3");
+    let _ = child.kill();
+    let _ = child.wait();
+}
