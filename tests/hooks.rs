@@ -671,3 +671,40 @@ fn the_development_server_answers_before_on_complete_ends() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// What the CGI program's early answer is for: a web server that ends a
+/// CGI answer only when the program's stdout and stderr are closed.
+#[test]
+fn nginx_and_fcgiwrap_answer_before_on_complete_ends() {
+    use common::site::*;
+    let mut site = Site::new();
+    let hooks = Hooks::new();
+    // fcgiwrap runs the program, and so the hook, as www-data.
+    fs::set_permissions(hooks.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let hook = blocking_hook(&hooks);
+    fs::set_permissions(hooks.path("fifo"), fs::Permissions::from_mode(0o666)).unwrap();
+    let limit = format!("FILEUPLOAD_MAX_SIZE {};", site.max_size_mib);
+    let with_hook = format!(
+        "{limit}\n        fastcgi_param FILEUPLOAD_ON_COMPLETE {hook};\n        \
+         fastcgi_param FILEUPLOAD_HOOK_TIMEOUT 120s;"
+    );
+    start_nginx_fcgiwrap(&mut site, Some(&children_dropin()), &[(&limit, with_hook)]);
+    let form = form();
+    let answer = site.request(
+        "POST",
+        "/upload?X-Progress-ID=early4",
+        &[("Content-Type", &form.content_type())],
+        &form.body(),
+    );
+    assert_eq!(
+        answer.status,
+        200,
+        "{}\n{}",
+        answer.text(),
+        site.logs_text()
+    );
+    release(&hooks);
+    let done: Value = serde_json::from_str(&hooks.wait_for("done.json")).unwrap();
+    assert_eq!(done["identifier"], "early4");
+    assert_eq!(done["state"], "done");
+}
