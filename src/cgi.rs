@@ -130,6 +130,9 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
     // the web server's own body limit bounds how much that can be.
     let _ = io::copy(&mut stdin, &mut io::sink());
     // Only now, the answer flushed: an on_complete hook must not delay it.
+    // Our copy of stdin goes first: under Apache's mod_cgid, stdin and
+    // stdout are one socket, and the answer ends when every copy is closed.
+    drop(stdin);
     if let Some(service) = service {
         crate::hooks::run_deferred(&service);
     }

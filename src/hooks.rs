@@ -503,11 +503,12 @@ fn log_completion_failure(program: &Path, err: &HookError) {
 /// written and flushed.
 ///
 /// The web server ends the answer only when the CGI program has closed
-/// both stdout and stderr (fcgiwrap waits for the end of both pipes; a
-/// hook held them for its whole run otherwise, measured with nginx +
-/// fcgiwrap). So the hooks are started first, while a failure to start
-/// can still reach the web server's error log, then stdout and stderr are
-/// pointed at `/dev/null`, and then the hooks are waited for (bounded by
+/// its end of every channel to it: fcgiwrap waits for the end of both
+/// stdout and stderr, Apache's mod_cgid for the socket that is both stdin
+/// and stdout (each shown by a test in tests/hooks.rs). So the hooks are
+/// started first, while a failure to start can still reach the web
+/// server's error log, then stdin, stdout and stderr are pointed at
+/// `/dev/null`, and then the hooks are waited for (bounded by
 /// `hook_timeout`, killed and reaped past it). What they do after that
 /// point is not logged.
 pub fn run_deferred(service: &Service) {
@@ -538,10 +539,12 @@ pub fn run_deferred(service: &Service) {
     }
 }
 
-/// Points stdout and stderr at `/dev/null`, which ends the web server's
-/// pipes from this process.
+/// Points stdin, stdout and stderr at `/dev/null`, which ends the web
+/// server's pipes (or socket: Apache's mod_cgid gives one socket as stdin
+/// and stdout) from this process.
 fn release_stdio() -> io::Result<()> {
-    let null = File::options().write(true).open("/dev/null")?;
+    let null = File::options().read(true).write(true).open("/dev/null")?;
+    rustix::stdio::dup2_stdin(&null)?;
     rustix::stdio::dup2_stdout(&null)?;
     rustix::stdio::dup2_stderr(&null)?;
     Ok(())

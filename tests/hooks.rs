@@ -673,7 +673,10 @@ fn the_development_server_answers_before_on_complete_ends() {
 }
 
 /// What the CGI program's early answer is for: a web server that ends a
-/// CGI answer only when the program's stdout and stderr are closed.
+/// CGI answer only when the program's stdout and stderr are closed. The
+/// hook's timeout is under the client's 30 s: an answer that waited for
+/// the CGI program to end would come after the hook was killed, and
+/// `release` would find no hook.
 #[test]
 fn nginx_and_fcgiwrap_answer_before_on_complete_ends() {
     use common::site::*;
@@ -686,7 +689,7 @@ fn nginx_and_fcgiwrap_answer_before_on_complete_ends() {
     let limit = format!("FILEUPLOAD_MAX_SIZE {};", site.max_size_mib);
     let with_hook = format!(
         "{limit}\n        fastcgi_param FILEUPLOAD_ON_COMPLETE {hook};\n        \
-         fastcgi_param FILEUPLOAD_HOOK_TIMEOUT 120s;"
+         fastcgi_param FILEUPLOAD_HOOK_TIMEOUT 20s;"
     );
     start_nginx_fcgiwrap(&mut site, Some(&children_dropin()), &[(&limit, with_hook)]);
     let form = form();
@@ -707,4 +710,47 @@ fn nginx_and_fcgiwrap_answer_before_on_complete_ends() {
     let done: Value = serde_json::from_str(&hooks.wait_for("done.json")).unwrap();
     assert_eq!(done["identifier"], "early4");
     assert_eq!(done["state"], "done");
+}
+
+/// The same through Apache running the program as a CGI (Debian's
+/// mod_cgid, where stdin and stdout are one socket), configured with
+/// SetEnv as the README says.
+#[test]
+fn apache_cgi_answers_before_on_complete_ends() {
+    use common::site::*;
+    let mut site = Site::new();
+    let hooks = Hooks::new();
+    fs::set_permissions(hooks.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let hook = blocking_hook(&hooks);
+    fs::set_permissions(hooks.path("fifo"), fs::Permissions::from_mode(0o666)).unwrap();
+    let substitutions = [
+        site.program_substitutions(),
+        vec![(
+            "SetEnv FILEUPLOAD_MAX_SIZE 100",
+            format!(
+                "SetEnv FILEUPLOAD_MAX_SIZE {}\n        SetEnv FILEUPLOAD_ON_COMPLETE {hook}\n        \
+                 SetEnv FILEUPLOAD_HOOK_TIMEOUT 20s",
+                site.max_size_mib
+            ),
+        )],
+    ]
+    .concat();
+    start_apache(&mut site, "apache-cgi.conf", None, &substitutions);
+    let form = form();
+    let answer = site.request(
+        "POST",
+        "/upload?X-Progress-ID=early5",
+        &[("Content-Type", &form.content_type())],
+        &form.body(),
+    );
+    assert_eq!(
+        answer.status,
+        200,
+        "{}\n{}",
+        answer.text(),
+        site.logs_text()
+    );
+    release(&hooks);
+    let done: Value = serde_json::from_str(&hooks.wait_for("done.json")).unwrap();
+    assert_eq!(done["identifier"], "early5");
 }
