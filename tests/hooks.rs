@@ -754,3 +754,90 @@ fn apache_cgi_answers_before_on_complete_ends() {
     let done: Value = serde_json::from_str(&hooks.wait_for("done.json")).unwrap();
     assert_eq!(done["identifier"], "early5");
 }
+
+#[test]
+fn on_complete_runs_for_a_concatenation_not_its_parts_and_on_create_for_each() {
+    let pool = TestPool::new();
+    let hooks = Hooks::new();
+    let create = hooks.script(
+        "create.sh",
+        "tr -d '\\n' >> \"$D/created\"; echo >> \"$D/created\"",
+    );
+    let complete = hooks.script(
+        "done.sh",
+        "cat > \"$D/tmp.$$\"; mv \"$D/tmp.$$\" \"$D/completed-$$.json\"",
+    );
+    let daemon = Daemon::start(
+        pool.path(),
+        &[
+            ("FILEUPLOAD_ON_CREATE", &create),
+            ("FILEUPLOAD_ON_COMPLETE", &complete),
+        ],
+    );
+    for (id, part) in [("part-a", &DATA[..10]), ("part-b", &DATA[10..])] {
+        let length = part.len().to_string();
+        let reply = daemon.request(
+            "POST",
+            &format!("/upload/files?X-Progress-ID={id}"),
+            &[
+                ("HTTP_TUS_RESUMABLE", "1.0.0"),
+                ("HTTP_UPLOAD_LENGTH", &length),
+                ("HTTP_UPLOAD_CONCAT", "partial"),
+                ("CONTENT_TYPE", "application/offset+octet-stream"),
+                ("CONTENT_LENGTH", &length),
+            ],
+            part,
+        );
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    }
+    let reply = daemon.request(
+        "POST",
+        "/upload/files?X-Progress-ID=whole",
+        &[
+            ("HTTP_TUS_RESUMABLE", "1.0.0"),
+            (
+                "HTTP_UPLOAD_CONCAT",
+                "final;/upload/files/part-a /upload/files/part-b",
+            ),
+        ],
+        b"",
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_stored(&pool);
+    let documents = || -> Vec<Value> {
+        fs::read_dir(hooks.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_str().unwrap().contains("/completed-"))
+            .map(|p| serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while documents().is_empty() {
+        assert!(Instant::now() < deadline, "on_complete never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let created: Vec<Value> = fs::read_to_string(hooks.path("created"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(created.len(), 3);
+    assert_eq!(created[0]["Event"]["Upload"]["IsPartial"], true);
+    assert_eq!(created[2]["Event"]["Upload"]["IsFinal"], true);
+    assert_eq!(
+        created[2]["Event"]["Upload"]["PartialUploads"],
+        serde_json::json!(["part-a", "part-b"])
+    );
+    // Only the final upload's hook ran: a part's would have been started
+    // before it (each answer starts its hook); give it time to show.
+    std::thread::sleep(Duration::from_millis(300));
+    let documents = documents();
+    assert_eq!(documents.len(), 1, "{documents:?}");
+    assert_eq!(documents[0]["identifier"], "whole");
+    assert_eq!(documents[0]["state"], "done");
+    assert_eq!(
+        documents[0]["parts"],
+        serde_json::json!(["part-a", "part-b"])
+    );
+}
