@@ -79,6 +79,8 @@ pub struct Running {
     child: Child,
     program: PathBuf,
     output: mpsc::Receiver<(&'static str, Vec<u8>, bool)>,
+    /// Says when the input is written (or cannot be).
+    input: mpsc::Receiver<()>,
 }
 
 /// Starts `program` with `input` on its stdin. `kind` is its name in
@@ -109,9 +111,12 @@ pub fn start(program: &Path, kind: &str, input: Vec<u8>) -> Result<Running, Hook
     // Threads of their own: a hook may write before it has read its input,
     // and one that never reads must not block us. They end when the pipes
     // do, which killing the hook's group ensures.
+    let (written, input_done) = mpsc::channel();
     thread::spawn(move || {
         // A hook need not read its input (EPIPE): fine.
         let _ = stdin.write_all(&input);
+        drop(stdin);
+        let _ = written.send(());
     });
     let (sender, output) = mpsc::channel();
     let pipes: [(&'static str, Box<dyn Read + Send>); 2] =
@@ -127,6 +132,7 @@ pub fn start(program: &Path, kind: &str, input: Vec<u8>) -> Result<Running, Hook
         child,
         program: program.to_owned(),
         output,
+        input: input_done,
     })
 }
 
@@ -144,6 +150,13 @@ fn read_bounded(pipe: impl Read) -> (Vec<u8>, bool) {
 }
 
 impl Running {
+    /// Waits until the hook has its whole input, or `deadline`.
+    fn wait_for_input(&self, deadline: Instant) {
+        let _ = self
+            .input
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+
     /// Waits for the hook, at most `timeout` from now; a hook that must be
     /// stopped is killed and reaped before this returns.
     pub fn finish(mut self, timeout: Duration) -> Result<Output, HookError> {
@@ -529,6 +542,16 @@ pub fn run_deferred(service: &Service) {
             }
         })
         .collect();
+    // Apache's mod_cgid kills a CGI program that still runs once its
+    // answer is out (seen by `hooks::apache_cgi_answers_before_on_complete_ends`:
+    // the hook's parent was gone, its input unwritten; with SIGTERM caught,
+    // Apache held the answer 3 s, until its SIGKILL). So each hook has its
+    // input before we let go: a hook reads it at once, and only one that
+    // does not can hold the answer, for `hook_timeout` at most.
+    let deadline = Instant::now() + service.config().hook_timeout;
+    for hook in &running {
+        hook.wait_for_input(deadline);
+    }
     if let Err(err) = release_stdio() {
         crate::log!("on_complete: cannot let go of stdout and stderr: {err}");
     }
