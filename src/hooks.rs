@@ -572,3 +572,36 @@ fn release_stdio() -> io::Result<()> {
     rustix::stdio::dup2_stderr(&null)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_is_the_first_line_made_safe() {
+        assert_eq!(first_line(b"no\r\nmore"), "no");
+        assert_eq!(first_line(b"  a\x1b[31mb\x07 \n"), "a [31mb");
+        assert_eq!(first_line(b"\xff\xfeok"), "\u{fffd}\u{fffd}ok");
+        assert_eq!(first_line(&[b'x'; 500]).len(), MAX_MESSAGE);
+        assert_eq!(first_line(b""), "");
+    }
+
+    #[test]
+    fn headers_get_their_http_names() {
+        let vars = vec![
+            ("REQUEST_METHOD".to_owned(), "POST".to_owned()),
+            ("HTTP_X_PROGRESS_ID".to_owned(), "a".to_owned()),
+            ("CONTENT_TYPE".to_owned(), "text/plain".to_owned()),
+            ("HTTP_COOKIE".to_owned(), "s=1".to_owned()),
+            ("FILEUPLOAD_UPLOAD_KEY".to_owned(), "secret".to_owned()),
+            ("REMOTE_ADDR".to_owned(), "192.0.2.1".to_owned()),
+        ];
+        let mut body = io::empty();
+        let request = Request::new(vars, &mut body, false);
+        let info = RequestInfo::of(&request);
+        let names: Vec<&str> = info.headers.keys().map(String::as_str).collect();
+        assert_eq!(names, ["Content-Type", "Cookie", "X-Progress-Id"]);
+        assert_eq!(info.remote_addr, "192.0.2.1");
+        assert_eq!(info.method, "POST");
+    }
+}
