@@ -100,14 +100,16 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
         out: BufWriter::with_capacity(64 * 1024, stdout.lock()),
     };
     let mut request = Request::new(vars, &mut stdin, chunked);
-    let result = match config {
+    let (result, service) = match config {
         Ok(config) => {
             // This process serves one request; bulk work gives way.
             if !handler::is_quick(&config, &request) {
                 crate::receiving::lower_priority();
             }
-            let service = Service::new(config);
-            handler::guarded(&mut out, |out| handler::handle(&service, &mut request, out))
+            let service = Service::deferring_hooks(config);
+            let answered =
+                handler::guarded(&mut out, |out| handler::handle(&service, &mut request, out));
+            (answered, Some(service))
         }
         Err(err) => {
             crate::log!("configuration error: {err}");
@@ -115,7 +117,7 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
                 ErrorCode::Config,
                 "the upload service is misconfigured; the details are in the web server's error log",
             );
-            Response::error(&err).send(&mut out, false)
+            (Response::error(&err).send(&mut out, false), None)
         }
     };
     // An error here means the client or the server went away: there is
@@ -127,5 +129,12 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
     // that leaves input unread into a 502. So take the rest and discard it;
     // the web server's own body limit bounds how much that can be.
     let _ = io::copy(&mut stdin, &mut io::sink());
+    // Only now, the answer flushed: an on_complete hook must not delay it.
+    // Our copy of stdin goes first: under Apache's mod_cgid, stdin and
+    // stdout are one socket, and the answer ends when every copy is closed.
+    drop(stdin);
+    if let Some(service) = service {
+        crate::hooks::run_deferred(&service);
+    }
     0
 }

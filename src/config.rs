@@ -216,6 +216,29 @@ pub const SETTINGS: &[Setting] = &[
                (Access-Control-Allow-Credentials). Needs allowed_origins, and not *.",
         option: true,
     },
+    // Hooks (issue 13).
+    Setting {
+        name: "on_create",
+        value: "PROGRAM",
+        default: "unset",
+        help: "Hook run before an upload stores its first byte, with JSON about it on stdin; a non-zero exit \
+               refuses the upload (403 ERR_REFUSED, the first line of its stdout as the message).",
+        option: true,
+    },
+    Setting {
+        name: "on_complete",
+        value: "PROGRAM",
+        default: "unset",
+        help: "Hook run after an upload is done, with its status document on stdin; it cannot change the upload.",
+        option: true,
+    },
+    Setting {
+        name: "hook_timeout",
+        value: "DURATION",
+        default: "5s",
+        help: "Longest a hook may run before it is killed (on_create then refuses the upload).",
+        option: true,
+    },
 ];
 
 /// Settings of the FastCGI daemon as a whole: they take effect when it
@@ -315,6 +338,10 @@ pub struct Config {
     /// CORS: `None` means off (no headers, no `Origin` check).
     pub allowed_origins: Option<crate::cors::AllowedOrigins>,
     pub allow_credentials: bool,
+    // Hooks (issue 13).
+    pub on_create: Option<PathBuf>,
+    pub on_complete: Option<PathBuf>,
+    pub hook_timeout: Duration,
 }
 
 impl Default for Config {
@@ -343,6 +370,9 @@ impl Default for Config {
             grace: Duration::from_secs(10),
             allowed_origins: None,
             allow_credentials: false,
+            on_create: None,
+            on_complete: None,
+            hook_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -575,6 +605,26 @@ impl Config {
                 "allow_credentials" => {
                     config.allow_credentials =
                         parse_bool(value).ok_or_else(|| bad("switch: use on or off"))?
+                }
+                // Hooks (issue 13).
+                "on_create" | "on_complete" => {
+                    let path = PathBuf::from(value);
+                    if !path.is_absolute() {
+                        return Err(invalid(
+                            origin,
+                            format!("{value:?} must be an absolute path"),
+                        ));
+                    }
+                    if *name == "on_create" {
+                        config.on_create = Some(path);
+                    } else {
+                        config.on_complete = Some(path);
+                    }
+                }
+                "hook_timeout" => {
+                    config.hook_timeout = parse_duration(value)
+                        .flatten()
+                        .ok_or_else(|| bad("duration: use e.g. 5s or 500ms (not 0)"))?;
                 }
                 _ => unreachable!("only names from SETTINGS are collected"),
             }
@@ -980,7 +1030,7 @@ mod tests {
         // match arm would hit unreachable!() here.
         for setting in SETTINGS {
             let value = match setting.name {
-                "directory" | "app" => "/x",
+                "directory" | "app" | "on_create" | "on_complete" => "/x",
                 "listen" => "127.0.0.1:9000",
                 "upload_key_file" => continue,
                 "sha256" | "fsync" => "on",

@@ -172,6 +172,9 @@ pub enum ErrorCode {
     TypeNotAccepted,
     /// A form has more files than the identifier's policy allows.
     TooManyFiles,
+    // Hooks (issue 13).
+    /// The `on_create` hook refused the upload, or could not be run.
+    Refused,
     /// A bug, or a system without randomness. (Keep it last: see the
     /// test `all_lists_every_variant`.)
     Internal,
@@ -237,6 +240,7 @@ impl ErrorCode {
         ErrorCode::Expired,
         ErrorCode::TypeNotAccepted,
         ErrorCode::TooManyFiles,
+        ErrorCode::Refused,
         ErrorCode::Internal,
     ];
 
@@ -300,6 +304,7 @@ impl ErrorCode {
             ErrorCode::Expired => "ERR_EXPIRED",
             ErrorCode::TypeNotAccepted => "ERR_TYPE_NOT_ACCEPTED",
             ErrorCode::TooManyFiles => "ERR_TOO_MANY_FILES",
+            ErrorCode::Refused => "ERR_REFUSED",
             ErrorCode::Internal => "ERR_INTERNAL",
         }
     }
@@ -356,6 +361,7 @@ impl ErrorCode {
             | ErrorCode::Internal => 500,
             ErrorCode::App => 502,
             ErrorCode::Shutdown | ErrorCode::Busy => 503,
+            ErrorCode::Refused => 403,
             ErrorCode::DiskFull => 507,
             ErrorCode::Expired => 403,
             ErrorCode::TypeNotAccepted => 415,

@@ -26,6 +26,7 @@ use serde_json::json;
 use crate::app;
 use crate::config::Config;
 use crate::error_code::ErrorCode;
+use crate::hooks;
 use crate::http::{HttpError, Request, Response, ResponseWriter};
 use crate::identifier::{Identifier, create_identifier, verify_identifier};
 use crate::resumable::{self, ietf, tus};
@@ -240,7 +241,6 @@ fn answer_route(
     request: &mut Request<'_>,
     out: &mut dyn ResponseWriter,
 ) -> io::Result<()> {
-    let config = service.config();
     let head_only = request.method() == "HEAD";
     let answer = check_callback(request).and_then(|()| match route {
         Some(route) => dispatch(service, route, params, request),
@@ -253,6 +253,47 @@ fn answer_route(
             ),
         )),
     });
+    // The hook runs once the answer is out, whoever gave it.
+    let done = match &answer {
+        Ok(Answer::Uploaded(status)) | Ok(Answer::Resumable(_, Some(status))) => {
+            status.identifier.clone()
+        }
+        _ => None,
+    };
+    let sent = send_answer(service, request, route, answer, out, head_only);
+    if let Some(id) = done {
+        completed(service, &id);
+    }
+    sent
+}
+
+/// Hands the status document of the upload `id` just completed to the
+/// `on_complete` hook: what a status query would answer now.
+fn completed(service: &Service, id: &str) {
+    if service.config().on_complete.is_none() {
+        return;
+    }
+    let document = verify_identifier(id, service.config().upload_key.as_ref())
+        .map_err(HttpError::from)
+        .and_then(|id| status_document(service, &id));
+    match document {
+        Ok(status) => hooks::upload_done(service, Response::json(200, &status).body),
+        Err(err) => crate::log!(
+            "on_complete: the status of {id} cannot be read: {}",
+            err.message
+        ),
+    }
+}
+
+fn send_answer(
+    service: &Service,
+    request: &mut Request<'_>,
+    route: Option<Route>,
+    answer: Result<Answer, HttpError>,
+    out: &mut dyn ResponseWriter,
+    head_only: bool,
+) -> io::Result<()> {
+    let config = service.config();
     let response = match answer {
         Ok(Answer::Uploaded(status)) => match &config.app {
             Some(program) => return app::hand_over(program, config, request, &status, out),
@@ -309,7 +350,8 @@ fn dispatch(
         Route::Upload => match method {
             "POST" => {
                 let id = identifier(config, request)?;
-                let options = upload::Options::from_config(config);
+                let mut options = upload::Options::from_config(config);
+                options.on_create = hooks::Gate::for_request(config, request);
                 upload::receive(service.pool(), &id, request, &options)
                     .map(|status| Answer::Uploaded(Box::new(status)))
             }
@@ -375,11 +417,22 @@ fn identifier(config: &Config, request: &Request<'_>) -> Result<Identifier, Http
 
 fn status(service: &Service, request: &Request<'_>) -> Result<Answer, HttpError> {
     let id = identifier(service.config(), request)?;
-    let stored = service.pool().status(&id)?;
+    let status = status_document(service, &id)?;
+    Ok(Answer::Response(Response::json(200, &status)))
+}
+
+/// The status of `id` as a status query answers it (and `on_complete`
+/// is given it).
+fn status_document(service: &Service, id: &Identifier) -> Result<Status, HttpError> {
+    let stored = service.pool().status(id)?;
     // A resumable upload at rest is `incomplete` on disk, `uploading` here.
     let settings = resumable::Settings::from_config(service.config());
-    let status = resumable::public_status(service.pool(), &id, stored, &settings);
-    Ok(Answer::Response(Response::json(200, &status)))
+    Ok(resumable::public_status(
+        service.pool(),
+        id,
+        stored,
+        &settings,
+    ))
 }
 
 fn clear(service: &Service, request: &Request<'_>) -> Result<Answer, HttpError> {

@@ -53,6 +53,7 @@ pub mod error_code;
 pub mod fastcgi;
 pub mod handler;
 pub mod hashing;
+pub mod hooks;
 pub mod http;
 pub mod identifier;
 pub mod multipart;

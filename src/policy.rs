@@ -701,6 +701,7 @@ mod tests {
             progress_interval: None,
             min_rate: None,
             min_rate_after: std::time::Duration::ZERO,
+            on_create: None,
         };
         let policy = Policy {
             size_limit: Some(100),

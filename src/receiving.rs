@@ -69,6 +69,9 @@ pub struct Options {
     /// How long a body may take before its average rate is held to
     /// `min_rate` ([`MIN_RATE_AFTER`] in service; tests use milliseconds).
     pub min_rate_after: Duration,
+    /// The `on_create` hook, run before the first file byte is stored
+    /// (set by the handler, which knows the request).
+    pub on_create: Option<crate::hooks::Gate>,
 }
 
 impl Options {
@@ -80,6 +83,7 @@ impl Options {
             progress_interval: config.progress_interval,
             min_rate: config.min_body_rate,
             min_rate_after: config.min_body_rate_after,
+            on_create: None,
         }
     }
 }
@@ -454,6 +458,7 @@ mod tests {
             progress_interval: interval,
             min_rate: None,
             min_rate_after: MIN_RATE_AFTER,
+            on_create: None,
         }
     }
 

@@ -83,7 +83,7 @@ pub fn receive(
     }
     let limit = length.known().unwrap_or(u64::MAX);
     let body = request.body().take(limit);
-    let (status, outcome) = stream(&upload, status, &boundary, body, options, id.policy());
+    let (status, outcome) = stream(&upload, id, status, &boundary, body, options);
     match outcome {
         Ok(()) => {
             upload.finish(&status)?;
@@ -119,11 +119,11 @@ fn check(request: &Request<'_>, options: &Options) -> Result<(String, BodyLength
 /// ended.
 fn stream(
     upload: &Upload,
+    id: &Identifier,
     status: Status,
     boundary: &str,
     body: impl Body,
     options: &Options,
-    policy: Option<&Policy>,
 ) -> (Status, Result<(), HttpError>) {
     let (mut status, outcome) = receiving::run(upload, status, body, options, |body, session| {
         let mut parser = Parser::new(body, boundary);
@@ -133,7 +133,9 @@ fn stream(
             parts: 0,
             files: 0,
             field_bytes: 0,
-            policy,
+            policy: id.policy(),
+            gate: options.on_create.as_ref(),
+            id,
         }
         .run(&mut parser)
     });
@@ -181,6 +183,9 @@ struct Receiver<'a> {
     files: usize,
     field_bytes: usize,
     policy: Option<&'a Policy>,
+    /// The `on_create` hook, until it has let the first file through.
+    gate: Option<&'a crate::hooks::Gate>,
+    id: &'a Identifier,
 }
 
 impl Receiver<'_> {
@@ -289,10 +294,12 @@ impl Receiver<'_> {
         self.files += 1;
         policy::check_file_count(self.policy, self.files)?;
         let Some(policy) = self.policy else {
+            self.ask_the_gate(&headers)?;
             return self.open_file(headers);
         };
         let declared = headers.content_type.as_deref();
         policy.check_type(declared)?;
+        self.ask_the_gate(&headers)?;
         match policy.signature_for(declared) {
             Some(signature) => Ok(Sink::Sniffing {
                 headers,
@@ -301,6 +308,26 @@ impl Receiver<'_> {
             }),
             None => self.open_file(headers),
         }
+    }
+
+    /// Runs the `on_create` hook at the upload's first file part that
+    /// passed the policy, before any of its bytes are stored.
+    fn ask_the_gate(&mut self, headers: &PartHeaders) -> Result<(), HttpError> {
+        if let Some(gate) = self.gate.take() {
+            let length = self.session.status().size;
+            gate.check(&crate::hooks::Creation {
+                id: self.id,
+                protocol: "form",
+                length,
+                size_known: false,
+                filename: headers.filename.as_deref(),
+                content_type: headers.content_type.as_deref(),
+                metadata: None,
+                partial: false,
+                parts: Vec::new(),
+            })?;
+        }
+        Ok(())
     }
 
     fn open_file(&mut self, headers: PartHeaders) -> Result<Sink, HttpError> {

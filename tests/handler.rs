@@ -172,6 +172,7 @@ fn the_driver_alone_returns_the_status_it_recorded() {
         progress_interval: None,
         min_rate: None,
         min_rate_after: Duration::ZERO,
+        on_create: None,
     };
     let status = upload::receive(&pool, &id, &mut request, &options).unwrap();
     assert_eq!(status.state, State::Done);

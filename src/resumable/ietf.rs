@@ -40,6 +40,7 @@
 //! used.
 
 use crate::error_code::ErrorCode;
+use crate::hooks;
 use crate::http::{BodyLength, HttpError, Request, Response};
 use crate::identifier::Identifier;
 use crate::pool::unix_now;
@@ -485,6 +486,11 @@ fn create(
     let mut new = file_metadata(request)?;
     new.length = length;
     let id = tus::new_identifier(service, request)?;
+    hooks::before_create(
+        service.config(),
+        request,
+        &hooks::Creation::resumable(&id, "ietf", &new),
+    )?;
     let location = format!("{}/{}", request.path(), id.as_str());
     let settings = Settings::from_config(service.config());
     let first = has_body(body_length).then(|| Chunk {

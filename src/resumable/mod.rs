@@ -997,6 +997,7 @@ mod tests {
                 progress_interval: None,
                 min_rate: None,
                 min_rate_after: receiving::MIN_RATE_AFTER,
+                on_create: None,
             },
             max_age: Some(Duration::from_secs(3600)),
         }

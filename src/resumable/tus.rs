@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use crate::checksum::{TUS_CHECKSUM_ALGORITHMS, parse_upload_checksum};
 use crate::error_code::ErrorCode;
+use crate::hooks;
 use crate::http::{HttpError, Request, Response, percent_decode};
 use crate::identifier::{Identifier, create_identifier, verify_identifier};
 use crate::resumable::{self, Chunk, NewUpload, Progress, Settings};
@@ -346,6 +347,11 @@ fn create(
         content_type: metadata.get("filetype").cloned(),
         metadata,
     };
+    let creation = hooks::Creation {
+        partial: matches!(concat, Concat::Partial),
+        ..hooks::Creation::resumable(&id, "tus", &new)
+    };
+    hooks::before_create(service.config(), request, &creation)?;
     let location = format!("{}/{}", request.path(), id.as_str());
     let settings = Settings::from_config(service.config());
     let first = with_chunk.then(|| Chunk {
@@ -414,6 +420,11 @@ fn create_final(
         content_type: metadata.get("filetype").cloned(),
         metadata,
     };
+    let creation = hooks::Creation {
+        parts: parts.iter().map(|p| p.as_str().to_owned()).collect(),
+        ..hooks::Creation::resumable(&id, "tus", &new)
+    };
+    hooks::before_create(service.config(), request, &creation)?;
     let settings = Settings::from_config(service.config());
     let progress = resumable::concatenate(service.pool(), &id, new, parts, &settings)?;
     *completed = completed_by(&progress);
