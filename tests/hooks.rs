@@ -728,20 +728,35 @@ fn nginx_and_fcgiwrap_answer_before_on_complete_ends() {
     use common::site::*;
     let mut site = Site::new();
     let hooks = Hooks::new();
-    // fcgiwrap runs the program, and so the hook, as www-data.
-    fs::set_permissions(hooks.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-    let hook = blocking_hook(&hooks);
-    fs::set_permissions(hooks.path("fifo"), fs::Permissions::from_mode(0o666)).unwrap();
+    let hook = blocking_hook_for_www_data(&hooks);
     let limit = format!("FILEUPLOAD_MAX_SIZE {};", site.max_size_mib);
     let with_hook = format!(
         "{limit}\n        fastcgi_param FILEUPLOAD_ON_COMPLETE {hook};\n        \
          fastcgi_param FILEUPLOAD_HOOK_TIMEOUT 20s;"
     );
     start_nginx_fcgiwrap(&mut site, Some(&children_dropin()), &[(&limit, with_hook)]);
+    let done = answered_before_the_hook_ends(&site, &hooks, "early4");
+    assert_eq!(done["identifier"], "early4");
+    assert_eq!(done["state"], "done");
+}
+
+/// The blocking hook, where a web server's www-data can run it: the
+/// program (and so the hook) runs as that user.
+fn blocking_hook_for_www_data(hooks: &Hooks) -> String {
+    fs::set_permissions(hooks.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let hook = blocking_hook(hooks);
+    fs::set_permissions(hooks.path("fifo"), fs::Permissions::from_mode(0o666)).unwrap();
+    hook
+}
+
+/// Posts the form as `id` through the site, sees it answered 200 while
+/// the blocking hook still waits, then lets the hook go; returns what it
+/// was given.
+fn answered_before_the_hook_ends(site: &common::site::Site, hooks: &Hooks, id: &str) -> Value {
     let form = form();
     let answer = site.request(
         "POST",
-        "/upload?X-Progress-ID=early4",
+        &format!("/upload?X-Progress-ID={id}"),
         &[("Content-Type", &form.content_type())],
         &form.body(),
     );
@@ -752,10 +767,8 @@ fn nginx_and_fcgiwrap_answer_before_on_complete_ends() {
         answer.text(),
         site.logs_text()
     );
-    release(&hooks);
-    let done: Value = serde_json::from_str(&hooks.wait_for("done.json")).unwrap();
-    assert_eq!(done["identifier"], "early4");
-    assert_eq!(done["state"], "done");
+    release(hooks);
+    serde_json::from_str(&hooks.wait_for("done.json")).unwrap()
 }
 
 /// The same through Apache running the program as a CGI (Debian's
@@ -766,9 +779,7 @@ fn apache_cgi_answers_before_on_complete_ends() {
     use common::site::*;
     let mut site = Site::new();
     let hooks = Hooks::new();
-    fs::set_permissions(hooks.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-    let hook = blocking_hook(&hooks);
-    fs::set_permissions(hooks.path("fifo"), fs::Permissions::from_mode(0o666)).unwrap();
+    let hook = blocking_hook_for_www_data(&hooks);
     let substitutions = [
         site.program_substitutions(),
         vec![(
@@ -782,22 +793,7 @@ fn apache_cgi_answers_before_on_complete_ends() {
     ]
     .concat();
     start_apache(&mut site, "apache-cgi.conf", None, &substitutions);
-    let form = form();
-    let answer = site.request(
-        "POST",
-        "/upload?X-Progress-ID=early5",
-        &[("Content-Type", &form.content_type())],
-        &form.body(),
-    );
-    assert_eq!(
-        answer.status,
-        200,
-        "{}\n{}",
-        answer.text(),
-        site.logs_text()
-    );
-    release(&hooks);
-    let done: Value = serde_json::from_str(&hooks.wait_for("done.json")).unwrap();
+    let done = answered_before_the_hook_ends(&site, &hooks, "early5");
     assert_eq!(done["identifier"], "early5");
 }
 
