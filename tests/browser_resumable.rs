@@ -539,6 +539,12 @@ fn a_cut_connection_resumes_from_the_servers_offset(transport: Transport) {
     send_resumable(&browser, &proxy.url, &file, None);
     let id = row_identifier(&browser);
     wait_received(&server, &id, 3 << 19);
+    // And the page has had a poll answered with it (on two loaded cores a
+    // CGI poll can take longer than the bytes do).
+    browser.wait_for(
+        &format!("Number({ROW}.dataset.received) > 0"),
+        Duration::from_secs(20),
+    );
 
     proxy.cut();
     let said = browser.wait_for(
