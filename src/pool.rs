@@ -2552,8 +2552,8 @@ mod tests {
         let (dir, pool) = pool();
         let bucket = dir.path().join("split");
         let a = pool.begin_upload(&id("split")).unwrap();
-        let (mut file, _) = a.create_file().unwrap();
-        file.write_all(b"from A").unwrap();
+        let (mut a_file, _) = a.create_file().unwrap();
+        a_file.write_all(b"from A").unwrap();
         a.write_status(&Status::uploading("split", None, unix_now()))
             .unwrap();
         a.lose_lock_for_test();
@@ -2568,6 +2568,11 @@ mod tests {
         b.write_status(&Status::uploading("split", Some(6), unix_now()))
             .unwrap();
         let b_status = status_bytes(&bucket);
+        // What A's receiver still writes goes to its own file, which B's
+        // upload unlinked: B's file-1 is another.
+        a_file.write_all(b" again").unwrap();
+        drop(a_file);
+        assert_eq!(fs::read(&b_path).unwrap(), b"from B");
         // B holds the lock: A's probe is refused as it would be while A
         // held it, and only the attempt through A's own descriptor tells.
         let err = a
