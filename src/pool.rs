@@ -33,6 +33,11 @@
 //!   `uploading` forever. A separate lock file is needed because
 //!   `status.json` is replaced (a lock on it would be on the old file), and
 //!   NFS cannot lock a directory.
+//! - A lock can be lost while its holder runs (a host cut off from a shared
+//!   file system past its lock server's timeout gets its descriptors back
+//!   without it), so the holder checks it still has it before every status
+//!   write, data file open or cut, and finish ([`Upload::still_holds_lock`]),
+//!   and stops without writing or removing anything when it has not.
 //! - Clearing renames the bucket away first (atomic), so a running upload
 //!   notices within one progress interval that its folder is no longer in
 //!   the pool and stops.
