@@ -1234,7 +1234,7 @@ pub struct Upload {
     /// finds it lost). The mutex also makes each check one step: two
     /// threads probing at once could each see the other's probe as the
     /// holder.
-    probe: Mutex<Option<File>>,
+    probe: Mutex<Option<(File, (u64, u64))>>,
 }
 
 impl Upload {
@@ -1622,28 +1622,73 @@ impl Upload {
     /// needs a loss, a second holder, and its release within a few
     /// microseconds, and the second holder's own checks then catch it.
     ///
-    /// Cost: two `flock` calls (and one `openat` for the first check) on
-    /// the lock file; on a network file system each is a round trip to
-    /// the lock server.
+    /// It also finds the lock lost when `lock` is no longer the file this
+    /// request locked (see `probe_lock`).
+    ///
+    /// Cost: one `fstatat` and two `flock` calls (and one `openat` for the
+    /// first check) on the lock file; on a network file system each is a
+    /// round trip.
     pub fn still_holds_lock(&self) -> Result<(), PoolError> {
         self.still_ours()?;
         let mut probe = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
-        if probe.is_none() {
-            match open_regular(&self.bucket, LOCK, OFlags::RDONLY, 0) {
-                Ok(fd) => *probe = Some(File::from(fd)),
-                Err(e) => {
-                    let err = io_error(format!(
-                        "cannot open the lock of upload {} to check it is still held",
-                        self.identifier
-                    ))(e);
-                    return Err(self.explain(err));
-                }
-            }
+        let lost = match self.probe_lock(&mut probe)? {
+            Some(lost) => lost,
+            None => return Ok(()),
+        };
+        if !self.lost.swap(true, Ordering::AcqRel) {
+            crate::log!(
+                "upload {}: this request lost the lock of its folder ({lost}; a shared file \
+                 system drops the locks of a host cut off from it for too long); it stops \
+                 without writing its status or removing anything: the upload may be another \
+                 server's now",
+                self.identifier
+            );
         }
-        let Some(probe) = probe.as_ref() else {
+        Err(PoolError::LockLost)
+    }
+
+    /// The two steps of [`Upload::still_holds_lock`], with the probe held:
+    /// `None` while the lock is ours, else why it is not.
+    ///
+    /// First, `lock` must still be the file this request locked: every
+    /// other claim locks the file of that name, so a lock on a file that
+    /// was replaced (by hand, a restore, a bug) keeps nobody out. That
+    /// check also keeps the probe, opened once, on the right file.
+    fn probe_lock(
+        &self,
+        probe: &mut Option<(File, (u64, u64))>,
+    ) -> Result<Option<&'static str>, PoolError> {
+        let check_error = |e: Errno| {
+            self.explain(errno_error(format!(
+                "cannot check the lock of upload {} is still held",
+                self.identifier
+            ))(e))
+        };
+        let held = match probe {
+            Some((_, held)) => *held,
+            None => rustix::fs::fstat(&self._lock)
+                .map(|stat| identity(&stat))
+                .map_err(check_error)?,
+        };
+        if identity_at(&self.bucket, LOCK).map_err(check_error)? != held {
+            return Ok(Some("its lock file was replaced"));
+        }
+        if probe.is_none() {
+            let fd = open_regular(&self.bucket, LOCK, OFlags::RDONLY, 0).map_err(|e| {
+                self.explain(io_error(format!(
+                    "cannot open the lock of upload {} to check it is still held",
+                    self.identifier
+                ))(e))
+            })?;
+            if identity_of(&fd)? != held {
+                return Ok(Some("its lock file was replaced"));
+            }
+            *probe = Some((File::from(fd), held));
+        }
+        let Some((probe, _)) = probe.as_ref() else {
             return Err(PoolError::Misuse("lock probe missing after it was opened"));
         };
-        let lost = match probe.try_lock() {
+        match probe.try_lock() {
             Ok(()) => {
                 // Nobody held it: let go at once, or we would be the
                 // holder that keeps everyone else out.
@@ -1653,28 +1698,19 @@ impl Upload {
                         self.identifier
                     );
                 }
-                "nobody holds it"
+                Ok(Some("nobody holds it"))
             }
             Err(TryLockError::WouldBlock) => match self._lock.try_lock() {
-                Ok(()) => return Ok(()),
-                Err(TryLockError::WouldBlock) => "another process or host holds it",
+                Ok(()) => Ok(None),
+                Err(TryLockError::WouldBlock) => Ok(Some("another process or host holds it")),
                 Err(TryLockError::Error(e)) => {
-                    return Err(io_error("cannot check the lock of the upload folder")(e));
+                    Err(io_error("cannot check the lock of the upload folder")(e))
                 }
             },
             Err(TryLockError::Error(e)) => {
-                return Err(io_error("cannot check the lock of the upload folder")(e));
+                Err(io_error("cannot check the lock of the upload folder")(e))
             }
-        };
-        if !self.lost.swap(true, Ordering::AcqRel) {
-            crate::log!(
-                "upload {}: this request lost the lock of its folder ({lost}: the shared file \
-                 system dropped it, as after a network partition); it stops without writing its \
-                 status or removing anything: the upload may be another server's now",
-                self.identifier
-            );
         }
-        Err(PoolError::LockLost)
     }
 
     /// Drops this request's lock while the `Upload` lives, as a lock
@@ -2668,6 +2704,25 @@ mod tests {
         assert!(matches!(a.pause(&resting), Err(PoolError::LockLost)));
         assert_eq!(status_bytes(&bucket), before);
         assert!(bucket.join(RESERVE).exists(), "the reserve was given back");
+    }
+
+    #[test]
+    fn a_replaced_lock_file_is_a_lost_lock() {
+        let (dir, pool) = pool();
+        let bucket = dir.path().join("replaced");
+        let upload = pool.begin_upload(&id("replaced")).unwrap();
+        upload
+            .write_status(&Status::uploading("replaced", None, unix_now()))
+            .unwrap();
+        let before = status_bytes(&bucket);
+        // Every other claim locks the file of that name: ours keeps nobody out.
+        fs::write(bucket.join("lock.new"), b"").unwrap();
+        fs::rename(bucket.join("lock.new"), bucket.join(LOCK)).unwrap();
+        let mut done = Status::uploading("replaced", None, unix_now());
+        done.state = State::Done;
+        let err = upload.finish(&done).unwrap_err();
+        assert!(matches!(err, PoolError::LockLost), "{err:?}");
+        assert_eq!(status_bytes(&bucket), before);
     }
 
     /// What a check costs on a local disk: progress ticks are budgeted to
