@@ -1595,9 +1595,9 @@ impl Upload {
     /// with [`PoolError::LockLost`] (for good: every later write through
     /// this claim is refused, and dropping it touches nothing) when it does
     /// not. The pool calls it before every status write, before a chunk's
-    /// data file is opened or cut, and before it gives back the reserve,
-    /// so a lost lock ends the request at its next progress tick at the
-    /// latest.
+    /// data file is opened or cut, before it gives back the reserve and
+    /// before it finishes; the receiving loop's watcher calls it at every
+    /// tick, so a lost lock ends the request within one tick.
     ///
     /// Why: on a shared file system a lock can be lost while its holder
     /// runs. On GlusterFS, a host cut off from the storage for longer than
@@ -1618,9 +1618,9 @@ impl Upload {
     /// Step 1 is needed because step 2 alone proves nothing when nobody
     /// holds the lock: it takes the lock again, silently. The two steps
     /// are not one atomic act: a holder elsewhere that lets go between
-    /// them leaves this request holding the lock again, unnoticed; that
-    /// needs a loss, a second holder, and its release within a few
-    /// microseconds, and the second holder's own checks then catch it.
+    /// them leaves this request holding the lock again, unnoticed, as the
+    /// upload's only holder from then on; that needs a loss, a second
+    /// holder, and its release within those few microseconds.
     ///
     /// It also finds the lock lost when `lock` is no longer the file this
     /// request locked (see `probe_lock`).
