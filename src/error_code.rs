@@ -162,6 +162,12 @@ pub enum ErrorCode {
     Shutdown,
     /// The daemon is receiving `max_uploads` uploads already.
     Busy,
+    /// This server lost the upload's lock while it ran (a shared file
+    /// system dropped it, as after a network partition): it stopped
+    /// without writing the status, since another server may own the upload
+    /// now. 503: the fault is this server's and passing; the client asks
+    /// for the status (or a resumable upload's offset) and retries.
+    LockLost,
     /// CORS: the request's `Origin` is not in `allowed_origins`.
     OriginNotAllowed,
     // Upload policies (src/policy.rs).
@@ -236,6 +242,7 @@ impl ErrorCode {
         ErrorCode::Interrupted,
         ErrorCode::Shutdown,
         ErrorCode::Busy,
+        ErrorCode::LockLost,
         ErrorCode::OriginNotAllowed,
         ErrorCode::Expired,
         ErrorCode::TypeNotAccepted,
@@ -300,6 +307,7 @@ impl ErrorCode {
             ErrorCode::Interrupted => "ERR_INTERRUPTED",
             ErrorCode::Shutdown => "ERR_SHUTDOWN",
             ErrorCode::Busy => "ERR_BUSY",
+            ErrorCode::LockLost => "ERR_LOCK_LOST",
             ErrorCode::OriginNotAllowed => "ERR_ORIGIN_NOT_ALLOWED",
             ErrorCode::Expired => "ERR_EXPIRED",
             ErrorCode::TypeNotAccepted => "ERR_TYPE_NOT_ACCEPTED",
@@ -360,7 +368,7 @@ impl ErrorCode {
             | ErrorCode::Interrupted
             | ErrorCode::Internal => 500,
             ErrorCode::App => 502,
-            ErrorCode::Shutdown | ErrorCode::Busy => 503,
+            ErrorCode::Shutdown | ErrorCode::Busy | ErrorCode::LockLost => 503,
             ErrorCode::Refused => 403,
             ErrorCode::DiskFull => 507,
             ErrorCode::Expired => 403,
@@ -398,6 +406,7 @@ impl From<&PoolError> for ErrorCode {
             PoolError::Cancelled => ErrorCode::Cancelled,
             PoolError::Superseded => ErrorCode::UploadInterrupted,
             PoolError::Locked => ErrorCode::UploadLocked,
+            PoolError::LockLost => ErrorCode::LockLost,
             PoolError::Partial { problem, .. } => match problem {
                 PartialProblem::Missing => ErrorCode::PartialNotFound,
                 PartialProblem::Incomplete => ErrorCode::PartialIncomplete,
@@ -554,6 +563,11 @@ mod tests {
         assert_eq!(ErrorCode::from(&mismatch), ErrorCode::MismatchedOffset);
         assert_eq!(pool(mismatch), 409);
         assert_eq!(pool(PoolError::Misuse("x")), 500);
+        assert_eq!(
+            ErrorCode::from(&PoolError::LockLost).as_str(),
+            "ERR_LOCK_LOST"
+        );
+        assert_eq!(pool(PoolError::LockLost), 503);
         let full = io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error());
         let io = |source| PoolError::Io {
             context: "write".into(),

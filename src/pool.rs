@@ -33,6 +33,11 @@
 //!   `uploading` forever. A separate lock file is needed because
 //!   `status.json` is replaced (a lock on it would be on the old file), and
 //!   NFS cannot lock a directory.
+//! - A lock can be lost while its holder runs (a host cut off from a shared
+//!   file system past its lock server's timeout gets its descriptors back
+//!   without it), so the holder checks it still has it before every status
+//!   write, data file open or cut, and finish ([`Upload::still_holds_lock`]),
+//!   and stops without writing or removing anything when it has not.
 //! - Clearing renames the bucket away first (atomic), so a running upload
 //!   notices within one progress interval that its folder is no longer in
 //!   the pool and stops.
@@ -79,6 +84,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -185,6 +191,17 @@ pub enum PoolError {
     /// The request holding the upload did not let go in time.
     #[error("another request holds this upload and did not let go of it in time; retry")]
     Locked,
+    /// This request no longer holds the bucket's lock (see
+    /// [`Upload::still_holds_lock`]): on a shared file system, the lock
+    /// server dropped it (this host was cut off for longer than its
+    /// timeout) and another host may own the upload now. Nothing more was
+    /// written through this request, and nothing it stored was removed.
+    #[error(
+        "this server lost the lock of the upload (its shared file system dropped it, as after \
+         a network partition); another server may own the upload now, so this request stopped \
+         without writing its status; ask for the upload's status, and retry"
+    )]
+    LockLost,
     #[error(
         "the status of this upload cannot be read ({0}); nothing was changed: \
          clear it or use a new identifier"
@@ -652,6 +669,8 @@ impl Pool {
             resumable: true,
             settled: false,
             let_go: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            probe: Mutex::new(None),
         })
     }
 
@@ -750,6 +769,8 @@ impl Pool {
                 resumable: false,
                 settled: false,
                 let_go: AtomicBool::new(false),
+                lost: AtomicBool::new(false),
+                probe: Mutex::new(None),
             });
         }
         Err(PoolError::Busy)
@@ -1205,6 +1226,15 @@ pub struct Upload {
     /// Let go of by [`Upload::let_go`]: the bucket is another request's
     /// now, so nothing is written through this claim any more.
     let_go: AtomicBool,
+    /// The lock was found lost ([`Upload::still_holds_lock`]): as after
+    /// [`Upload::let_go`], nothing in the bucket is ours to write or remove.
+    lost: AtomicBool,
+    /// A second descriptor of `lock`, opened at the first check and kept
+    /// for the next ones (it holds the lock only for the instant a check
+    /// finds it lost). The mutex also makes each check one step: two
+    /// threads probing at once could each see the other's probe as the
+    /// holder.
+    probe: Mutex<Option<(File, (u64, u64))>>,
 }
 
 impl Upload {
@@ -1265,7 +1295,7 @@ impl Upload {
     /// hashed (after a crash) and for copying the data.
     pub fn open_data_at(&self, offset: u64) -> Result<File, PoolError> {
         self.require_resumable("open_data_at on an upload that is not resumable")?;
-        self.still_ours()?;
+        self.still_holds_lock()?;
         if self.is_cancelled() {
             return Err(PoolError::Cancelled);
         }
@@ -1322,7 +1352,7 @@ impl Upload {
     /// next request hashes from the start.
     pub fn truncate_data(&self, offset: u64) -> Result<(), PoolError> {
         self.require_resumable("truncate_data on an upload that is not resumable")?;
-        self.still_ours()?;
+        self.still_holds_lock()?;
         let fd = match open_data(&self.bucket, OFlags::WRONLY) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound && offset == 0 => return Ok(()),
@@ -1375,6 +1405,7 @@ impl Upload {
         if self.is_cancelled() {
             return Err(PoolError::Cancelled);
         }
+        self.still_holds_lock()?;
         write_whole(
             &self.bucket,
             HASH_STATE,
@@ -1493,7 +1524,7 @@ impl Upload {
     }
 
     fn replace_status(&self, status: &Status, durable: bool) -> Result<(), PoolError> {
-        self.still_ours()?;
+        self.still_holds_lock()?;
         write_status_file(&self.bucket, status, self.file_mode, durable)
             .map_err(io_error(format!(
                 "cannot write status of upload {}",
@@ -1536,7 +1567,7 @@ impl Upload {
     /// would land in the next holder's upload.
     pub fn let_go(&self, status: &Status) -> Result<(), PoolError> {
         self.require_resumable("let_go on an upload that is not resumable")?;
-        self.still_ours()?;
+        self.still_holds_lock()?;
         let paused = self.record_paused(status);
         self.let_go.store(true, Ordering::Release);
         self._lock
@@ -1546,10 +1577,147 @@ impl Upload {
     }
 
     fn still_ours(&self) -> Result<(), PoolError> {
-        match self.let_go.load(Ordering::Acquire) {
-            true => Err(PoolError::Superseded),
-            false => Ok(()),
+        if self.let_go.load(Ordering::Acquire) {
+            return Err(PoolError::Superseded);
         }
+        if self.lost.load(Ordering::Acquire) {
+            return Err(PoolError::LockLost);
+        }
+        Ok(())
+    }
+
+    /// Let go of or lost: nothing in the bucket is this request's any more.
+    fn released(&self) -> bool {
+        self.let_go.load(Ordering::Acquire) || self.lost.load(Ordering::Acquire)
+    }
+
+    /// Checks that this request still holds the bucket's lock, and fails
+    /// with [`PoolError::LockLost`] (for good: every later write through
+    /// this claim is refused, and dropping it touches nothing) when it does
+    /// not. The pool calls it before every status write, before a chunk's
+    /// data file is opened or cut, before it gives back the reserve and
+    /// before it finishes; the receiving loop's watcher calls it at every
+    /// tick, so a lost lock ends the request within one tick.
+    ///
+    /// Why: on a shared file system a lock can be lost while its holder
+    /// runs. On GlusterFS, a host cut off from the storage for longer than
+    /// the brick's timeout loses its locks; when the network comes back
+    /// its client reconnects *without* them, and its old descriptors still
+    /// write. Another host has meanwhile reported the upload interrupted,
+    /// or claimed it (a resumable upload continued there); this host must
+    /// not then mark it done, write its status, or remove what is stored.
+    ///
+    /// How: `flock` locks belong to open file descriptions, so
+    /// 1. a non-blocking attempt through a *second* descriptor of the lock
+    ///    file is refused while anyone holds the lock, and granted when
+    ///    nobody does: granted means lost (the probe lets go at once);
+    /// 2. refused, the holder is us or someone else: a non-blocking
+    ///    attempt through our own descriptor is granted (a no-op) when it
+    ///    is us, and refused when another host holds it.
+    ///
+    /// Step 1 is needed because step 2 alone proves nothing when nobody
+    /// holds the lock: it takes the lock again, silently. The two steps
+    /// are not one atomic act: a holder elsewhere that lets go between
+    /// them leaves this request holding the lock again, unnoticed, as the
+    /// upload's only holder from then on; that needs a loss, a second
+    /// holder, and its release within those few microseconds.
+    ///
+    /// It also finds the lock lost when `lock` is no longer the file this
+    /// request locked (see `probe_lock`).
+    ///
+    /// Cost: one `fstatat` and two `flock` calls (and one `openat` for the
+    /// first check) on the lock file; on a network file system each is a
+    /// round trip.
+    pub fn still_holds_lock(&self) -> Result<(), PoolError> {
+        self.still_ours()?;
+        let mut probe = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
+        let lost = match self.probe_lock(&mut probe)? {
+            Some(lost) => lost,
+            None => return Ok(()),
+        };
+        if !self.lost.swap(true, Ordering::AcqRel) {
+            crate::log!(
+                "upload {}: this request lost the lock of its folder ({lost}; a shared file \
+                 system drops the locks of a host cut off from it for too long); it stops \
+                 without writing its status or removing anything: the upload may be another \
+                 server's now",
+                self.identifier
+            );
+        }
+        Err(PoolError::LockLost)
+    }
+
+    /// The two steps of [`Upload::still_holds_lock`], with the probe held:
+    /// `None` while the lock is ours, else why it is not.
+    ///
+    /// First, `lock` must still be the file this request locked: every
+    /// other claim locks the file of that name, so a lock on a file that
+    /// was replaced (by hand, a restore, a bug) keeps nobody out. That
+    /// check also keeps the probe, opened once, on the right file.
+    fn probe_lock(
+        &self,
+        probe: &mut Option<(File, (u64, u64))>,
+    ) -> Result<Option<&'static str>, PoolError> {
+        let check_error = |e: Errno| {
+            self.explain(errno_error(format!(
+                "cannot check the lock of upload {} is still held",
+                self.identifier
+            ))(e))
+        };
+        let held = match probe {
+            Some((_, held)) => *held,
+            None => rustix::fs::fstat(&self._lock)
+                .map(|stat| identity(&stat))
+                .map_err(check_error)?,
+        };
+        if identity_at(&self.bucket, LOCK).map_err(check_error)? != held {
+            return Ok(Some("its lock file was replaced"));
+        }
+        if probe.is_none() {
+            let fd = open_regular(&self.bucket, LOCK, OFlags::RDONLY, 0).map_err(|e| {
+                self.explain(io_error(format!(
+                    "cannot open the lock of upload {} to check it is still held",
+                    self.identifier
+                ))(e))
+            })?;
+            if identity_of(&fd)? != held {
+                return Ok(Some("its lock file was replaced"));
+            }
+            *probe = Some((File::from(fd), held));
+        }
+        let Some((probe, _)) = probe.as_ref() else {
+            return Err(PoolError::Misuse("lock probe missing after it was opened"));
+        };
+        match probe.try_lock() {
+            Ok(()) => {
+                // Nobody held it: let go at once, or we would be the
+                // holder that keeps everyone else out.
+                if let Err(e) = probe.unlock() {
+                    crate::log!(
+                        "cannot let go of the lock probe of upload {}: {e}",
+                        self.identifier
+                    );
+                }
+                Ok(Some("nobody holds it"))
+            }
+            Err(TryLockError::WouldBlock) => match self._lock.try_lock() {
+                Ok(()) => Ok(None),
+                Err(TryLockError::WouldBlock) => Ok(Some("another process or host holds it")),
+                Err(TryLockError::Error(e)) => {
+                    Err(io_error("cannot check the lock of the upload folder")(e))
+                }
+            },
+            Err(TryLockError::Error(e)) => {
+                Err(io_error("cannot check the lock of the upload folder")(e))
+            }
+        }
+    }
+
+    /// Drops this request's lock while the `Upload` lives, as a lock
+    /// server does to a host cut off for too long.
+    #[cfg(test)]
+    pub(crate) fn lose_lock_for_test(&self) {
+        self._lock.unlock().expect("unlock");
     }
 
     /// Whether the bucket was cleared (renamed out of the pool) since the
@@ -1575,9 +1743,14 @@ impl Upload {
     /// never names a file that is not there.
     pub fn finish(mut self, status: &Status) -> Result<(), PoolError> {
         self.settled = true;
-        self.release_reserve();
+        // Before anything is made, synced or given back; the status write
+        // checks again, after the syncs, which may take long.
         let stored = self
-            .make_empty_data()
+            .still_holds_lock()
+            .and_then(|()| {
+                self.release_reserve();
+                self.make_empty_data()
+            })
             .and_then(|()| self.sync_files())
             .and_then(|()| {
                 self.replace_status(status, self.fsync)?;
@@ -1631,7 +1804,7 @@ impl Upload {
 
     /// Gives back the room held for the final status, just before writing it.
     fn release_reserve(&self) {
-        if self.let_go.load(Ordering::Acquire) {
+        if self.released() || self.still_holds_lock().is_err() {
             return; // the reserve there is the new holder's
         }
         let _ = rustix::fs::unlinkat(&self.bucket, RESERVE, AtFlags::empty());
@@ -1644,6 +1817,11 @@ impl Upload {
     /// should that fail too, the old status goes (the upload then reads as
     /// unknown), so that none is left saying something false.
     fn discard(&self, status: &Status) {
+        // A lost lock: the files may be another request's by now (a new
+        // upload under the identifier writes `file-1` again).
+        if self.still_holds_lock().is_err() && !self.is_cancelled() {
+            return;
+        }
         for n in 1..=self.files.load(Ordering::Relaxed) {
             let _ =
                 rustix::fs::unlinkat(&self.bucket, format!("{FILE_PREFIX}{n}"), AtFlags::empty());
@@ -1681,7 +1859,7 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if self.let_go.load(Ordering::Acquire) {
+        if self.released() {
             return;
         }
         if !self.settled && self.resumable {
@@ -2344,6 +2522,225 @@ mod tests {
             Err(TryLockError::WouldBlock) => false,
             Err(TryLockError::Error(e)) => panic!("{e}"),
         }
+    }
+
+    fn status_bytes(bucket: &Path) -> Vec<u8> {
+        fs::read(bucket.join(STATUS)).unwrap()
+    }
+
+    #[test]
+    fn checking_the_lock_neither_takes_nor_disturbs_it() {
+        let (dir, pool) = pool();
+        let upload = pool.begin_upload(&id("held")).unwrap();
+        let lock = dir.path().join("held").join(LOCK);
+        for _ in 0..3 {
+            upload.still_holds_lock().unwrap();
+        }
+        // Still ours alone: the probe let go of nothing it took.
+        assert!(!is_free(&lock));
+        // Two threads checking at once never take each other's probe for
+        // another holder.
+        thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..2000 {
+                        upload.still_holds_lock().unwrap();
+                    }
+                });
+            }
+        });
+        assert!(!is_free(&lock));
+        let status = Status::uploading("held", None, unix_now());
+        upload.write_status(&status).unwrap();
+        upload.finish(&status).unwrap();
+    }
+
+    #[test]
+    fn a_form_upload_that_lost_its_lock_writes_no_status_and_is_not_done() {
+        let (dir, pool) = pool();
+        let bucket = dir.path().join("lost");
+        let upload = pool.begin_upload(&id("lost")).unwrap();
+        let (mut file, path) = upload.create_file().unwrap();
+        file.write_all(b"abc").unwrap();
+        let mut status = Status::uploading("lost", Some(3), unix_now());
+        upload.write_status(&status).unwrap();
+        let before = status_bytes(&bucket);
+        // The lock server drops it; nobody else has taken it.
+        upload.lose_lock_for_test();
+        status.received = Some(3);
+        let err = upload.write_status(&status).unwrap_err();
+        assert!(matches!(err, PoolError::LockLost), "{err:?}");
+        assert_eq!(err.code().as_str(), "ERR_LOCK_LOST");
+        assert_eq!(err.http_status(), 503);
+        assert_eq!(status_bytes(&bucket), before, "a status was written");
+        // The probe that found it free let go: another host can take it.
+        assert!(is_free(&bucket.join(LOCK)));
+        let mut done = status.clone();
+        done.state = State::Done;
+        let err = upload.finish(&done).unwrap_err();
+        assert!(matches!(err, PoolError::LockLost), "{err:?}");
+        assert_eq!(status_bytes(&bucket), before, "the upload was marked done");
+        // Nothing removed either: what is there is no longer ours to judge.
+        assert_eq!(fs::read(&path).unwrap(), b"abc");
+        assert!(bucket.join(RESERVE).exists());
+        // Any reader sees the truth: nobody is receiving it.
+        let seen = pool.status(&id("lost")).unwrap();
+        assert_eq!(seen.code.as_deref(), Some("ERR_INTERRUPTED"));
+    }
+
+    #[test]
+    fn a_lost_lock_another_host_took_is_found_and_its_upload_left_alone() {
+        let (dir, pool) = pool();
+        let bucket = dir.path().join("split");
+        let a = pool.begin_upload(&id("split")).unwrap();
+        let (mut a_file, _) = a.create_file().unwrap();
+        a_file.write_all(b"from A").unwrap();
+        a.write_status(&Status::uploading("split", None, unix_now()))
+            .unwrap();
+        a.lose_lock_for_test();
+        // Host B reports the upload interrupted, and a new upload under
+        // the identifier starts there: its own file-1, status and reserve.
+        let b_pool = Pool::new(dir.path(), 0o600, false);
+        let seen = b_pool.status(&id("split")).unwrap();
+        assert_eq!(seen.code.as_deref(), Some("ERR_INTERRUPTED"));
+        let b = b_pool.begin_upload(&id("split")).unwrap();
+        let (mut file, b_path) = b.create_file().unwrap();
+        file.write_all(b"from B").unwrap();
+        b.write_status(&Status::uploading("split", Some(6), unix_now()))
+            .unwrap();
+        let b_status = status_bytes(&bucket);
+        // What A's receiver still writes goes to its own file, which B's
+        // upload unlinked: B's file-1 is another.
+        a_file.write_all(b" again").unwrap();
+        drop(a_file);
+        assert_eq!(fs::read(&b_path).unwrap(), b"from B");
+        // B holds the lock: A's probe is refused as it would be while A
+        // held it, and only the attempt through A's own descriptor tells.
+        let err = a
+            .write_status(&Status::uploading("split", Some(6), unix_now()))
+            .unwrap_err();
+        assert!(matches!(err, PoolError::LockLost), "{err:?}");
+        assert!(!is_free(&bucket.join(LOCK)), "B's lock was let go of");
+        // A's request fails, and dropping it removes and records nothing.
+        let mut failed = Status::uploading("split", None, unix_now());
+        failed.fail(err.code(), err.to_string(), unix_now());
+        a.fail(&failed);
+        assert_eq!(fs::read(&b_path).unwrap(), b"from B");
+        assert_eq!(status_bytes(&bucket), b_status);
+        assert!(bucket.join(RESERVE).exists(), "B's reserve was removed");
+        let mut done = Status::uploading("split", Some(6), unix_now());
+        done.state = State::Done;
+        b.finish(&done).unwrap();
+        assert_eq!(pool.status(&id("split")).unwrap().state, State::Done);
+    }
+
+    #[test]
+    fn a_resumable_upload_that_lost_its_lock_changes_nothing_of_the_new_holder() {
+        let (dir, pool) = pool();
+        let id = id("lostchunk");
+        let bucket = dir.path().join("lostchunk");
+        let a = pool
+            .create_resumable(&id, &Status::incomplete("lostchunk", Some(6), unix_now()))
+            .unwrap();
+        let mut file = a.open_data_at(0).unwrap();
+        file.write_all(b"abc").unwrap();
+        drop(file);
+        a.save_hash_state(b"state of A").unwrap();
+        a.lose_lock_for_test();
+        // The client goes on through host B, which continues the upload.
+        let b_pool = Pool::new(dir.path(), 0o600, false);
+        let b = b_pool.resume_upload(&id).unwrap();
+        let mut file = b.open_data_at(3).unwrap();
+        file.write_all(b"def").unwrap();
+        drop(file);
+        b.save_hash_state(b"state of B").unwrap();
+        b.write_status(&Status::incomplete("lostchunk", Some(6), unix_now()))
+            .unwrap();
+        let b_status = status_bytes(&bucket);
+        // Every write A could still make is refused while B holds it.
+        let lost = |r: Result<(), PoolError>| matches!(r, Err(PoolError::LockLost));
+        assert!(lost(a.open_data_at(6).map(drop)));
+        assert!(lost(a.truncate_data(3)));
+        assert!(lost(a.save_hash_state(b"stale")));
+        assert!(lost(a.write_status(&Status::incomplete(
+            "lostchunk",
+            Some(6),
+            unix_now()
+        ))));
+        b.pause(&Status::incomplete("lostchunk", Some(6), unix_now()))
+            .unwrap();
+        let paused = status_bytes(&bucket);
+        assert_ne!(paused, b_status);
+        // With the lock free again, A still knows it is not its own.
+        let mut done = Status::incomplete("lostchunk", Some(6), unix_now());
+        done.state = State::Done;
+        done.received = Some(6);
+        let err = a.finish(&done).unwrap_err();
+        assert!(matches!(err, PoolError::LockLost), "{err:?}");
+        assert_eq!(status_bytes(&bucket), paused, "A wrote the status");
+        assert_eq!(pool.status(&id).unwrap().state, State::Incomplete);
+        assert_eq!(fs::read(bucket.join(DATA_FILE)).unwrap(), b"abcdef");
+        assert_eq!(fs::read(bucket.join(HASH_STATE)).unwrap(), b"state of B");
+        assert!(is_free(&bucket.join(LOCK)));
+        // And the upload is B's client's to finish.
+        let c = pool.resume_upload(&id).unwrap();
+        assert_eq!(c.offset().unwrap(), 6);
+        c.finish(&done).unwrap();
+        assert_eq!(pool.status(&id).unwrap().state, State::Done);
+    }
+
+    #[test]
+    fn a_resumable_request_that_lost_its_lock_cannot_pause_or_let_go() {
+        let (dir, pool) = pool();
+        let id = id("lostpause");
+        let bucket = dir.path().join("lostpause");
+        let a = pool
+            .create_resumable(&id, &Status::incomplete("lostpause", Some(6), unix_now()))
+            .unwrap();
+        let before = status_bytes(&bucket);
+        a.lose_lock_for_test();
+        let resting = Status::incomplete("lostpause", Some(6), unix_now());
+        assert!(matches!(a.let_go(&resting), Err(PoolError::LockLost)));
+        assert!(matches!(a.pause(&resting), Err(PoolError::LockLost)));
+        assert_eq!(status_bytes(&bucket), before);
+        assert!(bucket.join(RESERVE).exists(), "the reserve was given back");
+    }
+
+    #[test]
+    fn a_replaced_lock_file_is_a_lost_lock() {
+        let (dir, pool) = pool();
+        let bucket = dir.path().join("replaced");
+        let upload = pool.begin_upload(&id("replaced")).unwrap();
+        upload
+            .write_status(&Status::uploading("replaced", None, unix_now()))
+            .unwrap();
+        let before = status_bytes(&bucket);
+        // Every other claim locks the file of that name: ours keeps nobody out.
+        fs::write(bucket.join("lock.new"), b"").unwrap();
+        fs::rename(bucket.join("lock.new"), bucket.join(LOCK)).unwrap();
+        let mut done = Status::uploading("replaced", None, unix_now());
+        done.state = State::Done;
+        let err = upload.finish(&done).unwrap_err();
+        assert!(matches!(err, PoolError::LockLost), "{err:?}");
+        assert_eq!(status_bytes(&bucket), before);
+    }
+
+    /// What a check costs on a local disk: progress ticks are budgeted to
+    /// 500 a second per process, each with one check.
+    #[test]
+    fn checking_the_lock_is_cheap() {
+        let (_dir, pool) = pool();
+        let upload = pool.begin_upload(&id("cost")).unwrap();
+        let rounds = 20_000u32;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            upload.still_holds_lock().unwrap();
+        }
+        let each = started.elapsed() / rounds;
+        eprintln!("one lock check: {each:?}");
+        // 500 ticks a second at this cost take under 1% of one core.
+        assert!(each < Duration::from_micros(20), "one lock check: {each:?}");
+        upload.fail(&Status::uploading("cost", None, unix_now()));
     }
 
     #[test]

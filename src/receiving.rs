@@ -134,6 +134,7 @@ pub fn run<R: Body, T>(
         status: Mutex::new(status),
         cancelled: AtomicBool::new(false),
         superseded: AtomicBool::new(false),
+        lock_lost: AtomicBool::new(false),
         document: AtomicUsize::new(document),
     };
     let received = Cell::new(0);
@@ -191,6 +192,9 @@ struct Shared {
     cancelled: AtomicBool,
     /// A later request asked for the (resumable) upload.
     superseded: AtomicBool,
+    /// The watcher found this request's lock lost (see
+    /// [`crate::pool::Upload::still_holds_lock`]).
+    lock_lost: AtomicBool,
     /// An upper bound of the status document's length as JSON.
     document: AtomicUsize,
 }
@@ -233,10 +237,12 @@ impl Session<'_> {
     }
 
     /// Whether the watcher saw a reason to stop: the upload was cleared,
-    /// or a later request asked for it (a resumable upload).
+    /// a later request asked for it (a resumable upload), or this request
+    /// lost its lock.
     pub fn is_cancelled(&self) -> bool {
         self.shared.cancelled.load(Ordering::Relaxed)
             || self.shared.superseded.load(Ordering::Relaxed)
+            || self.shared.lock_lost.load(Ordering::Relaxed)
     }
 
     /// That reason as the error that ends the request: 410 for a clear,
@@ -248,6 +254,9 @@ impl Session<'_> {
         }
         if self.shared.superseded.load(Ordering::Relaxed) {
             return Err(PoolError::Superseded.into());
+        }
+        if self.shared.lock_lost.load(Ordering::Relaxed) {
+            return Err(PoolError::LockLost.into());
         }
         Ok(())
     }
@@ -276,6 +285,16 @@ fn watch(upload: &Upload, shared: &Shared, stop: mpsc::Receiver<()>, interval: O
     let _counted = Watching::enter();
     let mut published = Some(0);
     let mut written = 0u64;
+    // Every tick checks the lock, whether or not it writes the status (a
+    // status write checks it itself): a request that goes on writing data
+    // after its lock was lost would append to an upload another host holds.
+    let lost = |checked: Result<(), PoolError>| {
+        let lost = matches!(checked, Err(PoolError::LockLost));
+        if lost {
+            shared.lock_lost.store(true, Ordering::Relaxed);
+        }
+        lost
+    };
     loop {
         match stop.recv_timeout(Watching::wait(interval.unwrap_or(CANCEL_CHECK))) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -289,23 +308,29 @@ fn watch(upload: &Upload, shared: &Shared, stop: mpsc::Receiver<()>, interval: O
             shared.superseded.store(true, Ordering::Relaxed);
             return;
         }
-        if interval.is_none() {
-            continue;
-        }
-        let cost = shared.document.load(Ordering::Relaxed) as u64;
-        let snapshot = {
+        let snapshot = interval.and_then(|_| {
+            let cost = shared.document.load(Ordering::Relaxed) as u64;
             let mut status = shared.status();
             let received = status.received.unwrap_or(0);
             if status.received == published
                 || written + cost > received.saturating_add(STATUS_WRITE_ALLOWANCE)
             {
-                continue;
+                return None;
             }
             status.updated = Some(unix_now());
-            status.clone()
+            Some((status.clone(), cost))
+        });
+        let Some((snapshot, cost)) = snapshot else {
+            if lost(upload.still_holds_lock()) {
+                return;
+            }
+            continue;
         };
-        // A failed write (disk full) is the data writer's to report.
-        let _ = upload.write_status(&snapshot);
+        // A failed write (disk full) is the data writer's to report; a
+        // lost lock is this request's end: nothing more is ours to write.
+        if lost(upload.write_status(&snapshot)) {
+            return;
+        }
         written += cost;
         published = snapshot.received;
     }
@@ -774,6 +799,37 @@ mod tests {
         // As first written: no rewrite with 10 bytes.
         assert_eq!(before, Some(0), "rewritten before the body paid for it");
         assert!(after, "never rewritten once paid for");
+    }
+
+    #[test]
+    fn a_lost_lock_is_seen_by_the_receiving_loop_and_no_progress_is_written() {
+        for interval in [None, Some(Duration::from_millis(10))] {
+            let (_dir, pool, id, upload) = claimed("lostlock");
+            let status = Status::uploading(id.as_str(), None, unix_now());
+            upload.write_status(&status).unwrap();
+            upload.lose_lock_for_test();
+            let (_, outcome) = run(
+                &upload,
+                status,
+                io::empty(),
+                &options(None, interval),
+                |_, session| {
+                    session.status().received = Some(4242);
+                    assert!(
+                        eventually(|| session.is_cancelled()),
+                        "the lost lock was never seen ({interval:?})"
+                    );
+                    session.check_cancelled()
+                },
+            );
+            let err = outcome.unwrap_err();
+            assert_eq!((err.code, err.status()), (ErrorCode::LockLost, 503));
+            assert_eq!(
+                pool.status(&id).unwrap().received,
+                Some(0),
+                "progress written"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,68 @@
+//! A receiver that loses its lock while it runs, through the FastCGI
+//! daemon: what a host cut off from a shared file system finds when the
+//! network comes back (see README, "The pool").
+//!
+//! A test cannot make the kernel drop another process's `flock`, so the
+//! lock is taken away the one way it can be from outside: a fresh file,
+//! which nobody holds, is renamed over the bucket's `lock`. The receiver's
+//! check opens `lock` by name, as it does on every check, and finds it
+//! free: the same answer it gets after a lock server dropped its lock.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::time::Duration;
+
+use common::fcgi::*;
+use common::*;
+
+#[test]
+fn a_daemon_whose_upload_lost_its_lock_answers_503_and_writes_no_status() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
+    let sent = 100_000;
+    let mut stream = daemon.begin_partial_upload(&pool, "lost", 7, sent);
+    let bucket = pool.path().join("lost");
+    fs::write(bucket.join("lock.new"), b"").unwrap();
+    fs::rename(bucket.join("lock.new"), bucket.join("lock")).unwrap();
+    // The same form begin_partial_upload sends: the rest of its body.
+    let form = Form::new().file(
+        "f",
+        "partial.bin",
+        "application/octet-stream",
+        &random_bytes(1 << 20, 7),
+    );
+    let body = form.body();
+    let mut writer = stream.try_clone().unwrap();
+    let rest = stdin_records(1, &body[sent..]);
+    // The daemon may answer before it has read it all.
+    let feeder = std::thread::spawn(move || {
+        let _ = writer.write_all(&rest);
+    });
+    let (reply, _) = read_response(&mut stream, 1);
+    drop(stream);
+    let _ = feeder.join();
+    reply.assert_error_code(503, "ERR_LOCK_LOST", "lost the lock");
+    // No status written after the loss: neither progress nor `done` nor
+    // the failure; and nothing removed.
+    let raw: serde_json::Value =
+        serde_json::from_slice(&fs::read(bucket.join("status.json")).unwrap()).unwrap();
+    assert_eq!(raw["state"], "uploading", "{raw}");
+    assert_eq!(raw["received"], sent, "{raw}");
+    assert!(
+        bucket.join("file-1").exists(),
+        "{:?}",
+        pool.bucket_files("lost")
+    );
+    assert!(bucket.join("status.reserve").exists());
+    // Readers see nobody receiving it.
+    let status = status_of(&pool.cgi(), "lost");
+    assert_eq!(status["code"], "ERR_INTERRUPTED", "{status}");
+    // And the log says why.
+    let log = wait_for(Duration::from_secs(5), || {
+        let log = daemon.log_text();
+        log.contains("lost the lock of its folder").then_some(log)
+    });
+    assert!(log.is_some(), "{}", daemon.log_text());
+}
