@@ -482,10 +482,10 @@ impl Upload {
         let headers = std::fs::read_to_string(&self.headers).unwrap_or_default();
         let host = headers
             .lines()
+            .rev()
             .filter_map(|l| l.split_once(':'))
-            .filter(|(n, _)| n.eq_ignore_ascii_case("X-Upstream"))
-            .map(|(_, v)| upstream_host(v.trim()))
-            .last();
+            .find(|(n, _)| n.eq_ignore_ascii_case("X-Upstream"))
+            .map(|(_, v)| upstream_host(v.trim()));
         (
             code,
             std::fs::read_to_string(&self.out).unwrap_or_default(),
