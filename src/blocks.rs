@@ -12,7 +12,17 @@
 //! bytes (a status's `received`, a resumable upload's offset) counts only
 //! [`Blocks::stored`], and flushes first where the count must be whole
 //! (the end of a part or chunk, a takeover, before a sync). Held bytes are
-//! at most one block, so one open file costs [`BLOCK`] of memory.
+//! at most one block, so one open file costs [`BLOCK`] of memory at most,
+//! and an upload has one file open at a time.
+//!
+//! A slow client must not leave its bytes held for long: its progress
+//! would stand still and a crash or a takeover would lose them. The
+//! receivers hold bytes at most one progress interval
+//! ([`crate::receiving::hold_limit`]): the writer stores what has been held
+//! that long at the next piece ([`Blocks::holding`]), and the watcher's
+//! tick stores it when no piece comes ([`Blocks::flush_older`]). A client
+//! slower than a block per interval costs a write per interval and holds
+//! what it sends in one; a fast one costs a write per block.
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -35,6 +45,8 @@ pub struct Blocks<W> {
     stored: u64,
     /// When the oldest held byte arrived.
     since: Option<Instant>,
+    /// How long a write may leave bytes held (see [`Blocks::holding`]).
+    hold: Option<Duration>,
     failed: Option<(io::ErrorKind, Option<i32>)>,
 }
 
@@ -46,8 +58,18 @@ impl<W: Write> Blocks<W> {
             buffer: Vec::new(),
             stored: 0,
             since: None,
+            hold: None,
             failed: None,
         }
+    }
+
+    /// A writer whose [`write`](Blocks::write) also stores what it holds
+    /// once the oldest held byte is `hold` old: a client slower than a
+    /// block per `hold` then costs a write per `hold`, and holds what it
+    /// sends in `hold` (at 64 KiB/s and 200 ms, 13 KiB), not a block.
+    pub fn holding(mut self, hold: Duration) -> Blocks<W> {
+        self.hold = Some(hold);
+        self
     }
 
     /// Takes `bytes`, writing each block that fills; `stored` is called
@@ -64,7 +86,7 @@ impl<W: Write> Blocks<W> {
             self.buffer.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
             if self.buffer.len() < BLOCK {
-                return Ok(());
+                return self.store_if_old(stored);
             }
             self.flush(&mut stored)?;
             if !bytes.is_empty() {
@@ -79,13 +101,23 @@ impl<W: Write> Blocks<W> {
         }
         if bytes.is_empty() {
             self.since = None;
-        } else {
-            if self.buffer.capacity() < BLOCK {
-                self.buffer.reserve_exact(BLOCK - self.buffer.len());
-            }
-            self.buffer.extend_from_slice(bytes);
+            return Ok(());
         }
-        Ok(())
+        if self.buffer.capacity() < BLOCK {
+            // Pages are touched only as bytes arrive: a slow client's
+            // buffer costs what it holds, not a block.
+            self.buffer.reserve_exact(BLOCK - self.buffer.len());
+        }
+        self.buffer.extend_from_slice(bytes);
+        self.store_if_old(stored)
+    }
+
+    /// A holding writer's flush of bytes held too long.
+    fn store_if_old(&mut self, stored: impl FnMut(&[u8])) -> io::Result<()> {
+        match self.hold {
+            Some(hold) => self.flush_older(hold, stored).map(drop),
+            None => Ok(()),
+        }
     }
 
     /// Writes what is held.
@@ -258,6 +290,22 @@ mod tests {
         assert_eq!(blocks.stored(), 11);
         // Nothing held: nothing to flush, however old.
         assert!(!blocks.flush_older(Duration::ZERO, |_| {}).unwrap());
+    }
+
+    #[test]
+    fn a_holding_writer_stores_old_bytes_at_the_next_write() {
+        let mut blocks = Blocks::new(Recorder::default()).holding(Duration::from_millis(30));
+        blocks.write(b"first", |_| {}).unwrap();
+        blocks.write(b" second", |_| {}).unwrap();
+        assert!(blocks.get_ref().writes.is_empty(), "nothing is old yet");
+        std::thread::sleep(Duration::from_millis(40));
+        blocks.write(b" third", |_| {}).unwrap();
+        assert_eq!(blocks.get_ref().bytes, b"first second third");
+        assert_eq!(blocks.held(), 0);
+        // The clock starts again at the next held byte.
+        blocks.write(b" fourth", |_| {}).unwrap();
+        assert_eq!(blocks.held(), 7);
+        assert_eq!(blocks.get_ref().writes.len(), 1);
     }
 
     #[test]

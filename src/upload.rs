@@ -147,6 +147,7 @@ fn stream(
                 upload,
                 session,
                 held: &held,
+                hold: age,
                 parts: 0,
                 files: 0,
                 field_bytes: 0,
@@ -240,6 +241,8 @@ struct Receiver<'a> {
     upload: &'a Upload,
     session: &'a Session<'a>,
     held: &'a Mutex<Held>,
+    /// How long written bytes may stay held ([`receiving::hold_limit`]).
+    hold: std::time::Duration,
     parts: usize,
     /// File parts begun (the policy's `file_limit` counts these).
     files: usize,
@@ -421,7 +424,7 @@ impl Receiver<'_> {
         let index = files.len() - 1;
         drop(status);
         let mut held = lock(self.held);
-        held.file = Some((Blocks::new(file), index));
+        held.file = Some((Blocks::new(file).holding(self.hold), index));
         held.mark = self.session.received();
         Ok(Sink::File { index })
     }

@@ -642,7 +642,7 @@ fn proceed(
             whole: hash,
             check: checksum.map(Expected::hasher),
         }),
-        out: Blocks::new(file),
+        out: Blocks::new(file).holding(receiving::hold_limit(&settings.options)),
         released: false,
     });
     let body_bytes = match chunk.body_length {
