@@ -224,3 +224,44 @@ fn a_stalled_clients_bytes_are_stored_and_counted_within_a_tick() {
     );
     drop(stream);
 }
+
+/// Through CGI, the body comes from a pipe in what the kernel had (up to
+/// 64 KiB a read, the parser's buffer up to 256 KiB): the data file still
+/// gets writes of 1 MiB. Counted under strace by the descriptor's path.
+#[test]
+fn a_cgi_upload_from_a_pipe_is_written_in_1mib_blocks() {
+    let strace = common::site::require("strace", "strace");
+    let pool = TestPool::new();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("cgi.trace");
+    let size = 16 << 20;
+    let data = random_bytes(size, 66);
+    let form = Form::new().file("f", "piped.bin", "application/octet-stream", &data);
+    let reply = pool
+        .cgi()
+        .prelude(&format!(
+            "exec {} -f -qq -y -o {} -e trace=write,writev,pwrite64,pwritev -- \"$0\"",
+            strace.display(),
+            trace.display()
+        ))
+        .post_form("/upload?X-Progress-ID=piped", &form);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let status = status_of(&pool.cgi(), "piped");
+    let path = path_of(&status, 0);
+    assert!(std::fs::read(&path).unwrap() == data, "other bytes stored");
+    let lines = std::fs::read_to_string(&trace).unwrap();
+    let marker = format!("<{}>", path.display());
+    let writes = lines.lines().filter(|l| l.contains(&marker)).count();
+    eprintln!("cgi: {writes} writes to the data file for 16 MiB");
+    assert!(
+        (size / BLOCK..=size / BLOCK + 1).contains(&writes),
+        "{writes} writes to {} for 16 MiB, not one per MiB:\n{}",
+        path.display(),
+        lines
+            .lines()
+            .filter(|l| l.contains(&marker))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
