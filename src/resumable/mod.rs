@@ -1309,6 +1309,71 @@ mod tests {
         assert_eq!(err.code, PoolError::Superseded.code(), "{err}");
     }
 
+    /// A chunk cut short with less than a block held: what arrived is
+    /// stored (it was only held), the offset says so, and the hash state
+    /// saved covers it, so the upload completes with the file's digest
+    /// and reads nothing back.
+    #[test]
+    fn a_chunk_cut_short_keeps_the_bytes_it_held() {
+        /// Gives `self.0` in 8 KiB pieces, then fails as a dropped
+        /// connection.
+        struct Cut(Vec<u8>, usize);
+        impl Read for Cut {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.1 == self.0.len() {
+                    return Err(io::ErrorKind::ConnectionReset.into());
+                }
+                let n = buf.len().min(8 << 10).min(self.0.len() - self.1);
+                buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+                self.1 += n;
+                Ok(n)
+            }
+        }
+        impl Body for Cut {
+            fn failure(&mut self) -> Option<HttpError> {
+                None
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::new(dir.path(), 0o600, false);
+        let id = verify_identifier("r6", None).unwrap();
+        let settings = settings(None);
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 11 % 241) as u8).collect();
+        let sent = 1_300_000;
+        let new = NewUpload {
+            length: Some(data.len() as u64),
+            ..NewUpload::default()
+        };
+        create(&pool, &id, new, None, &settings).unwrap();
+        let mut body = Cut(data[..sent].to_vec(), 0);
+        let cut = Chunk {
+            offset: 0,
+            length: None,
+            body: &mut body,
+            body_length: BodyLength::Known(data.len() as u64),
+        };
+        let err = append(&pool, &id, cut, &settings).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Truncated, "{err}");
+        assert_eq!(pool.offset(&id).unwrap(), sent as u64);
+        let path = dir.path().join("r6").join("file-1");
+        assert!(std::fs::read(&path).unwrap() == data[..sent]);
+        let before = thread_reads();
+        let done = append(
+            &pool,
+            &id,
+            chunk(sent as u64, &mut &data[sent..]),
+            &settings,
+        )
+        .unwrap();
+        let read = thread_reads() - before;
+        assert!(done.complete);
+        assert_eq!(
+            done.status.files()[0].sha256.as_deref(),
+            Some(hex(&Sha256::digest(&data)).as_str())
+        );
+        assert!(read < 64 * 1024, "{read} bytes read back to complete");
+    }
+
     #[test]
     fn a_completing_chunk_reads_nothing_back() {
         let dir = tempfile::tempdir().unwrap();
