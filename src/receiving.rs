@@ -11,9 +11,11 @@
 //! handling or gets it subtly different.
 //!
 //! The request's thread parses and writes; it never waits for the status
-//! file. The watcher wakes every `progress_interval`, publishes the status
-//! as the protocol last left it (so a stalled client still shows its last
-//! progress), and checks whether the upload was cleared. Publishing on a
+//! file. The watcher wakes every `progress_interval`, has the protocol
+//! store what a stalled client left in its write buffer (see `flush` on
+//! [`run`]), publishes the status as the protocol last left it (so a
+//! stalled client still shows its last progress), and checks whether the
+//! upload was cleared. Publishing on a
 //! timer rather than every N bytes keeps the cost fixed, a few small
 //! writes a second, whatever the upload's speed.
 
