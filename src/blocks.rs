@@ -25,6 +25,7 @@
 //! what it sends in one; a fast one costs a write per block.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The size of one write: large enough that a network file system's round
@@ -32,16 +33,71 @@ use std::time::{Duration, Instant};
 /// uploads in one daemon hold a gibibyte at most.
 pub const BLOCK: usize = 1 << 20;
 
+/// Most memory the write buffers of one process may take together. A
+/// thousand trickling uploads on a busy machine each found a backlog of a
+/// few hundred KiB in their sockets when their threads got the CPU, and
+/// held it: the daemon's peak RSS went from about 100 MiB to 263 MiB
+/// (`slow_clients::a_thousand_trickling_uploads_and_500_polls_a_second`).
+/// Past this budget a writer writes what it is given at once, as before
+/// writes were gathered.
+pub const BUDGET: usize = 64 << 20;
+
+/// The process's write buffers, counted against a limit.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    taken: AtomicUsize,
+}
+
+impl Budget {
+    pub const fn new(limit: usize) -> Budget {
+        Budget {
+            limit,
+            taken: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes `n` bytes of the budget, or nothing if that would pass it.
+    fn take(&self, n: usize) -> bool {
+        let before = self.taken.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.limit {
+            self.taken.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self, n: usize) {
+        self.taken.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Bytes of buffers counted now.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Relaxed)
+    }
+}
+
+/// The budget every writer of the process shares.
+pub static BUFFERS: Budget = Budget::new(BUDGET);
+
 /// A writer that holds bytes until it has a whole [`BLOCK`].
 ///
 /// After a failed write it holds nothing and refuses every later write and
 /// flush with the same error (its OS code kept, so a full disk stays a full
 /// disk): the bytes it dropped would otherwise leave a hole that a later
 /// success hides.
+///
+/// Its buffer grows with what it holds (to a block at most), is counted
+/// against a [`Budget`], and is given back when a slow client's bytes are
+/// stored by age: only a fast upload keeps a block's buffer between
+/// blocks.
 #[derive(Debug)]
 pub struct Blocks<W> {
     inner: W,
     buffer: Vec<u8>,
+    /// The buffer's allocation as counted in `budget`.
+    counted: usize,
+    budget: &'static Budget,
     stored: u64,
     /// When the oldest held byte arrived.
     since: Option<Instant>,
@@ -51,11 +107,17 @@ pub struct Blocks<W> {
 }
 
 impl<W: Write> Blocks<W> {
+    /// A writer counted against the process's [`BUFFERS`].
     pub fn new(inner: W) -> Blocks<W> {
+        Blocks::within(inner, &BUFFERS)
+    }
+
+    pub fn within(inner: W, budget: &'static Budget) -> Blocks<W> {
         Blocks {
             inner,
-            // Allocated at the first byte: an empty part costs nothing.
             buffer: Vec::new(),
+            counted: 0,
+            budget,
             stored: 0,
             since: None,
             hold: None,
@@ -78,16 +140,23 @@ impl<W: Write> Blocks<W> {
     /// stored).
     pub fn write(&mut self, mut bytes: &[u8], mut stored: impl FnMut(&[u8])) -> io::Result<()> {
         self.check()?;
-        if !bytes.is_empty() && self.since.is_none() {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.since.is_none() {
             self.since = Some(Instant::now());
         }
         if !self.buffer.is_empty() {
             let take = (BLOCK - self.buffer.len()).min(bytes.len());
+            if !self.room(take) {
+                return self.write_through(bytes, stored);
+            }
             self.buffer.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
             if self.buffer.len() < BLOCK {
                 return self.store_if_old(stored);
             }
+            // A whole block: the buffer is kept for the next one.
             self.flush(&mut stored)?;
             if !bytes.is_empty() {
                 self.since = Some(Instant::now());
@@ -103,21 +172,11 @@ impl<W: Write> Blocks<W> {
             self.since = None;
             return Ok(());
         }
-        if self.buffer.capacity() < BLOCK {
-            // Pages are touched only as bytes arrive: a slow client's
-            // buffer costs what it holds, not a block.
-            self.buffer.reserve_exact(BLOCK - self.buffer.len());
+        if !self.room(bytes.len()) {
+            return self.write_through(bytes, stored);
         }
         self.buffer.extend_from_slice(bytes);
         self.store_if_old(stored)
-    }
-
-    /// A holding writer's flush of bytes held too long.
-    fn store_if_old(&mut self, stored: impl FnMut(&[u8])) -> io::Result<()> {
-        match self.hold {
-            Some(hold) => self.flush_older(hold, stored).map(drop),
-            None => Ok(()),
-        }
     }
 
     /// Writes what is held.
@@ -127,20 +186,26 @@ impl<W: Write> Blocks<W> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let buffer = std::mem::take(&mut self.buffer);
-        let written = self.put(&buffer, &mut stored);
+        let mut buffer = std::mem::take(&mut self.buffer);
+        self.put(&buffer, &mut stored)?;
         // The allocation is kept for the next block.
+        buffer.clear();
         self.buffer = buffer;
-        self.buffer.clear();
-        written
+        Ok(())
     }
 
     /// Flushes what has been held for `age` or longer: the progress tick's
     /// flush, so that a slow client's bytes are stored (and counted) within
     /// about a tick even while none follow them. Returns whether it wrote.
+    /// The buffer is given back: a client this slow needs none between
+    /// its pieces.
     pub fn flush_older(&mut self, age: Duration, stored: impl FnMut(&[u8])) -> io::Result<bool> {
         match self.since {
-            Some(since) if since.elapsed() >= age => self.flush(stored).map(|()| true),
+            Some(since) if since.elapsed() >= age => {
+                self.flush(stored)?;
+                self.release();
+                Ok(true)
+            }
             _ => Ok(false),
         }
     }
@@ -159,6 +224,46 @@ impl<W: Write> Blocks<W> {
         &self.inner
     }
 
+    /// A holding writer's flush of bytes held too long.
+    fn store_if_old(&mut self, stored: impl FnMut(&[u8])) -> io::Result<()> {
+        match self.hold {
+            Some(hold) => self.flush_older(hold, stored).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Room for `more` held bytes: the buffer grows by doubling to a block
+    /// at most, each growth taken from the budget. False if the budget is
+    /// spent.
+    fn room(&mut self, more: usize) -> bool {
+        let needed = self.buffer.len() + more;
+        if needed <= self.counted {
+            return true;
+        }
+        let size = needed.next_power_of_two().clamp(needed, BLOCK);
+        if !self.budget.take(size - self.counted) {
+            return false;
+        }
+        self.buffer.reserve_exact(size - self.buffer.len());
+        self.counted = size;
+        true
+    }
+
+    /// Over the budget: what is held and `bytes` are written now, and the
+    /// buffer is given back.
+    fn write_through(&mut self, bytes: &[u8], mut stored: impl FnMut(&[u8])) -> io::Result<()> {
+        self.flush(&mut stored)?;
+        self.put(bytes, &mut stored)?;
+        self.release();
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        self.buffer = Vec::new();
+        self.budget.give_back(self.counted);
+        self.counted = 0;
+    }
+
     fn put(&mut self, bytes: &[u8], stored: &mut impl FnMut(&[u8])) -> io::Result<()> {
         match self.inner.write_all(bytes) {
             Ok(()) => {
@@ -168,7 +273,7 @@ impl<W: Write> Blocks<W> {
             }
             Err(err) => {
                 self.failed = Some((err.kind(), err.raw_os_error()));
-                self.buffer.clear();
+                self.release();
                 self.since = None;
                 Err(err)
             }
@@ -181,6 +286,12 @@ impl<W: Write> Blocks<W> {
             Some((_, Some(code))) => Err(io::Error::from_raw_os_error(code)),
             Some((kind, None)) => Err(io::Error::new(kind, "an earlier write failed")),
         }
+    }
+}
+
+impl<W> Drop for Blocks<W> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.counted);
     }
 }
 
@@ -306,6 +417,67 @@ mod tests {
         blocks.write(b" fourth", |_| {}).unwrap();
         assert_eq!(blocks.held(), 7);
         assert_eq!(blocks.get_ref().writes.len(), 1);
+    }
+
+    #[test]
+    fn past_the_budget_pieces_are_written_at_once_and_buffers_given_back() {
+        static SMALL: Budget = Budget::new(3 * BLOCK / 2);
+        let mut first = Blocks::within(Recorder::default(), &SMALL);
+        let mut second = Blocks::within(Recorder::default(), &SMALL);
+        let mut expected = Vec::new();
+        for i in 0..100 {
+            let piece = pattern(8192, i);
+            expected.extend_from_slice(&piece);
+            first.write(&piece, |_| {}).unwrap();
+        }
+        assert!(first.get_ref().writes.is_empty(), "held within the budget");
+        assert_eq!(SMALL.taken(), 1 << 20, "grown by doubling to 819200 bytes");
+        // The second finds half a block left: it holds what fits, and
+        // writes what it holds when the next growth would pass the budget.
+        let mut sent = Vec::new();
+        for i in 0..100 {
+            let piece = pattern(8192, i);
+            sent.extend_from_slice(&piece);
+            second.write(&piece, |_| {}).unwrap();
+            assert!(SMALL.taken() <= 3 * BLOCK / 2, "{} taken", SMALL.taken());
+        }
+        let writes = second.get_ref().writes.clone();
+        assert!(
+            writes.len() >= 2,
+            "never written past the budget: {writes:?}"
+        );
+        assert!(
+            writes.iter().all(|&w| w <= BLOCK / 2),
+            "more held than the budget left: {writes:?}"
+        );
+        second.flush(|_| {}).unwrap();
+        assert_eq!(second.get_ref().bytes, sent);
+        first.flush(|_| {}).unwrap();
+        assert_eq!(first.get_ref().bytes, expected);
+        drop(first);
+        drop(second);
+        assert_eq!(SMALL.taken(), 0, "every buffer given back");
+    }
+
+    #[test]
+    fn a_slow_clients_buffer_is_given_back_when_its_bytes_are_stored_by_age() {
+        static OWN: Budget = Budget::new(BUDGET);
+        let mut blocks =
+            Blocks::within(Recorder::default(), &OWN).holding(Duration::from_millis(5));
+        blocks.write(&pattern(20_000, 1), |_| {}).unwrap();
+        assert_eq!(
+            OWN.taken(),
+            32 << 10,
+            "the buffer is what is held, rounded up"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(
+            blocks
+                .flush_older(Duration::from_millis(5), |_| {})
+                .unwrap()
+        );
+        assert_eq!(OWN.taken(), 0);
+        assert_eq!(blocks.stored(), 20_000);
     }
 
     #[test]
