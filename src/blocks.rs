@@ -13,7 +13,8 @@
 //! [`Blocks::stored`], and flushes first where the count must be whole
 //! (the end of a part or chunk, a takeover, before a sync). Held bytes are
 //! at most one block, so one open file costs [`BLOCK`] of memory at most,
-//! and an upload has one file open at a time.
+//! an upload has one file open at a time, and all the buffers of a process
+//! share a [`BUDGET`].
 //!
 //! A slow client must not leave its bytes held for long: its progress
 //! would stand still and a crash or a takeover would lose them. The
