@@ -8,14 +8,17 @@ answer cannot score. Times are medians of repeated runs, taken in
 interleaved order, because these machines are shared and noisy: only the
 ratios between figures of the same run mean anything.
 
-Usage: bench/run [--quick] [--work DIR] [--only slow-clients|resumable]
+Usage: bench/run [--quick] [--work DIR] [--only slow-clients|resumable|writes]
 
 --only slow-clients runs only the slow-client scenarios (tests/slow_clients.rs,
 about two minutes) and updates their rows of bench/results.md and the README.
 --only resumable runs only the tus scenarios (1 GiB as a multipart POST, one
 PATCH, 8 MiB PATCHes, through the daemon and fcgiwrap; four partial uploads
 concatenated; reconnect to a held upload), five interleaved rounds, about
-five minutes, and updates their `tus.*` rows likewise. A scenario the server
+five minutes, and updates their `tus.*` rows likewise. --only writes
+counts the daemon's write calls for a 1 GiB upload through nginx (about a
+minute; see `upload_writes`) and updates its `nginx.fastcgi_upload.writes*`
+rows. A scenario the server
 does not support yet (concatenation, taking over a held upload) is still
 tried every run, and reported "not available" with the server's answer.
 """
@@ -475,6 +478,12 @@ http {{
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def daemon_writes(self):
+        """The daemon's write calls so far (`syscw`: every write-family call
+        of all its threads; setpriv execs it, so the pid is the daemon's)."""
+        io = Path(f"/proc/{self.procs[0].pid}/io").read_text()
+        return int(re.search(r"^syscw: (\d+)$", io, re.M).group(1))
+
     def stop(self):
         for proc in reversed(self.procs):
             try:
@@ -510,6 +519,55 @@ def curl_upload(url, body):
          "-H", "Expect:", url],
         capture_output=True, text=True, check=True).stdout
     return time.perf_counter() - start, out
+
+
+def upload_writes(servers, pool, work, body, body_len, digests, label, rounds):
+    """The daemon's write calls for one upload of `body` through nginx
+    (which forwards the body in FastCGI records of 8 KiB at most): each
+    round, the calls during the upload less those during a one-byte upload
+    made the same way, since everything but the data (the status at start
+    and end, progress rewrites, the answer) costs both about alike. Reports
+    the median count, per GiB and the bytes each write carried."""
+    tiny = work / "byte.body"
+    tiny_len, tiny_sha = make_body(tiny, [1])
+    size = body_len - (tiny_len - 1)  # the file's bytes, without the form's
+    counts = []
+    for r in range(rounds):
+        measured = []
+        for name, path, sha in (("byte", tiny, tiny_sha), ("body", body, digests)):
+            ident = f"writes-{name}-{r}"
+            settle(path)
+            before = servers.daemon_writes()
+            _, answer = curl_upload(servers.url(f"/fcgi/upload?X-Progress-ID={ident}"), path)
+            # The connection's return to the event loop (its waker) comes
+            # just after the answer: inside the count, as for both.
+            time.sleep(0.2)
+            measured.append(servers.daemon_writes() - before)
+            if [f["sha256"] for f in json.loads(answer)["files"]] != sha:
+                raise RuntimeError(f"writes: stored other bytes: {answer[:300]}")
+            subprocess.run([str(BIN), "clear", ident], env={"FILEUPLOAD_DIRECTORY": str(pool)}, check=True)
+        counts.append(measured[1] - measured[0])
+    writes = statistics.median(counts)
+    shown = ", ".join(str(c) for c in counts)
+    figure(f"nginx.fastcgi_upload.{label}.writes", writes,
+           f"write calls (median of {shown}; the daemon's syscw, less a 1-byte upload's)")
+    figure("nginx.fastcgi_upload.writes_per_gib", writes * GIB / size, "write calls/GiB (goal: about 1024, 1 MiB each)")
+    figure("nginx.fastcgi_upload.bytes_per_write", size / max(writes, 1) / 1024, "KiB")
+
+
+def writes_only(work, quick):
+    """`--only writes`: the servers, a body, the count."""
+    big = 128 * MIB if quick else GIB
+    label = "1g" if big == GIB else f"{big // MIB}m"
+    one = work / "one.body"
+    one_len, one_sha = make_body(one, [big])
+    pool = work / "pool"
+    pool.mkdir()
+    servers = Servers(work, pool)
+    try:
+        upload_writes(servers, pool, work, one, one_len, one_sha, label, 2 if quick else 3)
+    finally:
+        servers.stop()
 
 
 # ---- slow clients ----------------------------------------------------------------
@@ -1137,7 +1195,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller bodies (a smoke run)")
     parser.add_argument("--work", default=str(ROOT / "target" / "bench-work"),
                         help="scratch directory; the pool and every copy live here, on its filesystem")
-    parser.add_argument("--only", choices=["slow-clients", "resumable"],
+    parser.add_argument("--only", choices=["slow-clients", "resumable", "writes"],
                         help="run only this part and update only its rows of bench/results.md")
     args = parser.parse_args()
     if args.only == "slow-clients":
@@ -1148,6 +1206,11 @@ def main():
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    if args.only == "writes":
+        writes_only(work, args.quick)
+        merge_markdown(f"Write-count rows: `bench/run --only writes{' --quick' if args.quick else ''}`, "
+                       f"{time.strftime('%Y-%m-%d')}.")
+        return
     if args.only == "resumable":
         resumable(work, args.quick)
         merge_markdown(f"Resumable (`tus.*`) rows: `bench/run --only resumable{' --quick' if args.quick else ''}`, "
@@ -1293,6 +1356,8 @@ def main():
             median = statistics.median(samples)
             figure(f"{name}.{label}.wall", median, "s")
             figure(f"{name}.{label}.throughput", one_len / median / MIB, "MiB/s")
+        say("write calls of an upload through nginx")
+        upload_writes(servers, pool, work, one, one_len, one_sha, label, 2 if args.quick else 3)
     finally:
         servers.stop()
 

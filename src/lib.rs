@@ -45,6 +45,7 @@ macro_rules! log {
 }
 
 pub mod app;
+pub mod blocks;
 pub mod cgi;
 pub mod checksum;
 pub mod config;

@@ -11,9 +11,11 @@
 //! handling or gets it subtly different.
 //!
 //! The request's thread parses and writes; it never waits for the status
-//! file. The watcher wakes every `progress_interval`, publishes the status
-//! as the protocol last left it (so a stalled client still shows its last
-//! progress), and checks whether the upload was cleared. Publishing on a
+//! file. The watcher wakes every `progress_interval`, has the protocol
+//! store what a stalled client left in its write buffer (see `flush` on
+//! [`run`]), publishes the status as the protocol last left it (so a
+//! stalled client still shows its last progress), and checks whether the
+//! upload was cleared. Publishing on a
 //! timer rather than every N bytes keeps the cost fixed, a few small
 //! writes a second, whatever the upload's speed.
 
@@ -122,11 +124,19 @@ pub fn lower_priority() {
 /// ends, for a resumable one only when the last piece arrived. Nothing is
 /// written to the bucket after the watcher stops: finishing or failing the
 /// upload is the caller's, with the status returned.
+///
+/// `flush` is the protocol's tick hook: the watcher calls it at each tick,
+/// with the status locked, before it decides whether to publish. A
+/// protocol that holds written bytes back ([`crate::blocks`]) stores there
+/// what a slow client's last bytes left held, and raises `received` to
+/// match, so that progress keeps moving and a crash loses little while the
+/// request's own thread waits for more of the body.
 pub fn run<R: Body, T>(
     upload: &Upload,
     status: Status,
     body: R,
     options: &Options,
+    flush: &Flush<'_>,
     work: impl FnOnce(Counted<'_, R>, &Session<'_>) -> Result<T, HttpError>,
 ) -> (Status, Result<T, HttpError>) {
     let document = status.to_json().len() + DOCUMENT_MARGIN;
@@ -154,7 +164,7 @@ pub fn run<R: Body, T>(
         let (stop, stopped) = mpsc::channel::<()>();
         let shared = &shared;
         let interval = options.progress_interval;
-        scope.spawn(move || watch(upload, shared, stopped, interval));
+        scope.spawn(move || watch(upload, shared, stopped, interval, flush));
         let hashing = options.sha256.then(Hashing::new);
         let session = Session {
             shared,
@@ -184,6 +194,19 @@ pub fn run<R: Body, T>(
         (outcome, _) => outcome,
     };
     (status, outcome)
+}
+
+/// The watcher's tick hook (see [`run`]): given the locked status.
+pub type Flush<'a> = dyn Fn(&mut Status) + Sync + 'a;
+
+/// The hook of a protocol that holds nothing back.
+pub fn no_flush(_: &mut Status) {}
+
+/// How long bytes may be held back before a tick stores them: one
+/// progress interval, or the clear check's when progress is off (nothing
+/// is published then, but a crash or a takeover loses less).
+pub fn hold_limit(options: &Options) -> Duration {
+    options.progress_interval.unwrap_or(CANCEL_CHECK)
 }
 
 /// The status while the body streams: shared with the watcher thread.
@@ -281,7 +304,13 @@ impl Session<'_> {
 /// rewrites so far plus this one would exceed the body's bytes received
 /// plus [`STATUS_WRITE_ALLOWANCE`]: a small status is rewritten every
 /// interval, a large one only as often as the body pays for it.
-fn watch(upload: &Upload, shared: &Shared, stop: mpsc::Receiver<()>, interval: Option<Duration>) {
+fn watch(
+    upload: &Upload,
+    shared: &Shared,
+    stop: mpsc::Receiver<()>,
+    interval: Option<Duration>,
+    flush: &Flush<'_>,
+) {
     let _counted = Watching::enter();
     let mut published = Some(0);
     let mut written = 0u64;
@@ -308,22 +337,27 @@ fn watch(upload: &Upload, shared: &Shared, stop: mpsc::Receiver<()>, interval: O
             shared.superseded.store(true, Ordering::Relaxed);
             return;
         }
-        let snapshot = interval.and_then(|_| {
-            let cost = shared.document.load(Ordering::Relaxed) as u64;
+        // Checked before the held bytes are stored: after a lost lock
+        // nothing more is this request's to write, data included.
+        if lost(upload.still_holds_lock()) {
+            return;
+        }
+        let cost = shared.document.load(Ordering::Relaxed) as u64;
+        let snapshot = {
             let mut status = shared.status();
+            flush(&mut status);
             let received = status.received.unwrap_or(0);
-            if status.received == published
+            if interval.is_none()
+                || status.received == published
                 || written + cost > received.saturating_add(STATUS_WRITE_ALLOWANCE)
             {
-                return None;
+                None
+            } else {
+                status.updated = Some(unix_now());
+                Some(status.clone())
             }
-            status.updated = Some(unix_now());
-            Some((status.clone(), cost))
-        });
-        let Some((snapshot, cost)) = snapshot else {
-            if lost(upload.still_holds_lock()) {
-                return;
-            }
+        };
+        let Some(snapshot) = snapshot else {
             continue;
         };
         // A failed write (disk full) is the data writer's to report; a
@@ -583,7 +617,7 @@ mod tests {
             ..options(None, None)
         };
         let started = Instant::now();
-        let (status, outcome) = run(&upload, status, body, &options, |mut body, _| {
+        let (status, outcome) = run(&upload, status, body, &options, &no_flush, |mut body, _| {
             let mut kept = Vec::new();
             body.read_to_end(&mut kept)
                 .map_err(|e| HttpError::new(ErrorCode::Truncated, e.to_string()))?;
@@ -658,6 +692,7 @@ mod tests {
             status,
             Failing(500, reason),
             &options(None, None),
+            &no_flush,
             |mut body, session| {
                 let err = body.read_to_end(&mut Vec::new()).unwrap_err();
                 seen = session.body_failure().map(|e| e.code);
@@ -709,6 +744,7 @@ mod tests {
             status,
             &mut source,
             &options(Some(1000), None),
+            &no_flush,
             |mut body, session| {
                 let mut kept = Vec::new();
                 let err = body.read_to_end(&mut kept).unwrap_err();
@@ -737,6 +773,7 @@ mod tests {
             status,
             Source(1000, 0),
             &options(Some(1000), None),
+            &no_flush,
             |mut body, _| {
                 let mut kept = Vec::new();
                 body.read_to_end(&mut kept).map_err(|e| {
@@ -760,6 +797,7 @@ mod tests {
             status,
             io::empty(),
             &options(None, Some(Duration::from_millis(10))),
+            &no_flush,
             |_, session| {
                 session.status().received = Some(4242);
                 // No more bytes come: only the watcher can publish this.
@@ -782,6 +820,7 @@ mod tests {
             status,
             io::empty(),
             &options(None, Some(interval)),
+            &no_flush,
             |_, session| {
                 // A rewrite would now cost 2 MiB: more than 10 bytes
                 // received plus the allowance.
@@ -813,6 +852,7 @@ mod tests {
                 status,
                 io::empty(),
                 &options(None, interval),
+                &no_flush,
                 |_, session| {
                     session.status().received = Some(4242);
                     assert!(
@@ -843,6 +883,7 @@ mod tests {
             status,
             io::empty(),
             &options(None, None),
+            &no_flush,
             |_, session| {
                 session.check_cancelled()?;
                 assert!(pool.clear(&id).unwrap());
@@ -873,12 +914,19 @@ mod tests {
             sha256: true,
             ..options(None, None)
         };
-        let (status, outcome) = run(&upload, status, io::empty(), &options, |_, session| {
-            let hashing = session.hashing().expect("sha256 is on");
-            hashing.update(0, b"abc");
-            hashing.end(0);
-            Ok(())
-        });
+        let (status, outcome) = run(
+            &upload,
+            status,
+            io::empty(),
+            &options,
+            &no_flush,
+            |_, session| {
+                let hashing = session.hashing().expect("sha256 is on");
+                hashing.update(0, b"abc");
+                hashing.end(0);
+                Ok(())
+            },
+        );
         outcome.unwrap();
         assert_eq!(
             status.files()[0].sha256.as_deref(),

@@ -10,8 +10,10 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use crate::blocks::Blocks;
 use crate::error_code::{ErrorCode, store_error};
 use crate::http::{Body, BodyLength, HttpError, Request};
 use crate::identifier::Identifier;
@@ -125,20 +127,36 @@ fn stream(
     body: impl Body,
     options: &Options,
 ) -> (Status, Result<(), HttpError>) {
-    let (mut status, outcome) = receiving::run(upload, status, body, options, |body, session| {
-        let mut parser = Parser::new(body, boundary);
-        Receiver {
-            upload,
-            session,
-            parts: 0,
-            files: 0,
-            field_bytes: 0,
-            policy: id.policy(),
-            gate: options.on_create.as_ref(),
-            id,
+    let held = Mutex::new(Held::default());
+    let age = receiving::hold_limit(options);
+    // The tick stores what a slow client's last bytes left held.
+    let flush = |status: &mut Status| {
+        let mut held = lock(&held);
+        if let Some((blocks, _)) = held.file.as_mut() {
+            // A failure is the request's thread's to report, at its next
+            // write or at the part's end: the writer keeps it.
+            if let Ok(true) = blocks.flush_older(age, |_| {}) {
+                held.publish(status);
+            }
         }
-        .run(&mut parser)
-    });
+    };
+    let (mut status, outcome) =
+        receiving::run(upload, status, body, options, &flush, |body, session| {
+            let mut parser = Parser::new(body, boundary);
+            Receiver {
+                upload,
+                session,
+                held: &held,
+                hold: age,
+                parts: 0,
+                files: 0,
+                field_bytes: 0,
+                policy: id.policy(),
+                gate: options.on_create.as_ref(),
+                id,
+            }
+            .run(&mut parser)
+        });
     let now = unix_now();
     match &outcome {
         Ok(()) => {
@@ -151,11 +169,55 @@ fn stream(
     (status, outcome)
 }
 
+/// The current file part's writer, shared with the watcher's tick.
+///
+/// Only what the writer has stored is published: a file's `size` is its
+/// stored bytes, and `received` never claims a body byte whose file bytes
+/// are still held.
+#[derive(Default)]
+struct Held {
+    /// The writer and the file's index in the status's `files`.
+    file: Option<(Blocks<File>, usize)>,
+    /// Body bytes read when the writer last took bytes: what `received`
+    /// may say once nothing is held.
+    mark: u64,
+}
+
+impl Held {
+    /// What the status may say: the file's stored size, and the body bytes
+    /// received up to the first one still held (the held bytes are the
+    /// last file bytes read, so at most `mark` less what is held).
+    fn stored(&self) -> Option<(usize, u64, u64)> {
+        let (blocks, index) = self.file.as_ref()?;
+        let vouched = self.mark.saturating_sub(blocks.held() as u64);
+        Some((*index, blocks.stored(), vouched))
+    }
+
+    fn publish(&self, status: &mut Status) {
+        if let Some(stored) = self.stored() {
+            publish(status, stored);
+        }
+    }
+}
+
+/// Raises the file's size and `received` to what is stored; never lowers
+/// them (the tick and the request's thread publish in either order).
+fn publish(status: &mut Status, (index, size, vouched): (usize, u64, u64)) {
+    status.received = status.received.max(Some(vouched));
+    if let Some(info) = status.files.as_mut().and_then(|f| f.get_mut(index)) {
+        info.size = info.size.max(size);
+    }
+}
+
+fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
+    held.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Where the current part's bytes go.
 enum Sink {
-    /// A file part: data goes to disk, and through the hash.
+    /// A file part: data goes to disk (through [`Held`]'s writer), and
+    /// through the hash.
     File {
-        file: File,
         index: usize,
     },
     /// A file input left empty sends `filename=""` and no bytes: the file is
@@ -178,6 +240,9 @@ enum Sink {
 struct Receiver<'a> {
     upload: &'a Upload,
     session: &'a Session<'a>,
+    held: &'a Mutex<Held>,
+    /// How long written bytes may stay held ([`receiving::hold_limit`]).
+    hold: std::time::Duration,
     parts: usize,
     /// File parts begun (the policy's `file_limit` counts these).
     files: usize,
@@ -356,10 +421,12 @@ impl Receiver<'_> {
         }
         let files = status.files.get_or_insert_with(Vec::new);
         files.push(info);
-        Ok(Sink::File {
-            file,
-            index: files.len() - 1,
-        })
+        let index = files.len() - 1;
+        drop(status);
+        let mut held = lock(self.held);
+        held.file = Some((Blocks::new(file).holding(self.hold), index));
+        held.mark = self.session.received();
+        Ok(Sink::File { index })
     }
 
     fn write(&mut self, sink: &mut Sink, bytes: &[u8]) -> Result<(), HttpError> {
@@ -386,15 +453,22 @@ impl Receiver<'_> {
                 self.write(sink, &first)?;
                 self.write(sink, &bytes[take..])
             }
-            Sink::File { file, index } => {
-                file.write_all(bytes).map_err(store_error)?;
+            Sink::File { index } => {
+                let stored = {
+                    let mut held = lock(self.held);
+                    if let Some((blocks, _)) = held.file.as_mut() {
+                        blocks.write(bytes, |_| {}).map_err(store_error)?;
+                    }
+                    held.mark = self.session.received();
+                    held.stored()
+                };
                 if let Some(hashing) = self.session.hashing() {
                     hashing.update(*index, bytes);
                 }
-                let mut status = self.session.status();
-                status.received = Some(self.session.received());
-                if let Some(info) = status.files.as_mut().and_then(|f| f.get_mut(*index)) {
-                    info.size += bytes.len() as u64;
+                // Not under the writer's lock: the tick takes the status
+                // first, then the writer.
+                if let Some(stored) = stored {
+                    publish(&mut self.session.status(), stored);
                 }
                 Ok(())
             }
@@ -408,7 +482,21 @@ impl Receiver<'_> {
 
     fn close(&mut self, sink: Sink) -> Result<(), HttpError> {
         match sink {
-            Sink::File { index, .. } => {
+            Sink::File { index } => {
+                // The part's end: everything it brought is stored before
+                // the status can call the file whole.
+                let stored = {
+                    let mut held = lock(self.held);
+                    if let Some((blocks, _)) = held.file.as_mut() {
+                        blocks.flush(|_| {}).map_err(store_error)?;
+                    }
+                    let stored = held.stored();
+                    held.file = None;
+                    stored
+                };
+                if let Some(stored) = stored {
+                    publish(&mut self.session.status(), stored);
+                }
                 if let Some(hashing) = self.session.hashing() {
                     hashing.end(index);
                 }

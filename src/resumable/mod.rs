@@ -36,12 +36,14 @@ pub mod ietf;
 pub mod tus;
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
+use crate::blocks::Blocks;
 use crate::checksum::{Expected, Hasher};
 use crate::config::Config;
 use crate::error_code::{ErrorCode, store_error};
@@ -538,8 +540,38 @@ struct Written {
     /// chunk may be slow, on a thread of their own once it proves fast, as
     /// a form's files are (see [`crate::hashing`]).
     hashes: Offload<Hashes>,
+    /// The data file, written in blocks ([`crate::blocks`]): the hashes are
+    /// fed each block once it is written, so their state never covers a
+    /// byte that is only held.
+    out: Blocks<File>,
     /// Let go of: nothing more may be written.
     released: bool,
+}
+
+impl Written {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Written { hashes, out, .. } = self;
+        out.write(bytes, |stored| hashes.feed((), stored))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let Written { hashes, out, .. } = self;
+        out.flush(|stored| hashes.feed((), stored))
+    }
+
+    /// The tick's flush (see [`receiving::run`]): stores bytes held for
+    /// `age` or longer and raises `received` to what is stored.
+    fn flush_older(&mut self, age: Duration, start: u64, status: &mut Status) {
+        if self.released {
+            return;
+        }
+        let Written { hashes, out, .. } = self;
+        // A failure is the reader's to report at its next write: the
+        // writer keeps it.
+        if let Ok(true) = out.flush_older(age, |stored| hashes.feed((), stored)) {
+            status.received = status.received.max(Some(start + out.stored()));
+        }
+    }
 }
 
 /// The hashes a chunk's bytes go through.
@@ -586,7 +618,7 @@ fn proceed(
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
     let start = chunk.offset;
-    let mut file = upload.open_data_at(start)?;
+    let file = upload.open_data_at(start)?;
     let limit = room(&status, start, &settings.options);
     let announced = chunk.body_length.known();
     if let (Some(n), Some((room, code))) = (announced, limit)
@@ -610,6 +642,7 @@ fn proceed(
             whole: hash,
             check: checksum.map(Expected::hasher),
         }),
+        out: Blocks::new(file).holding(receiving::hold_limit(&settings.options)),
         released: false,
     });
     let body_bytes = match chunk.body_length {
@@ -644,6 +677,8 @@ fn proceed(
         checksum: checksum.is_some(),
         before: before.as_ref(),
     };
+    let age = receiving::hold_limit(&options);
+    let flush = |status: &mut Status| lock(&written).flush_older(age, start, status);
     let (status, outcome) = thread::scope(|scope| {
         let (stop, stopped) = mpsc::channel::<()>();
         let interval = settings.options.progress_interval.unwrap_or(RELEASE_CHECK);
@@ -651,19 +686,30 @@ fn proceed(
         scope.spawn(move || {
             let_go_when_asked(upload, written, resting, unchecked, stopped, interval)
         });
-        let ran = receiving::run(upload, status, body, &options, |body, session| {
-            copy_chunk(body, &mut file, start, announced, session, written)
+        let ran = receiving::run(upload, status, body, &options, &flush, |body, session| {
+            copy_chunk(body, start, announced, session, written)
         });
         drop(stop);
         ran
     });
-    drop(file);
     let mut status = status;
-    let Written { hashes, released } = written.into_inner().unwrap_or_else(PoisonError::into_inner);
-    if released {
+    let mut written = written.into_inner().unwrap_or_else(PoisonError::into_inner);
+    if written.released {
         // The upload is the next request's now: nothing more is written.
         return Err(PoolError::Superseded.into());
     }
+    if outcome.is_err() {
+        // Cut short: what arrived is stored, as it would have been unheld,
+        // and the upload continues after it. (A chunk that is cut away is
+        // cut after this; a failure here leaves the file at what did reach
+        // it, which the offset below records.)
+        if let Err(err) = written.flush() {
+            crate::log!("upload {id}: storing the chunk's last bytes: {err}");
+        }
+    }
+    let Written { hashes, out, .. } = written;
+    // Closed before the status is recorded and synced.
+    drop(out);
     let Hashes { whole: hash, check } = hashes.finish().unwrap_or_else(|lost| {
         // No state for the file: the next request catches up from the
         // saved one. No checksum: the chunk is refused as unproven.
@@ -825,6 +871,12 @@ fn let_go_when_asked(
             continue;
         }
         let mut state = lock(written);
+        // What the reader handed over is stored before the offset is
+        // recorded and the hash state saved (a checked chunk is cut away
+        // just after: its bytes are written, then discarded).
+        if let Err(err) = state.flush() {
+            crate::log!("handing over: storing the last bytes read: {err}");
+        }
         let kept = match unchecked.checksum {
             true => unchecked.discard(upload),
             false => {
@@ -879,12 +931,15 @@ fn save_hash(upload: &Upload, hash: Option<&ResumableSha256>) {
 
 /// Copies the body to the end of the data file; returns the bytes
 /// written. `received` in the status follows the bytes written, not read,
-/// so the watcher only publishes what is stored. Each piece is written and
-/// handed to the hashes under `written`'s lock, so a takeover lets go
-/// between pieces and its hash state covers exactly the bytes stored.
+/// so the watcher only publishes what is stored. Each piece goes to the
+/// block writer under `written`'s lock, which hands each block to the
+/// hashes once it is written, so a takeover lets go between pieces and
+/// its hash state covers exactly the bytes stored. Bytes held between
+/// blocks are stored at the chunk's end, by a takeover, by the watcher's
+/// tick once they are a progress interval old, and, when the chunk is cut
+/// short, by [`proceed`].
 fn copy_chunk(
     mut body: impl Read,
-    file: &mut std::fs::File,
     start: u64,
     announced: Option<u64>,
     session: &receiving::Session<'_>,
@@ -915,11 +970,24 @@ fn copy_chunk(
         if state.released {
             return Err(PoolError::Superseded.into());
         }
-        file.write_all(&buffer[..n]).map_err(store_error)?;
-        state.hashes.feed((), &buffer[..n]);
+        state.write(&buffer[..n]).map_err(store_error)?;
+        let stored = state.out.stored();
         drop(state);
         written += n as u64;
-        session.status().received = Some(start + written);
+        // Not under the writer's lock: the tick takes the status first.
+        let mut status = session.status();
+        status.received = status.received.max(Some(start + stored));
+    }
+    {
+        let mut state = lock(shared);
+        if state.released {
+            return Err(PoolError::Superseded.into());
+        }
+        state.flush().map_err(store_error)?;
+        let stored = state.out.stored();
+        drop(state);
+        let mut status = session.status();
+        status.received = status.received.max(Some(start + stored));
     }
     if let Some(announced) = announced.filter(|&n| written < n) {
         return Err(HttpError::new(
@@ -988,6 +1056,7 @@ mod tests {
     use super::*;
     use crate::identifier::{hex, verify_identifier};
     use sha2::{Digest, Sha256};
+    use std::io::Write;
 
     fn settings(max_size: Option<u64>) -> Settings {
         Settings {
@@ -1238,6 +1307,71 @@ mod tests {
         });
         let err = old.unwrap_err();
         assert_eq!(err.code, PoolError::Superseded.code(), "{err}");
+    }
+
+    /// A chunk cut short with less than a block held: what arrived is
+    /// stored (it was only held), the offset says so, and the hash state
+    /// saved covers it, so the upload completes with the file's digest
+    /// and reads nothing back.
+    #[test]
+    fn a_chunk_cut_short_keeps_the_bytes_it_held() {
+        /// Gives `self.0` in 8 KiB pieces, then fails as a dropped
+        /// connection.
+        struct Cut(Vec<u8>, usize);
+        impl Read for Cut {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.1 == self.0.len() {
+                    return Err(io::ErrorKind::ConnectionReset.into());
+                }
+                let n = buf.len().min(8 << 10).min(self.0.len() - self.1);
+                buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+                self.1 += n;
+                Ok(n)
+            }
+        }
+        impl Body for Cut {
+            fn failure(&mut self) -> Option<HttpError> {
+                None
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Pool::new(dir.path(), 0o600, false);
+        let id = verify_identifier("r6", None).unwrap();
+        let settings = settings(None);
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 11 % 241) as u8).collect();
+        let sent = 1_300_000;
+        let new = NewUpload {
+            length: Some(data.len() as u64),
+            ..NewUpload::default()
+        };
+        create(&pool, &id, new, None, &settings).unwrap();
+        let mut body = Cut(data[..sent].to_vec(), 0);
+        let cut = Chunk {
+            offset: 0,
+            length: None,
+            body: &mut body,
+            body_length: BodyLength::Known(data.len() as u64),
+        };
+        let err = append(&pool, &id, cut, &settings).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Truncated, "{err}");
+        assert_eq!(pool.offset(&id).unwrap(), sent as u64);
+        let path = dir.path().join("r6").join("file-1");
+        assert!(std::fs::read(&path).unwrap() == data[..sent]);
+        let before = thread_reads();
+        let done = append(
+            &pool,
+            &id,
+            chunk(sent as u64, &mut &data[sent..]),
+            &settings,
+        )
+        .unwrap();
+        let read = thread_reads() - before;
+        assert!(done.complete);
+        assert_eq!(
+            done.status.files()[0].sha256.as_deref(),
+            Some(hex(&Sha256::digest(&data)).as_str())
+        );
+        assert!(read < 64 * 1024, "{read} bytes read back to complete");
     }
 
     #[test]

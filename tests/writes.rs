@@ -1,0 +1,267 @@
+//! Large writes: a body reaches its file in writes of about 1 MiB, whatever
+//! pieces the transport forwards (nginx's FastCGI records carry 8 KiB at
+//! most), and only stored bytes are ever reported as received.
+//!
+//! The writes are counted by the kernel: the daemon's `syscw` in
+//! `/proc/PID/io` (every `write`-family call of all its threads). A large
+//! upload's count less that of a one-byte upload made the same way is what
+//! the body's bytes cost, since everything else (the status written at
+//! start and end, the answer, the connection's return) is the same for
+//! both.
+
+mod common;
+
+use std::io::Write;
+
+use common::fcgi::*;
+use common::*;
+
+/// What nginx forwards at most in one FastCGI record.
+const RECORD: usize = 8192;
+/// The upload of the measure.
+const SIZE: usize = 64 << 20;
+/// The block the daemon writes.
+const BLOCK: usize = 1 << 20;
+
+/// Write calls made by process `pid` so far.
+fn syscw(pid: i32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/io: {e}"));
+    io.lines()
+        .find_map(|line| line.strip_prefix("syscw: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no syscw in /proc/{pid}/io: {io}"))
+}
+
+/// One request on a fresh connection, its body in STDIN records of
+/// [`RECORD`] bytes as nginx sends it.
+fn request_in_records(
+    daemon: &Daemon,
+    method: &str,
+    target: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut params = params_for(method, target);
+    params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let pairs: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut bytes = request_head(1, &pairs, false);
+    for piece in body.chunks(RECORD) {
+        bytes.extend(record(STDIN, 1, piece));
+    }
+    bytes.extend(record(STDIN, 1, &[]));
+    let mut stream = daemon.connect();
+    let mut writer = stream.try_clone().unwrap();
+    let feeder = std::thread::spawn(move || writer.write_all(&bytes));
+    let reply = read_response(&mut stream, 1).0;
+    feeder
+        .join()
+        .expect("the feeder panicked")
+        .expect("the daemon stopped reading the body");
+    // The answer is out before the connection goes back to the event loop
+    // (one write, to its waker): let that happen inside the measure.
+    drop(stream);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    reply
+}
+
+/// A form of one file of `data`, posted in 8 KiB records; returns the
+/// daemon's write calls during it.
+fn form_writes(daemon: &Daemon, pool: &TestPool, id: &str, data: &[u8]) -> u64 {
+    let form = Form::new().file("f", "big.bin", "application/octet-stream", data);
+    let body = form.body();
+    let length = body.len().to_string();
+    let before = syscw(daemon.pid());
+    let reply = request_in_records(
+        daemon,
+        "POST",
+        &format!("/upload?X-Progress-ID={id}"),
+        &[
+            ("CONTENT_TYPE", &form.content_type()),
+            ("CONTENT_LENGTH", &length),
+        ],
+        &body,
+    );
+    let writes = syscw(daemon.pid()) - before;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let status = status_of(&pool.cgi(), id);
+    assert_eq!(status["state"], "done", "{status}");
+    let stored = std::fs::read(path_of(&status, 0)).unwrap();
+    assert!(stored == data, "the stored file differs from the one sent");
+    assert_eq!(status["files"][0]["sha256"], sha256_hex(data));
+    writes
+}
+
+/// A tus upload of `data` in one PATCH of 8 KiB records; returns the
+/// daemon's write calls during the PATCH.
+fn tus_writes(daemon: &Daemon, pool: &TestPool, data: &[u8]) -> u64 {
+    let tus = ("HTTP_TUS_RESUMABLE", "1.0.0");
+    let length = data.len().to_string();
+    let created = daemon.request(
+        "POST",
+        "/upload/files",
+        &[tus, ("HTTP_UPLOAD_LENGTH", &length)],
+        b"",
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let location = created.header("Location").unwrap().to_owned();
+    let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+    let before = syscw(daemon.pid());
+    let patched = request_in_records(
+        daemon,
+        "PATCH",
+        &location,
+        &[
+            tus,
+            ("CONTENT_TYPE", "application/offset+octet-stream"),
+            ("HTTP_UPLOAD_OFFSET", "0"),
+            ("CONTENT_LENGTH", &length),
+        ],
+        data,
+    );
+    let writes = syscw(daemon.pid()) - before;
+    assert_eq!(patched.status, 204, "{}", patched.text());
+    assert_eq!(patched.header("Upload-Offset"), Some(length.as_str()));
+    let status = status_of(&pool.cgi(), &id);
+    assert_eq!(status["state"], "done", "{status}");
+    let stored = std::fs::read(pool.path().join(&id).join("file-1")).unwrap();
+    assert!(stored == data, "the stored file differs from the one sent");
+    assert_eq!(status["files"][0]["sha256"], sha256_hex(data));
+    writes
+}
+
+/// The bound on the body's writes: one a block, one for the last partial
+/// block, and a few to spare (a progress rewrite the kernel's scheduling
+/// lets through, which progress being off should already prevent).
+fn bound(size: usize) -> u64 {
+    (size.div_ceil(BLOCK) + 1 + 4) as u64
+}
+
+fn daemon(pool: &TestPool) -> Daemon {
+    // Progress off: the status is written at the start and at the end,
+    // the same for every upload, so the difference is the data's writes.
+    Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "0")])
+}
+
+#[test]
+fn a_form_upload_in_8k_records_is_written_in_1mib_blocks() {
+    let pool = TestPool::new();
+    let daemon = daemon(&pool);
+    let data = random_bytes(SIZE, 64);
+    let small = form_writes(&daemon, &pool, "writes-small", b"x");
+    let large = form_writes(&daemon, &pool, "writes-large", &data);
+    let data_writes = large.saturating_sub(small);
+    eprintln!(
+        "form: {large} writes for 64 MiB, {small} for 1 byte: \
+         {data_writes} for the data ({} per GiB)",
+        data_writes * 16
+    );
+    assert!(
+        data_writes <= bound(SIZE),
+        "{data_writes} writes for 64 MiB sent in {RECORD}-byte records, \
+         more than {} (one per MiB)",
+        bound(SIZE)
+    );
+    // The measure counts: the data's blocks are there (less the one
+    // write of the one-byte upload's data, and one to spare).
+    assert!(
+        data_writes >= (SIZE / BLOCK - 2) as u64,
+        "{data_writes} writes"
+    );
+}
+
+#[test]
+fn a_resumable_chunk_in_8k_records_is_written_in_1mib_blocks() {
+    let pool = TestPool::new();
+    let daemon = daemon(&pool);
+    let data = random_bytes(SIZE, 65);
+    let small = tus_writes(&daemon, &pool, b"x");
+    let large = tus_writes(&daemon, &pool, &data);
+    let data_writes = large.saturating_sub(small);
+    eprintln!(
+        "tus: {large} writes for 64 MiB, {small} for 1 byte: \
+         {data_writes} for the data ({} per GiB)",
+        data_writes * 16
+    );
+    assert!(
+        data_writes <= bound(SIZE),
+        "{data_writes} writes for a 64 MiB chunk sent in {RECORD}-byte records, \
+         more than {} (one per MiB)",
+        bound(SIZE)
+    );
+    assert!(
+        data_writes >= (SIZE / BLOCK - 2) as u64,
+        "{data_writes} writes"
+    );
+}
+
+/// A client that stops sending mid-file: the bytes it sent are stored
+/// within about a progress tick though less than a block came, and the
+/// status counts them only once they are: the file's size in the status is
+/// what is on disk.
+#[test]
+fn a_stalled_clients_bytes_are_stored_and_counted_within_a_tick() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "100ms")]);
+    let sent = 300_000;
+    // Returns once the status's `received` is `sent` (10 s at most).
+    let stream = daemon.begin_partial_upload(&pool, "stalled", 7, sent);
+    let status = status_of(&pool.cgi(), "stalled");
+    assert_eq!(status["state"], "uploading", "{status}");
+    let size = status["files"][0]["size"].as_u64().unwrap();
+    let on_disk = std::fs::metadata(path_of(&status, 0)).unwrap().len();
+    assert_eq!(
+        size, on_disk,
+        "the status claims bytes not on disk: {status}"
+    );
+    // All of the file's bytes sent (the form's headers came first).
+    assert!(
+        (sent as u64 - 300..sent as u64).contains(&on_disk),
+        "{on_disk} bytes on disk of the {sent} sent"
+    );
+    drop(stream);
+}
+
+/// Through CGI, the body comes from a pipe in what the kernel had (up to
+/// 64 KiB a read, the parser's buffer up to 256 KiB): the data file still
+/// gets writes of 1 MiB. Counted under strace by the descriptor's path.
+#[test]
+fn a_cgi_upload_from_a_pipe_is_written_in_1mib_blocks() {
+    let strace = common::site::require("strace", "strace");
+    let pool = TestPool::new();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("cgi.trace");
+    let size = 16 << 20;
+    let data = random_bytes(size, 66);
+    let form = Form::new().file("f", "piped.bin", "application/octet-stream", &data);
+    let reply = pool
+        .cgi()
+        .prelude(&format!(
+            "exec {} -f -qq -y -o {} -e trace=write,writev,pwrite64,pwritev -- \"$0\"",
+            strace.display(),
+            trace.display()
+        ))
+        .post_form("/upload?X-Progress-ID=piped", &form);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let status = status_of(&pool.cgi(), "piped");
+    let path = path_of(&status, 0);
+    assert!(std::fs::read(&path).unwrap() == data, "other bytes stored");
+    let lines = std::fs::read_to_string(&trace).unwrap();
+    let marker = format!("<{}>", path.display());
+    let writes = lines.lines().filter(|l| l.contains(&marker)).count();
+    eprintln!("cgi: {writes} writes to the data file for 16 MiB");
+    assert!(
+        (size / BLOCK..=size / BLOCK + 1).contains(&writes),
+        "{writes} writes to {} for 16 MiB, not one per MiB:\n{}",
+        path.display(),
+        lines
+            .lines()
+            .filter(|l| l.contains(&marker))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
