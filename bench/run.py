@@ -8,7 +8,7 @@ answer cannot score. Times are medians of repeated runs, taken in
 interleaved order, because these machines are shared and noisy: only the
 ratios between figures of the same run mean anything.
 
-Usage: bench/run [--quick] [--work DIR] [--only slow-clients|resumable|writes]
+Usage: bench/run [--quick] [--work DIR] [--only slow-clients|resumable|writes|multihost]
 
 --only slow-clients runs only the slow-client scenarios (tests/slow_clients.rs,
 about two minutes) and updates their rows of bench/results.md and the README.
@@ -21,6 +21,21 @@ minute; see `upload_writes`) and updates its `nginx.fastcgi_upload.writes*`
 rows. A scenario the server
 does not support yet (concatenation, taking over a held upload) is still
 tried every run, and reported "not available" with the server's answer.
+--only multihost (root, /dev/fuse; about seven minutes) brings up
+scripts/multihost with two client hosts on one GlusterFS volume with the
+strict options, plus a second volume with gluster's defaults on the same
+storage host (mounted on host a with the kernel's default caches, its own
+daemon and nginx), and runs in three interleaved rounds: 64 concurrent
+uploads (64 x 8 MiB) to host a's own port (one host) against the same
+through the round-robin balancer over a and b (two hosts), aggregate MiB/s
+and the latency of status polls sent to the same port meanwhile; one
+64 MiB upload through nginx and one daemon against `dd bs=1M conv=fsync` of
+the same bytes on the same mount (goal: dd within 1.2x of the upload);
+and both again on the defaults volume: the strict options' cost. Every
+upload's stored file is read back through the mount and its SHA-256
+checked. It updates the `multihost.*` rows. No round starts after 330 s;
+everything it starts is stopped by pid, and scripts/multihost down removes
+the namespaces and mounts.
 """
 
 import argparse
@@ -1188,6 +1203,383 @@ def resumable(work, quick):
     figure("tus.run_time", elapsed, f"s ({rounds} interleaved rounds, {label} bodies)")
 
 
+# ---- several hosts, one pool (GlusterFS) --------------------------------------
+
+# scripts/multihost brings up the storage host (glusterd, one brick), client
+# hosts a and b (network namespaces, each its FUSE mount and its daemon) and
+# nginx: the balancer over both daemons, and each host's own port (nginx and
+# that one daemon), so "one host" and "two hosts" are the same nginx, the
+# same daemons, the same volume, in the same run.
+MH_SCRIPT = ROOT / "scripts" / "multihost"
+MH_NET = "198.18.0"
+MH_CONCURRENT = 64
+MH_ROUNDS = 3
+MH_POLLERS = 2
+# No round starts after this many seconds: the run stays under ten minutes
+# whatever the machine's other load.
+MH_BUDGET = 330
+# For the figure beside the dd's: the daemon writes what nginx forwards
+# (tests/multihost.rs, issue 14); dd writes 1 MiB blocks.
+MH_DD_BLOCK = "1M"
+
+
+def mh_upload(port, ident, path, out):
+    """A form upload by curl, as tests/multihost.rs sends one; a Popen."""
+    return subprocess.Popen(
+        ["curl", "-s", "-S", "-o", str(out), "-w", "%{http_code}", "--max-time", "300",
+         "-F", f"file=@{path};type=application/octet-stream",
+         f"http://127.0.0.1:{port}/upload?X-Progress-ID={ident}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def mh_get(port, target, timeout=10):
+    """One GET over HTTP/1.0 (a new connection, as a browser's poll may
+    be); (status, body, seconds)."""
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    took = time.perf_counter() - start
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head[9:12]) if len(head) >= 12 and head[9:12].isdigit() else 0
+    return status, body, took
+
+
+class Multihost:
+    """The cluster of scripts/multihost (MH_HOSTS=2), plus, for the cost of
+    the strict options, a second volume with gluster's defaults on the same
+    storage host and brick file system, mounted on host a with the kernel's
+    default caches, its own daemon on host a and its own nginx (the same
+    server blocks, every upstream that daemon). A second volume because
+    some strict options (the keepalives, `server.tcp-user-timeout`) are
+    read only when a brick starts, and the mount options only at mount
+    time: switching them on one running volume would change only half."""
+
+    def __init__(self, root):
+        self.dir = root
+        self.port = free_port()
+        self.ports = {h: free_port() for h in "ab"}
+        self.procs = []  # ours, stopped by pid, last first
+        self.defaults_port = None
+        env = {**os.environ, "MH_BIN": str(BIN), "MH_HOSTS": "2", "MH_PORT": str(self.port),
+               "MH_PORT_A": str(self.ports["a"]), "MH_PORT_B": str(self.ports["b"]), "MH_PORT_C": str(free_port())}
+        say("multihost: scripts/multihost up")
+        started = time.perf_counter()
+        proc = subprocess.run([str(MH_SCRIPT), "up", str(root)], env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"scripts/multihost up failed (root, /dev/fuse, nginx, glusterfs):\n{proc.stderr}")
+        self.env = dict(l.split("=", 1) for l in (root / "env").read_text().splitlines() if "=" in l)
+        self.up_seconds = time.perf_counter() - started
+        self.mnt = {"strict": Path(self.env["MNT_A"])}
+        self.pool = {"strict": Path(self.env["POOL_A"])}
+
+    def gluster(self, *args):
+        glusterd = (self.dir / "pids" / "glusterd").read_text().strip()
+        subprocess.run(["nsenter", "-t", glusterd, "-m", "gluster", "--mode=script",
+                        "--glusterd-sock=/run/gluster/glusterd.socket",
+                        "--log-file=/var/log/glusterfs/cli.log", *args],
+                       check=True, capture_output=True)
+
+    def start(self, argv, log):
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def add_defaults(self):
+        """The second volume, gluster's defaults, its mount, daemon, nginx."""
+        d = self.dir
+        (d / "bricks" / "defaults").mkdir(parents=True)
+        self.gluster("volume", "create", "defaults", f"{MH_NET}.1:{d}/bricks/defaults", "force")
+        self.gluster("volume", "start", "defaults")
+        mnt = d / "mnt" / "D"
+        mnt.mkdir(parents=True)
+        ns = f"/run/netns/{self.env['NS']}-a"
+        client = self.start(["nsenter", f"--net={ns}", "glusterfs", "-N", f"--volfile-server={MH_NET}.1",
+                             "--volfile-id=defaults", "-l", str(d / "cli" / "D.log"), str(mnt)],
+                            d / "cli" / "D.out")
+        deadline = time.time() + 20
+        while not (os.path.ismount(mnt) and os.access(mnt, os.W_OK)):
+            if time.time() > deadline or client.poll() is not None:
+                raise RuntimeError(f"the defaults volume did not mount: {(d / 'cli' / 'D.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        pool = mnt / "pool"
+        pool.mkdir(mode=0o700)
+        shutil.chown(pool, "www-data", "www-data")
+        sock = d / "run" / "d.sock"
+        self.start(["nsenter", f"--net={ns}", "setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups",
+                    str(d / "fileupload"), "--directory", str(pool), "--max-size", "100",
+                    "--listen", f"unix:{sock}"], d / "run" / "daemon-d.log")
+        deadline = time.time() + 10
+        while not sock.exists():
+            if time.time() > deadline:
+                raise RuntimeError(f"the defaults daemon did not start: {(d / 'run' / 'daemon-d.log').read_text()}")
+            time.sleep(0.05)
+        # The balancer's nginx configuration, every upstream this daemon.
+        site = (d / "nginx" / "site.conf").read_text()
+        for h in "ab":
+            site = site.replace(f"{d}/run/{h}.sock", str(sock))
+        self.defaults_port = free_port()
+        for p in [self.port, *self.ports.values()]:
+            site = site.replace(f"listen 127.0.0.1:{p};", f"listen 127.0.0.1:{free_port() if p != self.ports['a'] else self.defaults_port};")
+        (d / "nginx" / "site-d.conf").write_text(site)
+        temp = d / "nginx" / "temp-d"
+        temp.mkdir()
+        shutil.chown(temp, "www-data", "www-data")
+        conf = (d / "nginx" / "nginx.conf").read_text()
+        conf = (conf.replace(f"{d}/nginx/nginx.pid", f"{d}/nginx/nginx-d.pid")
+                .replace(f"{d}/nginx/error.log", f"{d}/nginx/error-d.log")
+                .replace(f"{d}/nginx/temp/", f"{d}/nginx/temp-d/")
+                .replace(f"{d}/nginx/site.conf", f"{d}/nginx/site-d.conf"))
+        (d / "nginx" / "nginx-d.conf").write_text(conf)
+        self.start(["nginx", "-c", str(d / "nginx" / "nginx-d.conf"), "-p", str(d / "nginx")], d / "nginx" / "out-d.log")
+        deadline = time.time() + 10
+        while True:
+            try:
+                mh_get(self.defaults_port, "/")
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"the defaults nginx did not start: {(d / 'nginx' / 'error-d.log').read_text()}")
+                time.sleep(0.05)
+        self.mnt["defaults"] = mnt
+        self.pool["defaults"] = pool
+
+    def down(self):
+        """Ours by pid, last started first (the defaults mount unmounted
+        before its client is asked to go); then the harness's own teardown
+        (by pid, every brick, the namespaces)."""
+        mnt = self.dir / "mnt" / "D"
+        for proc in reversed(self.procs):
+            if proc is self.procs[0] and os.path.ismount(mnt):
+                # The client leaves by itself once unmounted.
+                if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+                    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        try:
+            self.gluster("volume", "stop", "defaults", "force")
+        except (subprocess.CalledProcessError, OSError):
+            pass
+        proc = subprocess.run([str(MH_SCRIPT), "down", str(self.dir)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            say(f"multihost: scripts/multihost down failed: {proc.stderr}")
+
+
+def mh_check(pool, ident, digest, answer, code):
+    """The upload answered 200 `done`, and its stored file's SHA-256 (read
+    back through the mount) is what was sent; then its directory goes, so
+    that the rounds do not fill the brick."""
+    problems = []
+    if code != "200":
+        problems.append(f"{ident}: HTTP {code} {answer[:200]}")
+    stored = pool / ident / "file-1"
+    try:
+        if sha256_file(stored) != digest:
+            problems.append(f"{ident}: stored SHA-256 differs from what was sent")
+    except OSError as e:
+        problems.append(f"{ident}: {e}")
+    shutil.rmtree(pool / ident, ignore_errors=True)
+    return problems
+
+
+def mh_concurrent(cluster, port, data, digest, size, tag):
+    """MH_CONCURRENT uploads at once to `port`, while MH_POLLERS pollers
+    ask after them through the same port (each a poll, a new connection,
+    then 20 ms of rest: as fast as the answers come, a browser's 20 ms
+    at most); (aggregate MiB/s, [poll seconds], [poll failures], problems)."""
+    import threading
+    ids = [f"mh-{tag}-{i}" for i in range(MH_CONCURRENT)]
+    outs = [cluster.dir / "answers" / f"{i}.out" for i in ids]
+    lat, failed, stop = [], [], threading.Event()
+
+    def poller():
+        n = 0
+        while not stop.is_set():
+            ident = ids[n % len(ids)]
+            n += 1
+            try:
+                status, body, took = mh_get(port, f"/upload/status?X-Progress-ID={ident}")
+                if status != 200 or b'"state"' not in body:
+                    # The upload's name out, so that alike failures count as one kind.
+                    text = re.sub(r"mh-[0-9-]+", "ID", body.decode(errors="replace"))
+                    failed.append(f"{status} {text[:160]}")
+                else:
+                    lat.append(took)
+            except OSError as e:
+                failed.append(str(e))
+            stop.wait(0.02)
+
+    threads = [threading.Thread(target=poller) for _ in range(MH_POLLERS)]
+    start = time.perf_counter()
+    procs = [mh_upload(port, i, data, o) for i, o in zip(ids, outs)]
+    for t in threads:
+        t.start()
+    answers = [p.communicate()[0].strip() for p in procs]
+    wall = time.perf_counter() - start
+    stop.set()
+    for t in threads:
+        t.join()
+    problems = []
+    for ident, out, code in zip(ids, outs, answers):
+        problems += mh_check(cluster.pool["strict"], ident, digest, out.read_text(errors="replace") if out.exists() else "", code)
+    return MH_CONCURRENT * size / MIB / wall, lat, failed, problems
+
+
+def mh_single(cluster, port, pool, data, digest, size, ident):
+    """One upload to `port` (nginx and one daemon); MiB/s, problems."""
+    out = cluster.dir / "answers" / f"{ident}.out"
+    start = time.perf_counter()
+    proc = mh_upload(port, ident, data, out)
+    code = proc.communicate()[0].strip()
+    wall = time.perf_counter() - start
+    return size / MIB / wall, mh_check(pool, ident, digest, out.read_text(errors="replace") if out.exists() else "", code)
+
+
+def mh_dd(mnt, data, size):
+    """`dd bs=1M conv=fsync` of the same bytes onto the mount; MiB/s."""
+    target = mnt / "dd.bin"
+    start = time.perf_counter()
+    subprocess.run(["dd", f"if={data}", f"of={target}", f"bs={MH_DD_BLOCK}", "conv=fsync"],
+                   check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    target.unlink()
+    return size / MIB / wall
+
+
+def multihost(work, quick):
+    """The multi-host figures on GlusterFS: 64 concurrent uploads to one
+    host against two behind the balancer (aggregate MiB/s, status-poll
+    latency); a single upload against dd with 1 MiB blocks on the same
+    mount; the strict options against gluster's defaults. Interleaved
+    rounds, medians; every stored file's SHA-256 checked."""
+    if os.geteuid() != 0:
+        sys.exit("bench: the multi-host scenarios need root (namespaces, FUSE mounts): run as root")
+    each = (2 if quick else 8) * MIB  # each of the 64 concurrent uploads
+    single = (16 if quick else 64) * MIB
+    rounds = 2 if quick else MH_ROUNDS
+    # An earlier run killed before its teardown may have left its mounts:
+    # removing the directory would then remove what is on the volumes.
+    left = [l.split()[1] for l in Path("/proc/mounts").read_text().splitlines()
+            if l.split()[1].startswith(f"{work.resolve()}/multihost/")]
+    if left:
+        sys.exit(f"bench: still mounted from an earlier run: {' '.join(left)}; "
+                 f"run scripts/multihost down {work.resolve()}/multihost first")
+    root = fresh(work / "multihost")
+    os.chmod(root, 0o755)
+    (root / "answers").mkdir()
+    inputs = root / "inputs"
+    inputs.mkdir(mode=0o755)
+    small, big = inputs / "each.bin", inputs / "single.bin"
+    small.write_bytes(os.urandom(each))
+    big.write_bytes(os.urandom(single))
+    small_sha, big_sha = sha256_file(small), sha256_file(big)
+    subprocess.run([str(MH_SCRIPT), "install"], check=True)
+    started = time.time()
+    cluster = Multihost(root)
+    samples, polls, poll_failures, problems = {}, {}, {}, []
+
+    def record(name, value):
+        samples.setdefault(name, []).append(value)
+
+    try:
+        cluster.add_defaults()
+        say(f"multihost: up in {cluster.up_seconds:.1f} s (+ the defaults volume)")
+        scenarios = {
+            "one_host": lambda r: mh_concurrent(cluster, cluster.ports["a"], small, small_sha, each, f"1-{r}"),
+            "two_hosts": lambda r: mh_concurrent(cluster, cluster.port, small, small_sha, each, f"2-{r}"),
+            "strict.upload": lambda r: mh_single(cluster, cluster.ports["a"], cluster.pool["strict"], big, big_sha,
+                                                 single, f"s-{r}"),
+            "strict.dd": lambda r: mh_dd(cluster.mnt["strict"], big, single),
+            "defaults.upload": lambda r: mh_single(cluster, cluster.defaults_port, cluster.pool["defaults"], big,
+                                                   big_sha, single, f"d-{r}"),
+            "defaults.dd": lambda r: mh_dd(cluster.mnt["defaults"], big, single),
+        }
+        done = 0
+        for r in range(rounds):
+            if done >= 2 and time.time() - started > MH_BUDGET:
+                say(f"multihost: {done} rounds in {time.time() - started:.0f} s, no more (budget {MH_BUDGET} s)")
+                break
+            say(f"multihost round {r + 1} of {rounds}")
+            # Interleaved, and every other round the other way round.
+            order = list(scenarios) if r % 2 == 0 else list(reversed(scenarios))
+            for name in order:
+                got = scenarios[name](r)
+                if name in ("one_host", "two_hosts"):
+                    mibs, lat, failed, bad = got
+                    polls.setdefault(name, []).extend(lat)
+                    poll_failures.setdefault(name, []).extend(failed)
+                    problems += bad
+                    say(f"  {name}: {mibs:.1f} MiB/s aggregate, {len(lat)} polls, {len(failed)} failed, "
+                        f"{len(bad)} bad uploads")
+                elif name.endswith(".upload"):
+                    mibs, bad = got
+                    problems += bad
+                    say(f"  {name}: {mibs:.1f} MiB/s")
+                else:
+                    mibs = got
+                    say(f"  {name}: {mibs:.1f} MiB/s")
+                record(name, mibs)
+            done += 1
+        elapsed = time.time() - started
+    finally:
+        cluster.down()
+    for p in problems:
+        say(f"multihost: {p}")
+
+    def shown(values):
+        return ", ".join(f"{v:.3g}" for v in values)
+
+    def med(name):
+        return statistics.median(samples[name])
+
+    n = f"{MH_CONCURRENT}x{each // MIB}m"
+    for name, where in (("one_host", "host a's own port: nginx, one daemon"),
+                        ("two_hosts", "the round-robin balancer over hosts a and b")):
+        figure(f"multihost.{name}.{n}.aggregate", med(name), f"MiB/s (median of {shown(samples[name])}; {where})")
+        lat = sorted(polls.get(name, []))
+        if lat:
+            p50 = lat[len(lat) // 2] * 1000
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+            figure(f"multihost.{name}.{n}.poll_p50", p50, f"ms ({len(lat)} status polls during the uploads, same port)")
+            figure(f"multihost.{name}.{n}.poll_p99", p99, "ms")
+        failed = poll_failures.get(name, [])
+        kinds = sorted(set(failed))
+        seen = "; ".join(f"{failed.count(k)} x {k}" for k in kinds[:3])
+        figure(f"multihost.{name}.{n}.poll_failures", len(failed),
+               f"(status polls not answered 200 with a state{': ' + seen if seen else ''})")
+    pairs = [b / a for a, b in zip(samples["one_host"], samples["two_hosts"])]
+    figure("multihost.two_hosts_vs_one", statistics.median(pairs),
+           f"x aggregate (rounds {shown(pairs)}; both hosts on this machine's 2 cores and one brick)")
+    s = f"{single // MIB}m"
+    for vol in ("strict", "defaults"):
+        figure(f"multihost.{vol}.upload.{s}", med(f"{vol}.upload"),
+               f"MiB/s (median of {shown(samples[f'{vol}.upload'])}; one upload, nginx + one daemon)")
+        figure(f"multihost.{vol}.dd_1m.{s}", med(f"{vol}.dd"),
+               f"MiB/s (median of {shown(samples[f'{vol}.dd'])}; dd bs=1M conv=fsync, same mount)")
+        pairs = [d / u for u, d in zip(samples[f"{vol}.upload"], samples[f"{vol}.dd"])]
+        value = statistics.median(pairs)
+        goal = f"; goal <= 1.2: {'met' if value <= 1.2 else 'missed'}" if vol == "strict" else ""
+        figure(f"multihost.{vol}.dd_vs_upload", value, f"x (dd's MiB/s over the upload's; rounds {shown(pairs)}{goal})")
+    for kind in ("upload", "dd"):
+        pairs = [d / st for st, d in zip(samples[f"strict.{kind}"], samples[f"defaults.{kind}"])]
+        figure(f"multihost.strict_cost.{kind}", statistics.median(pairs),
+               f"x (gluster's defaults' MiB/s over the strict options'; rounds {shown(pairs)})")
+    figure("multihost.sha256_mismatches_or_failures", len(problems),
+           f"(of {done * (2 * MH_CONCURRENT + 2)} uploads, each stored file's SHA-256 checked)")
+    figure("multihost.run_time", elapsed, f"s ({done} interleaved rounds, setup and teardown included)")
+
+
 # ---- the benchmark -------------------------------------------------------------
 
 def main():
@@ -1195,12 +1587,22 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller bodies (a smoke run)")
     parser.add_argument("--work", default=str(ROOT / "target" / "bench-work"),
                         help="scratch directory; the pool and every copy live here, on its filesystem")
-    parser.add_argument("--only", choices=["slow-clients", "resumable", "writes"],
+    parser.add_argument("--only", choices=["slow-clients", "resumable", "writes", "multihost"],
                         help="run only this part and update only its rows of bench/results.md")
     args = parser.parse_args()
     if args.only == "slow-clients":
         slow_clients()
         merge_markdown(f"Slow-client rows: `bench/run --only slow-clients`, {time.strftime('%Y-%m-%d')}.")
+        return
+    if args.only == "multihost":
+        say("building the release binary")
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+        multihost(work, args.quick)
+        merge_markdown(f"Multi-host (`multihost.*`) rows: `bench/run --only multihost{' --quick' if args.quick else ''}`, "
+                       f"{time.strftime('%Y-%m-%d')}; GlusterFS on this one machine, noisy (2 shared cores): "
+                       f"medians of interleaved rounds.")
         return
     install()
     work = Path(args.work)

@@ -427,12 +427,16 @@ fn wait_received(server: &Deployment, id: &str, at_least: u64) -> u64 {
 /// The offset once it stops moving: what a cut left on the server.
 fn settled_offset(server: &Deployment, id: &str) -> u64 {
     let mut last = u64::MAX;
+    let mut same = 0;
     for _ in 0..50 {
         let status = server.status(id);
         assert_eq!(status["state"], "uploading", "{status}");
         assert_eq!(status["resumable"], true, "{status}");
         let now = status["received"].as_u64().expect("received");
-        if now == last {
+        same = if now == last { same + 1 } else { 0 };
+        // The same for 900 ms: bytes a request still held in memory are
+        // stored (and counted) within two progress intervals, 400 ms.
+        if same == 3 {
             return now;
         }
         last = now;
