@@ -499,6 +499,10 @@ impl From<&MultipartError> for ErrorCode {
 /// A storage error while writing an upload's data: 507 when the disk is
 /// full, else 500.
 pub fn store_error(err: io::Error) -> HttpError {
+    // A fenced data file's write refused by the pool (a lost lock).
+    if let Some(pool) = err.get_ref().and_then(|e| e.downcast_ref::<PoolError>()) {
+        return HttpError::new(ErrorCode::from(pool), pool.to_string());
+    }
     if is_disk_full(&err) {
         HttpError::new(ErrorCode::DiskFull, format!("the disk is full: {err}"))
     } else {

@@ -671,6 +671,7 @@ impl Pool {
             let_go: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             probe: Mutex::new(None),
+            checked: Mutex::new(None),
         })
     }
 
@@ -771,6 +772,7 @@ impl Pool {
                 let_go: AtomicBool::new(false),
                 lost: AtomicBool::new(false),
                 probe: Mutex::new(None),
+                checked: Mutex::new(None),
             });
         }
         Err(PoolError::Busy)
@@ -1235,6 +1237,56 @@ pub struct Upload {
     /// threads probing at once could each see the other's probe as the
     /// holder.
     probe: Mutex<Option<(File, (u64, u64))>>,
+    /// When a check last found the lock held (see [`Upload::fence`]).
+    checked: Mutex<Option<Instant>>,
+}
+
+/// How long a check that found the lock held vouches for the data writes
+/// after it ([`Fenced`]).
+///
+/// A lock is lost only through an outage: the host cut off from the
+/// storage past the brick's timeout (5.6 s with the options of the
+/// README's "Several hosts"), the brick restarted, the lock file replaced.
+/// While the storage is out of reach nothing succeeds, checks and writes
+/// alike (a write caught in flight fails with the dead connection), so
+/// the first write after any outage longer than this is checked first.
+/// Short enough for that, long enough that a fast upload pays one check
+/// (three round trips on a network file system) per 100 ms, not one per
+/// block.
+pub const FENCE_AGE: Duration = Duration::from_millis(100);
+
+/// A data file whose writes stop once its upload's lock is lost.
+///
+/// Why: the status writes and the finish check the lock (see
+/// [`Upload::still_holds_lock`]), and the progress tick checks it, but the
+/// data goes on between ticks. A host whose network comes back after its
+/// lock was dropped would append a block to a resumable upload that
+/// another host has been continuing since: its `O_APPEND` write would land
+/// after that host's bytes. So each write is preceded by a check, unless
+/// one found the lock held less than [`FENCE_AGE`] ago. A lost lock fails
+/// the write with an error that carries [`PoolError::LockLost`], which
+/// [`crate::error_code::store_error`] answers as such.
+#[derive(Debug)]
+pub struct Fenced<'a> {
+    file: File,
+    upload: &'a Upload,
+}
+
+impl Fenced<'_> {
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Write for Fenced<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.upload.held_lately().map_err(io::Error::other)?;
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 impl Upload {
@@ -1633,7 +1685,10 @@ impl Upload {
         let mut probe = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
         let lost = match self.probe_lock(&mut probe)? {
             Some(lost) => lost,
-            None => return Ok(()),
+            None => {
+                *self.checked.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                return Ok(());
+            }
         };
         if !self.lost.swap(true, Ordering::AcqRel) {
             crate::log!(
@@ -1645,6 +1700,24 @@ impl Upload {
             );
         }
         Err(PoolError::LockLost)
+    }
+
+    /// Wraps a data file of this upload (from [`Upload::create_file`] or
+    /// [`Upload::open_data_at`]) so that every write first makes sure the
+    /// lock is still held: see [`Fenced`].
+    pub fn fence(&self, file: File) -> Fenced<'_> {
+        Fenced { file, upload: self }
+    }
+
+    /// [`Upload::still_holds_lock`], unless a check found the lock held
+    /// less than [`FENCE_AGE`] ago.
+    fn held_lately(&self) -> Result<(), PoolError> {
+        self.still_ours()?;
+        let checked = *self.checked.lock().unwrap_or_else(PoisonError::into_inner);
+        match checked {
+            Some(at) if at.elapsed() < FENCE_AGE => Ok(()),
+            _ => self.still_holds_lock(),
+        }
     }
 
     /// The two steps of [`Upload::still_holds_lock`], with the probe held:
@@ -2544,6 +2617,46 @@ mod tests {
 
     fn status_bytes(bucket: &Path) -> Vec<u8> {
         fs::read(bucket.join(STATUS)).unwrap()
+    }
+
+    #[test]
+    fn a_fenced_write_after_the_lock_is_lost_is_refused_and_stores_nothing() {
+        let (dir, pool) = pool();
+        let upload = pool.begin_upload(&id("fenced")).unwrap();
+        let (file, path) = upload.create_file().unwrap();
+        let mut out = upload.fence(file);
+        out.write_all(b"before").unwrap();
+        upload.lose_lock_for_test();
+        // The tick's check finds it lost, and that is for good: no write
+        // goes through, however recent the last good check.
+        upload.still_holds_lock().unwrap_err();
+        let err = out.write_all(b"after").unwrap_err();
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<PoolError>());
+        assert!(matches!(inner, Some(PoolError::LockLost)), "{err:?}");
+        assert_eq!(fs::read(&path).unwrap(), b"before");
+        let answer = crate::error_code::store_error(err);
+        assert_eq!((answer.code, answer.status()), (ErrorCode::LockLost, 503));
+        drop(dir);
+    }
+
+    #[test]
+    fn a_fenced_write_checks_the_lock_once_its_last_check_is_old() {
+        let (_dir, pool) = pool();
+        let upload = pool.begin_upload(&id("aged")).unwrap();
+        let (file, path) = upload.create_file().unwrap();
+        let mut out = upload.fence(file);
+        out.write_all(b"held").unwrap();
+        // Lost without a check noticing: only the write's own check can.
+        upload.lose_lock_for_test();
+        thread::sleep(FENCE_AGE + Duration::from_millis(20));
+        let err = out.write_all(b"lost").unwrap_err();
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<PoolError>());
+        assert!(matches!(inner, Some(PoolError::LockLost)), "{err:?}");
+        assert_eq!(fs::read(&path).unwrap(), b"held");
+        assert!(matches!(
+            upload.write_status(&Status::uploading("aged", None, unix_now())),
+            Err(PoolError::LockLost)
+        ));
     }
 
     #[test]

@@ -9,7 +9,6 @@
 //! [`crate::receiving`].
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Read;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -19,7 +18,7 @@ use crate::http::{Body, BodyLength, HttpError, Request};
 use crate::identifier::Identifier;
 use crate::multipart::{self, Event, MultipartError, Parser, PartHeaders};
 use crate::policy::{self, Policy, Signature};
-use crate::pool::{Pool, Upload, unix_now};
+use crate::pool::{Fenced, Pool, Upload, unix_now};
 use crate::receiving::{self, Session};
 use crate::status::{FileInfo, State, Status};
 
@@ -175,15 +174,15 @@ fn stream(
 /// stored bytes, and `received` never claims a body byte whose file bytes
 /// are still held.
 #[derive(Default)]
-struct Held {
+struct Held<'a> {
     /// The writer and the file's index in the status's `files`.
-    file: Option<(Blocks<File>, usize)>,
+    file: Option<(Blocks<Fenced<'a>>, usize)>,
     /// Body bytes read when the writer last took bytes: what `received`
     /// may say once nothing is held.
     mark: u64,
 }
 
-impl Held {
+impl Held<'_> {
     /// What the status may say: the file's stored size, and the body bytes
     /// received up to the first one still held (the held bytes are the
     /// last file bytes read, so at most `mark` less what is held).
@@ -209,7 +208,7 @@ fn publish(status: &mut Status, (index, size, vouched): (usize, u64, u64)) {
     }
 }
 
-fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
+fn lock<'a, 'b>(held: &'a Mutex<Held<'b>>) -> MutexGuard<'a, Held<'b>> {
     held.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -237,10 +236,12 @@ enum Sink {
     },
 }
 
-struct Receiver<'a> {
-    upload: &'a Upload,
+/// `'u` is the claim's: the data files it opens borrow it (see
+/// [`crate::pool::Fenced`]).
+struct Receiver<'a, 'u> {
+    upload: &'u Upload,
     session: &'a Session<'a>,
-    held: &'a Mutex<Held>,
+    held: &'a Mutex<Held<'u>>,
     /// How long written bytes may stay held ([`receiving::hold_limit`]).
     hold: std::time::Duration,
     parts: usize,
@@ -253,7 +254,7 @@ struct Receiver<'a> {
     id: &'a Identifier,
 }
 
-impl Receiver<'_> {
+impl Receiver<'_, '_> {
     fn run<R: Read>(&mut self, parser: &mut Parser<R>) -> Result<(), HttpError> {
         let mut sink = None;
         loop {
@@ -424,7 +425,10 @@ impl Receiver<'_> {
         let index = files.len() - 1;
         drop(status);
         let mut held = lock(self.held);
-        held.file = Some((Blocks::new(file).holding(self.hold), index));
+        held.file = Some((
+            Blocks::new(self.upload.fence(file)).holding(self.hold),
+            index,
+        ));
         held.mark = self.session.received();
         Ok(Sink::File { index })
     }

@@ -66,3 +66,49 @@ fn a_daemon_whose_upload_lost_its_lock_answers_503_and_writes_no_status() {
     });
     assert!(log.is_some(), "{}", daemon.log_text());
 }
+
+/// Between progress ticks the data goes on: each block write checks the
+/// lock first (`pool::Fenced`), so a receiver that lost its lock stores
+/// nothing more even when no tick comes before its next block.
+#[test]
+fn a_receiver_that_lost_its_lock_writes_no_more_data_before_its_next_tick() {
+    let pool = TestPool::new();
+    // No tick within the test: only the writes' own check can notice.
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "60s")]);
+    let data = random_bytes(3 << 20, 8);
+    let form = Form::new().file("f", "fenced.bin", "application/octet-stream", &data);
+    let body = form.body();
+    let first = (3 << 20) / 2;
+    let mut stream = daemon.connect();
+    let mut head = upload_head(&form, "/upload?X-Progress-ID=fenced", body.len(), false);
+    head.extend(stdin_data(1, &body[..first]));
+    stream.write_all(&head).unwrap();
+    let bucket = pool.path().join("fenced");
+    let data_file = bucket.join("file-1");
+    let size = |path: &std::path::Path| fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    // The first mebibyte is one block, written; the rest of what was sent
+    // is held.
+    wait_for(Duration::from_secs(10), || {
+        (size(&data_file) >= 1 << 20).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no block written\n{}", daemon.log_text()));
+    assert_eq!(size(&data_file), 1 << 20);
+    fs::write(bucket.join("lock.new"), b"").unwrap();
+    fs::rename(bucket.join("lock.new"), bucket.join("lock")).unwrap();
+    // Past the time a check vouches for (pool::FENCE_AGE, 100 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    let mut writer = stream.try_clone().unwrap();
+    let rest = stdin_records(1, &body[first..]);
+    let feeder = std::thread::spawn(move || {
+        let _ = writer.write_all(&rest);
+    });
+    let (reply, _) = read_response(&mut stream, 1);
+    drop(stream);
+    let _ = feeder.join();
+    reply.assert_error_code(503, "ERR_LOCK_LOST", "lost the lock");
+    assert_eq!(
+        size(&data_file),
+        1 << 20,
+        "data written after the lock was lost"
+    );
+}

@@ -36,7 +36,6 @@ pub mod ietf;
 pub mod tus;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, Read};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -51,7 +50,7 @@ use crate::hashing::{Feed, Offload, ResumableSha256};
 use crate::http::{Body, BodyLength, HttpError};
 use crate::identifier::Identifier;
 use crate::policy::{self, Policy, Signature};
-use crate::pool::{Pool, PoolError, Upload, unix_now};
+use crate::pool::{Fenced, Pool, PoolError, Upload, unix_now};
 use crate::receiving::{self, Options};
 use crate::status::{FileInfo, State, Status};
 
@@ -535,7 +534,7 @@ fn past_the_end(code: ErrorCode, status: &Status, offset: u64, options: &Options
 
 /// What a chunk's request has stored, shared between its reader and the
 /// thread that lets go of the upload on a takeover (see [`let_go_when_asked`]).
-struct Written {
+struct Written<'a> {
     /// Fed every byte stored, in order: on the reader's thread while the
     /// chunk may be slow, on a thread of their own once it proves fast, as
     /// a form's files are (see [`crate::hashing`]).
@@ -543,12 +542,12 @@ struct Written {
     /// The data file, written in blocks ([`crate::blocks`]): the hashes are
     /// fed each block once it is written, so their state never covers a
     /// byte that is only held.
-    out: Blocks<File>,
+    out: Blocks<Fenced<'a>>,
     /// Let go of: nothing more may be written.
     released: bool,
 }
 
-impl Written {
+impl Written<'_> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         let Written { hashes, out, .. } = self;
         out.write(bytes, |stored| hashes.feed((), stored))
@@ -596,7 +595,7 @@ impl Feed for Hashes {
     }
 }
 
-fn lock(written: &Mutex<Written>) -> MutexGuard<'_, Written> {
+fn lock<'a, 'b>(written: &'a Mutex<Written<'b>>) -> MutexGuard<'a, Written<'b>> {
     written.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -642,7 +641,7 @@ fn proceed(
             whole: hash,
             check: checksum.map(Expected::hasher),
         }),
-        out: Blocks::new(file).holding(receiving::hold_limit(&settings.options)),
+        out: Blocks::new(upload.fence(file)).holding(receiving::hold_limit(&settings.options)),
         released: false,
     });
     let body_bytes = match chunk.body_length {
@@ -693,29 +692,33 @@ fn proceed(
         ran
     });
     let mut status = status;
-    let mut written = written.into_inner().unwrap_or_else(PoisonError::into_inner);
-    if written.released {
-        // The upload is the next request's now: nothing more is written.
-        return Err(PoolError::Superseded.into());
-    }
-    if outcome.is_err() {
-        // Cut short: what arrived is stored, as it would have been unheld,
-        // and the upload continues after it. (A chunk that is cut away is
-        // cut after this; a failure here leaves the file at what did reach
-        // it, which the offset below records.)
-        if let Err(err) = written.flush() {
-            crate::log!("upload {id}: storing the chunk's last bytes: {err}");
+    // In a block of its own: the data file borrows `upload`, which is
+    // moved below.
+    let Hashes { whole: hash, check } = {
+        let mut written = written.into_inner().unwrap_or_else(PoisonError::into_inner);
+        if written.released {
+            // The upload is the next request's now: nothing more is written.
+            return Err(PoolError::Superseded.into());
         }
-    }
-    let Written { hashes, out, .. } = written;
-    // Closed before the status is recorded and synced.
-    drop(out);
-    let Hashes { whole: hash, check } = hashes.finish().unwrap_or_else(|lost| {
-        // No state for the file: the next request catches up from the
-        // saved one. No checksum: the chunk is refused as unproven.
-        crate::log!("upload {id}: {lost}");
-        Hashes::default()
-    });
+        if outcome.is_err() {
+            // Cut short: what arrived is stored, as it would have been unheld,
+            // and the upload continues after it. (A chunk that is cut away is
+            // cut after this; a failure here leaves the file at what did reach
+            // it, which the offset below records.)
+            if let Err(err) = written.flush() {
+                crate::log!("upload {id}: storing the chunk's last bytes: {err}");
+            }
+        }
+        let Written { hashes, out, .. } = written;
+        // Closed before the status is recorded and synced.
+        drop(out);
+        hashes.finish().unwrap_or_else(|lost| {
+            // No state for the file: the next request catches up from the
+            // saved one. No checksum: the chunk is refused as unproven.
+            crate::log!("upload {id}: {lost}");
+            Hashes::default()
+        })
+    };
     match outcome {
         Ok(written) => {
             if let Some(expected) = checksum
@@ -856,7 +859,7 @@ impl Unchecked<'_> {
 /// the reader finds `released` set when it wakes and writes nothing more.
 fn let_go_when_asked(
     upload: &Upload,
-    written: &Mutex<Written>,
+    written: &Mutex<Written<'_>>,
     resting: &Status,
     unchecked: &Unchecked<'_>,
     stopped: mpsc::Receiver<()>,
@@ -943,7 +946,7 @@ fn copy_chunk(
     start: u64,
     announced: Option<u64>,
     session: &receiving::Session<'_>,
-    shared: &Mutex<Written>,
+    shared: &Mutex<Written<'_>>,
 ) -> Result<u64, HttpError> {
     let mut buffer = vec![0; CHUNK_BUFFER];
     let mut written = 0u64;
