@@ -21,7 +21,7 @@ minute; see `upload_writes`) and updates its `nginx.fastcgi_upload.writes*`
 rows. A scenario the server
 does not support yet (concatenation, taking over a held upload) is still
 tried every run, and reported "not available" with the server's answer.
---only multihost (root, /dev/fuse; about seven minutes) brings up
+--only multihost (root, /dev/fuse; about a minute) brings up
 scripts/multihost with two client hosts on one GlusterFS volume with the
 strict options, plus a second volume with gluster's defaults on the same
 storage host (mounted on host a with the kernel's default caches, its own
