@@ -17,25 +17,16 @@ use std::time::Duration;
 use common::fcgi::*;
 use common::*;
 
-#[test]
-fn a_daemon_whose_upload_lost_its_lock_answers_503_and_writes_no_status() {
-    let pool = TestPool::new();
-    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
-    let sent = 100_000;
-    let mut stream = daemon.begin_partial_upload(&pool, "lost", 7, sent);
-    let bucket = pool.path().join("lost");
+/// Renames a free file over the bucket's `lock` (see the top of this file).
+fn take_the_lock_away(bucket: &std::path::Path) {
     fs::write(bucket.join("lock.new"), b"").unwrap();
     fs::rename(bucket.join("lock.new"), bucket.join("lock")).unwrap();
-    // The same form begin_partial_upload sends: the rest of its body.
-    let form = Form::new().file(
-        "f",
-        "partial.bin",
-        "application/octet-stream",
-        &random_bytes(1 << 20, 7),
-    );
-    let body = form.body();
+}
+
+/// Sends the rest of request 1's body and reads its answer.
+fn send_the_rest(mut stream: std::os::unix::net::UnixStream, rest: &[u8]) -> Reply {
     let mut writer = stream.try_clone().unwrap();
-    let rest = stdin_records(1, &body[sent..]);
+    let rest = stdin_records(1, rest);
     // The daemon may answer before it has read it all.
     let feeder = std::thread::spawn(move || {
         let _ = writer.write_all(&rest);
@@ -43,6 +34,25 @@ fn a_daemon_whose_upload_lost_its_lock_answers_503_and_writes_no_status() {
     let (reply, _) = read_response(&mut stream, 1);
     drop(stream);
     let _ = feeder.join();
+    reply
+}
+
+#[test]
+fn a_daemon_whose_upload_lost_its_lock_answers_503_and_writes_no_status() {
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_PROGRESS_INTERVAL", "20ms")]);
+    let sent = 100_000;
+    let stream = daemon.begin_partial_upload(&pool, "lost", 7, sent);
+    let bucket = pool.path().join("lost");
+    take_the_lock_away(&bucket);
+    // The same form begin_partial_upload sends: the rest of its body.
+    let form = Form::new().file(
+        "f",
+        "partial.bin",
+        "application/octet-stream",
+        &random_bytes(1 << 20, 7),
+    );
+    let reply = send_the_rest(stream, &form.body()[sent..]);
     reply.assert_error_code(503, "ERR_LOCK_LOST", "lost the lock");
     // No status written after the loss: neither progress nor `done` nor
     // the failure; and nothing removed.
@@ -93,18 +103,10 @@ fn a_receiver_that_lost_its_lock_writes_no_more_data_before_its_next_tick() {
     })
     .unwrap_or_else(|| panic!("no block written\n{}", daemon.log_text()));
     assert_eq!(size(&data_file), 1 << 20);
-    fs::write(bucket.join("lock.new"), b"").unwrap();
-    fs::rename(bucket.join("lock.new"), bucket.join("lock")).unwrap();
+    take_the_lock_away(&bucket);
     // Past the time a check vouches for (pool::FENCE_AGE, 100 ms).
     std::thread::sleep(Duration::from_millis(300));
-    let mut writer = stream.try_clone().unwrap();
-    let rest = stdin_records(1, &body[first..]);
-    let feeder = std::thread::spawn(move || {
-        let _ = writer.write_all(&rest);
-    });
-    let (reply, _) = read_response(&mut stream, 1);
-    drop(stream);
-    let _ = feeder.join();
+    let reply = send_the_rest(stream, &body[first..]);
     reply.assert_error_code(503, "ERR_LOCK_LOST", "lost the lock");
     assert_eq!(
         size(&data_file),
