@@ -767,6 +767,9 @@ GOAL_STATUS_P99 = 1.0  # at most, the daemon's p99 over the floor's
 GOAL_UPLOAD = 1.10  # at most, over the body-to-file floor (or the hash)
 GOAL_PIPE_SHA_OFF = 1.05  # at most, over `cat | cat > file`
 GOAL_PIPE_SHA_ON = 1.10  # at most, over the slower of that and the hash
+# The 1-minute load average after each floors scenario: the other work on
+# the machine, which stretches the wall times of what runs at nice 19.
+floor_loads = []
 
 
 def openssl_sha256(seconds):
@@ -860,6 +863,7 @@ def floors(servers, pool, work, one, one_len, one_sha, label, rounds, quick):
             else:
                 got = wrk(floor_url if name == "libfcgi_fixed" else unknown_url, seconds)
             status[name].append(got)
+            floor_loads.append(os.getloadavg()[0])
             say(f"  {name}: {got[0]:.0f} req/s, p99 {got[1]:.2f} ms")
     what = {"libfcgi_fixed": f"the floor: libfcgi, {daemon_workers()} threads, a fixed answer;"
                              f" a thread serves one kept connection at a time",
@@ -908,6 +912,7 @@ def floors(servers, pool, work, one, one_len, one_sha, label, rounds, quick):
                     raise RuntimeError(f"floors: the daemon stored other bytes: {answer[:300]}")
                 subprocess.run([str(BIN), "clear", ident], env={"FILEUPLOAD_DIRECTORY": str(pool)}, check=True)
             uploads[name].append(seconds)
+            floor_loads.append(os.getloadavg()[0])
             say(f"  {name}: {seconds:.2f} s")
     what = {"libfcgi_store": "the floor: libfcgi at nice 19, the body to a file in 1 MiB writes",
             "daemon.sha_off": "nginx + the daemon, SHA-256 off", "daemon.sha_on": "nginx + the daemon, SHA-256 on"}
@@ -973,6 +978,7 @@ def floors_only(work, quick):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in order:
             runner.record(name, variants[name]())
+            floor_loads.append(os.getloadavg()[0])
     out.unlink(missing_ok=True)
     shutil.rmtree(cgi_pool, ignore_errors=True)
     for name in variants:
@@ -989,6 +995,13 @@ def floors_only(work, quick):
         servers.stop()
     walls = {name: [s[0] for s in runner.samples[name]] for name in variants}
     cgi_pipe_goals(walls, rate, big, label)
+    floors_load()
+
+
+def floors_load():
+    figure("floors.load_average", statistics.median(floor_loads),
+           f"(1-minute, median over the floors scenarios, range {min(floor_loads):.2g} to {max(floor_loads):.2g}; "
+           f"this run's own load is about 2: above that, other work shared the 2 cores)")
 
 
 # ---- slow clients ----------------------------------------------------------------
@@ -2182,6 +2195,7 @@ def main():
                     for name in ("limit.cat_pipe_to_file", "limit.cat_pipe_to_file.nice19", "cgi.sha_off.pipe",
                                  "cgi.sha_on.pipe")},
                    sha_rate, big, label)
+    floors_load()
 
     # 8: slow clients through nginx as the README configures it.
     slow_clients()
