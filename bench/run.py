@@ -36,7 +36,7 @@ upload's stored file is read back through the mount and its SHA-256
 checked. It updates the `multihost.*` rows. No round starts after 330 s;
 everything it starts is stopped by pid, and scripts/multihost down removes
 the namespaces and mounts.
---only floors (about five minutes; --quick under one) measures what the
+--only floors (about six minutes; --quick under one) measures what the
 issue-15 goals compare against, and updates the `floors.*` rows and the CGI
 pipe rows: `cat body | cat > file` (the reading cat at nice 0 and at nice
 19, the priority fileupload receives a body at) against fileupload as a CGI
