@@ -8,7 +8,7 @@ answer cannot score. Times are medians of repeated runs, taken in
 interleaved order, because these machines are shared and noisy: only the
 ratios between figures of the same run mean anything.
 
-Usage: bench/run [--quick] [--work DIR] [--only slow-clients|resumable|writes|multihost]
+Usage: bench/run [--quick] [--work DIR] [--only slow-clients|resumable|writes|multihost|floors]
 
 --only slow-clients runs only the slow-client scenarios (tests/slow_clients.rs,
 about two minutes) and updates their rows of bench/results.md and the README.
@@ -36,6 +36,22 @@ upload's stored file is read back through the mount and its SHA-256
 checked. It updates the `multihost.*` rows. No round starts after 330 s;
 everything it starts is stopped by pid, and scripts/multihost down removes
 the namespaces and mounts.
+--only floors (about six minutes; --quick under one) measures what the
+issue-15 goals compare against, and updates the `floors.*` rows and the CGI
+pipe rows: `cat body | cat > file` (the reading cat at nice 0 and at nice
+19, the priority fileupload receives a body at) against fileupload as a CGI
+reading the same pipe, SHA-256 off and on; then, behind the same nginx as the daemon
+(kept upstream connections, as conf-examples/nginx-fastcgi.conf), two C
+responders on libfcgi built here from Debian's libfcgi-dev: one answering
+a fixed status (the daemon's answer for an unknown identifier) on as many
+threads as the daemon has workers, against the daemon's status for an
+unknown identifier and for an upload in flight (wrk: requests/s and p99);
+one writing the request body to a file in the pool in 1 MiB writes (at
+nice 19, as the daemon's upload threads),
+against a 1 GiB upload through the daemon with SHA-256 off and on; and
+`openssl speed -evp sha256`, for the hash's floor. Interleaved rounds, the
+order reversed every other round; each goal is judged on the median of the
+rounds' ratios, printed beside the goal. The full run includes them.
 """
 
 import argparse
@@ -89,7 +105,11 @@ APT = {
     "php-cgi": "php-cgi",
     "curl": "curl",
     "gcc": "gcc",
+    "openssl": "openssl",
 }
+# Header files whose package install() adds when they are missing: the
+# libfcgi floors compile against the FastCGI reference library.
+HEADERS = {"/usr/include/fcgiapp.h": "libfcgi-dev"}
 
 
 def install():
@@ -97,6 +117,7 @@ def install():
     need = [pkg for prog, pkg in APT.items() if not shutil.which(prog) and not Path("/usr/sbin", prog).exists()]
     if not Path("/usr/lib/nginx/modules/ngx_http_uploadprogress_module.so").exists():
         need.append("libnginx-mod-http-uploadprogress")
+    need += [pkg for header, pkg in HEADERS.items() if not Path(header).exists()]
     if need:
         if os.geteuid() != 0:
             sys.exit(f"bench: missing {' '.join(need)}; run as root or apt-get install -y {' '.join(need)}")
@@ -233,13 +254,18 @@ class Runner:
         return statistics.median(s[i] for s in self.samples[name])
 
 
-def run_cat_pipe(body, out):
-    """`cat body | cat > file`: what any program reading a pipe can do."""
+def run_cat_pipe(body, out, nice=0):
+    """`cat body | cat > file`: what any program reading a pipe can do.
+    With `nice`, the reading cat runs at that CPU priority (the feeding one,
+    the web server's part, does not): fileupload receives a body at nice 19
+    (`receiving::lower_priority`), so on a machine other work keeps busy
+    only a reader at nice 19 too is its floor."""
     out.unlink(missing_ok=True)
     settle(body)
     feeder = subprocess.Popen(["cat", str(body)], stdout=subprocess.PIPE)
+    reader = ["nice", "-n", str(nice), "cat"] if nice else ["cat"]
     with open(out, "wb") as dst:
-        sample = measure(["cat"], stdin=feeder.stdout, stdout=dst)
+        sample = measure(reader, stdin=feeder.stdout, stdout=dst)
     feeder.wait()
     return sample
 
@@ -361,11 +387,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def compile_c(work, name, source):
+def compile_c(work, name, source, libs=()):
     src = work / f"{name}.c"
     src.write_text(source)
     out = work / name
-    subprocess.run(["gcc", "-O2", "-o", str(out), str(src)], check=True)
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(src), *libs], check=True)
     out.chmod(0o755)
     return out
 
@@ -392,6 +418,111 @@ int main(void) {
 }
 '''
 
+# The FastCGI floors: what a minimal C responder on libfcgi (the FastCGI
+# reference library, which fcgiwrap uses too) does on the daemon's paths,
+# behind the same nginx. Both take the socket's path and their number of
+# threads; each thread accepts and serves on its own (FCGX_Accept_r), as
+# libfcgi's threaded example does but without its accept mutex: Linux's
+# accept needs none, and with kept connections (fastcgi_keep_conn) the mutex
+# would be held while a thread waits for the next request on its connection.
+
+FCGI_MAIN_C = r'''
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s SOCKET THREADS [DIRECTORY]\n", argv[0]);
+        return 2;
+    }
+    int threads = atoi(argv[2]);
+    if (threads < 1) threads = 1;
+    if (argc > 3) directory = argv[3];
+    if (FCGX_Init() != 0) return 1;
+    listener = FCGX_OpenSocket(argv[1], 1024);
+    if (listener < 0) {
+        perror("FCGX_OpenSocket");
+        return 1;
+    }
+    for (int i = 1; i < threads; i++) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, serve, NULL) != 0) {
+            perror("pthread_create");
+            return 1;
+        }
+    }
+    serve(NULL);
+    return 0;
+}
+'''
+
+# The daemon's answer for an identifier it does not know, byte for byte
+# the same headers and body.
+FCGI_STATUS_C = r'''
+#include <fcgiapp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+static int listener;
+static const char *directory;
+static const char answer[] = "Status: 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n\r\n"
+                             "{\"state\":\"starting\"}";
+static void *serve(void *unused) {
+    FCGX_Request request;
+    FCGX_InitRequest(&request, listener, 0);
+    while (FCGX_Accept_r(&request) == 0) {
+        FCGX_PutStr(answer, sizeof answer - 1, request.out);
+        FCGX_Finish_r(&request);
+    }
+    return unused;
+}
+''' + FCGI_MAIN_C
+
+# The request body, whatever it is, into a new file in the pool directory,
+# in writes of up to 1 MiB (FCGX_GetStr gathers the records into the
+# buffer); no parsing, no hash, no sync: the floor for storing a body that
+# nginx forwards.
+FCGI_STORE_C = r'''
+#include <fcgiapp.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int listener;
+static const char *directory = ".";
+static atomic_long serial;
+static void *serve(void *unused) {
+    enum { SIZE = 1 << 20 };
+    char *buffer = malloc(SIZE);
+    if (buffer == NULL) return unused;
+    FCGX_Request request;
+    FCGX_InitRequest(&request, listener, 0);
+    while (FCGX_Accept_r(&request) == 0) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/floor-%d-%ld", directory, (int)getpid(), atomic_fetch_add(&serial, 1));
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        int ok = fd >= 0;
+        long total = 0;
+        int n;
+        while ((n = FCGX_GetStr(buffer, SIZE, request.in)) > 0) {
+            total += n;
+            for (int done = 0; ok && done < n;) {
+                ssize_t w = write(fd, buffer + done, n - done);
+                if (w < 0) ok = 0; else done += w;
+            }
+        }
+        if (fd >= 0 && close(fd) != 0) ok = 0;
+        if (ok)
+            FCGX_FPrintF(request.out, "Status: 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n\r\n"
+                         "{\"received\":%ld,\"path\":\"%s\"}", total, path);
+        else
+            FCGX_FPrintF(request.out, "Status: 500 Internal Server Error\r\nContent-Type: application/json\r\n\r\n"
+                         "{\"error\":\"cannot store\",\"received\":%ld}", total);
+        FCGX_Finish_r(&request);
+    }
+    return unused;
+}
+''' + FCGI_MAIN_C
+
 
 class Servers:
     """nginx with every endpoint the status and throughput figures need."""
@@ -415,8 +546,27 @@ class Servers:
                    env={"FILEUPLOAD_DIRECTORY": str(pool), "PATH": "/usr/bin:/bin", **NO_FSYNC})
         self.start(["setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups", "fcgiwrap",
                     "-c", "4", "-s", f"unix:{self.fcgiwrap_sock}"])
-        self.wait_for_path(self.daemon_sock)
-        self.wait_for_path(self.fcgiwrap_sock)
+        # The libfcgi floors (see FCGI_STATUS_C), as www-data like the
+        # daemon, with as many threads as it has event-loop workers.
+        self.floor_status_sock = run / "floor-status.sock"
+        self.floor_store_sock = run / "floor-store.sock"
+        self.floor_dir = pool / "floor"
+        fresh(self.floor_dir)
+        shutil.chown(self.floor_dir, "www-data", "www-data")
+        libfcgi = ["-lfcgi", "-pthread"]
+        threads = str(daemon_workers())
+        # The store floor at nice 19, as the daemon runs each upload
+        # (receiving::lower_priority): on a machine other work keeps busy,
+        # like with like. Its status twin at nice 0, as the daemon's loop.
+        for name, source, sock, nice, extra in (
+                ("floor-fcgi-status", FCGI_STATUS_C, self.floor_status_sock, [], []),
+                ("floor-fcgi-store", FCGI_STORE_C, self.floor_store_sock, ["nice", "-n", "19"],
+                 [str(self.floor_dir)])):
+            program = compile_c(work, name, source, libfcgi)
+            self.start([*nice, "setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups", str(program),
+                        str(sock), threads, *extra])
+        for path in (self.daemon_sock, self.fcgiwrap_sock, self.floor_status_sock, self.floor_store_sock):
+            self.wait_for_path(path)
         temp = work / "nginx-temp"
         fresh(temp)
         shutil.chown(temp, "www-data", "www-data")
@@ -435,13 +585,27 @@ http {{
   client_body_temp_path {temp}/body; fastcgi_temp_path {temp}/fastcgi; proxy_temp_path {temp}/proxy;
   uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
   upload_progress proxied 1m;
+  # Every FastCGI upstream as conf-examples/nginx-fastcgi.conf has the
+  # daemon's: kept connections (keepalive 8, fastcgi_keep_conn on).
   upstream fileupload {{ server unix:{self.daemon_sock}; keepalive 8; }}
+  upstream floor_status {{ server unix:{self.floor_status_sock}; keepalive 8; }}
+  upstream floor_store {{ server unix:{self.floor_store_sock}; keepalive 8; }}
   server {{
     listen 127.0.0.1:{self.port};
     client_max_body_size 0;
     fastcgi_request_buffering off;
     location /fcgi/upload {{
       include /etc/nginx/fastcgi_params; fastcgi_keep_conn on; fastcgi_pass fileupload;
+    }}
+    location /fcgi-sha-off/upload {{
+      include /etc/nginx/fastcgi_params; fastcgi_param FILEUPLOAD_SHA256 off;
+      fastcgi_keep_conn on; fastcgi_pass fileupload;
+    }}
+    location /libfcgi/status {{
+      include /etc/nginx/fastcgi_params; fastcgi_keep_conn on; fastcgi_pass floor_status;
+    }}
+    location /libfcgi/store {{
+      include /etc/nginx/fastcgi_params; fastcgi_keep_conn on; fastcgi_pass floor_store;
     }}
     location /fcgi-per-request/upload {{
       include /etc/nginx/fastcgi_params; fastcgi_pass unix:{self.daemon_sock};
@@ -511,6 +675,15 @@ http {{
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def daemon_workers():
+    """The daemon's default number of event-loop threads (`workers` in
+    src/config.rs), which the libfcgi status floor gets as threads."""
+    found = re.search(r"^\s*workers: (\d+),$", (ROOT / "src" / "config.rs").read_text(), re.M)
+    if not found:
+        raise RuntimeError("bench: no default `workers: N,` in src/config.rs")
+    return int(found.group(1))
 
 
 def wrk(url, seconds):
@@ -583,6 +756,252 @@ def writes_only(work, quick):
         upload_writes(servers, pool, work, one, one_len, one_sha, label, 2 if quick else 3)
     finally:
         servers.stop()
+
+
+# ---- the floors: libfcgi responders on the daemon's paths --------------------------
+
+FLOOR_ROUNDS = 5
+# The goals (issue 15): a ratio to the floor measured in the same run.
+GOAL_STATUS_RPS = 0.95  # at least, of the libfcgi fixed responder's req/s
+GOAL_STATUS_P99 = 1.0  # at most, the daemon's p99 over the floor's
+GOAL_UPLOAD = 1.10  # at most, over the body-to-file floor (or the hash)
+GOAL_PIPE_SHA_OFF = 1.05  # at most, over `cat | cat > file`
+GOAL_PIPE_SHA_ON = 1.10  # at most, over the slower of that and the hash
+# The 1-minute load average after each floors scenario: the other work on
+# the machine, which stretches the wall times of what runs at nice 19.
+floor_loads = []
+
+
+def openssl_sha256(seconds):
+    """This CPU's SHA-256 speed as OpenSSL does it (its SHA extensions or
+    SIMD code): bytes per second, 16 KiB blocks."""
+    out = subprocess.run(["openssl", "speed", "-evp", "sha256", "-bytes", "16384", "-seconds", str(seconds)],
+                         capture_output=True, text=True, check=True).stdout
+    found = re.search(r"^sha256\s+([\d.]+)k\s*$", out, re.M)
+    if not found:
+        raise RuntimeError(f"cannot read openssl speed's output:\n{out}")
+    return float(found.group(1)) * 1000  # openssl counts in 1000s of bytes
+
+
+def goal_text(value, goal, at_least=False):
+    met = value >= goal if at_least else value <= goal
+    return f"goal {'>=' if at_least else '<='} {goal}: {'met' if met else 'missed'}"
+
+
+def shown_list(values):
+    return ", ".join(f"{v:.3g}" for v in values)
+
+
+class InFlight:
+    """An upload through nginx to the daemon with its first bytes sent and
+    the rest held back, so that its status, polled meanwhile, is
+    `uploading`; `finish` sends the rest and checks what was stored."""
+
+    FIRST = 4 * MIB
+
+    def __init__(self, servers, body, body_len, digest, ident):
+        self.servers, self.body, self.body_len, self.digest, self.ident = servers, body, body_len, digest, ident
+        self.conn = Conn(servers.port)
+        self.conn.send_head("POST", f"/fcgi/upload?X-Progress-ID={ident}",
+                            {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}, body_len)
+        self.conn.send_file(body, 0, self.FIRST)
+        poll = Conn(servers.port)
+        try:
+            deadline = time.time() + 10
+            while True:
+                _, _, answer = poll.request("GET", f"/fcgi/upload/status?X-Progress-ID={ident}")
+                state = json.loads(answer)
+                if state.get("state") == "uploading" and state.get("received", 0) > 0:
+                    break
+                if time.time() > deadline:
+                    raise RuntimeError(f"in-flight upload {ident}: status {answer[:200]} after 10 s")
+                time.sleep(0.05)
+        finally:
+            poll.close()
+
+    def finish(self, pool):
+        try:
+            self.conn.send_file(self.body, self.FIRST, self.body_len - self.FIRST)
+            expect(f"in-flight upload {self.ident}", self.conn.response("POST"), 200)
+        finally:
+            self.conn.close()
+        if sha256_file(pool / self.ident / "file-1") != self.digest:
+            raise RuntimeError(f"in-flight upload {self.ident}: stored other bytes")
+        subprocess.run([str(BIN), "clear", self.ident], env={"FILEUPLOAD_DIRECTORY": str(pool)}, check=True)
+
+
+def floors(servers, pool, work, one, one_len, one_sha, label, rounds, quick):
+    """The FastCGI figures against their libfcgi floors, behind the same
+    nginx in the same run, in interleaved rounds (the order reversed every
+    other round); each goal's ratio is the median of the rounds' ratios.
+    Returns OpenSSL's SHA-256 rate (bytes/s), for the CGI goals."""
+    rate = openssl_sha256(1 if quick else 3)
+    size = one_len - (make_body(work / "empty.body", [0])[0])  # the file's bytes, not the form's
+    hash_s = size / rate
+    figure("floors.openssl_sha256", rate / 1e6, f"MB/s (openssl speed -evp sha256 -bytes 16384 -seconds {1 if quick else 3})")
+    figure(f"floors.hash_floor.{label}.wall", hash_s, f"s (the {label} file's bytes at that rate)")
+
+    # Status: the same answer from both (an unknown identifier's).
+    floor_url = servers.url("/libfcgi/status?X-Progress-ID=floors-unknown")
+    unknown_url = servers.url("/fcgi/upload/status?X-Progress-ID=floors-unknown")
+    bodies = [subprocess.run(["curl", "-s", "-S", u], capture_output=True, text=True, check=True).stdout
+              for u in (floor_url, unknown_url)]
+    if bodies[0] != bodies[1]:
+        raise RuntimeError(f"the status floor answers {bodies[0]!r}, the daemon {bodies[1]!r}")
+    flight = work / "inflight.body"
+    flight_len, flight_sha = make_body(flight, [64 * MIB])
+    seconds = 3 if quick else 10
+    status = {"libfcgi_fixed": [], "daemon_unknown_id": [], "daemon_in_flight": []}
+    for r in range(rounds):
+        say(f"floors: status round {r + 1} of {rounds}")
+        order = list(status) if r % 2 == 0 else list(reversed(status))
+        for name in order:
+            if name == "daemon_in_flight":
+                upload = InFlight(servers, flight, flight_len, flight_sha[0], f"floors-flight-{r}")
+                got = wrk(servers.url(f"/fcgi/upload/status?X-Progress-ID=floors-flight-{r}"), seconds)
+                upload.finish(pool)
+            else:
+                got = wrk(floor_url if name == "libfcgi_fixed" else unknown_url, seconds)
+            status[name].append(got)
+            floor_loads.append(os.getloadavg()[0])
+            say(f"  {name}: {got[0]:.0f} req/s, p99 {got[1]:.2f} ms")
+    what = {"libfcgi_fixed": f"the floor: libfcgi, {daemon_workers()} threads, a fixed answer;"
+                             f" a thread serves one kept connection at a time",
+            "daemon_unknown_id": "an unknown identifier", "daemon_in_flight": "an upload in flight"}
+    for name, samples in status.items():
+        figure(f"floors.status.{name}.rps", statistics.median(s[0] for s in samples),
+               f"req/s (median of {shown_list([s[0] for s in samples])}; {what[name]})")
+        figure(f"floors.status.{name}.p99", statistics.median(s[1] for s in samples),
+               f"ms (median of {shown_list([s[1] for s in samples])})")
+    floor = status["libfcgi_fixed"]
+    for name in ("daemon_unknown_id", "daemon_in_flight"):
+        pairs = [d[0] / f[0] for d, f in zip(status[name], floor)]
+        value = statistics.median(pairs)
+        figure(f"floors.status.{name}_vs_libfcgi.rps", value,
+               f"x (rounds {shown_list(pairs)}; {goal_text(value, GOAL_STATUS_RPS, at_least=True)})")
+        pairs = [d[1] / f[1] for d, f in zip(status[name], floor)]
+        value = statistics.median(pairs)
+        figure(f"floors.status.{name}_vs_libfcgi.p99", value,
+               f"x (the daemon's p99 over the floor's; rounds {shown_list(pairs)}; {goal_text(value, GOAL_STATUS_P99)})")
+
+    # Uploads: the whole body into a file, against the daemon storing the
+    # form's file with SHA-256 off and on (fsync off for all, as above).
+    body_sha = sha256_file(one)
+    uploads = {"libfcgi_store": [], "daemon.sha_off": [], "daemon.sha_on": []}
+    for r in range(rounds):
+        say(f"floors: upload round {r + 1} of {rounds}")
+        order = list(uploads) if r % 2 == 0 else list(reversed(uploads))
+        for name in order:
+            settle(one)
+            if name == "libfcgi_store":
+                seconds, answer = curl_upload(servers.url("/libfcgi/store"), one)
+                got = json.loads(answer)
+                stored = Path(got["path"])
+                if got["received"] != one_len or sha256_file(stored) != body_sha:
+                    raise RuntimeError(f"the store floor stored other bytes: {answer[:300]}")
+                stored.unlink()
+            else:
+                ident = f"floors-{name.split('.')[1].replace('_', '-')}-{r}"
+                where = "/fcgi/upload" if name == "daemon.sha_on" else "/fcgi-sha-off/upload"
+                seconds, answer = curl_upload(servers.url(f"{where}?X-Progress-ID={ident}"), one)
+                got = json.loads(answer)
+                if name == "daemon.sha_on" and [f["sha256"] for f in got["files"]] != one_sha:
+                    raise RuntimeError(f"floors: the daemon reported another SHA-256: {answer[:300]}")
+                stored = pool / ident / "file-1"
+                if not stored.exists() or sha256_file(stored) != one_sha[0]:
+                    raise RuntimeError(f"floors: the daemon stored other bytes: {answer[:300]}")
+                subprocess.run([str(BIN), "clear", ident], env={"FILEUPLOAD_DIRECTORY": str(pool)}, check=True)
+            uploads[name].append(seconds)
+            floor_loads.append(os.getloadavg()[0])
+            say(f"  {name}: {seconds:.2f} s")
+    what = {"libfcgi_store": "the floor: libfcgi at nice 19, the body to a file in 1 MiB writes",
+            "daemon.sha_off": "nginx + the daemon, SHA-256 off", "daemon.sha_on": "nginx + the daemon, SHA-256 on"}
+    for name, walls in uploads.items():
+        figure(f"floors.upload.{name}.{label}.wall", statistics.median(walls),
+               f"s (median of {shown_list(walls)}; {what[name]})")
+    pairs = [d / f for d, f in zip(uploads["daemon.sha_off"], uploads["libfcgi_store"])]
+    value = statistics.median(pairs)
+    figure("floors.upload.sha_off_vs_libfcgi_store", value,
+           f"x (rounds {shown_list(pairs)}; {goal_text(value, GOAL_UPLOAD)})")
+    pairs = [d / max(f, hash_s) for d, f in zip(uploads["daemon.sha_on"], uploads["libfcgi_store"])]
+    value = statistics.median(pairs)
+    slower = "the hash" if hash_s > statistics.median(uploads["libfcgi_store"]) else "the store floor"
+    figure("floors.upload.sha_on_vs_floor", value,
+           f"x (over the slower of the store floor and the hash at openssl's rate, {hash_s:.3g} s: mostly "
+           f"{slower}; rounds {shown_list(pairs)}; {goal_text(value, GOAL_UPLOAD)})")
+    return rate
+
+
+def cgi_pipe_goals(walls, rate, size, label):
+    """The CGI goals through a pipe, from each round's walls (name -> list
+    in round order): SHA-256 off against `cat | cat > file`, on against the
+    slower of that and the hash at OpenSSL's rate. The floor is the cat
+    that reads at nice 19, as fileupload does; the ratio to the one at
+    nice 0 is shown beside it (the same on an idle machine)."""
+    hash_s = size / rate
+    cat = walls["limit.cat_pipe_to_file.nice19"]
+    plain = walls["limit.cat_pipe_to_file"]
+    pairs = [c / f for c, f in zip(walls["cgi.sha_off.pipe"], cat)]
+    value = statistics.median(pairs)
+    against_plain = statistics.median(c / f for c, f in zip(walls["cgi.sha_off.pipe"], plain))
+    figure("floors.cgi_pipe.sha_off_vs_cat_pipe", value,
+           f"x (against cat reading at nice 19, as fileupload does; rounds {shown_list(pairs)}; "
+           f"{goal_text(value, GOAL_PIPE_SHA_OFF)}; against cat at nice 0: {against_plain:.3g})")
+    pairs = [c / max(f, hash_s) for c, f in zip(walls["cgi.sha_on.pipe"], cat)]
+    value = statistics.median(pairs)
+    slower = "the hash" if hash_s > statistics.median(cat) else "cat"
+    figure("floors.cgi_pipe.sha_on_vs_floor", value,
+           f"x (over the slower of cat at nice 19 and the {label} hash at openssl's rate, {hash_s:.3g} s: mostly "
+           f"{slower}; rounds {shown_list(pairs)}; {goal_text(value, GOAL_PIPE_SHA_ON)})")
+
+
+def floors_only(work, quick):
+    """`--only floors`: the CGI pipe figures (`cat | cat > file`, SHA-256
+    off and on, interleaved), then the servers and the FastCGI floors."""
+    big = 128 * MIB if quick else GIB
+    label = "1g" if big == GIB else f"{big // MIB}m"
+    rounds = 2 if quick else FLOOR_ROUNDS
+    one = work / "one.body"
+    one_len, one_sha = make_body(one, [big])
+    cgi_pool = work / "cgi-pool"
+    out = work / "cat.out"
+    variants = {
+        "limit.cat_pipe_to_file": lambda: run_cat_pipe(one, out),
+        "limit.cat_pipe_to_file.nice19": lambda: run_cat_pipe(one, out, nice=19),
+        "cgi.sha_off.pipe": lambda: run_fileupload(one, one_len, one_sha, cgi_pool, {"FILEUPLOAD_SHA256": "off"},
+                                                   pipe=True),
+        "cgi.sha_on.pipe": lambda: run_fileupload(one, one_len, one_sha, cgi_pool, pipe=True),
+    }
+    runner = Runner(work, rounds)
+    for r in range(rounds):
+        say(f"floors: CGI pipe round {r + 1} of {rounds}")
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for name in order:
+            runner.record(name, variants[name]())
+            floor_loads.append(os.getloadavg()[0])
+    out.unlink(missing_ok=True)
+    shutil.rmtree(cgi_pool, ignore_errors=True)
+    for name in variants:
+        walls = [s[0] for s in runner.samples[name]]
+        figure(f"{name}.{label}.wall", runner.median(name, 0), f"s (median of {shown_list(walls)})")
+        figure(f"{name}.{label}.cpu", runner.median(name, 1), "s")
+        if not name.startswith("limit"):
+            figure(f"{name}.{label}.peak_rss", runner.median(name, 2) / 1024, "MiB")
+    pool = fresh(work / "pool")
+    servers = Servers(work, pool)
+    try:
+        rate = floors(servers, pool, work, one, one_len, one_sha, label, rounds, quick)
+    finally:
+        servers.stop()
+    walls = {name: [s[0] for s in runner.samples[name]] for name in variants}
+    cgi_pipe_goals(walls, rate, big, label)
+    floors_load()
+
+
+def floors_load():
+    figure("floors.load_average", statistics.median(floor_loads),
+           f"(1-minute, median over the floors scenarios, range {min(floor_loads):.2g} to {max(floor_loads):.2g}; "
+           f"this run's own load is about 2: above that, other work shared the 2 cores)")
 
 
 # ---- slow clients ----------------------------------------------------------------
@@ -1587,7 +2006,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller bodies (a smoke run)")
     parser.add_argument("--work", default=str(ROOT / "target" / "bench-work"),
                         help="scratch directory; the pool and every copy live here, on its filesystem")
-    parser.add_argument("--only", choices=["slow-clients", "resumable", "writes", "multihost"],
+    parser.add_argument("--only", choices=["slow-clients", "resumable", "writes", "multihost", "floors"],
                         help="run only this part and update only its rows of bench/results.md")
     args = parser.parse_args()
     if args.only == "slow-clients":
@@ -1612,6 +2031,11 @@ def main():
         writes_only(work, args.quick)
         merge_markdown(f"Write-count rows: `bench/run --only writes{' --quick' if args.quick else ''}`, "
                        f"{time.strftime('%Y-%m-%d')}.")
+        return
+    if args.only == "floors":
+        floors_only(work, args.quick)
+        merge_markdown(f"Floor (`floors.*`, CGI pipe) rows: `bench/run --only floors{' --quick' if args.quick else ''}`, "
+                       f"{time.strftime('%Y-%m-%d')}; noisy (2 shared cores): medians of interleaved rounds.")
         return
     if args.only == "resumable":
         resumable(work, args.quick)
@@ -1639,6 +2063,7 @@ def main():
     variants = {
         "limit.cat_file_to_file": lambda: run_cat_file(one, out),
         "limit.cat_pipe_to_file": lambda: run_cat_pipe(one, out),
+        "limit.cat_pipe_to_file.nice19": lambda: run_cat_pipe(one, out, nice=19),
         "cgi.sha_off": lambda: run_fileupload(one, one_len, one_sha, pool, {"FILEUPLOAD_SHA256": "off"}),
         "cgi.sha_on": lambda: run_fileupload(one, one_len, one_sha, pool),
         "cgi.sha_on.pipe": lambda: run_fileupload(one, one_len, one_sha, pool, pipe=True),
@@ -1760,8 +2185,17 @@ def main():
             figure(f"{name}.{label}.throughput", one_len / median / MIB, "MiB/s")
         say("write calls of an upload through nginx")
         upload_writes(servers, pool, work, one, one_len, one_sha, label, 2 if args.quick else 3)
+
+        # 7b: the FastCGI figures against their libfcgi floors.
+        say("the libfcgi floors")
+        sha_rate = floors(servers, pool, work, one, one_len, one_sha, label, rounds, args.quick)
     finally:
         servers.stop()
+    cgi_pipe_goals({name: [s[0] for s in runner.samples[name]]
+                    for name in ("limit.cat_pipe_to_file", "limit.cat_pipe_to_file.nice19", "cgi.sha_off.pipe",
+                                 "cgi.sha_on.pipe")},
+                   sha_rate, big, label)
+    floors_load()
 
     # 8: slow clients through nginx as the README configures it.
     slow_clients()
@@ -1774,8 +2208,11 @@ def main():
     ratios = [
         ("ratio.cgi_sha_off_vs_cat", get(f"cgi.sha_off.{label}.wall") / cat, "<= 1.10"),
         ("ratio.cgi_sha_on_vs_cat", get(f"cgi.sha_on.{label}.wall") / cat, "<= 1.25"),
-        ("ratio.cgi_sha_off_pipe_vs_cat_pipe",
-         get(f"cgi.sha_off.pipe.{label}.wall") / get(f"limit.cat_pipe_to_file.{label}.wall"), "(pipe)"),
+        # Medians of the rounds' ratios (floors.*): the goals of issue 15.
+        ("ratio.cgi_sha_off_pipe_vs_cat_pipe", get("floors.cgi_pipe.sha_off_vs_cat_pipe"),
+         f"<= {GOAL_PIPE_SHA_OFF} (cat at nice 19, as fileupload)"),
+        ("ratio.cgi_sha_on_pipe_vs_floor", get("floors.cgi_pipe.sha_on_vs_floor"),
+         f"<= {GOAL_PIPE_SHA_ON} (the slower of cat and the hash)"),
         # The same work: neither PHP nor python-multipart hashes.
         ("ratio.php_cgi_vs_cgi_sha_off", get(f"php_cgi.{label}.wall") / get(f"cgi.sha_off.{label}.wall"), "> 1"),
         ("ratio.python_multipart_vs_cgi_sha_off",
@@ -1796,6 +2233,18 @@ def main():
          get("status.fastcgi_via_nginx.rps") / get("status.fastcgi_via_nginx.connection_per_request.rps"), "(> 1)"),
         ("ratio.fastcgi_status_vs_fcgiwrap_floor",
          get("status.fastcgi_via_nginx.rps") / get("status.fixed_cgi_via_nginx_fcgiwrap.rps"), ">= 5"),
+        ("ratio.fastcgi_status_unknown_id_vs_libfcgi",
+         get("floors.status.daemon_unknown_id_vs_libfcgi.rps"), f">= {GOAL_STATUS_RPS} (req/s)"),
+        ("ratio.fastcgi_status_unknown_id_vs_libfcgi.p99",
+         get("floors.status.daemon_unknown_id_vs_libfcgi.p99"), f"<= {GOAL_STATUS_P99} (p99)"),
+        ("ratio.fastcgi_status_in_flight_vs_libfcgi",
+         get("floors.status.daemon_in_flight_vs_libfcgi.rps"), f">= {GOAL_STATUS_RPS} (req/s)"),
+        ("ratio.fastcgi_status_in_flight_vs_libfcgi.p99",
+         get("floors.status.daemon_in_flight_vs_libfcgi.p99"), f"<= {GOAL_STATUS_P99} (p99)"),
+        ("ratio.nginx_upload_sha_off_vs_libfcgi_store", get("floors.upload.sha_off_vs_libfcgi_store"),
+         f"<= {GOAL_UPLOAD}"),
+        ("ratio.nginx_upload_sha_on_vs_floor", get("floors.upload.sha_on_vs_floor"),
+         f"<= {GOAL_UPLOAD} (the slower of the store floor and the hash)"),
         ("ratio.nginx_fastcgi_upload_vs_discard_floor",
          get(f"nginx.fastcgi_upload.{label}.wall") / get(f"nginx.fcgiwrap_discard_floor.{label}.wall"), "(lower is better)"),
     ]
