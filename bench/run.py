@@ -8,7 +8,7 @@ answer cannot score. Times are medians of repeated runs, taken in
 interleaved order, because these machines are shared and noisy: only the
 ratios between figures of the same run mean anything.
 
-Usage: bench/run [--quick] [--work DIR] [--only slow-clients|resumable|writes|multihost|floors]
+Usage: bench/run [--quick] [--work DIR] [--only slow-clients|resumable|writes|multihost|floors|cgi-start]
 
 --only slow-clients runs only the slow-client scenarios (tests/slow_clients.rs,
 about two minutes) and updates their rows of bench/results.md and the README.
@@ -18,7 +18,11 @@ concatenated; reconnect to a held upload), five interleaved rounds, about
 five minutes, and updates their `tus.*` rows likewise. --only writes
 counts the daemon's write calls for a 1 GiB upload through nginx (about a
 minute; see `upload_writes`) and updates its `nginx.fastcgi_upload.writes*`
-rows. A scenario the server
+rows. --only cgi-start (under a minute) times a status answer from one
+CGI process: the release binary, the static one (scripts/build-static)
+and a C program printing the same answer, in interleaved rounds (see
+`cgi_start`), and updates the `status.*cgi_process*` rows and their
+ratios. A scenario the server
 does not support yet (concatenation, taking over a held upload) is still
 tried every run, and reported "not available" with the server's answer.
 --only multihost (root, /dev/fuse; about a minute) brings up
@@ -1999,6 +2003,149 @@ def multihost(work, quick):
     figure("multihost.run_time", elapsed, f"s ({done} interleaved rounds, setup and teardown included)")
 
 
+# ---- a CGI process's start (status.cgi_process*) ----------------------------------
+
+# Runs the programs given RUNS times each, taking turns run by run (so that
+# the machine's other work, which comes in bursts, lands on all of them
+# alike), and prints one JSON list per program: the microseconds of each
+# of its runs, posix_spawn to exit. Spawned from C, not Python's subprocess:
+# that costs about half a millisecond a run itself, the same for every
+# program, and would dilute the ratios towards 1.
+SPAWN_C = r'''
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+extern char **environ;
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+int main(int argc, char **argv) {
+    if (argc < 3) return 2;
+    int runs = atoi(argv[1]), n = argc - 2;
+    double *us = calloc((size_t)runs * n, sizeof *us);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    for (int r = 0; r < runs; r++)
+        for (int p = 0; p < n; p++) {
+            char *args[] = {argv[2 + p], NULL};
+            pid_t pid;
+            int status;
+            double start = now();
+            if (posix_spawn(&pid, args[0], &actions, NULL, args, environ) != 0) {
+                perror(args[0]);
+                return 1;
+            }
+            if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                fprintf(stderr, "%s failed\n", args[0]);
+                return 1;
+            }
+            us[(size_t)p * runs + r] = (now() - start) * 1e6;
+        }
+    for (int p = 0; p < n; p++) {
+        printf("[");
+        for (int r = 0; r < runs; r++) printf("%s%.1f", r ? "," : "", us[(size_t)p * runs + r]);
+        printf("]\n");
+    }
+    return 0;
+}
+'''
+
+
+def build_static():
+    """scripts/build-static: the binary the README tells shared hosts to copy."""
+    say("building the static binary (scripts/build-static)")
+    out = subprocess.run([str(ROOT / "scripts" / "build-static")], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return ROOT / out
+
+
+def count_writes(argv, env):
+    """The `write` calls of one run, from strace -f -c; None without strace."""
+    strace = shutil.which("strace")
+    if strace is None:
+        return None
+    with tempfile.NamedTemporaryFile("r") as report:
+        subprocess.run([strace, "-f", "-c", "-e", "trace=write,writev", "-o", report.name, *argv],
+                       env=env, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, check=True)
+        calls = 0
+        for line in report.read().splitlines():
+            fields = line.split()
+            if fields and fields[-1] in ("write", "writev"):
+                calls += int(fields[3])
+        return calls
+
+
+def cgi_start(work, pool, quick):
+    """A status answer from one CGI process, the web server's view: fork,
+    exec, answer, exit, for an identifier the pool does not hold (the
+    answer {"state":"starting"}, the same bytes as the C floor's). The
+    release binary (dynamically linked, as cargo builds it), the static
+    one (scripts/build-static), and the floor: a C program that prints the
+    fixed answer with stdio, dynamically linked as gcc builds it, and the
+    same statically linked (what C itself gains). Returns the ratios."""
+    static = build_static()
+    fixed = compile_c(work, "fixed-status-direct", FIXED_STATUS_C)
+    fixed_static = work / "fixed-status-static"
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(fixed_static), str(work / "fixed-status-direct.c")], check=True)
+    spawn = compile_c(work, "spawn-turns", SPAWN_C)
+    env = cgi_env(pool, 0, {"REQUEST_METHOD": "GET", "PATH_INFO": "/upload/status", "CONTENT_LENGTH": "",
+                            "CONTENT_TYPE": "", "QUERY_STRING": "X-Progress-ID=never-uploaded-start-up-figures"})
+    programs = [
+        ("status.fixed_cgi_process", fixed, "the C floor, dynamically linked"),
+        ("status.cgi_process", BIN, "target/release/fileupload, dynamically linked"),
+        ("status.cgi_process.static", static, "scripts/build-static"),
+        ("status.fixed_cgi_process.static", fixed_static, "the C floor, gcc -static"),
+    ]
+    for name, path, _ in programs:
+        answer = subprocess.run([str(path)], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=True).stdout
+        if not (answer.startswith(b"Status: 200 OK\r\n") and answer.endswith(b'\r\n\r\n{"state":"starting"}')):
+            raise RuntimeError(f"{name}: unexpected answer {answer[:300]!r}")
+    runs = 400 if quick else 2000
+    say(f"CGI start: {runs} runs of each of {len(programs)} programs, taking turns")
+    proc = subprocess.run([str(spawn), str(runs), *(str(p) for _, p, _ in programs)],
+                          env=env, capture_output=True, text=True, check=True)
+    for (name, path, what), samples in zip(programs, (json.loads(line) for line in proc.stdout.splitlines())):
+        figure(name, statistics.median(samples) / 1000,
+               f"ms a process ({what}; median of {runs} runs taking turns, posix_spawn to exit)")
+    for name, path, _ in programs[1:3]:
+        writes = count_writes([str(path)], env)
+        figure(f"{name}.writes", "strace missing" if writes is None else writes, "write calls for the answer")
+    floor = get("status.fixed_cgi_process")
+    return [
+        ("ratio.cgi_status_vs_c_fixed", get("status.cgi_process.static") / floor, "<= 1.2"),
+        ("ratio.cgi_status_dynamic_vs_c_fixed", get("status.cgi_process") / floor, "(the dynamic binary)"),
+    ]
+
+
+def merge_ratio_rows(ratios):
+    """Puts ratios measured by a partial run (--only) into the ratio table of
+    bench/results.md and the README's copy, each replacing its row or added
+    at the table's end."""
+    def merged(table):
+        lines = table.split("\n")
+        for name, value, target in ratios:
+            row = f"| `{name}` | {value:.2f} x | {target} |"
+            at = next((i for i, l in enumerate(lines) if l.startswith(f"| `{name}` |")), None)
+            if at is not None:
+                lines[at] = row
+                continue
+            rows = [i for i, l in enumerate(lines) if l.startswith("| `ratio.")]
+            if rows:
+                lines.insert(rows[-1] + 1, row)
+        return "\n".join(lines)
+
+    path = ROOT / "bench" / "results.md"
+    path.write_text(merged(path.read_text()))
+    replace_readme_table(merged)
+
+
 # ---- the benchmark -------------------------------------------------------------
 
 def main():
@@ -2006,7 +2153,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller bodies (a smoke run)")
     parser.add_argument("--work", default=str(ROOT / "target" / "bench-work"),
                         help="scratch directory; the pool and every copy live here, on its filesystem")
-    parser.add_argument("--only", choices=["slow-clients", "resumable", "writes", "multihost", "floors"],
+    parser.add_argument("--only", choices=["slow-clients", "resumable", "writes", "multihost", "floors",
+                                           "cgi-start"],
                         help="run only this part and update only its rows of bench/results.md")
     args = parser.parse_args()
     if args.only == "slow-clients":
@@ -2022,6 +2170,20 @@ def main():
         merge_markdown(f"Multi-host (`multihost.*`) rows: `bench/run --only multihost{' --quick' if args.quick else ''}`, "
                        f"{time.strftime('%Y-%m-%d')}; GlusterFS on this one machine, noisy (2 shared cores): "
                        f"medians of interleaved rounds.")
+        return
+    if args.only == "cgi-start":
+        # Nothing to install but gcc (which cargo links with anyway).
+        say("building the release binary")
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+        work = Path(args.work)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        ratios = cgi_start(work, fresh(work / "pool"), args.quick)
+        for name, value, target in ratios:  # their own table, not the figures'
+            print(f"{name}: {value:.4g} x (target {target})", flush=True)
+        merge_markdown(f"CGI start (`status.*cgi_process*`) rows: `bench/run --only cgi-start{' --quick' if args.quick else ''}`, "
+                       f"{time.strftime('%Y-%m-%d')}.")
+        merge_ratio_rows(ratios)
         return
     install()
     work = Path(args.work)
@@ -2137,14 +2299,7 @@ def main():
     say("status cost")
     fresh(pool)
     run_fileupload(small, small_len, small_sha, pool)  # an upload to ask about
-    fixed = compile_c(work, "fixed-status-direct", FIXED_STATUS_C)
-    env = cgi_env(pool, 0, {"REQUEST_METHOD": "GET", "PATH_INFO": "/upload/status", "CONTENT_LENGTH": ""})
-    count = 200 if args.quick else 1000
-    for name, argv in [("status.cgi_process", [str(BIN)]), ("status.fixed_cgi_process", [str(fixed)])]:
-        start = time.perf_counter()
-        for _ in range(count):
-            subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
-        figure(name, (time.perf_counter() - start) / count * 1000, "ms")
+    start_ratios = cgi_start(work, pool, args.quick)
 
     # The servers run as www-data, as Debian runs them.
     subprocess.run(["chown", "-R", "www-data:www-data", str(pool)], check=True)
@@ -2248,6 +2403,7 @@ def main():
         ("ratio.nginx_fastcgi_upload_vs_discard_floor",
          get(f"nginx.fastcgi_upload.{label}.wall") / get(f"nginx.fcgiwrap_discard_floor.{label}.wall"), "(lower is better)"),
     ]
+    ratios += start_ratios
     for name, value, _ in ratios:
         figure(name, value, "x")
     write_markdown(ratios, args.quick, label)

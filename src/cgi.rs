@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::AsFd;
 
 use crate::config::{Config, ConfigError};
 use crate::error_code::ErrorCode;
@@ -20,6 +19,21 @@ impl<W: Write> ResponseWriter for CgiOutput<W> {
     fn start(&mut self, status: u16, headers: &[(String, String)]) -> io::Result<&mut dyn Write> {
         write_cgi_head(&mut self.out, status, headers)?;
         Ok(&mut self.out)
+    }
+}
+
+/// Stdout, bare: std's `Stdout` is line-buffered, so a buffer holding a
+/// head and a body left in two `write`s, split at the head's last line
+/// break. Behind our own buffer an answer leaves in one.
+struct RawStdout;
+
+impl Write for RawStdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(rustix::io::write(rustix::stdio::stdout(), buf)?)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -72,7 +86,9 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
     let chunked = vars
         .iter()
         .any(|(k, v)| k == "HTTP_TRANSFER_ENCODING" && v.to_ascii_lowercase().contains("chunked"));
-    let file = match io::stdin().as_fd().try_clone_to_owned() {
+    // Through rustix, not `io::stdin()`: std's handle would set up its
+    // buffer and lock for nothing, at every start.
+    let file = match rustix::stdio::stdin().try_clone_to_owned() {
         Ok(fd) => File::from(fd),
         Err(err) => {
             crate::log!("cannot read stdin: {err}");
@@ -95,9 +111,8 @@ pub fn run(config: Result<Config, ConfigError>) -> i32 {
             Ok(BodyLength::Absent) | Err(_) => Some(0),
         },
     };
-    let stdout = io::stdout();
     let mut out = CgiOutput {
-        out: BufWriter::with_capacity(64 * 1024, stdout.lock()),
+        out: BufWriter::with_capacity(64 * 1024, RawStdout),
     };
     let mut request = Request::new(vars, &mut stdin, chunked);
     let (result, service) = match config {

@@ -265,3 +265,41 @@ fn a_cgi_upload_from_a_pipe_is_written_in_1mib_blocks() {
             .join("\n")
     );
 }
+
+/// A CGI answer leaves in one `write`: head and body together (std's
+/// line-buffered stdout used to send the head, up to its last line break,
+/// and then the body). For the status of an unknown upload, the answer of
+/// a CGI status poll, and for an upload's answer.
+#[test]
+fn a_cgi_answer_is_one_write() {
+    let strace = common::site::require("strace", "strace");
+    let pool = TestPool::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(100_000, 67);
+    let form = Form::new().file("f", "small.bin", "application/octet-stream", &data);
+    for (name, request) in [("status", None), ("upload", Some(&form))] {
+        let trace = dir.path().join(format!("{name}.trace"));
+        let cgi = pool.cgi().prelude(&format!(
+            "exec {} -f -qq -o {} -e trace=write,writev,pwrite64,pwritev -- \"$0\"",
+            strace.display(),
+            trace.display()
+        ));
+        let reply = match request {
+            None => cgi.get("/upload/status?X-Progress-ID=never-sent"),
+            Some(form) => cgi.post_form("/upload?X-Progress-ID=one-write", form),
+        };
+        assert_eq!(reply.status, 200, "{name}: {}", reply.text());
+        assert!(!reply.body.is_empty(), "{name}: no body");
+        let lines = std::fs::read_to_string(&trace).unwrap();
+        let to_stdout: Vec<&str> = lines
+            .lines()
+            .filter(|l| l.contains("write(1, ") || l.contains("writev(1, "))
+            .collect();
+        assert_eq!(
+            to_stdout.len(),
+            1,
+            "{name}: writes to stdout:\n{}",
+            to_stdout.join("\n")
+        );
+    }
+}
