@@ -80,6 +80,11 @@ pub enum ErrorCode {
     /// `Upload-Checksum` is not `<algorithm> <base64 digest>`, or the
     /// digest has the wrong length for its algorithm.
     BadChecksum,
+    /// A form's body does not have the digest its RFC 9530 `Repr-Digest`
+    /// (or `Content-Digest`) gives, or a resumable upload's whole file the
+    /// one its completing request's `Repr-Digest` gives; the upload was
+    /// removed. 400: nothing of it is kept to retry from.
+    DigestMismatch,
     /// A final (concatenated) upload names a partial upload that is not in
     /// the pool (never made, cleared, expired).
     PartialNotFound,
@@ -206,6 +211,7 @@ impl ErrorCode {
         ErrorCode::ChecksumMismatch,
         ErrorCode::UnsupportedChecksumAlgorithm,
         ErrorCode::BadChecksum,
+        ErrorCode::DigestMismatch,
         ErrorCode::PartialNotFound,
         ErrorCode::PartialIncomplete,
         ErrorCode::PartialRunning,
@@ -271,6 +277,7 @@ impl ErrorCode {
             ErrorCode::ChecksumMismatch => "ERR_CHECKSUM_MISMATCH",
             ErrorCode::UnsupportedChecksumAlgorithm => "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM",
             ErrorCode::BadChecksum => "ERR_BAD_CHECKSUM",
+            ErrorCode::DigestMismatch => "ERR_DIGEST_MISMATCH",
             ErrorCode::PartialNotFound => "ERR_PARTIAL_NOT_FOUND",
             ErrorCode::PartialIncomplete => "ERR_PARTIAL_INCOMPLETE",
             ErrorCode::PartialRunning => "ERR_PARTIAL_RUNNING",
@@ -336,6 +343,7 @@ impl ErrorCode {
             | ErrorCode::BadFastcgi
             | ErrorCode::UnsupportedChecksumAlgorithm
             | ErrorCode::BadChecksum
+            | ErrorCode::DigestMismatch
             | ErrorCode::PartialNotFound
             | ErrorCode::PartialIncomplete
             | ErrorCode::PartialRepeated

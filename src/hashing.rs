@@ -1,4 +1,5 @@
-//! SHA-256 of the stored files: on a second thread for a fast body, on the
+//! The checksums of the stored files (SHA-256 by default, see
+//! [`crate::checksums`]): on a second thread for a fast body, on the
 //! request's thread for a slow one.
 //!
 //! SHA-256 is the slowest step of a large upload: about 1.8 GB/s on a core
@@ -43,6 +44,7 @@ use std::time::{Duration, Instant};
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest, Sha256};
 
+use crate::checksums::{self, Checksums, Sums};
 use crate::identifier::hex;
 
 /// A body that brings this many bytes within [`FAST_WITHIN`] of the
@@ -102,20 +104,22 @@ impl<S: Feed> Worker<S> {
         // Moved in by the closure only if the thread starts; else handed
         // back through the error below.
         let (seed, seeded) = mpsc::channel::<S>();
-        let spawned = thread::Builder::new().name("sha256".into()).spawn(move || {
-            let mut state = seeded.recv().unwrap_or_default();
-            for job in queue {
-                match job {
-                    Job::Data(tag, bytes) => {
-                        state.feed(tag, &bytes);
-                        // The buffer goes back for the next chunk.
-                        let _ = give_back.send(bytes);
+        let spawned = thread::Builder::new()
+            .name("hashing".into())
+            .spawn(move || {
+                let mut state = seeded.recv().unwrap_or_default();
+                for job in queue {
+                    match job {
+                        Job::Data(tag, bytes) => {
+                            state.feed(tag, &bytes);
+                            // The buffer goes back for the next chunk.
+                            let _ = give_back.send(bytes);
+                        }
+                        Job::Run(run) => run(&mut state),
                     }
-                    Job::Run(run) => run(&mut state),
                 }
-            }
-            state
-        });
+                state
+            });
         match spawned {
             Ok(handle) => {
                 let _ = seed.send(state);
@@ -256,12 +260,15 @@ impl<S: Feed> Offload<S> {
     }
 }
 
-/// The SHA-256 of each file of a form, in order: the file being hashed and
-/// its state, and the digests so far.
+/// The checksums of each file of a form, in order: which ones, the file
+/// being hashed and its state, and the digests so far. (The default, SHA-256
+/// alone, is only ever a placeholder while the state moves between
+/// threads.)
 #[derive(Default)]
 pub struct Digests {
-    current: Option<(usize, Sha256)>,
-    done: Vec<(usize, String)>,
+    checksums: Checksums,
+    current: Option<(usize, checksums::Hasher)>,
+    done: Vec<(usize, Sums)>,
 }
 
 impl Feed for Digests {
@@ -271,7 +278,7 @@ impl Feed for Digests {
         match &mut self.current {
             Some((i, hasher)) if *i == index => hasher.update(bytes),
             _ => {
-                let mut hasher = Sha256::new();
+                let mut hasher = checksums::Hasher::new(self.checksums);
                 hasher.update(bytes);
                 self.current = Some((index, hasher));
             }
@@ -283,33 +290,32 @@ impl Digests {
     fn end(&mut self, index: usize) {
         let hasher = match self.current.take() {
             Some((i, hasher)) if i == index => hasher,
-            _ => Sha256::new(), // an empty file
+            _ => checksums::Hasher::new(self.checksums), // an empty file
         };
-        self.done.push((index, hex(&hasher.finalize())));
+        self.done.push((index, hasher.finish()));
     }
 }
 
-/// SHA-256 of each stored file of a form, fed in order. Shared by the
-/// multipart writer's parts, hence `&self`.
+/// The listed checksums of each stored file of a form, fed in order, all
+/// in one pass on the same thread. Shared by the multipart writer's parts,
+/// hence `&self`.
 pub struct Hashing {
     offload: RefCell<Offload<Digests>>,
 }
 
-impl Default for Hashing {
-    fn default() -> Self {
-        Hashing::new()
-    }
-}
-
 impl Hashing {
-    pub fn new() -> Hashing {
-        Hashing::fast_within(FAST_WITHIN)
+    pub fn new(checksums: Checksums) -> Hashing {
+        Hashing::fast_within(checksums, FAST_WITHIN)
     }
 
     /// As [`Hashing::new`], with another time for a body to prove fast.
-    fn fast_within(window: Duration) -> Hashing {
+    fn fast_within(checksums: Checksums, window: Duration) -> Hashing {
+        let digests = Digests {
+            checksums,
+            ..Digests::default()
+        };
         Hashing {
-            offload: RefCell::new(Offload::fast_within(Digests::default(), window)),
+            offload: RefCell::new(Offload::fast_within(digests, window)),
         }
     }
 
@@ -329,7 +335,7 @@ impl Hashing {
     /// Waits for the hashing thread, if any; returns each completed file's
     /// digest (none, should the thread have died: a file without a digest
     /// is stored as one whose digest was not asked for).
-    pub fn finish(self) -> Vec<(usize, String)> {
+    pub fn finish(self) -> Vec<(usize, Sums)> {
         match self.offload.into_inner().finish() {
             Ok(digests) => digests.done,
             Err(_) => Vec::new(),
@@ -718,9 +724,12 @@ mod tests {
 
     #[test]
     fn digests_of_several_files_in_order_inline_and_threaded() {
-        let expected = |data: &[u8]| hex(&Sha256::digest(data));
+        let expected = |data: &[u8]| Sums {
+            sha256: Some(hex(&Sha256::digest(data))),
+            ..Sums::default()
+        };
         let big = vec![7u8; FAST_BYTES as usize + (1 << 20)];
-        let hashing = Hashing::fast_within(Duration::from_secs(3600));
+        let hashing = Hashing::fast_within(Checksums::default(), Duration::from_secs(3600));
         hashing.update(0, b"hello ");
         hashing.update(0, b"world");
         hashing.end(0);
@@ -748,13 +757,22 @@ mod tests {
     fn the_switch_to_the_thread_mid_file_keeps_the_state() {
         // The switch happens inside file 0, after exactly FAST_BYTES.
         let data: Vec<u8> = (0..FAST_BYTES as usize + 12_345).map(|i| i as u8).collect();
-        let hashing = Hashing::fast_within(Duration::from_secs(3600));
+        let hashing = Hashing::fast_within(Checksums::default(), Duration::from_secs(3600));
         let (first, rest) = data.split_at(FAST_BYTES as usize);
         hashing.update(0, first);
         assert!(hashing.threaded());
         hashing.update(0, rest);
         hashing.end(0);
-        assert_eq!(hashing.finish(), vec![(0, hex(&Sha256::digest(&data)))]);
+        assert_eq!(
+            hashing.finish(),
+            vec![(
+                0,
+                Sums {
+                    sha256: Some(hex(&Sha256::digest(&data))),
+                    ..Sums::default()
+                }
+            )]
+        );
     }
 
     /// A resumable chunk's state, read while the thread runs (a takeover
@@ -787,13 +805,22 @@ mod tests {
     #[test]
     fn a_slow_body_stays_on_the_requests_thread() {
         let data = vec![3u8; 4 * FAST_BYTES as usize];
-        let hashing = Hashing::fast_within(Duration::ZERO);
+        let hashing = Hashing::fast_within(Checksums::default(), Duration::ZERO);
         std::thread::sleep(Duration::from_millis(2));
         for chunk in data.chunks(64 << 10) {
             hashing.update(0, chunk);
         }
         assert!(!hashing.threaded(), "too late to prove fast");
         hashing.end(0);
-        assert_eq!(hashing.finish(), vec![(0, hex(&Sha256::digest(&data)))]);
+        assert_eq!(
+            hashing.finish(),
+            vec![(
+                0,
+                Sums {
+                    sha256: Some(hex(&Sha256::digest(&data))),
+                    ..Sums::default()
+                }
+            )]
+        );
     }
 }

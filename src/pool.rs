@@ -91,8 +91,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::checksums::{Checksums, Sums};
 use crate::error_code::ErrorCode;
-use crate::hashing::ResumableSha256;
 use crate::identifier::{self, Identifier};
 use crate::status::{FileInfo, State, Status};
 
@@ -921,7 +921,7 @@ impl Pool {
         final_id: &Identifier,
         partials: &[Identifier],
         status: &Status,
-        sha256: bool,
+        checksums: Checksums,
     ) -> Result<u64, PoolError> {
         if partials.is_empty() {
             return Err(PoolError::Misuse("concatenate with no partial upload"));
@@ -953,8 +953,8 @@ impl Pool {
         running.files = Some(Vec::new());
         let copied = upload
             .write_status(&running)
-            .and_then(|()| self.assemble(&upload, &taken, &mut running, sha256));
-        let (path, digest) = match copied {
+            .and_then(|()| self.assemble(&upload, &taken, &mut running, checksums));
+        let (path, sums) = match copied {
             Ok(done) => done,
             Err(err) => {
                 running.fail(err.code(), err.to_string(), unix_now());
@@ -972,10 +972,14 @@ impl Pool {
                 .unwrap_or_else(|| "application/octet-stream".to_owned()),
             size: 0,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: String::new(),
         });
         file.size = total;
-        file.sha256 = digest;
+        sums.apply_to(&mut file);
         file.path = path.to_string_lossy().into_owned();
         done.state = State::Done;
         done.size = Some(total);
@@ -1075,8 +1079,8 @@ impl Pool {
         upload: &Upload,
         partials: &[Partial],
         running: &mut Status,
-        sha256: bool,
-    ) -> Result<(PathBuf, Option<String>), PoolError> {
+        checksums: Checksums,
+    ) -> Result<(PathBuf, Sums), PoolError> {
         let (file, path) = upload.create_file()?;
         let mut at = 0u64;
         for partial in partials {
@@ -1103,18 +1107,16 @@ impl Pool {
                 });
             }
         }
-        let digest = if sha256 {
+        let sums = if checksums.is_empty() {
+            Sums::default()
+        } else {
             let reader = open_regular(&upload.bucket, DATA_FILE, OFlags::RDONLY, 0)
                 .map_err(io_error(format!("cannot open {DATA_FILE} to hash it")))?;
-            let mut hash = ResumableSha256::new();
-            hash.catch_up(&File::from(reader), at)
+            crate::checksums::of_file(checksums, &File::from(reader), at)
                 .map_err(io_error(format!("cannot read {DATA_FILE} to hash it")))
-                .map_err(|e| upload.explain(e))?;
-            Some(hash.finish_hex())
-        } else {
-            None
+                .map_err(|e| upload.explain(e))?
         };
-        Ok((path, digest))
+        Ok((path, sums))
     }
 
     /// Opens (creating if needed) a regular file relative to `dir` with the
@@ -3046,6 +3048,10 @@ mod tests {
             content_type: "text/plain".into(),
             size: 10,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: upload.data_path().display().to_string(),
         }]);
         upload.finish(&done).unwrap();
@@ -3396,6 +3402,10 @@ mod tests {
             content_type: "application/octet-stream".into(),
             size,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: upload.data_path().to_string_lossy().into_owned(),
         }]);
         upload.finish(&done).unwrap();
@@ -3452,6 +3462,10 @@ mod tests {
             content_type: "text/plain".into(),
             size: 6,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: upload.data_path().to_string_lossy().into_owned(),
         }]);
         upload.finish(&done).unwrap();
@@ -3641,7 +3655,7 @@ mod tests {
         status.filename = Some("whole.bin".into());
         status.content_type = Some("video/mp4".into());
         let total = pool
-            .concatenate(&id("whole"), &partials, &status, true)
+            .concatenate(&id("whole"), &partials, &status, Checksums::default())
             .unwrap();
         let expected: Vec<u8> = parts.concat();
         assert_eq!(total, expected.len() as u64);
@@ -3684,10 +3698,19 @@ mod tests {
             content_type: "text/plain".into(),
             size: 0,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: String::new(),
         }]);
-        pool.concatenate(&id("greeting"), &[id("x2"), id("x1")], &status, false)
-            .unwrap();
+        pool.concatenate(
+            &id("greeting"),
+            &[id("x2"), id("x1")],
+            &status,
+            Checksums::NONE,
+        )
+        .unwrap();
         assert_eq!(
             fs::read(dir.path().join("greeting/file-1")).unwrap(),
             b"worldhello "
@@ -3727,7 +3750,7 @@ mod tests {
             let before = tree(dir.path());
             let partials: Vec<Identifier> = partials.iter().map(|n| id(n)).collect();
             let err = pool
-                .concatenate(&id("final"), &partials, &status, true)
+                .concatenate(&id("final"), &partials, &status, Checksums::default())
                 .unwrap_err();
             assert_eq!(tree(dir.path()), before, "{err}");
             err
@@ -3781,11 +3804,11 @@ mod tests {
         // The final identifier has an upload of its own: refused as a new
         // resumable upload would be.
         assert!(matches!(
-            pool.concatenate(&id("half"), &[id("good")], &status, true),
+            pool.concatenate(&id("half"), &[id("good")], &status, Checksums::default()),
             Err(PoolError::InProgress)
         ));
         assert!(matches!(
-            pool.concatenate(&id("busy"), &[id("good")], &status, true),
+            pool.concatenate(&id("busy"), &[id("good")], &status, Checksums::default()),
             Err(PoolError::Complete)
         ));
         assert_eq!(tree(dir.path()), before);
@@ -3820,7 +3843,12 @@ mod tests {
             .collect::<Vec<_>>();
         let status = Status::incomplete("final", None, 1);
         let err = pool
-            .concatenate(&id("final"), &[id("p1"), id("p2")], &status, true)
+            .concatenate(
+                &id("final"),
+                &[id("p1"), id("p2")],
+                &status,
+                Checksums::default(),
+            )
             .unwrap_err();
         assert!(matches!(err, PoolError::Io { .. }), "{err}");
         let failed = pool.status(&id("final")).unwrap();
@@ -3834,8 +3862,13 @@ mod tests {
         // Once out of the way, the same concatenation works.
         fs::remove_dir(dir.path().join("final/file-1")).unwrap();
         assert_eq!(
-            pool.concatenate(&id("final"), &[id("p1"), id("p2")], &status, true)
-                .unwrap(),
+            pool.concatenate(
+                &id("final"),
+                &[id("p1"), id("p2")],
+                &status,
+                Checksums::default()
+            )
+            .unwrap(),
             6
         );
         assert_eq!(
@@ -3857,8 +3890,13 @@ mod tests {
         if let Ok(dir) = std::env::var(CONCAT_CHILD) {
             let pool = Pool::new(dir, 0o600, false);
             let status = Status::incomplete("joined", None, 1);
-            pool.concatenate(&id("joined"), &[id("k1"), id("k2")], &status, true)
-                .unwrap();
+            pool.concatenate(
+                &id("joined"),
+                &[id("k1"), id("k2")],
+                &status,
+                Checksums::default(),
+            )
+            .unwrap();
             return;
         }
         let strace = ["/usr/bin/strace", "/bin/strace"]

@@ -567,13 +567,19 @@ fn append(
         })?;
     let body_length = request.body_length().map_err(failed)?;
     let length = declared_length(request, offset, complete, body_length).map_err(failed)?;
+    // The draft's appends carry RFC 9530's Content-Digest, not tus's
+    // Upload-Checksum.
+    let checksum = crate::digest_fields::chunk_checksum(None, request.header("Content-Digest"))
+        .map_err(failed)?;
     let chunk = Chunk {
         offset,
         length,
         body: request.body(),
         body_length,
     };
-    let progress = resumable::append(service.pool(), id, chunk, settings).map_err(failed)?;
+    let progress =
+        resumable::append_checked(service.pool(), id, chunk, checksum.as_ref(), settings)
+            .map_err(failed)?;
     if complete && !progress.complete {
         return Err(failed(short_of_complete(&progress)));
     }

@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use crate::blocks::Blocks;
 use crate::checksum::{Expected, Hasher};
+use crate::checksums::{self, Checksums, Sum};
 use crate::config::Config;
 use crate::error_code::{ErrorCode, store_error};
 use crate::hashing::{Feed, Offload, ResumableSha256};
@@ -369,7 +370,7 @@ pub fn concatenate(
     status.content_type = new.content_type;
     status.fields = Some(new.metadata);
     status.parts = Some(parts.iter().map(|p| p.as_str().to_owned()).collect());
-    pool.concatenate(id, parts, &status, settings.options.sha256)?;
+    pool.concatenate(id, parts, &status, settings.options.checksums)?;
     let progress = info(pool, id, settings)?;
     // The parts' bytes were never checked as this type (a part declares its
     // own, or none): the final file's first bytes are, now that it exists.
@@ -627,7 +628,7 @@ fn proceed(
         // claim, dropped, leaves the status and the bytes alone).
         return Err(past_the_end(code, &status, start, &settings.options));
     }
-    let hash = match settings.options.sha256 {
+    let hash = match settings.options.checksums.contains(Sum::Sha256) {
         true => {
             let mut hash = saved_hash(&upload);
             hash.catch_up(&file, start).map_err(store_error)?;
@@ -654,7 +655,7 @@ fn proceed(
     let options = Options {
         max_size: limit.map(|(room, _)| room),
         // The whole file is hashed here, across requests (see `Written`).
-        sha256: false,
+        checksums: Checksums::NONE,
         ..settings.options.clone()
     };
     // Under a policy that lists types, the bytes of the declared type's
@@ -1026,13 +1027,18 @@ fn finish(
     let size = upload.offset()?;
     // Made here for an empty upload, whose path the status gives.
     let file = upload.open_data_at(size)?;
-    let sha256 = if settings.options.sha256 {
+    let checksums = settings.options.checksums;
+    let sha256 = if checksums.contains(Sum::Sha256) {
         let mut hash = hash.unwrap_or_else(|| saved_hash(&upload));
         hash.catch_up(&file, size).map_err(store_error)?;
         Some(hash.finish_hex())
     } else {
         None
     };
+    // The others' states are not kept between requests (BLAKE3's cannot
+    // be saved at all): they read the file once, here.
+    let others =
+        checksums::of_file(checksums.without(Sum::Sha256), &file, size).map_err(store_error)?;
     drop(file);
     let now = unix_now();
     status.state = State::Done;
@@ -1048,6 +1054,10 @@ fn finish(
             .unwrap_or_else(|| "application/octet-stream".to_owned()),
         size,
         sha256,
+        sha1: others.sha1,
+        md5: others.md5,
+        crc32c: others.crc32c,
+        blake3: others.blake3,
         path: upload.data_path().to_string_lossy().into_owned(),
     }]);
     upload.finish(&status)?;
@@ -1065,7 +1075,7 @@ mod tests {
         Settings {
             options: Options {
                 max_size,
-                sha256: true,
+                checksums: Checksums::default(),
                 progress_interval: None,
                 min_rate: None,
                 min_rate_after: receiving::MIN_RATE_AFTER,
