@@ -1057,7 +1057,7 @@ mod tests {
         let load = |pairs: &[(&'static str, &str)]| {
             let values = pairs
                 .iter()
-                .map(|(name, value)| (*name, (value.to_string(), Origin::Option(*name))))
+                .map(|(name, value)| (*name, (value.to_string(), Origin::Option(name))))
                 .collect();
             Config::from_values(values)
         };

@@ -120,7 +120,9 @@ fn the_setting_chooses_the_checksums_and_sha256_off_removes_sha256() {
     let pool = TestPool::new();
     let data = random_bytes(5000, 3);
     let form = Form::new().file("f", "x.bin", "application/octet-stream", &data);
-    let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+    /// An identifier, the environment, the keys it gives.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
         ("default", &[], &["sha256"]),
         (
             "two",
