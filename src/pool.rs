@@ -899,13 +899,13 @@ impl Pool {
     /// reflinks (Btrfs, XFS) may share the extents instead of copying
     /// them. Only where the kernel or the file system cannot
     /// (`EXDEV`, `ENOSYS`, `EOPNOTSUPP`) are the bytes read and written.
-    /// With `sha256`, the final file is then read once for its digest.
+    /// With `checksums`, the final file is then read once for all of them.
     ///
     /// The final status is `status` in state `done`, with `size` and
     /// `received` the final length and one file, `file-1`: the first of
     /// `status.files` if it has one (its `field`, `filename` and
     /// `content-type` are kept), else one named by `status.filename` and
-    /// `status.content_type`; its `size`, `path` and `sha256` are set here.
+    /// `status.content_type`; its `size`, `path` and checksums are set here.
     /// It is recorded as [`Upload::finish`] does, durably with `fsync`. A
     /// failure after the claim records the final upload failed, its file
     /// removed; the partial uploads are removed only once the final one is

@@ -327,7 +327,7 @@ pub fn append_checked(
 /// upload or an ordinary resumable one included, is refused, so that an
 /// upload a client completed on its own is never swallowed into another.
 /// The total is held to `max_size` (413). The final upload is complete at
-/// once, with its digest when `sha256` is on, and its `parts` listed.
+/// once, with its listed checksums, and its `parts` listed.
 pub fn concatenate(
     pool: &Pool,
     id: &Identifier,
@@ -1007,12 +1007,13 @@ fn copy_chunk(
 }
 
 /// Completes the upload: state `done`, its one file with the name and type
-/// from its metadata and, with `sha256` on, the digest of the whole file.
+/// from its metadata and the listed checksums of the whole file.
 ///
 /// The one place an upload becomes `done`, whichever protocol and request
 /// brought its last byte. The digest comes from `hash`, the state the
 /// completing request carried over every chunk (or the saved one): only
-/// bytes it never saw are read, which in the common case is none.
+/// bytes it never saw are read, which in the common case is none. The other
+/// checksums, whose states are not saved, read the whole file once.
 /// Should recording it fail, the upload stays incomplete with all its
 /// bytes (see [`Upload::finish`]) and the completing request may be
 /// repeated.
