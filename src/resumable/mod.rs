@@ -47,7 +47,7 @@ use crate::checksum::{Expected, Hasher};
 use crate::checksums::{self, Checksums, Sum};
 use crate::config::Config;
 use crate::error_code::{ErrorCode, store_error};
-use crate::hashing::{Feed, Offload, ResumableSha256};
+use crate::hashing::{Feed, Offload, ResumableSha256, SAVED};
 use crate::http::{Body, BodyLength, HttpError};
 use crate::identifier::Identifier;
 use crate::policy::{self, Policy, Signature};
@@ -628,9 +628,10 @@ fn proceed(
         // claim, dropped, leaves the status and the bytes alone).
         return Err(past_the_end(code, &status, start, &settings.options));
     }
-    let hash = match settings.options.checksums.contains(Sum::Sha256) {
+    let checksums = settings.options.checksums;
+    let hash = match carried(checksums) {
         true => {
-            let mut hash = saved_hash(&upload);
+            let mut hash = saved_hash(&upload, checksums);
             hash.catch_up(&file, start).map_err(store_error)?;
             Some(hash)
         }
@@ -901,10 +902,26 @@ fn let_go_when_asked(
     }
 }
 
+/// Whether `checksums` lists one that the saved hash state carries.
+fn carried(checksums: Checksums) -> bool {
+    SAVED.iter().any(|sum| checksums.contains(*sum))
+}
+
+/// The saved checksums `checksums` lists besides SHA-256.
+fn saved_others(checksums: Checksums) -> Checksums {
+    [Sum::Sha1, Sum::Md5, Sum::Crc32c]
+        .into_iter()
+        .filter(|sum| checksums.contains(*sum))
+        .fold(Checksums::NONE, Checksums::with)
+}
+
 /// The saved hash state of the upload, or a new one (from byte 0) when
 /// there is none or it cannot be used: a refused state costs a re-read,
-/// never a wrong digest.
-fn saved_hash(upload: &Upload) -> ResumableSha256 {
+/// never a wrong digest. A state carrying other checksums than `checksums`
+/// lists (the setting changed during the upload) is one that cannot be
+/// used.
+fn saved_hash(upload: &Upload, checksums: Checksums) -> ResumableSha256 {
+    let wanted = saved_others(checksums);
     let loaded = upload
         .load_hash_state()
         .map_err(|e| e.to_string())
@@ -915,11 +932,15 @@ fn saved_hash(upload: &Upload) -> ResumableSha256 {
                 .map_err(|e| e.to_string())
         });
     match loaded {
-        Ok(Some(hash)) => hash,
-        Ok(None) => ResumableSha256::new(),
+        Ok(Some(hash)) if hash.others() == wanted => hash,
+        Ok(Some(_)) => {
+            crate::log!("hashing the upload from its start: its saved state has other checksums");
+            ResumableSha256::with(checksums)
+        }
+        Ok(None) => ResumableSha256::with(checksums),
         Err(err) => {
             crate::log!("hashing the upload from its start: {err}");
-            ResumableSha256::new()
+            ResumableSha256::with(checksums)
         }
     }
 }
@@ -1029,17 +1050,20 @@ fn finish(
     // Made here for an empty upload, whose path the status gives.
     let file = upload.open_data_at(size)?;
     let checksums = settings.options.checksums;
-    let sha256 = if checksums.contains(Sum::Sha256) {
-        let mut hash = hash.unwrap_or_else(|| saved_hash(&upload));
+    let mut sums = if carried(checksums) {
+        let mut hash = hash.unwrap_or_else(|| saved_hash(&upload, checksums));
         hash.catch_up(&file, size).map_err(store_error)?;
-        Some(hash.finish_hex())
+        hash.finish()
     } else {
-        None
+        checksums::Sums::default()
     };
-    // The others' states are not kept between requests (BLAKE3's cannot
-    // be saved at all): they read the file once, here.
-    let others =
-        checksums::of_file(checksums.without(Sum::Sha256), &file, size).map_err(store_error)?;
+    if !checksums.contains(Sum::Sha256) {
+        sums.sha256 = None; // carried for the state's layout, not asked for
+    }
+    // BLAKE3's state cannot be saved between requests: it reads the file
+    // once, here.
+    let unsaved = SAVED.iter().fold(checksums, |set, sum| set.without(*sum));
+    let blake3 = checksums::of_file(unsaved, &file, size).map_err(store_error)?;
     drop(file);
     let now = unix_now();
     status.state = State::Done;
@@ -1054,11 +1078,11 @@ fn finish(
             .clone()
             .unwrap_or_else(|| "application/octet-stream".to_owned()),
         size,
-        sha256,
-        sha1: others.sha1,
-        md5: others.md5,
-        crc32c: others.crc32c,
-        blake3: others.blake3,
+        sha256: sums.sha256,
+        sha1: sums.sha1,
+        md5: sums.md5,
+        crc32c: sums.crc32c,
+        blake3: blake3.blake3,
         path: upload.data_path().to_string_lossy().into_owned(),
     }]);
     upload.finish(&status)?;
@@ -1415,5 +1439,64 @@ mod tests {
             Some(hex(&Sha256::digest(&data)).as_str())
         );
         assert!(read < 64 * 1024, "{read} bytes read to complete");
+    }
+
+    /// SHA-1, MD5 and CRC-32C are carried in the saved state as SHA-256
+    /// is: completion reads nothing back for them. BLAKE3's state cannot
+    /// be saved, so listing it costs one read of the file.
+    #[test]
+    fn the_saved_checksums_read_nothing_back_and_blake3_reads_the_file_once() {
+        let data = vec![6u8; 3_000_000];
+        for (name, list, reads_back) in [
+            ("r5", "sha256,sha1,md5,crc32c", false),
+            ("r6", "md5", false),
+            ("r7", "sha256,blake3", true),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let pool = Pool::new(dir.path(), 0o600, false);
+            let id = verify_identifier(name, None).unwrap();
+            let mut settings = settings(None);
+            settings.options.checksums = Checksums::parse(list).unwrap();
+            let new = NewUpload {
+                length: Some(data.len() as u64),
+                ..NewUpload::default()
+            };
+            create(&pool, &id, new, None, &settings).unwrap();
+            append(&pool, &id, chunk(0, &mut &data[..2_000_000]), &settings).unwrap();
+            let before = thread_reads();
+            let done = append(
+                &pool,
+                &id,
+                chunk(2_000_000, &mut &data[2_000_000..]),
+                &settings,
+            )
+            .unwrap();
+            let read = thread_reads() - before;
+            let mut reference = checksums::Hasher::new(settings.options.checksums);
+            reference.update(&data);
+            let sums = reference.finish();
+            let file = &done.status.files()[0];
+            assert_eq!(
+                [
+                    &file.sha256,
+                    &file.sha1,
+                    &file.md5,
+                    &file.crc32c,
+                    &file.blake3
+                ],
+                [
+                    &sums.sha256,
+                    &sums.sha1,
+                    &sums.md5,
+                    &sums.crc32c,
+                    &sums.blake3
+                ],
+                "{list}"
+            );
+            match reads_back {
+                false => assert!(read < 64 * 1024, "{list}: {read} bytes read to complete"),
+                true => assert!(read >= data.len() as u64, "{list}: {read} bytes read"),
+            }
+        }
     }
 }
