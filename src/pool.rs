@@ -14,8 +14,9 @@
 //!     file-1, file-2, ...     the stored files, in the order they arrived (mode 0600);
 //!                             a resumable upload has one, file-1, that grows chunk by chunk
 //!     sha256.state            a resumable upload's SHA-256 so far (and SHA-1, MD5, CRC-32C when
-//!                             listed) and the offset it covers, between its requests; replaced whole (sha256.state.tmp, renamed)
-//!                             and removed once the upload is done; never a stored file
+//!                             listed) and the offset it covers, between its requests; replaced
+//!                             whole (sha256.state.tmp, renamed) and removed once the upload is
+//!                             done; never a stored file
 //!   .trash/<name>-<random>/   a bucket being deleted (clear, gc); safe to remove
 //!   .trash-<name>-<random>/   the same, as earlier versions (and a pool whose
 //!                             `.trash` is unusable) leave it; gc sweeps both
