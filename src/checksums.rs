@@ -222,9 +222,15 @@ const READ_BUFFER: usize = 1 << 20;
 /// error, never the digest of fewer bytes.
 pub fn of_file(checksums: Checksums, file: &File, upto: u64) -> io::Result<Sums> {
     let mut hasher = Hasher::new(checksums);
-    if checksums.is_empty() {
-        return Ok(hasher.finish());
+    if !checksums.is_empty() {
+        read_through(file, upto, |bytes| hasher.update(bytes))?;
     }
+    Ok(hasher.finish())
+}
+
+/// Hands the first `upto` bytes of `file` to `take`, in order, read with
+/// positioned reads; a file shorter than `upto` is an `UnexpectedEof` error.
+pub fn read_through(file: &File, upto: u64, mut take: impl FnMut(&[u8])) -> io::Result<()> {
     let mut buffer = vec![0u8; READ_BUFFER];
     let mut at = 0u64;
     while at < upto {
@@ -239,14 +245,14 @@ pub fn of_file(checksums: Checksums, file: &File, upto: u64) -> io::Result<Sums>
                 ));
             }
             Ok(read) => {
-                hasher.update(&buffer[..read]);
+                take(&buffer[..read]);
                 at += read as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(hasher.finish())
+    Ok(())
 }
 
 #[cfg(test)]

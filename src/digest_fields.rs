@@ -115,18 +115,27 @@ pub fn chunk_checksum(
     }
 }
 
-/// The answer to a form whose body does not have the digest its
-/// `Repr-Digest` or `Content-Digest` gives: 400 `ERR_DIGEST_MISMATCH`, the
-/// upload removed.
-pub fn form_mismatch(expected: &Expected) -> HttpError {
+/// The answer to a form's body, or a resumable upload's whole file, that
+/// does not have the digest its `Repr-Digest` (or `Content-Digest`) gives:
+/// 400 `ERR_DIGEST_MISMATCH`, the upload removed. `what` names it.
+pub fn mismatch(expected: &Expected, what: &str) -> HttpError {
     HttpError::new(
         ErrorCode::DigestMismatch,
         format!(
-            "the request body does not have the {} digest its {} gives; the upload was removed",
+            "the {what} does not have the {} digest its {} gives; the upload was removed",
             expected.algorithm.name(),
             expected.header
         ),
     )
+}
+
+/// The `Repr-Digest` a resumable upload's chunk carries for the whole
+/// upload, if it names an active algorithm.
+pub fn repr_digest(value: Option<&str>) -> Result<Option<Expected>, HttpError> {
+    match value {
+        Some(value) => parse("Repr-Digest", value),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]

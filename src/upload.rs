@@ -103,7 +103,7 @@ pub fn receive(
             .zip(hashers)
             .find_map(|(expected, hasher)| (!hasher.matches(expected)).then_some(expected))
         {
-            let err = digest_fields::form_mismatch(expected);
+            let err = digest_fields::mismatch(expected, "request body");
             status.fail(err.code, &err.message, unix_now());
             outcome = Err(err);
         }

@@ -392,3 +392,57 @@ fn a_chunks_content_digest_is_checked_and_a_mismatch_discarded_with_460() {
     assert_eq!(stored(pool.path(), &id, 1), data);
     assert_sums(&status["files"][0], &data, &["sha256", "md5"]);
 }
+
+/// RFC 9530 on a resumable upload: the Repr-Digest of the chunk that
+/// completes it is the whole file's, checked once the last byte is stored
+/// (from the carried SHA-256, or by reading the file for sha-512 or when no
+/// checksum is listed); a mismatch is 400 ERR_DIGEST_MISMATCH and the
+/// upload is removed. On a chunk that does not complete it, it is ignored.
+#[test]
+fn the_completing_chunks_repr_digest_is_checked_against_the_whole_file() {
+    use sha2::Digest as _;
+    let pool = TestPool::new();
+    let data = random_bytes(300_000, 7);
+    let (head, tail) = data.split_at(100_000);
+    let sha256 = format!("sha-256=:{}:", b64(&sha2::Sha256::digest(&data)));
+    let sha512 = format!("sha-512=:{}:", b64(&sha2::Sha512::digest(&data)));
+    let wrong = format!("sha-256=:{}:", b64(&sha2::Sha256::digest(tail)));
+    for (list, good) in [("sha256", &sha256), ("sha256", &sha512), ("none", &sha256)] {
+        let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_CHECKSUMS", list)]);
+        let (location, id) = create(&daemon, data.len());
+        // Not the completing chunk: not checked.
+        let first = patch(&daemon, &location, 0, head, &[("HTTP_REPR_DIGEST", &wrong)]);
+        assert_eq!(first.status, 204, "{}", first.text());
+        let last = patch(
+            &daemon,
+            &location,
+            head.len(),
+            tail,
+            &[("HTTP_REPR_DIGEST", good)],
+        );
+        assert_eq!(last.status, 204, "{list} {good}: {}", last.text());
+        assert_eq!(status_of(&pool.cgi(), &id)["state"], "done");
+        assert_eq!(stored(pool.path(), &id, 1), data);
+
+        let (location, id) = create(&daemon, data.len());
+        let first = patch(&daemon, &location, 0, head, &[]);
+        assert_eq!(first.status, 204, "{}", first.text());
+        let last = patch(
+            &daemon,
+            &location,
+            head.len(),
+            tail,
+            &[("HTTP_REPR_DIGEST", &wrong)],
+        );
+        assert_eq!(last.status, 400, "{list}: {}", last.text());
+        assert_eq!(
+            last.json()["code"],
+            "ERR_DIGEST_MISMATCH",
+            "{}",
+            last.text()
+        );
+        assert!(!pool.path().join(&id).exists(), "the upload is removed");
+        let gone = daemon.request("HEAD", &location, &[TUS], b"");
+        assert_eq!(gone.status, 404, "{}", gone.text());
+    }
+}

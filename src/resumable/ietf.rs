@@ -498,6 +498,7 @@ fn create(
         length: None,
         body: request.body(),
         body_length,
+        repr: None,
     });
     let failed = |error: HttpError| {
         // A first part that failed leaves the upload made: the client may
@@ -571,11 +572,13 @@ fn append(
     // Upload-Checksum.
     let checksum = crate::digest_fields::chunk_checksum(None, request.header("Content-Digest"))
         .map_err(failed)?;
+    let repr = crate::digest_fields::repr_digest(request.header("Repr-Digest")).map_err(failed)?;
     let chunk = Chunk {
         offset,
         length,
         body: request.body(),
         body_length,
+        repr,
     };
     let progress =
         resumable::append_checked(service.pool(), id, chunk, checksum.as_ref(), settings)

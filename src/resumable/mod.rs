@@ -43,9 +43,10 @@ use std::thread;
 use std::time::Duration;
 
 use crate::blocks::Blocks;
-use crate::checksum::{Expected, Hasher};
+use crate::checksum::{Algorithm, Expected, Hasher};
 use crate::checksums::{self, Checksums, Sum};
 use crate::config::Config;
+use crate::digest_fields;
 use crate::error_code::{ErrorCode, store_error};
 use crate::hashing::{Feed, Offload, ResumableSha256, SAVED};
 use crate::http::{Body, BodyLength, HttpError};
@@ -133,6 +134,9 @@ pub struct Chunk<'r> {
     pub length: Option<u64>,
     pub body: &'r mut dyn Body,
     pub body_length: BodyLength,
+    /// The whole upload's RFC 9530 `Repr-Digest`, checked when this chunk
+    /// completes the upload (ignored otherwise).
+    pub repr: Option<Expected>,
 }
 
 /// Where an upload stands after a request, for the protocol's answer.
@@ -236,7 +240,7 @@ fn create_upload(
         }
         .into()),
         Some(chunk) => proceed(pool, id, upload, status, chunk, None, settings),
-        None if new.length == Some(0) => finish(pool, id, upload, status, None, settings),
+        None if new.length == Some(0) => finish(pool, id, upload, status, None, None, settings),
         None => {
             upload.pause(&status)?;
             info(pool, id, settings)
@@ -618,6 +622,7 @@ fn proceed(
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
     let start = chunk.offset;
+    let repr = chunk.repr.clone();
     let file = upload.open_data_at(start)?;
     let limit = room(&status, start, &settings.options);
     let announced = chunk.body_length.known();
@@ -734,7 +739,7 @@ fn proceed(
             let offset = start + written;
             status.received = Some(offset);
             if status.size == Some(offset) {
-                finish(pool, id, upload, status, hash, settings)
+                finish(pool, id, upload, status, hash, repr.as_ref(), settings)
             } else {
                 save_hash(&upload, hash.as_ref());
                 upload.pause(&status)?;
@@ -1044,6 +1049,7 @@ fn finish(
     upload: Upload,
     mut status: Status,
     hash: Option<ResumableSha256>,
+    repr: Option<&Expected>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
     let size = upload.offset()?;
@@ -1057,6 +1063,29 @@ fn finish(
     } else {
         checksums::Sums::default()
     };
+    if let Some(expected) = repr {
+        let matches = match (expected.algorithm, &sums.sha256) {
+            (Algorithm::Sha256, Some(sha256)) => {
+                *sha256 == crate::identifier::hex(&expected.digest)
+            }
+            _ => {
+                let mut hasher = expected.hasher();
+                checksums::read_through(&file, size, |bytes| hasher.update(bytes))
+                    .map_err(store_error)?;
+                hasher.matches(expected)
+            }
+        };
+        if !matches {
+            // Not the file the client meant: it goes, as a refused form
+            // does, and the identifier is free again.
+            drop(file);
+            drop(upload);
+            if let Err(cleared) = pool.clear(id) {
+                crate::log!("cannot remove upload {id}, which failed its Repr-Digest: {cleared}");
+            }
+            return Err(digest_fields::mismatch(expected, "upload"));
+        }
+    }
     if !checksums.contains(Sum::Sha256) {
         sums.sha256 = None; // carried for the state's layout, not asked for
     }
@@ -1117,6 +1146,7 @@ mod tests {
             length: None,
             body,
             body_length,
+            repr: None,
         }
     }
 
@@ -1178,6 +1208,7 @@ mod tests {
             length: None,
             body: &mut body,
             body_length: BodyLength::UntilEnd,
+            repr: None,
         };
         let err = append(&pool, &id, streamed, &settings).unwrap_err();
         assert_eq!(err.code, ErrorCode::UploadSizeExceeded, "{err}");
@@ -1312,6 +1343,7 @@ mod tests {
                     length: None,
                     body: &mut body,
                     body_length: BodyLength::Known(data.len() as u64),
+                    repr: None,
                 };
                 append(&pool, &id, streamed, &settings)
             });
@@ -1389,6 +1421,7 @@ mod tests {
             length: None,
             body: &mut body,
             body_length: BodyLength::Known(data.len() as u64),
+            repr: None,
         };
         let err = append(&pool, &id, cut, &settings).unwrap_err();
         assert_eq!(err.code, ErrorCode::Truncated, "{err}");

@@ -360,6 +360,7 @@ fn create(
         length: None,
         body: request.body(),
         body_length,
+        repr: None,
     });
     let created = match concat {
         Concat::Partial => resumable::create_partial(service.pool(), &id, new, first, &settings),
@@ -470,11 +471,13 @@ fn patch(
         request.header("Content-Digest"),
     )?;
     let body_length = request.body_length()?;
+    let repr = digest_fields::repr_digest(request.header("Repr-Digest"))?;
     let chunk = Chunk {
         offset,
         length,
         body: request.body(),
         body_length,
+        repr,
     };
     let progress =
         resumable::append_checked(service.pool(), id, chunk, checksum.as_ref(), settings)?;
