@@ -71,7 +71,8 @@ pub enum ErrorCode {
     /// time for this one (see [`crate::Pool::take_over`]); retry. 423, as
     /// tusd answers a locked upload.
     UploadLocked,
-    /// A chunk's `Upload-Checksum` does not match its bytes; the chunk was
+    /// A chunk's `Upload-Checksum` (or RFC 9530 `Content-Digest`) does not
+    /// match its bytes; the chunk was
     /// discarded. 460, the status tusd answers it with, so that tus clients
     /// that know it retry the chunk.
     ChecksumMismatch,
