@@ -16,7 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_PAD_INDIFFERENT;
 use md5::Md5;
 use sha1::Sha1;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 use crate::error_code::ErrorCode;
 use crate::http::HttpError;
@@ -30,6 +30,9 @@ pub enum Algorithm {
     /// `hash/crc32`) gives them.
     Crc32,
     Sha256,
+    /// Only as RFC 9530's `sha-512` names it (see [`crate::digest_fields`]):
+    /// tus clients do not offer it, so `Tus-Checksum-Algorithm` leaves it out.
+    Sha512,
 }
 
 /// The value of `Tus-Checksum-Algorithm`: every algorithm in [`Algorithm::ALL`].
@@ -65,6 +68,7 @@ impl Algorithm {
             Algorithm::Md5 => "md5",
             Algorithm::Crc32 => "crc32",
             Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha-512",
         }
     }
 
@@ -75,6 +79,7 @@ impl Algorithm {
             Algorithm::Md5 => 16,
             Algorithm::Crc32 => 4,
             Algorithm::Sha256 => 32,
+            Algorithm::Sha512 => 64,
         }
     }
 }
@@ -84,6 +89,9 @@ impl Algorithm {
 pub struct Expected {
     pub algorithm: Algorithm,
     pub digest: Vec<u8>,
+    /// The header that gave it (`Upload-Checksum`, `Content-Digest`), for
+    /// the message of a mismatch.
+    pub header: &'static str,
 }
 
 impl Expected {
@@ -99,9 +107,10 @@ impl Expected {
         HttpError::new(
             ErrorCode::ChecksumMismatch,
             format!(
-                "the chunk does not have the {} digest its Upload-Checksum gives; it was \
+                "the chunk does not have the {} digest its {} gives; it was \
                  discarded: send it again from the same offset",
-                self.algorithm.name()
+                self.algorithm.name(),
+                self.header
             ),
         )
     }
@@ -149,7 +158,11 @@ pub fn parse_upload_checksum(header: &str) -> Result<Expected, HttpError> {
             algorithm.digest_len()
         )));
     }
-    Ok(Expected { algorithm, digest })
+    Ok(Expected {
+        algorithm,
+        digest,
+        header: "Upload-Checksum",
+    })
 }
 
 /// A running checksum of one chunk.
@@ -162,6 +175,7 @@ enum State {
     Md5(Md5),
     Crc32(crc32fast::Hasher),
     Sha256(Sha256),
+    Sha512(Sha512),
 }
 
 impl Hasher {
@@ -171,6 +185,7 @@ impl Hasher {
             Algorithm::Md5 => State::Md5(Md5::new()),
             Algorithm::Crc32 => State::Crc32(crc32fast::Hasher::new()),
             Algorithm::Sha256 => State::Sha256(Sha256::new()),
+            Algorithm::Sha512 => State::Sha512(Sha512::new()),
         })
     }
 
@@ -180,6 +195,7 @@ impl Hasher {
             State::Md5(_) => Algorithm::Md5,
             State::Crc32(_) => Algorithm::Crc32,
             State::Sha256(_) => Algorithm::Sha256,
+            State::Sha512(_) => Algorithm::Sha512,
         }
     }
 
@@ -189,6 +205,7 @@ impl Hasher {
             State::Md5(h) => h.update(bytes),
             State::Crc32(h) => h.update(bytes),
             State::Sha256(h) => h.update(bytes),
+            State::Sha512(h) => h.update(bytes),
         }
     }
 
@@ -199,6 +216,7 @@ impl Hasher {
             State::Md5(h) => h.finalize().to_vec(),
             State::Crc32(h) => h.finalize().to_be_bytes().to_vec(),
             State::Sha256(h) => h.finalize().to_vec(),
+            State::Sha512(h) => h.finalize().to_vec(),
         }
     }
 
@@ -392,6 +410,7 @@ mod tests {
         let expected = Expected {
             algorithm: Algorithm::Crc32,
             digest: vec![0; 4],
+            header: "Upload-Checksum",
         };
         let err = expected.mismatch();
         assert_eq!(err.code, ErrorCode::ChecksumMismatch);

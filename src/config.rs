@@ -111,7 +111,16 @@ pub const SETTINGS: &[Setting] = &[
         name: "sha256",
         value: "on|off",
         default: "on",
-        help: "Compute each stored file's SHA-256 while receiving it.",
+        help: "Compute each stored file's SHA-256 while receiving it. off takes sha256 out of checksums; \
+               on (the default) leaves checksums as it is.",
+        option: true,
+    },
+    Setting {
+        name: "checksums",
+        value: "LIST",
+        default: "sha256",
+        help: "Checksums of each stored file, computed while receiving it and given in its status: any of \
+               sha256, sha1, md5, crc32c, blake3, separated by commas; empty or none for no checksum.",
         option: true,
     },
     Setting {
@@ -315,6 +324,9 @@ pub struct Config {
     pub max_age: Option<Duration>,
     pub app: Option<PathBuf>,
     pub sha256: bool,
+    /// The `checksums` setting as given; [`Config::checksums`] is what
+    /// is computed, with `sha256` applied.
+    pub checksums: crate::checksums::Checksums,
     pub fsync: bool,
     pub file_mode: u32,
     pub progress_interval: Option<Duration>,
@@ -356,6 +368,7 @@ impl Default for Config {
             max_age: None,
             app: None,
             sha256: true,
+            checksums: crate::checksums::Checksums::default(),
             fsync: true,
             file_mode: 0o600,
             progress_interval: Some(Duration::from_millis(200)),
@@ -378,6 +391,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The checksums each stored file gets: the `checksums` list, without
+    /// `sha256` when `sha256 = off` (the older switch keeps its meaning:
+    /// off means no SHA-256, whatever the list says).
+    pub fn checksums(&self) -> crate::checksums::Checksums {
+        match self.sha256 {
+            true => self.checksums,
+            false => self.checksums.without(crate::checksums::Sum::Sha256),
+        }
+    }
+
     /// Loads from the process environment alone, as a CGI program does.
     pub fn from_env() -> Result<Config, ConfigError> {
         Config::load(&[], |var| std::env::var(var).ok())
@@ -541,6 +564,10 @@ impl Config {
                 }
                 "sha256" => {
                     config.sha256 = parse_bool(value).ok_or_else(|| bad("switch: use on or off"))?
+                }
+                "checksums" => {
+                    config.checksums =
+                        crate::checksums::Checksums::parse(value).map_err(|m| invalid(origin, m))?
                 }
                 "fsync" => {
                     config.fsync = parse_bool(value).ok_or_else(|| bad("switch: use on or off"))?
@@ -1025,6 +1052,40 @@ mod tests {
     }
 
     #[test]
+    fn checksums_are_listed_and_sha256_off_takes_sha256_out() {
+        use crate::checksums::{Checksums, Sum};
+        let load = |pairs: &[(&'static str, &str)]| {
+            let values = pairs
+                .iter()
+                .map(|(name, value)| (*name, (value.to_string(), Origin::Option(name))))
+                .collect();
+            Config::from_values(values)
+        };
+        let sums = |config: &Config| config.checksums().iter().collect::<Vec<Sum>>();
+        assert_eq!(sums(&load(&[]).unwrap()), vec![Sum::Sha256]);
+        let listed = load(&[("checksums", "crc32c, SHA256,blake3")]).unwrap();
+        assert_eq!(sums(&listed), vec![Sum::Sha256, Sum::Crc32c, Sum::Blake3]);
+        let off = load(&[("checksums", "sha256,md5"), ("sha256", "off")]).unwrap();
+        assert_eq!(sums(&off), vec![Sum::Md5]);
+        // on is the default: it adds nothing the list left out.
+        let on = load(&[("checksums", "sha1"), ("sha256", "on")]).unwrap();
+        assert_eq!(sums(&on), vec![Sum::Sha1]);
+        for none in ["", "none"] {
+            assert_eq!(
+                load(&[("checksums", none)]).unwrap().checksums(),
+                Checksums::NONE
+            );
+        }
+        let err = load(&[("checksums", "sha256,sha3")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--checksums") && err.contains("\"sha3\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn every_setting_is_handled() {
         // from_values matches on names; a setting added to SETTINGS without a
         // match arm would hit unreachable!() here.
@@ -1034,6 +1095,7 @@ mod tests {
                 "listen" => "127.0.0.1:9000",
                 "upload_key_file" => continue,
                 "sha256" | "fsync" => "on",
+                "checksums" => "md5,blake3",
                 "allowed_origins" => "https://app.example",
                 "allow_credentials" => "off",
                 "file_mode" | "socket_mode" => "600",

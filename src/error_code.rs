@@ -71,7 +71,8 @@ pub enum ErrorCode {
     /// time for this one (see [`crate::Pool::take_over`]); retry. 423, as
     /// tusd answers a locked upload.
     UploadLocked,
-    /// A chunk's `Upload-Checksum` does not match its bytes; the chunk was
+    /// A chunk's `Upload-Checksum` (or RFC 9530 `Content-Digest`) does not
+    /// match its bytes; the chunk was
     /// discarded. 460, the status tusd answers it with, so that tus clients
     /// that know it retry the chunk.
     ChecksumMismatch,
@@ -80,6 +81,11 @@ pub enum ErrorCode {
     /// `Upload-Checksum` is not `<algorithm> <base64 digest>`, or the
     /// digest has the wrong length for its algorithm.
     BadChecksum,
+    /// A form's body does not have the digest its RFC 9530 `Repr-Digest`
+    /// (or `Content-Digest`) gives, or a resumable upload's whole file the
+    /// one its completing request's `Repr-Digest` gives; the upload was
+    /// removed. 400: nothing of it is kept to retry from.
+    DigestMismatch,
     /// A final (concatenated) upload names a partial upload that is not in
     /// the pool (never made, cleared, expired).
     PartialNotFound,
@@ -206,6 +212,7 @@ impl ErrorCode {
         ErrorCode::ChecksumMismatch,
         ErrorCode::UnsupportedChecksumAlgorithm,
         ErrorCode::BadChecksum,
+        ErrorCode::DigestMismatch,
         ErrorCode::PartialNotFound,
         ErrorCode::PartialIncomplete,
         ErrorCode::PartialRunning,
@@ -271,6 +278,7 @@ impl ErrorCode {
             ErrorCode::ChecksumMismatch => "ERR_CHECKSUM_MISMATCH",
             ErrorCode::UnsupportedChecksumAlgorithm => "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM",
             ErrorCode::BadChecksum => "ERR_BAD_CHECKSUM",
+            ErrorCode::DigestMismatch => "ERR_DIGEST_MISMATCH",
             ErrorCode::PartialNotFound => "ERR_PARTIAL_NOT_FOUND",
             ErrorCode::PartialIncomplete => "ERR_PARTIAL_INCOMPLETE",
             ErrorCode::PartialRunning => "ERR_PARTIAL_RUNNING",
@@ -336,6 +344,7 @@ impl ErrorCode {
             | ErrorCode::BadFastcgi
             | ErrorCode::UnsupportedChecksumAlgorithm
             | ErrorCode::BadChecksum
+            | ErrorCode::DigestMismatch
             | ErrorCode::PartialNotFound
             | ErrorCode::PartialIncomplete
             | ErrorCode::PartialRepeated

@@ -1,4 +1,5 @@
-//! SHA-256 of the stored files: on a second thread for a fast body, on the
+//! The checksums of the stored files (SHA-256 by default, see
+//! [`crate::checksums`]): on a second thread for a fast body, on the
 //! request's thread for a slow one.
 //!
 //! SHA-256 is the slowest step of a large upload: about 1.8 GB/s on a core
@@ -43,6 +44,10 @@ use std::time::{Duration, Instant};
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest, Sha256};
 
+use md5::Md5;
+use sha1::Sha1;
+
+use crate::checksums::{self, Checksums, Sum, Sums};
 use crate::identifier::hex;
 
 /// A body that brings this many bytes within [`FAST_WITHIN`] of the
@@ -102,20 +107,22 @@ impl<S: Feed> Worker<S> {
         // Moved in by the closure only if the thread starts; else handed
         // back through the error below.
         let (seed, seeded) = mpsc::channel::<S>();
-        let spawned = thread::Builder::new().name("sha256".into()).spawn(move || {
-            let mut state = seeded.recv().unwrap_or_default();
-            for job in queue {
-                match job {
-                    Job::Data(tag, bytes) => {
-                        state.feed(tag, &bytes);
-                        // The buffer goes back for the next chunk.
-                        let _ = give_back.send(bytes);
+        let spawned = thread::Builder::new()
+            .name("hashing".into())
+            .spawn(move || {
+                let mut state = seeded.recv().unwrap_or_default();
+                for job in queue {
+                    match job {
+                        Job::Data(tag, bytes) => {
+                            state.feed(tag, &bytes);
+                            // The buffer goes back for the next chunk.
+                            let _ = give_back.send(bytes);
+                        }
+                        Job::Run(run) => run(&mut state),
                     }
-                    Job::Run(run) => run(&mut state),
                 }
-            }
-            state
-        });
+                state
+            });
         match spawned {
             Ok(handle) => {
                 let _ = seed.send(state);
@@ -256,12 +263,15 @@ impl<S: Feed> Offload<S> {
     }
 }
 
-/// The SHA-256 of each file of a form, in order: the file being hashed and
-/// its state, and the digests so far.
+/// The checksums of each file of a form, in order: which ones, the file
+/// being hashed and its state, and the digests so far. (The default, SHA-256
+/// alone, is only ever a placeholder while the state moves between
+/// threads.)
 #[derive(Default)]
 pub struct Digests {
-    current: Option<(usize, Sha256)>,
-    done: Vec<(usize, String)>,
+    checksums: Checksums,
+    current: Option<(usize, checksums::Hasher)>,
+    done: Vec<(usize, Sums)>,
 }
 
 impl Feed for Digests {
@@ -271,7 +281,7 @@ impl Feed for Digests {
         match &mut self.current {
             Some((i, hasher)) if *i == index => hasher.update(bytes),
             _ => {
-                let mut hasher = Sha256::new();
+                let mut hasher = checksums::Hasher::new(self.checksums);
                 hasher.update(bytes);
                 self.current = Some((index, hasher));
             }
@@ -283,33 +293,32 @@ impl Digests {
     fn end(&mut self, index: usize) {
         let hasher = match self.current.take() {
             Some((i, hasher)) if i == index => hasher,
-            _ => Sha256::new(), // an empty file
+            _ => checksums::Hasher::new(self.checksums), // an empty file
         };
-        self.done.push((index, hex(&hasher.finalize())));
+        self.done.push((index, hasher.finish()));
     }
 }
 
-/// SHA-256 of each stored file of a form, fed in order. Shared by the
-/// multipart writer's parts, hence `&self`.
+/// The listed checksums of each stored file of a form, fed in order, all
+/// in one pass on the same thread. Shared by the multipart writer's parts,
+/// hence `&self`.
 pub struct Hashing {
     offload: RefCell<Offload<Digests>>,
 }
 
-impl Default for Hashing {
-    fn default() -> Self {
-        Hashing::new()
-    }
-}
-
 impl Hashing {
-    pub fn new() -> Hashing {
-        Hashing::fast_within(FAST_WITHIN)
+    pub fn new(checksums: Checksums) -> Hashing {
+        Hashing::fast_within(checksums, FAST_WITHIN)
     }
 
     /// As [`Hashing::new`], with another time for a body to prove fast.
-    fn fast_within(window: Duration) -> Hashing {
+    fn fast_within(checksums: Checksums, window: Duration) -> Hashing {
+        let digests = Digests {
+            checksums,
+            ..Digests::default()
+        };
         Hashing {
-            offload: RefCell::new(Offload::fast_within(Digests::default(), window)),
+            offload: RefCell::new(Offload::fast_within(digests, window)),
         }
     }
 
@@ -329,7 +338,7 @@ impl Hashing {
     /// Waits for the hashing thread, if any; returns each completed file's
     /// digest (none, should the thread have died: a file without a digest
     /// is stored as one whose digest was not asked for).
-    pub fn finish(self) -> Vec<(usize, String)> {
+    pub fn finish(self) -> Vec<(usize, Sums)> {
         match self.offload.into_inner().finish() {
             Ok(digests) => digests.done,
             Err(_) => Vec::new(),
@@ -355,10 +364,63 @@ impl Hashing {
 /// whoever cuts the file (a chunk that failed its checksum) must save the
 /// state only for bytes that stay, and throw away a state that saw the
 /// bytes it cuts (keep a clone from before the chunk).
+///
+/// Beside the SHA-256 it carries the other checksums whose state can be
+/// saved ([`SAVED`]: SHA-1, MD5 and CRC-32C), when asked for
+/// ([`ResumableSha256::with`]). BLAKE3's cannot: the `blake3` crate's
+/// `Hasher` offers no way to save its stack of chaining values, so a
+/// resumable upload's BLAKE3 is read from the file at completion.
 #[derive(Clone, Default)]
 pub struct ResumableSha256 {
     hasher: Sha256,
+    others: Others,
     offset: u64,
+}
+
+/// The checksums a resumable upload's saved state can carry.
+pub const SAVED: [Sum; 4] = [Sum::Sha256, Sum::Sha1, Sum::Md5, Sum::Crc32c];
+
+/// The saved checksums besides SHA-256, each when listed.
+#[derive(Clone, Default)]
+struct Others {
+    sha1: Option<Sha1>,
+    md5: Option<Md5>,
+    crc32c: Option<u32>,
+}
+
+impl Others {
+    fn new(checksums: Checksums) -> Others {
+        Others {
+            sha1: checksums.contains(Sum::Sha1).then(Sha1::new),
+            md5: checksums.contains(Sum::Md5).then(Md5::new),
+            crc32c: checksums.contains(Sum::Crc32c).then_some(0),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sha1.is_none() && self.md5.is_none() && self.crc32c.is_none()
+    }
+
+    /// Which it carries, as the flags byte of layout version 2.
+    fn flags(&self) -> u8 {
+        u8::from(self.sha1.is_some())
+            | u8::from(self.md5.is_some()) << 1
+            | u8::from(self.crc32c.is_some()) << 2
+    }
+
+    fn checksums(&self) -> Checksums {
+        let mut set = Checksums::NONE;
+        if self.sha1.is_some() {
+            set = set.with(Sum::Sha1);
+        }
+        if self.md5.is_some() {
+            set = set.with(Sum::Md5);
+        }
+        if self.crc32c.is_some() {
+            set = set.with(Sum::Crc32c);
+        }
+        set
+    }
 }
 
 /// What [`ResumableSha256::catch_up`] did.
@@ -404,6 +466,14 @@ pub const STATE_VERSION: u8 = 1;
 /// below 64: a full block is compressed at once) and 63 bytes.
 const SHA256_STATE_LEN: usize = 104;
 const STATE_LEN: usize = STATE_MAGIC.len() + 1 + 8 + SHA256_STATE_LEN + 4;
+/// Layout version 2: version 1's fields, then a flags byte (1: SHA-1, 2:
+/// MD5, 4: CRC-32C, at least one set), then each flagged state in that
+/// order (`sha1` 0.11's 92 serialized bytes, `md-5` 0.11's 88, the CRC-32C
+/// as a u32, little-endian), then the CRC-32 of all that. A state with
+/// SHA-256 alone is still saved as version 1, which older versions read.
+pub const STATE_VERSION_2: u8 = 2;
+const SHA1_STATE_LEN: usize = 92;
+const MD5_STATE_LEN: usize = 88;
 /// What [`ResumableSha256::catch_up`] reads at a time.
 const CATCH_UP_BUFFER: usize = 256 << 10;
 
@@ -413,9 +483,44 @@ impl ResumableSha256 {
         ResumableSha256::default()
     }
 
+    /// As [`ResumableSha256::new`], carrying too the other [`SAVED`]
+    /// checksums `checksums` lists.
+    pub fn with(checksums: Checksums) -> ResumableSha256 {
+        ResumableSha256 {
+            others: Others::new(checksums),
+            ..ResumableSha256::default()
+        }
+    }
+
+    /// The checksums it carries besides SHA-256.
+    pub fn others(&self) -> Checksums {
+        self.others.checksums()
+    }
+
     pub fn update(&mut self, bytes: &[u8]) {
         self.hasher.update(bytes);
+        if let Some(h) = self.others.sha1.as_mut() {
+            h.update(bytes);
+        }
+        if let Some(h) = self.others.md5.as_mut() {
+            h.update(bytes);
+        }
+        if let Some(crc) = self.others.crc32c.as_mut() {
+            *crc = crc32c::crc32c_append(*crc, bytes);
+        }
         self.offset += bytes.len() as u64;
+    }
+
+    /// Every digest it carries, SHA-256 included.
+    pub fn finish(self) -> Sums {
+        let Others { sha1, md5, crc32c } = self.others;
+        Sums {
+            sha256: Some(hex(&self.hasher.finalize())),
+            sha1: sha1.map(|h| hex(&h.finalize())),
+            md5: md5.map(|h| hex(&h.finalize())),
+            crc32c: crc32c.map(|crc| hex(&crc.to_be_bytes())),
+            blake3: None,
+        }
     }
 
     /// How many bytes of the file the state covers.
@@ -433,9 +538,25 @@ impl ResumableSha256 {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(STATE_LEN);
         bytes.extend_from_slice(STATE_MAGIC);
-        bytes.push(STATE_VERSION);
+        let version = match self.others.is_empty() {
+            true => STATE_VERSION,
+            false => STATE_VERSION_2,
+        };
+        bytes.push(version);
         bytes.extend_from_slice(&self.offset.to_le_bytes());
         bytes.extend_from_slice(&self.hasher.serialize());
+        if version == STATE_VERSION_2 {
+            bytes.push(self.others.flags());
+            if let Some(h) = &self.others.sha1 {
+                bytes.extend_from_slice(&h.serialize());
+            }
+            if let Some(h) = &self.others.md5 {
+                bytes.extend_from_slice(&h.serialize());
+            }
+            if let Some(crc) = self.others.crc32c {
+                bytes.extend_from_slice(&crc.to_le_bytes());
+            }
+        }
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         bytes
@@ -451,26 +572,35 @@ impl ResumableSha256 {
         let Some(rest) = bytes.strip_prefix(STATE_MAGIC.as_slice()) else {
             return Err(StateError::NotOurs);
         };
-        match rest.first() {
+        let version = match rest.first() {
             None => return Err(StateError::NotOurs),
-            Some(&STATE_VERSION) => {}
+            Some(&v @ (STATE_VERSION | STATE_VERSION_2)) => v,
             Some(&other) => return Err(StateError::OtherVersion(other)),
-        }
-        if bytes.len() != STATE_LEN {
+        };
+        if bytes.len() < STATE_LEN || (version == STATE_VERSION && bytes.len() != STATE_LEN) {
             return Err(StateError::Damaged);
         }
-        let (body, crc) = bytes.split_at(STATE_LEN - 4);
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
         if crc32fast::hash(body).to_le_bytes() != crc {
             return Err(StateError::Damaged);
         }
-        let (offset, state) = body[STATE_MAGIC.len() + 1..].split_at(8);
+        let (offset, rest) = body[STATE_MAGIC.len() + 1..].split_at(8);
         let offset = u64::from_le_bytes(offset.try_into().map_err(|_| StateError::Damaged)?);
+        let (state, rest) = rest.split_at(SHA256_STATE_LEN);
         let state = SerializedState::<Sha256>::try_from(state).map_err(|_| StateError::Damaged)?;
         let hasher = Sha256::deserialize(&state).map_err(|_| StateError::Damaged)?;
         if counted(&state) != Some(offset) {
             return Err(StateError::Damaged);
         }
-        Ok(ResumableSha256 { hasher, offset })
+        let others = match version {
+            STATE_VERSION => Others::default(),
+            _ => others_from(rest, offset)?,
+        };
+        Ok(ResumableSha256 {
+            hasher,
+            others,
+            offset,
+        })
     }
 
     /// Brings the state up to `upto` bytes of `file` (the stored length of
@@ -482,7 +612,7 @@ impl ResumableSha256 {
     pub fn catch_up(&mut self, file: &File, upto: u64) -> io::Result<CatchUp> {
         let was = self.offset;
         let outcome = if was > upto {
-            *self = ResumableSha256::new();
+            *self = ResumableSha256::with(self.others());
             CatchUp::Restarted { was }
         } else if was == upto {
             return Ok(CatchUp::Current);
@@ -523,9 +653,61 @@ impl std::fmt::Debug for ResumableSha256 {
 /// it compressed and what waits in its buffer (the layout of
 /// [`STATE_VERSION`] 1).
 fn counted(state: &[u8]) -> Option<u64> {
-    let blocks = u64::from_le_bytes(state.get(32..40)?.try_into().ok()?);
-    let buffered = u64::from(*state.get(40)?);
+    counted_after(state, 32)
+}
+
+/// As [`counted`], for a serialized state whose block count follows
+/// `words` bytes of state words (32 for SHA-256, 20 for SHA-1, 16 for
+/// MD5: the three share the layout).
+fn counted_after(state: &[u8], words: usize) -> Option<u64> {
+    let blocks = u64::from_le_bytes(state.get(words..words + 8)?.try_into().ok()?);
+    let buffered = u64::from(*state.get(words + 8)?);
     blocks.checked_mul(64)?.checked_add(buffered)
+}
+
+/// The other checksums of a [`STATE_VERSION_2`] state: `rest` is what
+/// follows the SHA-256 state, CRC excluded. Each must cover `offset` bytes
+/// by its own count, and nothing may be left over.
+fn others_from(rest: &[u8], offset: u64) -> Result<Others, StateError> {
+    let (&flags, mut rest) = rest.split_first().ok_or(StateError::Damaged)?;
+    if flags == 0 || flags > 7 {
+        return Err(StateError::Damaged);
+    }
+    let mut take = |len: usize| -> Result<&[u8], StateError> {
+        if rest.len() < len {
+            return Err(StateError::Damaged);
+        }
+        let (taken, left) = rest.split_at(len);
+        rest = left;
+        Ok(taken)
+    };
+    let mut others = Others::default();
+    if flags & 1 != 0 {
+        let state = take(SHA1_STATE_LEN)?;
+        if counted_after(state, 20) != Some(offset) {
+            return Err(StateError::Damaged);
+        }
+        let state = SerializedState::<Sha1>::try_from(state).map_err(|_| StateError::Damaged)?;
+        others.sha1 = Some(Sha1::deserialize(&state).map_err(|_| StateError::Damaged)?);
+    }
+    if flags & 2 != 0 {
+        let state = take(MD5_STATE_LEN)?;
+        if counted_after(state, 16) != Some(offset) {
+            return Err(StateError::Damaged);
+        }
+        let state = SerializedState::<Md5>::try_from(state).map_err(|_| StateError::Damaged)?;
+        others.md5 = Some(Md5::deserialize(&state).map_err(|_| StateError::Damaged)?);
+    }
+    if flags & 4 != 0 {
+        let crc = take(4)?;
+        others.crc32c = Some(u32::from_le_bytes(
+            crc.try_into().map_err(|_| StateError::Damaged)?,
+        ));
+    }
+    match take(1) {
+        Err(_) => Ok(others),
+        Ok(_) => Err(StateError::Damaged),
+    }
 }
 
 #[cfg(test)]
@@ -585,6 +767,83 @@ mod tests {
         assert!(saved <= crate::pool::MAX_HASH_STATE_BYTES);
     }
 
+    /// Version 2: SHA-1, MD5 and CRC-32C carried beside SHA-256 through a
+    /// save and restore after each piece; their layouts hold their own
+    /// counts where `counted_after` reads them; damage is refused.
+    #[test]
+    fn the_other_saved_checksums_survive_each_save_and_restore() {
+        use md5::Md5;
+        use sha1::Sha1;
+        let data = pattern(5000);
+        let all = Checksums::parse("sha256,sha1,md5,crc32c,blake3").unwrap();
+        let mut state = ResumableSha256::with(all);
+        assert_eq!(
+            state.others(),
+            Checksums::parse("sha1,md5,crc32c").unwrap(),
+            "BLAKE3 is not carried"
+        );
+        let mut at = 0;
+        for piece in [0, 1, 62, 1, 1, 64, 65, 0, 127, 3000, 500] {
+            state.update(&data[at..at + piece]);
+            at += piece;
+            let saved = state.to_bytes();
+            assert_eq!(saved[STATE_MAGIC.len()], STATE_VERSION_2);
+            assert_eq!(
+                saved.len(),
+                STATE_LEN + 1 + SHA1_STATE_LEN + MD5_STATE_LEN + 4
+            );
+            state = ResumableSha256::from_bytes(&saved).unwrap();
+            assert_eq!(state.offset(), at as u64);
+        }
+        state.update(&data[at..]);
+        let mut reference = checksums::Hasher::new(all.without(Sum::Blake3));
+        reference.update(&data);
+        assert_eq!(state.finish(), reference.finish());
+        let only_md5 = ResumableSha256::with(Checksums::parse("md5").unwrap()).to_bytes();
+        assert_eq!(only_md5.len(), STATE_LEN + 1 + MD5_STATE_LEN);
+        assert!(ResumableSha256::from_bytes(&only_md5).is_ok());
+        assert_eq!(
+            ResumableSha256::with(Checksums::default()).to_bytes().len(),
+            STATE_LEN,
+            "SHA-256 alone stays version 1"
+        );
+        let (mut sha1, mut md5) = (Sha1::new(), Md5::new());
+        for len in 0..300u64 {
+            assert_eq!(sha1.serialize().len(), SHA1_STATE_LEN);
+            assert_eq!(md5.serialize().len(), MD5_STATE_LEN);
+            assert_eq!(counted_after(&sha1.serialize(), 20), Some(len));
+            assert_eq!(counted_after(&md5.serialize(), 16), Some(len));
+            sha1.update([len as u8]);
+            md5.update([len as u8]);
+        }
+        // Damage with a CRC made to fit: no flags, a byte too many, an MD5
+        // count that is not the offset.
+        let mut state = ResumableSha256::with(Checksums::parse("sha1,md5").unwrap());
+        state.update(&data[..100]);
+        let good = state.to_bytes();
+        let refit = |mut bytes: Vec<u8>| {
+            let len = bytes.len();
+            bytes.truncate(len - 4);
+            let crc = crc32fast::hash(&bytes);
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        let flags_at = STATE_LEN - 4;
+        let mut no_flags = good.clone();
+        no_flags[flags_at] = 0;
+        let mut longer = good.clone();
+        longer.insert(good.len() - 4, 0);
+        let mut count = good.clone();
+        count[flags_at + 1 + SHA1_STATE_LEN + 16] ^= 1;
+        for bad in [no_flags, longer, count] {
+            assert_eq!(
+                ResumableSha256::from_bytes(&refit(bad)).unwrap_err(),
+                StateError::Damaged
+            );
+        }
+        assert!(ResumableSha256::from_bytes(&refit(good)).is_ok());
+    }
+
     #[test]
     fn a_state_not_ours_of_another_version_or_damaged_is_refused() {
         let mut state = ResumableSha256::new();
@@ -604,10 +863,10 @@ mod tests {
             StateError::NotOurs
         );
         let mut other = good.clone();
-        other[STATE_MAGIC.len()] = 2;
+        other[STATE_MAGIC.len()] = 3;
         assert_eq!(
             ResumableSha256::from_bytes(&other).unwrap_err(),
-            StateError::OtherVersion(2)
+            StateError::OtherVersion(3)
         );
         assert_eq!(
             ResumableSha256::from_bytes(&good[..good.len() - 1]).unwrap_err(),
@@ -718,9 +977,12 @@ mod tests {
 
     #[test]
     fn digests_of_several_files_in_order_inline_and_threaded() {
-        let expected = |data: &[u8]| hex(&Sha256::digest(data));
+        let expected = |data: &[u8]| Sums {
+            sha256: Some(hex(&Sha256::digest(data))),
+            ..Sums::default()
+        };
         let big = vec![7u8; FAST_BYTES as usize + (1 << 20)];
-        let hashing = Hashing::fast_within(Duration::from_secs(3600));
+        let hashing = Hashing::fast_within(Checksums::default(), Duration::from_secs(3600));
         hashing.update(0, b"hello ");
         hashing.update(0, b"world");
         hashing.end(0);
@@ -748,13 +1010,22 @@ mod tests {
     fn the_switch_to_the_thread_mid_file_keeps_the_state() {
         // The switch happens inside file 0, after exactly FAST_BYTES.
         let data: Vec<u8> = (0..FAST_BYTES as usize + 12_345).map(|i| i as u8).collect();
-        let hashing = Hashing::fast_within(Duration::from_secs(3600));
+        let hashing = Hashing::fast_within(Checksums::default(), Duration::from_secs(3600));
         let (first, rest) = data.split_at(FAST_BYTES as usize);
         hashing.update(0, first);
         assert!(hashing.threaded());
         hashing.update(0, rest);
         hashing.end(0);
-        assert_eq!(hashing.finish(), vec![(0, hex(&Sha256::digest(&data)))]);
+        assert_eq!(
+            hashing.finish(),
+            vec![(
+                0,
+                Sums {
+                    sha256: Some(hex(&Sha256::digest(&data))),
+                    ..Sums::default()
+                }
+            )]
+        );
     }
 
     /// A resumable chunk's state, read while the thread runs (a takeover
@@ -787,13 +1058,22 @@ mod tests {
     #[test]
     fn a_slow_body_stays_on_the_requests_thread() {
         let data = vec![3u8; 4 * FAST_BYTES as usize];
-        let hashing = Hashing::fast_within(Duration::ZERO);
+        let hashing = Hashing::fast_within(Checksums::default(), Duration::ZERO);
         std::thread::sleep(Duration::from_millis(2));
         for chunk in data.chunks(64 << 10) {
             hashing.update(0, chunk);
         }
         assert!(!hashing.threaded(), "too late to prove fast");
         hashing.end(0);
-        assert_eq!(hashing.finish(), vec![(0, hex(&Sha256::digest(&data)))]);
+        assert_eq!(
+            hashing.finish(),
+            vec![(
+                0,
+                Sums {
+                    sha256: Some(hex(&Sha256::digest(&data))),
+                    ..Sums::default()
+                }
+            )]
+        );
     }
 }

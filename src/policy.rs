@@ -697,7 +697,7 @@ mod tests {
     fn the_size_limit_lowers_max_size_only() {
         let options = |max| Options {
             max_size: max,
-            sha256: false,
+            checksums: crate::checksums::Checksums::NONE,
             progress_interval: None,
             min_rate: None,
             min_rate_after: std::time::Duration::ZERO,

@@ -13,9 +13,10 @@
 //!     status.reserve          space held for the final status while a request on the upload runs
 //!     file-1, file-2, ...     the stored files, in the order they arrived (mode 0600);
 //!                             a resumable upload has one, file-1, that grows chunk by chunk
-//!     sha256.state            a resumable upload's SHA-256 so far and the offset it covers,
-//!                             between its requests; replaced whole (sha256.state.tmp, renamed)
-//!                             and removed once the upload is done; never a stored file
+//!     sha256.state            a resumable upload's SHA-256 so far (and SHA-1, MD5, CRC-32C when
+//!                             listed) and the offset it covers, between its requests; replaced
+//!                             whole (sha256.state.tmp, renamed) and removed once the upload is
+//!                             done; never a stored file
 //!   .trash/<name>-<random>/   a bucket being deleted (clear, gc); safe to remove
 //!   .trash-<name>-<random>/   the same, as earlier versions (and a pool whose
 //!                             `.trash` is unusable) leave it; gc sweeps both
@@ -91,8 +92,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::checksums::{Checksums, Sums};
 use crate::error_code::ErrorCode;
-use crate::hashing::ResumableSha256;
 use crate::identifier::{self, Identifier};
 use crate::status::{FileInfo, State, Status};
 
@@ -899,13 +900,13 @@ impl Pool {
     /// reflinks (Btrfs, XFS) may share the extents instead of copying
     /// them. Only where the kernel or the file system cannot
     /// (`EXDEV`, `ENOSYS`, `EOPNOTSUPP`) are the bytes read and written.
-    /// With `sha256`, the final file is then read once for its digest.
+    /// With `checksums`, the final file is then read once for all of them.
     ///
     /// The final status is `status` in state `done`, with `size` and
     /// `received` the final length and one file, `file-1`: the first of
     /// `status.files` if it has one (its `field`, `filename` and
     /// `content-type` are kept), else one named by `status.filename` and
-    /// `status.content_type`; its `size`, `path` and `sha256` are set here.
+    /// `status.content_type`; its `size`, `path` and checksums are set here.
     /// It is recorded as [`Upload::finish`] does, durably with `fsync`. A
     /// failure after the claim records the final upload failed, its file
     /// removed; the partial uploads are removed only once the final one is
@@ -921,7 +922,7 @@ impl Pool {
         final_id: &Identifier,
         partials: &[Identifier],
         status: &Status,
-        sha256: bool,
+        checksums: Checksums,
     ) -> Result<u64, PoolError> {
         if partials.is_empty() {
             return Err(PoolError::Misuse("concatenate with no partial upload"));
@@ -953,8 +954,8 @@ impl Pool {
         running.files = Some(Vec::new());
         let copied = upload
             .write_status(&running)
-            .and_then(|()| self.assemble(&upload, &taken, &mut running, sha256));
-        let (path, digest) = match copied {
+            .and_then(|()| self.assemble(&upload, &taken, &mut running, checksums));
+        let (path, sums) = match copied {
             Ok(done) => done,
             Err(err) => {
                 running.fail(err.code(), err.to_string(), unix_now());
@@ -972,10 +973,14 @@ impl Pool {
                 .unwrap_or_else(|| "application/octet-stream".to_owned()),
             size: 0,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: String::new(),
         });
         file.size = total;
-        file.sha256 = digest;
+        sums.apply_to(&mut file);
         file.path = path.to_string_lossy().into_owned();
         done.state = State::Done;
         done.size = Some(total);
@@ -1075,8 +1080,8 @@ impl Pool {
         upload: &Upload,
         partials: &[Partial],
         running: &mut Status,
-        sha256: bool,
-    ) -> Result<(PathBuf, Option<String>), PoolError> {
+        checksums: Checksums,
+    ) -> Result<(PathBuf, Sums), PoolError> {
         let (file, path) = upload.create_file()?;
         let mut at = 0u64;
         for partial in partials {
@@ -1103,18 +1108,16 @@ impl Pool {
                 });
             }
         }
-        let digest = if sha256 {
+        let sums = if checksums.is_empty() {
+            Sums::default()
+        } else {
             let reader = open_regular(&upload.bucket, DATA_FILE, OFlags::RDONLY, 0)
                 .map_err(io_error(format!("cannot open {DATA_FILE} to hash it")))?;
-            let mut hash = ResumableSha256::new();
-            hash.catch_up(&File::from(reader), at)
+            crate::checksums::of_file(checksums, &File::from(reader), at)
                 .map_err(io_error(format!("cannot read {DATA_FILE} to hash it")))
-                .map_err(|e| upload.explain(e))?;
-            Some(hash.finish_hex())
-        } else {
-            None
+                .map_err(|e| upload.explain(e))?
         };
-        Ok((path, digest))
+        Ok((path, sums))
     }
 
     /// Opens (creating if needed) a regular file relative to `dir` with the
@@ -3046,6 +3049,10 @@ mod tests {
             content_type: "text/plain".into(),
             size: 10,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: upload.data_path().display().to_string(),
         }]);
         upload.finish(&done).unwrap();
@@ -3396,6 +3403,10 @@ mod tests {
             content_type: "application/octet-stream".into(),
             size,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: upload.data_path().to_string_lossy().into_owned(),
         }]);
         upload.finish(&done).unwrap();
@@ -3452,6 +3463,10 @@ mod tests {
             content_type: "text/plain".into(),
             size: 6,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: upload.data_path().to_string_lossy().into_owned(),
         }]);
         upload.finish(&done).unwrap();
@@ -3641,7 +3656,7 @@ mod tests {
         status.filename = Some("whole.bin".into());
         status.content_type = Some("video/mp4".into());
         let total = pool
-            .concatenate(&id("whole"), &partials, &status, true)
+            .concatenate(&id("whole"), &partials, &status, Checksums::default())
             .unwrap();
         let expected: Vec<u8> = parts.concat();
         assert_eq!(total, expected.len() as u64);
@@ -3684,10 +3699,19 @@ mod tests {
             content_type: "text/plain".into(),
             size: 0,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: String::new(),
         }]);
-        pool.concatenate(&id("greeting"), &[id("x2"), id("x1")], &status, false)
-            .unwrap();
+        pool.concatenate(
+            &id("greeting"),
+            &[id("x2"), id("x1")],
+            &status,
+            Checksums::NONE,
+        )
+        .unwrap();
         assert_eq!(
             fs::read(dir.path().join("greeting/file-1")).unwrap(),
             b"worldhello "
@@ -3727,7 +3751,7 @@ mod tests {
             let before = tree(dir.path());
             let partials: Vec<Identifier> = partials.iter().map(|n| id(n)).collect();
             let err = pool
-                .concatenate(&id("final"), &partials, &status, true)
+                .concatenate(&id("final"), &partials, &status, Checksums::default())
                 .unwrap_err();
             assert_eq!(tree(dir.path()), before, "{err}");
             err
@@ -3781,11 +3805,11 @@ mod tests {
         // The final identifier has an upload of its own: refused as a new
         // resumable upload would be.
         assert!(matches!(
-            pool.concatenate(&id("half"), &[id("good")], &status, true),
+            pool.concatenate(&id("half"), &[id("good")], &status, Checksums::default()),
             Err(PoolError::InProgress)
         ));
         assert!(matches!(
-            pool.concatenate(&id("busy"), &[id("good")], &status, true),
+            pool.concatenate(&id("busy"), &[id("good")], &status, Checksums::default()),
             Err(PoolError::Complete)
         ));
         assert_eq!(tree(dir.path()), before);
@@ -3820,7 +3844,12 @@ mod tests {
             .collect::<Vec<_>>();
         let status = Status::incomplete("final", None, 1);
         let err = pool
-            .concatenate(&id("final"), &[id("p1"), id("p2")], &status, true)
+            .concatenate(
+                &id("final"),
+                &[id("p1"), id("p2")],
+                &status,
+                Checksums::default(),
+            )
             .unwrap_err();
         assert!(matches!(err, PoolError::Io { .. }), "{err}");
         let failed = pool.status(&id("final")).unwrap();
@@ -3834,8 +3863,13 @@ mod tests {
         // Once out of the way, the same concatenation works.
         fs::remove_dir(dir.path().join("final/file-1")).unwrap();
         assert_eq!(
-            pool.concatenate(&id("final"), &[id("p1"), id("p2")], &status, true)
-                .unwrap(),
+            pool.concatenate(
+                &id("final"),
+                &[id("p1"), id("p2")],
+                &status,
+                Checksums::default()
+            )
+            .unwrap(),
             6
         );
         assert_eq!(
@@ -3857,8 +3891,13 @@ mod tests {
         if let Ok(dir) = std::env::var(CONCAT_CHILD) {
             let pool = Pool::new(dir, 0o600, false);
             let status = Status::incomplete("joined", None, 1);
-            pool.concatenate(&id("joined"), &[id("k1"), id("k2")], &status, true)
-                .unwrap();
+            pool.concatenate(
+                &id("joined"),
+                &[id("k1"), id("k2")],
+                &status,
+                Checksums::default(),
+            )
+            .unwrap();
             return;
         }
         let strace = ["/usr/bin/strace", "/bin/strace"]

@@ -27,6 +27,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::checksums::Checksums;
 use crate::error_code::ErrorCode;
 use crate::hashing::Hashing;
 use crate::http::{Body, HttpError};
@@ -62,7 +63,8 @@ const DOCUMENT_MARGIN: usize = 256;
 pub struct Options {
     /// Largest request body, in bytes.
     pub max_size: Option<u64>,
-    pub sha256: bool,
+    /// The checksums each stored file gets (none: no hashing thread).
+    pub checksums: Checksums,
     /// How often progress is published; `None`: only at the end.
     pub progress_interval: Option<Duration>,
     /// Slowest average rate of the body, in bytes a second, once it is
@@ -81,7 +83,7 @@ impl Options {
     pub fn from_config(config: &crate::config::Config) -> Options {
         Options {
             max_size: config.max_size,
-            sha256: config.sha256,
+            checksums: config.checksums(),
             progress_interval: config.progress_interval,
             min_rate: config.min_body_rate,
             min_rate_after: config.min_body_rate_after,
@@ -109,10 +111,10 @@ pub fn lower_priority() {
 }
 
 /// Streams one body into `upload`: runs `work` with the counted body and
-/// the [`Session`], with the watcher (and, with `options.sha256`, the
+/// the [`Session`], with the watcher (and, with `options.checksums`, the
 /// hasher) running around it. Returns the status as `work` left it, with
 /// `received` set to the bytes read and, if `work` succeeded, each hashed
-/// file's `sha256`; and what `work` returned.
+/// file's checksums; and what `work` returned.
 ///
 /// When the body failed for a reason it knows (the size limit, the rate
 /// floor, or the transport's own, see [`Body::failure`]), that reason is
@@ -165,7 +167,7 @@ pub fn run<R: Body, T>(
         let shared = &shared;
         let interval = options.progress_interval;
         scope.spawn(move || watch(upload, shared, stopped, interval, flush));
-        let hashing = options.sha256.then(Hashing::new);
+        let hashing = (!options.checksums.is_empty()).then(|| Hashing::new(options.checksums));
         let session = Session {
             shared,
             received: &received,
@@ -176,9 +178,9 @@ pub fn run<R: Body, T>(
         drop(stop);
         if let (Ok(_), Some(hashing)) = (&outcome, hashing) {
             let mut status = shared.status();
-            for (index, digest) in hashing.finish() {
+            for (index, sums) in hashing.finish() {
                 if let Some(info) = status.files.as_mut().and_then(|f| f.get_mut(index)) {
-                    info.sha256 = Some(digest);
+                    sums.apply_to(info);
                 }
             }
         }
@@ -284,7 +286,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// The hasher, if SHA-256 is on: feed it each stored file's bytes by
+    /// The hasher, if any checksum is listed: feed it each stored file's bytes by
     /// the file's index in the status's `files`, and end each file.
     pub fn hashing(&self) -> Option<&Hashing> {
         self.hashing
@@ -513,7 +515,7 @@ mod tests {
     fn options(max_size: Option<u64>, interval: Option<Duration>) -> Options {
         Options {
             max_size,
-            sha256: false,
+            checksums: Checksums::NONE,
             progress_interval: interval,
             min_rate: None,
             min_rate_after: MIN_RATE_AFTER,
@@ -908,10 +910,14 @@ mod tests {
             content_type: "text/plain".into(),
             size: 3,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: String::new(),
         }]);
         let options = Options {
-            sha256: true,
+            checksums: Checksums::parse("sha256,md5").unwrap(),
             ..options(None, None)
         };
         let (status, outcome) = run(
@@ -932,5 +938,10 @@ mod tests {
             status.files()[0].sha256.as_deref(),
             Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         );
+        assert_eq!(
+            status.files()[0].md5.as_deref(),
+            Some("900150983cd24fb0d6963f7d28e17f72")
+        );
+        assert_eq!(status.files()[0].sha1, None, "not listed");
     }
 }

@@ -60,6 +60,17 @@ pub struct FileInfo {
     /// (absent while uploading, or when hashing is turned off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The other checksums the `checksums` setting lists, lowercase hex
+    /// like `sha256` (CRC-32C as its four bytes big-endian), once the file
+    /// is complete; absent when not listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
     /// Absolute path of the stored data.
     pub path: String,
 }

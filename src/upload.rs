@@ -8,11 +8,14 @@
 //! watcher, cancellation by clear, hashing, bulk priority) is in
 //! [`crate::receiving`].
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::blocks::Blocks;
+use crate::checksum::{Expected, Hasher};
+use crate::digest_fields;
 use crate::error_code::{ErrorCode, store_error};
 use crate::http::{Body, BodyLength, HttpError, Request};
 use crate::identifier::Identifier;
@@ -39,8 +42,10 @@ pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
 /// otherwise make one of tens of megabytes, rewritten on every progress
 /// update and, past the reader's limit, unreadable for good.
 pub const MAX_STATUS_DOCUMENT: usize = 1 << 20;
-/// What a file entry's SHA-256 and a growing size add to its JSON later.
-const FILE_ENTRY_GROWTH: usize = r#","sha256":""#.len() + 64 + 20;
+/// What a file entry's checksums (all of them, at most) and a growing
+/// size add to its JSON later.
+const FILE_ENTRY_GROWTH: usize =
+    r#","sha256":"","sha1":"","md5":"","crc32c":"","blake3":""#.len() + 64 + 40 + 32 + 8 + 64 + 20;
 /// Most bytes read after the closing boundary before answering.
 const MAX_EPILOGUE: u64 = 64 * 1024;
 
@@ -67,7 +72,7 @@ pub fn receive(
     let options = &policy::limited(options, id.policy());
     let upload = pool.begin_upload(id)?;
     let mut status = Status::uploading(id.as_str(), None, unix_now());
-    let (boundary, length) = match check(request, options) {
+    let (boundary, length, digests) = match check(request, options) {
         Ok(checked) => checked,
         Err(err) => {
             status.fail(err.code, &err.message, unix_now());
@@ -83,8 +88,26 @@ pub fn receive(
         return Err(err);
     }
     let limit = length.known().unwrap_or(u64::MAX);
-    let body = request.body().take(limit);
-    let (status, outcome) = stream(&upload, id, status, &boundary, body, options);
+    let hashers = RefCell::new(digests.iter().map(Expected::hasher).collect::<Vec<_>>());
+    let body = Digested {
+        inner: request.body().take(limit),
+        hashers: &hashers,
+    };
+    let (mut status, mut outcome) = stream(&upload, id, status, &boundary, body, options);
+    if outcome.is_ok() {
+        // Checked once the form is read, before it is recorded done: a body
+        // that does not match is removed as a failed form is.
+        let hashers = hashers.into_inner();
+        if let Some(expected) = digests
+            .iter()
+            .zip(hashers)
+            .find_map(|(expected, hasher)| (!hasher.matches(expected)).then_some(expected))
+        {
+            let err = digest_fields::mismatch(expected, "request body");
+            status.fail(err.code, &err.message, unix_now());
+            outcome = Err(err);
+        }
+    }
     match outcome {
         Ok(()) => {
             upload.finish(&status)?;
@@ -97,12 +120,27 @@ pub fn receive(
     }
 }
 
-/// What can be decided before reading the body: the content type and the
-/// announced length.
-fn check(request: &Request<'_>, options: &Options) -> Result<(String, BodyLength), HttpError> {
+/// What can be decided before reading the body: the content type, the
+/// announced length and the digests the body must have.
+///
+/// For a form, RFC 9530's `Repr-Digest` and `Content-Digest` both cover
+/// the request body as sent, boundaries and all: the representation a
+/// POST encloses is that body (this server applies no content coding), and
+/// the message's content is the same bytes. So each one given is checked
+/// against the body, not against the files in it.
+fn check(
+    request: &Request<'_>,
+    options: &Options,
+) -> Result<(String, BodyLength, Vec<Expected>), HttpError> {
     let content_type = request.content_type().unwrap_or("");
     let boundary = multipart::boundary(content_type)?;
     let length = request.body_length()?;
+    let mut digests = Vec::new();
+    for field in ["Repr-Digest", "Content-Digest"] {
+        if let Some(value) = request.header(field) {
+            digests.extend(digest_fields::parse(field, value)?);
+        }
+    }
     match (length, options.max_size) {
         (BodyLength::Absent, _) => Err(HttpError::new(
             ErrorCode::LengthRequired,
@@ -112,7 +150,35 @@ fn check(request: &Request<'_>, options: &Options) -> Result<(String, BodyLength
             ErrorCode::TooLarge,
             format!("the upload is {n} bytes, more than the limit of {max} bytes"),
         )),
-        _ => Ok((boundary, length)),
+        _ => Ok((boundary, length, digests)),
+    }
+}
+
+/// The request body, fed to the hashers of its RFC 9530 digests as it is
+/// read (on the request's thread: a body with a digest to check is one
+/// whose client asked for the cost).
+///
+/// Only what is read is hashed: a body with more than [`MAX_EPILOGUE`]
+/// bytes after its closing boundary is not read to its end, and so fails
+/// its digest.
+struct Digested<'h, B> {
+    inner: B,
+    hashers: &'h RefCell<Vec<Hasher>>,
+}
+
+impl<B: Read> Read for Digested<'_, B> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for hasher in self.hashers.borrow_mut().iter_mut() {
+            hasher.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+impl<B: Body> Body for Digested<'_, B> {
+    fn failure(&mut self) -> Option<HttpError> {
+        self.inner.failure()
     }
 }
 
@@ -406,6 +472,10 @@ impl Receiver<'_, '_> {
                 .unwrap_or_else(|| "application/octet-stream".into()),
             size: 0,
             sha256: None,
+            sha1: None,
+            md5: None,
+            crc32c: None,
+            blake3: None,
             path: path.to_string_lossy().into_owned(),
         };
         let mut status = self.session.status();

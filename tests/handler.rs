@@ -168,7 +168,7 @@ fn the_driver_alone_returns_the_status_it_recorded() {
     );
     let options = upload::Options {
         max_size: None,
-        sha256: false,
+        checksums: fileupload::checksums::Checksums::NONE,
         progress_interval: None,
         min_rate: None,
         min_rate_after: Duration::ZERO,

@@ -805,3 +805,63 @@ fn in_middleware_mode_a_completed_upload_is_handed_to_the_application() {
         sha256_hex(b"abcdefghij").as_str()
     );
 }
+
+/// RFC 9530's Content-Digest on an append is the append's digest: a wrong
+/// one is 460 with the append cut away, the offset unchanged; a right one
+/// (sha-512 here) is kept.
+#[test]
+fn an_appends_content_digest_is_checked() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    for version in VERSIONS {
+        let server = Server::new(&[]);
+        let bytes = random_bytes(3000, 40);
+        let created = server.create(
+            version,
+            &[("Upload-Complete", "?0"), ("Upload-Length", "3000")],
+            b"",
+        );
+        created.assert_status(201, version);
+        let id = created.id();
+        let digest = |data: &[u8]| format!("sha-256=:{}:", b64(&sha2::Sha256::digest(data)));
+        server
+            .append(
+                version,
+                &id,
+                0,
+                false,
+                &bytes[..1000],
+                &[("Content-Digest", &digest(&bytes[..1000]))],
+            )
+            .assert_status(204, version);
+        let wrong = server.append(
+            version,
+            &id,
+            1000,
+            true,
+            &bytes[1000..],
+            &[("Content-Digest", &digest(b"other bytes"))],
+        );
+        assert_eq!(wrong.status, 460, "{}", wrong.text());
+        assert_eq!(wrong.json()["code"], "ERR_CHECKSUM_MISMATCH");
+        assert_eq!(server.head(version, &id).offset(), 1000);
+        assert_eq!(server.stored(&id), &bytes[..1000]);
+        let sha512 = format!("sha-512=:{}:", b64(&sha2::Sha512::digest(&bytes[1000..])));
+        server
+            .append(
+                version,
+                &id,
+                1000,
+                true,
+                &bytes[1000..],
+                &[("Content-Digest", &sha512)],
+            )
+            .assert_status(201, version);
+        assert_eq!(server.stored(&id), bytes);
+        assert_eq!(
+            server.status(&id)["files"][0]["sha256"],
+            sha256_hex(&bytes).as_str()
+        );
+    }
+}

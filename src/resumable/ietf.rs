@@ -498,6 +498,7 @@ fn create(
         length: None,
         body: request.body(),
         body_length,
+        repr: None,
     });
     let failed = |error: HttpError| {
         // A first part that failed leaves the upload made: the client may
@@ -567,13 +568,21 @@ fn append(
         })?;
     let body_length = request.body_length().map_err(failed)?;
     let length = declared_length(request, offset, complete, body_length).map_err(failed)?;
+    // The draft's appends carry RFC 9530's Content-Digest, not tus's
+    // Upload-Checksum.
+    let checksum = crate::digest_fields::chunk_checksum(None, request.header("Content-Digest"))
+        .map_err(failed)?;
+    let repr = crate::digest_fields::repr_digest(request.header("Repr-Digest")).map_err(failed)?;
     let chunk = Chunk {
         offset,
         length,
         body: request.body(),
         body_length,
+        repr,
     };
-    let progress = resumable::append(service.pool(), id, chunk, settings).map_err(failed)?;
+    let progress =
+        resumable::append_checked(service.pool(), id, chunk, checksum.as_ref(), settings)
+            .map_err(failed)?;
     if complete && !progress.complete {
         return Err(failed(short_of_complete(&progress)));
     }

@@ -43,10 +43,12 @@ use std::thread;
 use std::time::Duration;
 
 use crate::blocks::Blocks;
-use crate::checksum::{Expected, Hasher};
+use crate::checksum::{Algorithm, Expected, Hasher};
+use crate::checksums::{self, Checksums, Sum};
 use crate::config::Config;
+use crate::digest_fields;
 use crate::error_code::{ErrorCode, store_error};
-use crate::hashing::{Feed, Offload, ResumableSha256};
+use crate::hashing::{Feed, Offload, ResumableSha256, SAVED};
 use crate::http::{Body, BodyLength, HttpError};
 use crate::identifier::Identifier;
 use crate::policy::{self, Policy, Signature};
@@ -132,6 +134,9 @@ pub struct Chunk<'r> {
     pub length: Option<u64>,
     pub body: &'r mut dyn Body,
     pub body_length: BodyLength,
+    /// The whole upload's RFC 9530 `Repr-Digest`, checked when this chunk
+    /// completes the upload (ignored otherwise).
+    pub repr: Option<Expected>,
 }
 
 /// Where an upload stands after a request, for the protocol's answer.
@@ -235,7 +240,7 @@ fn create_upload(
         }
         .into()),
         Some(chunk) => proceed(pool, id, upload, status, chunk, None, settings),
-        None if new.length == Some(0) => finish(pool, id, upload, status, None, settings),
+        None if new.length == Some(0) => finish(pool, id, upload, status, None, None, settings),
         None => {
             upload.pause(&status)?;
             info(pool, id, settings)
@@ -326,7 +331,7 @@ pub fn append_checked(
 /// upload or an ordinary resumable one included, is refused, so that an
 /// upload a client completed on its own is never swallowed into another.
 /// The total is held to `max_size` (413). The final upload is complete at
-/// once, with its digest when `sha256` is on, and its `parts` listed.
+/// once, with its listed checksums, and its `parts` listed.
 pub fn concatenate(
     pool: &Pool,
     id: &Identifier,
@@ -369,7 +374,7 @@ pub fn concatenate(
     status.content_type = new.content_type;
     status.fields = Some(new.metadata);
     status.parts = Some(parts.iter().map(|p| p.as_str().to_owned()).collect());
-    pool.concatenate(id, parts, &status, settings.options.sha256)?;
+    pool.concatenate(id, parts, &status, settings.options.checksums)?;
     let progress = info(pool, id, settings)?;
     // The parts' bytes were never checked as this type (a part declares its
     // own, or none): the final file's first bytes are, now that it exists.
@@ -617,6 +622,7 @@ fn proceed(
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
     let start = chunk.offset;
+    let repr = chunk.repr.clone();
     let file = upload.open_data_at(start)?;
     let limit = room(&status, start, &settings.options);
     let announced = chunk.body_length.known();
@@ -627,9 +633,10 @@ fn proceed(
         // claim, dropped, leaves the status and the bytes alone).
         return Err(past_the_end(code, &status, start, &settings.options));
     }
-    let hash = match settings.options.sha256 {
+    let checksums = settings.options.checksums;
+    let hash = match carried(checksums) {
         true => {
-            let mut hash = saved_hash(&upload);
+            let mut hash = saved_hash(&upload, checksums);
             hash.catch_up(&file, start).map_err(store_error)?;
             Some(hash)
         }
@@ -654,7 +661,7 @@ fn proceed(
     let options = Options {
         max_size: limit.map(|(room, _)| room),
         // The whole file is hashed here, across requests (see `Written`).
-        sha256: false,
+        checksums: Checksums::NONE,
         ..settings.options.clone()
     };
     // Under a policy that lists types, the bytes of the declared type's
@@ -732,7 +739,7 @@ fn proceed(
             let offset = start + written;
             status.received = Some(offset);
             if status.size == Some(offset) {
-                finish(pool, id, upload, status, hash, settings)
+                finish(pool, id, upload, status, hash, repr.as_ref(), settings)
             } else {
                 save_hash(&upload, hash.as_ref());
                 upload.pause(&status)?;
@@ -900,10 +907,26 @@ fn let_go_when_asked(
     }
 }
 
+/// Whether `checksums` lists one that the saved hash state carries.
+fn carried(checksums: Checksums) -> bool {
+    SAVED.iter().any(|sum| checksums.contains(*sum))
+}
+
+/// The saved checksums `checksums` lists besides SHA-256.
+fn saved_others(checksums: Checksums) -> Checksums {
+    [Sum::Sha1, Sum::Md5, Sum::Crc32c]
+        .into_iter()
+        .filter(|sum| checksums.contains(*sum))
+        .fold(Checksums::NONE, Checksums::with)
+}
+
 /// The saved hash state of the upload, or a new one (from byte 0) when
 /// there is none or it cannot be used: a refused state costs a re-read,
-/// never a wrong digest.
-fn saved_hash(upload: &Upload) -> ResumableSha256 {
+/// never a wrong digest. A state carrying other checksums than `checksums`
+/// lists (the setting changed during the upload) is one that cannot be
+/// used.
+fn saved_hash(upload: &Upload, checksums: Checksums) -> ResumableSha256 {
+    let wanted = saved_others(checksums);
     let loaded = upload
         .load_hash_state()
         .map_err(|e| e.to_string())
@@ -914,11 +937,15 @@ fn saved_hash(upload: &Upload) -> ResumableSha256 {
                 .map_err(|e| e.to_string())
         });
     match loaded {
-        Ok(Some(hash)) => hash,
-        Ok(None) => ResumableSha256::new(),
+        Ok(Some(hash)) if hash.others() == wanted => hash,
+        Ok(Some(_)) => {
+            crate::log!("hashing the upload from its start: its saved state has other checksums");
+            ResumableSha256::with(checksums)
+        }
+        Ok(None) => ResumableSha256::with(checksums),
         Err(err) => {
             crate::log!("hashing the upload from its start: {err}");
-            ResumableSha256::new()
+            ResumableSha256::with(checksums)
         }
     }
 }
@@ -1006,12 +1033,13 @@ fn copy_chunk(
 }
 
 /// Completes the upload: state `done`, its one file with the name and type
-/// from its metadata and, with `sha256` on, the digest of the whole file.
+/// from its metadata and the listed checksums of the whole file.
 ///
 /// The one place an upload becomes `done`, whichever protocol and request
 /// brought its last byte. The digest comes from `hash`, the state the
 /// completing request carried over every chunk (or the saved one): only
-/// bytes it never saw are read, which in the common case is none.
+/// bytes it never saw are read, which in the common case is none. The other
+/// checksums, whose states are not saved, read the whole file once.
 /// Should recording it fail, the upload stays incomplete with all its
 /// bytes (see [`Upload::finish`]) and the completing request may be
 /// repeated.
@@ -1021,18 +1049,50 @@ fn finish(
     upload: Upload,
     mut status: Status,
     hash: Option<ResumableSha256>,
+    repr: Option<&Expected>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
     let size = upload.offset()?;
     // Made here for an empty upload, whose path the status gives.
     let file = upload.open_data_at(size)?;
-    let sha256 = if settings.options.sha256 {
-        let mut hash = hash.unwrap_or_else(|| saved_hash(&upload));
+    let checksums = settings.options.checksums;
+    let mut sums = if carried(checksums) {
+        let mut hash = hash.unwrap_or_else(|| saved_hash(&upload, checksums));
         hash.catch_up(&file, size).map_err(store_error)?;
-        Some(hash.finish_hex())
+        hash.finish()
     } else {
-        None
+        checksums::Sums::default()
     };
+    if let Some(expected) = repr {
+        let matches = match (expected.algorithm, &sums.sha256) {
+            (Algorithm::Sha256, Some(sha256)) => {
+                *sha256 == crate::identifier::hex(&expected.digest)
+            }
+            _ => {
+                let mut hasher = expected.hasher();
+                checksums::read_through(&file, size, |bytes| hasher.update(bytes))
+                    .map_err(store_error)?;
+                hasher.matches(expected)
+            }
+        };
+        if !matches {
+            // Not the file the client meant: it goes, as a refused form
+            // does, and the identifier is free again.
+            drop(file);
+            drop(upload);
+            if let Err(cleared) = pool.clear(id) {
+                crate::log!("cannot remove upload {id}, which failed its Repr-Digest: {cleared}");
+            }
+            return Err(digest_fields::mismatch(expected, "upload"));
+        }
+    }
+    if !checksums.contains(Sum::Sha256) {
+        sums.sha256 = None; // carried for the state's layout, not asked for
+    }
+    // BLAKE3's state cannot be saved between requests: it reads the file
+    // once, here.
+    let unsaved = SAVED.iter().fold(checksums, |set, sum| set.without(*sum));
+    let blake3 = checksums::of_file(unsaved, &file, size).map_err(store_error)?;
     drop(file);
     let now = unix_now();
     status.state = State::Done;
@@ -1047,7 +1107,11 @@ fn finish(
             .clone()
             .unwrap_or_else(|| "application/octet-stream".to_owned()),
         size,
-        sha256,
+        sha256: sums.sha256,
+        sha1: sums.sha1,
+        md5: sums.md5,
+        crc32c: sums.crc32c,
+        blake3: blake3.blake3,
         path: upload.data_path().to_string_lossy().into_owned(),
     }]);
     upload.finish(&status)?;
@@ -1065,7 +1129,7 @@ mod tests {
         Settings {
             options: Options {
                 max_size,
-                sha256: true,
+                checksums: Checksums::default(),
                 progress_interval: None,
                 min_rate: None,
                 min_rate_after: receiving::MIN_RATE_AFTER,
@@ -1082,6 +1146,7 @@ mod tests {
             length: None,
             body,
             body_length,
+            repr: None,
         }
     }
 
@@ -1143,6 +1208,7 @@ mod tests {
             length: None,
             body: &mut body,
             body_length: BodyLength::UntilEnd,
+            repr: None,
         };
         let err = append(&pool, &id, streamed, &settings).unwrap_err();
         assert_eq!(err.code, ErrorCode::UploadSizeExceeded, "{err}");
@@ -1277,6 +1343,7 @@ mod tests {
                     length: None,
                     body: &mut body,
                     body_length: BodyLength::Known(data.len() as u64),
+                    repr: None,
                 };
                 append(&pool, &id, streamed, &settings)
             });
@@ -1354,6 +1421,7 @@ mod tests {
             length: None,
             body: &mut body,
             body_length: BodyLength::Known(data.len() as u64),
+            repr: None,
         };
         let err = append(&pool, &id, cut, &settings).unwrap_err();
         assert_eq!(err.code, ErrorCode::Truncated, "{err}");
@@ -1404,5 +1472,64 @@ mod tests {
             Some(hex(&Sha256::digest(&data)).as_str())
         );
         assert!(read < 64 * 1024, "{read} bytes read to complete");
+    }
+
+    /// SHA-1, MD5 and CRC-32C are carried in the saved state as SHA-256
+    /// is: completion reads nothing back for them. BLAKE3's state cannot
+    /// be saved, so listing it costs one read of the file.
+    #[test]
+    fn the_saved_checksums_read_nothing_back_and_blake3_reads_the_file_once() {
+        let data = vec![6u8; 3_000_000];
+        for (name, list, reads_back) in [
+            ("r5", "sha256,sha1,md5,crc32c", false),
+            ("r6", "md5", false),
+            ("r7", "sha256,blake3", true),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let pool = Pool::new(dir.path(), 0o600, false);
+            let id = verify_identifier(name, None).unwrap();
+            let mut settings = settings(None);
+            settings.options.checksums = Checksums::parse(list).unwrap();
+            let new = NewUpload {
+                length: Some(data.len() as u64),
+                ..NewUpload::default()
+            };
+            create(&pool, &id, new, None, &settings).unwrap();
+            append(&pool, &id, chunk(0, &mut &data[..2_000_000]), &settings).unwrap();
+            let before = thread_reads();
+            let done = append(
+                &pool,
+                &id,
+                chunk(2_000_000, &mut &data[2_000_000..]),
+                &settings,
+            )
+            .unwrap();
+            let read = thread_reads() - before;
+            let mut reference = checksums::Hasher::new(settings.options.checksums);
+            reference.update(&data);
+            let sums = reference.finish();
+            let file = &done.status.files()[0];
+            assert_eq!(
+                [
+                    &file.sha256,
+                    &file.sha1,
+                    &file.md5,
+                    &file.crc32c,
+                    &file.blake3
+                ],
+                [
+                    &sums.sha256,
+                    &sums.sha1,
+                    &sums.md5,
+                    &sums.crc32c,
+                    &sums.blake3
+                ],
+                "{list}"
+            );
+            match reads_back {
+                false => assert!(read < 64 * 1024, "{list}: {read} bytes read to complete"),
+                true => assert!(read >= data.len() as u64, "{list}: {read} bytes read"),
+            }
+        }
     }
 }

@@ -17,7 +17,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use crate::checksum::{TUS_CHECKSUM_ALGORITHMS, parse_upload_checksum};
+use crate::checksum::TUS_CHECKSUM_ALGORITHMS;
+use crate::digest_fields;
 use crate::error_code::ErrorCode;
 use crate::hooks;
 use crate::http::{HttpError, Request, Response, percent_decode};
@@ -359,6 +360,7 @@ fn create(
         length: None,
         body: request.body(),
         body_length,
+        repr: None,
     });
     let created = match concat {
         Concat::Partial => resumable::create_partial(service.pool(), &id, new, first, &settings),
@@ -464,16 +466,18 @@ fn patch(
         .header("Upload-Length")
         .map(|text| number(text, ErrorCode::InvalidUploadLength, "Upload-Length"))
         .transpose()?;
-    let checksum = request
-        .header("Upload-Checksum")
-        .map(parse_upload_checksum)
-        .transpose()?;
+    let checksum = digest_fields::chunk_checksum(
+        request.header("Upload-Checksum"),
+        request.header("Content-Digest"),
+    )?;
     let body_length = request.body_length()?;
+    let repr = digest_fields::repr_digest(request.header("Repr-Digest"))?;
     let chunk = Chunk {
         offset,
         length,
         body: request.body(),
         body_length,
+        repr,
     };
     let progress =
         resumable::append_checked(service.pool(), id, chunk, checksum.as_ref(), settings)?;
