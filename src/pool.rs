@@ -2311,6 +2311,10 @@ fn write_whole(
 const STALE_ATTEMPTS: usize = 4;
 
 /// Reads a bucket's `status.json`; `None` if there is none yet.
+/// Room a status read starts with: a status with a file or two is under
+/// 1 KiB; a larger one grows the buffer as it is read.
+const STATUS_READ_BUFFER: usize = 4096;
+
 fn read_status_file(bucket: &OwnedFd) -> io::Result<Option<Status>> {
     let stale = Some(rustix::io::Errno::STALE.raw_os_error());
     let mut attempt = 1;
@@ -2339,7 +2343,10 @@ fn read_status_once(bucket: &OwnedFd) -> io::Result<Option<Status>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut text = String::new();
+    // Grown from nothing, the buffer took six reads for a status of a few
+    // hundred bytes, and on a network file system each read is a round
+    // trip. With room for a usual status, two: the bytes, and the end.
+    let mut text = String::with_capacity(STATUS_READ_BUFFER);
     File::from(fd)
         .take(MAX_STATUS_BYTES)
         .read_to_string(&mut text)?;

@@ -303,3 +303,58 @@ fn a_cgi_answer_is_one_write() {
         );
     }
 }
+
+/// The FastCGI daemon sends a status answer in one write: its STDOUT
+/// record, the empty one that ends STDOUT, and `FCGI_END_REQUEST`
+/// together (three writes before, each a wake-up of the web server).
+#[test]
+fn a_fastcgi_status_answer_is_one_write() {
+    let strace = common::site::require("strace", "strace");
+    let pool = TestPool::new();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("daemon.trace");
+    let daemon = Daemon::start_with(
+        pool.path(),
+        &[],
+        Some(&format!(
+            "exec {} -f -qq -o {} -e trace=write,writev,sendto,sendmsg -- \"$0\" \"$@\"",
+            strace.display(),
+            trace.display()
+        )),
+    );
+    let form = Form::new().file("f", "small.bin", "application/octet-stream", b"x");
+    let upload = daemon.post_form("/upload?X-Progress-ID=one-write", &form);
+    assert_eq!(upload.status, 200, "{}", upload.text());
+    let before = records_sent(&trace);
+    let targets = [
+        "/upload/status?X-Progress-ID=never-sent",
+        "/upload/status?X-Progress-ID=one-write",
+    ];
+    for target in targets {
+        let reply = daemon.get(target);
+        assert_eq!(reply.status, 200, "{target}: {}", reply.text());
+        assert!(!reply.body.is_empty(), "{target}: no body");
+    }
+    // strace writes each call's line as it ends; the answers have been
+    // read, so their writes are in the file.
+    let after = records_sent(&trace);
+    assert_eq!(
+        after.len() - before.len(),
+        targets.len(),
+        "writes of records for {} answers:\n{}",
+        targets.len(),
+        after[before.len()..].join("\n")
+    );
+    drop(daemon);
+}
+
+/// The system calls in `trace` that wrote FastCGI records (a buffer that
+/// starts with version 1 and STDOUT or END_REQUEST).
+fn records_sent(trace: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(trace)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("(") && (l.contains(", \"\\1\\6") || l.contains(", \"\\1\\3")))
+        .map(str::to_owned)
+        .collect()
+}

@@ -63,7 +63,12 @@ pub(super) struct Output {
 
 impl Output {
     pub(super) fn record(&self, kind: u8, id: u16, content: &[u8]) -> io::Result<()> {
-        (&*self.stream).write_all(&record::encode_record(kind, id, content))
+        self.send(&record::encode_record(kind, id, content))
+    }
+
+    /// Writes encoded records.
+    pub(super) fn send(&self, records: &[u8]) -> io::Result<()> {
+        (&*self.stream).write_all(records)
     }
 
     pub(super) fn end_request(&self, id: u16, protocol_status: u8) -> io::Result<()> {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use super::assembly::Begun;
 use super::connection::{Output, Reader};
 use super::record::{
-    ABORT_REQUEST, BEGIN_REQUEST, CANT_MPX_CONN, MAX_CONTENT, Malformed, Next, REQUEST_COMPLETE,
-    STDIN, STDOUT,
+    ABORT_REQUEST, BEGIN_REQUEST, CANT_MPX_CONN, END_REQUEST, MAX_CONTENT, Malformed, Next,
+    REQUEST_COMPLETE, STDIN, STDOUT, encode_record, end_request_body,
 };
 use super::server::Server;
 use crate::error_code::ErrorCode;
@@ -83,10 +83,7 @@ pub(super) fn respond(
     drop(request);
     let answered = outcome.is_ok();
     let clean = body.state != BodyState::Broken;
-    let finished = answered
-        && response.flush().is_ok()
-        && output.record(STDOUT, begun.id, &[]).is_ok()
-        && output.end_request(begun.id, REQUEST_COMPLETE).is_ok();
+    let finished = answered && response.finish(REQUEST_COMPLETE).is_ok();
     // An answer may come before the body has ended (a 413 from
     // Content-Length, a malformed form, a clear): the reader may then be in
     // the middle of a STDIN record, whose rest is the client's bytes. Read
@@ -305,6 +302,35 @@ struct Stdout<'a> {
     buffer: Vec<u8>,
 }
 
+impl Stdout<'_> {
+    fn send_buffered(&mut self) -> io::Result<()> {
+        // The head alone may exceed one record (an application's headers).
+        for chunk in self.buffer.chunks(MAX_CONTENT) {
+            self.output.record(STDOUT, self.id, chunk)?;
+        }
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Sends what is buffered, the end of STDOUT and `FCGI_END_REQUEST` in
+    /// one write: a status poll's whole answer is then one system call
+    /// (three before, each a wake-up of the web server's worker).
+    fn finish(&mut self, protocol_status: u8) -> io::Result<()> {
+        let mut out = Vec::with_capacity(self.buffer.len() + 64);
+        for chunk in self.buffer.chunks(MAX_CONTENT) {
+            out.extend(encode_record(STDOUT, self.id, chunk));
+        }
+        out.extend(encode_record(STDOUT, self.id, &[]));
+        out.extend(encode_record(
+            END_REQUEST,
+            self.id,
+            &end_request_body(protocol_status),
+        ));
+        self.buffer.clear();
+        self.output.send(&out)
+    }
+}
+
 impl ResponseWriter for Stdout<'_> {
     fn start(&mut self, status: u16, headers: &[(String, String)]) -> io::Result<&mut dyn Write> {
         write_cgi_head(&mut self.buffer, status, headers)?;
@@ -314,21 +340,23 @@ impl ResponseWriter for Stdout<'_> {
 
 impl Write for Stdout<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        // A head longer than a record (see `send_buffered`) goes first.
+        if self.buffer.len() >= MAX_CONTENT {
+            self.send_buffered()?;
+        }
         let room = MAX_CONTENT - self.buffer.len();
         let n = data.len().min(room);
         self.buffer.extend_from_slice(&data[..n]);
         if self.buffer.len() == MAX_CONTENT {
-            self.flush()?;
+            self.send_buffered()?;
         }
         Ok(n)
     }
 
+    /// Nothing: whole records go out as they fill, and the rest with the
+    /// end of the request ([`Stdout::finish`]), in one write with it. A
+    /// flush here would split a short answer in two writes again.
     fn flush(&mut self) -> io::Result<()> {
-        // The head alone may exceed one record (an application's headers).
-        for chunk in self.buffer.chunks(MAX_CONTENT) {
-            self.output.record(STDOUT, self.id, chunk)?;
-        }
-        self.buffer.clear();
         Ok(())
     }
 }
