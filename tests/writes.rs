@@ -358,3 +358,48 @@ fn records_sent(trace: &std::path::Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A status is read in two reads, its bytes and the end: grown from
+/// nothing, the buffer took six, and on a network file system each read
+/// is a round trip.
+#[test]
+fn a_status_is_read_in_two_reads() {
+    let strace = common::site::require("strace", "strace");
+    let pool = TestPool::new();
+    let form = Form::new().file("f", "small.bin", "application/octet-stream", b"x");
+    let upload = pool
+        .cgi()
+        .post_form("/upload?X-Progress-ID=two-reads", &form);
+    assert_eq!(upload.status, 200, "{}", upload.text());
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("status.trace");
+    let reply = pool
+        .cgi()
+        .prelude(&format!(
+            "exec {} -f -qq -o {} -e trace=openat,read -- \"$0\"",
+            strace.display(),
+            trace.display()
+        ))
+        .get("/upload/status?X-Progress-ID=two-reads");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let lines = std::fs::read_to_string(&trace).unwrap();
+    let fd = lines
+        .lines()
+        .find(|l| l.contains("\"status.json\""))
+        .and_then(|l| l.rsplit("= ").next())
+        .unwrap_or_else(|| panic!("status.json never opened:\n{lines}"))
+        .trim()
+        .to_owned();
+    // With -f, each line starts with the thread's id.
+    let call = format!("read({fd}, ");
+    let reads: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.starts_with(&call) || l.contains(&format!(" {call}")))
+        .collect();
+    assert_eq!(
+        reads.len(),
+        2,
+        "reads of status.json:\n{}",
+        reads.join("\n")
+    );
+}
