@@ -665,6 +665,16 @@ fn counted_after(state: &[u8], words: usize) -> Option<u64> {
     blocks.checked_mul(64)?.checked_add(buffered)
 }
 
+/// A saved SHA-1 or MD5 state (`words` bytes of state words, see
+/// [`counted_after`]), which must cover `offset` bytes.
+fn restore<D: SerializableState>(state: &[u8], words: usize, offset: u64) -> Result<D, StateError> {
+    if counted_after(state, words) != Some(offset) {
+        return Err(StateError::Damaged);
+    }
+    let state = SerializedState::<D>::try_from(state).map_err(|_| StateError::Damaged)?;
+    D::deserialize(&state).map_err(|_| StateError::Damaged)
+}
+
 /// The other checksums of a [`STATE_VERSION_2`] state: `rest` is what
 /// follows the SHA-256 state, CRC excluded. Each must cover `offset` bytes
 /// by its own count, and nothing may be left over.
@@ -683,20 +693,10 @@ fn others_from(rest: &[u8], offset: u64) -> Result<Others, StateError> {
     };
     let mut others = Others::default();
     if flags & 1 != 0 {
-        let state = take(SHA1_STATE_LEN)?;
-        if counted_after(state, 20) != Some(offset) {
-            return Err(StateError::Damaged);
-        }
-        let state = SerializedState::<Sha1>::try_from(state).map_err(|_| StateError::Damaged)?;
-        others.sha1 = Some(Sha1::deserialize(&state).map_err(|_| StateError::Damaged)?);
+        others.sha1 = Some(restore::<Sha1>(take(SHA1_STATE_LEN)?, 20, offset)?);
     }
     if flags & 2 != 0 {
-        let state = take(MD5_STATE_LEN)?;
-        if counted_after(state, 16) != Some(offset) {
-            return Err(StateError::Damaged);
-        }
-        let state = SerializedState::<Md5>::try_from(state).map_err(|_| StateError::Damaged)?;
-        others.md5 = Some(Md5::deserialize(&state).map_err(|_| StateError::Damaged)?);
+        others.md5 = Some(restore::<Md5>(take(MD5_STATE_LEN)?, 16, offset)?);
     }
     if flags & 4 != 0 {
         let crc = take(4)?;
