@@ -8,7 +8,8 @@ answer cannot score. Times are medians of repeated runs, taken in
 interleaved order, because these machines are shared and noisy: only the
 ratios between figures of the same run mean anything.
 
-Usage: bench/run [--quick] [--work DIR] [--only slow-clients|resumable|writes|multihost|floors|cgi-start]
+Usage: bench/run [--quick] [--work DIR]
+                 [--only slow-clients|resumable|writes|multihost|floors|cgi-start|checksums]
 
 --only slow-clients runs only the slow-client scenarios (tests/slow_clients.rs,
 about two minutes) and updates their rows of bench/results.md and the README.
@@ -56,6 +57,11 @@ against a 1 GiB upload through the daemon with SHA-256 off and on; and
 `openssl speed -evp sha256`, for the hash's floor. Interleaved rounds, the
 order reversed every other round; each goal is judged on the median of the
 rounds' ratios, printed beside the goal. The full run includes them.
+--only checksums (about four minutes; --quick under one) times each
+checksum of the `checksums` setting, and all five at once, on a 1 GiB CGI
+upload, against the slower of `cat body > file` and the checksum's own
+in-memory rate (examples/checksum_speed.rs, through the same hasher), in
+interleaved rounds (see `checksums`); the full run includes it.
 """
 
 import argparse
@@ -220,6 +226,25 @@ def settle(*inputs):
         with open(body, "rb") as f:
             while f.read(16 * MIB):
                 pass
+
+
+REPORTED = Path("/sys/module/page_reporting/parameters/reported_kib")
+
+
+def reported_kib():
+    """What this virtual machine has handed back to its host so far (free
+    page reporting), or None where the kernel does not say. Here every
+    freed page is reported at once (`min_free_ms` 0), and the next touch of
+    one costs the host's fault: each run that writes a fresh file (the
+    page cache of the one before is freed when it is deleted, and
+    `settle` drops the rest) gets its pages back from the host, at 0.3 to
+    3 s per GiB as the host happens to answer. That, not the programs, is
+    most of the spread between rounds; the figure is printed so that a
+    run's noise can be read beside its ratios."""
+    try:
+        return int(REPORTED.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def cgi_env(pool, length, extra=None):
@@ -1000,6 +1025,96 @@ def floors_only(work, quick):
     walls = {name: [s[0] for s in runner.samples[name]] for name in variants}
     cgi_pipe_goals(walls, rate, big, label)
     floors_load()
+
+
+CHECKSUM_SUMS = ["sha256", "sha1", "md5", "crc32c", "blake3"]
+GOAL_CHECKSUM = 1.10  # at most, over the slower of the copy and the hash in memory
+
+
+def checksum_speeds(quick):
+    """Each checksum's in-memory rate (bytes/s) through fileupload's own
+    hasher (examples/checksum_speed.rs: 1 MiB pieces from a 16 MiB buffer,
+    the best of three)."""
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "checksum_speed"], cwd=ROOT, check=True)
+    out = subprocess.run([str(ROOT / "target" / "release" / "examples" / "checksum_speed"),
+                          "256" if quick else "1024"], capture_output=True, text=True, check=True).stdout
+    rates = {name: float(rate) for name, rate in (line.split() for line in out.splitlines())}
+    if sorted(rates) != sorted(CHECKSUM_SUMS):
+        raise RuntimeError(f"checksum_speed printed {out!r}")
+    return rates
+
+
+def checksums(work, quick):
+    """Each checksum of the `checksums` setting on its own, and all five at
+    once, as a CGI upload of one file read from a file, against its floor:
+    the slower of `cat body > file` (the same round) and hashing the file's
+    bytes at the checksum's own in-memory rate (all five: the sum of their
+    times, one hashing thread computes them one after the other). The
+    digests the status reports are checked against Python's for SHA-256,
+    SHA-1 and MD5, and every stored file's bytes by SHA-256."""
+    big = 128 * MIB if quick else GIB
+    label = "1g" if big == GIB else f"{big // MIB}m"
+    rounds = 2 if quick else 5
+    rates = checksum_speeds(quick)
+    for name in CHECKSUM_SUMS:
+        figure(f"checksums.{name}.in_memory", rates[name] / 1e6, "MB/s (examples/checksum_speed.rs, 1 MiB pieces)")
+    body = work / "checksums.body"
+    body_len, body_sha = make_body(body, [big])
+    size = body_len - make_body(work / "empty.body", [0])[0]
+    expected = {"sha256": body_sha[0]}
+    with open(body, "rb") as f:  # the file part's bytes, for SHA-1 and MD5
+        f.seek(body_len - size - len(f"\r\n--{BOUNDARY}--\r\n"))
+        sha1, md5, left = hashlib.sha1(), hashlib.md5(), size
+        while left:
+            piece = f.read(min(left, 4 * MIB))
+            sha1.update(piece)
+            md5.update(piece)
+            left -= len(piece)
+    expected["sha1"], expected["md5"] = sha1.hexdigest(), md5.hexdigest()
+    pool = work / "checksums-pool"
+    out = work / "checksums-cat.out"
+    sets = {name: name for name in CHECKSUM_SUMS}
+    sets["all"] = ",".join(CHECKSUM_SUMS)
+    sets["none"] = "none"
+
+    def upload(listed):
+        sample = run_fileupload(body, body_len, body_sha, pool, {"FILEUPLOAD_CHECKSUMS": listed})
+        status = json.loads((pool / "bench" / "status.json").read_text())
+        (info,) = status["files"]
+        for name in CHECKSUM_SUMS:
+            want = name in listed.split(",")
+            if want != (info.get(name) is not None):
+                raise RuntimeError(f"checksums={listed}: the status has {name} {info.get(name)!r}")
+            if want and name in expected and info[name] != expected[name]:
+                raise RuntimeError(f"checksums={listed}: {name} {info[name]} != {expected[name]}")
+        return sample
+
+    walls = {"cat": [], **{k: [] for k in sets}}
+    for r in range(rounds):
+        say(f"checksums: round {r + 1} of {rounds}")
+        order = ["cat", *sets] if r % 2 == 0 else [*reversed(sets), "cat"]
+        for name in order:
+            walls[name].append(run_cat_file(body, out)[0] if name == "cat" else upload(sets[name])[0])
+    out.unlink(missing_ok=True)
+    shutil.rmtree(pool, ignore_errors=True)
+    body.unlink()
+    figure(f"checksums.cat_file_to_file.{label}.wall", statistics.median(walls["cat"]),
+           f"s (median of {shown_list(walls['cat'])})")
+    ratios = []
+    for name in sets:
+        hashed = {"none": [], "all": CHECKSUM_SUMS}.get(name, [name])
+        hash_s = sum(size / rates[s] for s in hashed)
+        pairs = [w / max(c, hash_s) for w, c in zip(walls[name], walls["cat"])]
+        value = statistics.median(pairs)
+        slower = "the hash" if hash_s > statistics.median(walls["cat"]) else "cat"
+        figure(f"checksums.{name}.{label}.wall", statistics.median(walls[name]),
+               f"s (median of {shown_list(walls[name])})")
+        figure(f"checksums.{name}_vs_floor", value,
+               f"x (over the slower of cat and the hash in memory, {hash_s:.3g} s: {slower}; rounds "
+               f"{shown_list(pairs)}; {goal_text(value, GOAL_CHECKSUM)})")
+        ratios.append((f"ratio.cgi_checksums_{name}_vs_floor", value,
+                       f"<= {GOAL_CHECKSUM} (the slower of cat and the hash in memory)"))
+    return ratios
 
 
 def floors_load():
@@ -2154,7 +2269,7 @@ def main():
     parser.add_argument("--work", default=str(ROOT / "target" / "bench-work"),
                         help="scratch directory; the pool and every copy live here, on its filesystem")
     parser.add_argument("--only", choices=["slow-clients", "resumable", "writes", "multihost", "floors",
-                                           "cgi-start"],
+                                           "cgi-start", "checksums"],
                         help="run only this part and update only its rows of bench/results.md")
     args = parser.parse_args()
     if args.only == "slow-clients":
@@ -2186,6 +2301,7 @@ def main():
         merge_ratio_rows(ratios)
         return
     install()
+    reported_at_start = reported_kib()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -2198,6 +2314,14 @@ def main():
         floors_only(work, args.quick)
         merge_markdown(f"Floor (`floors.*`, CGI pipe) rows: `bench/run --only floors{' --quick' if args.quick else ''}`, "
                        f"{time.strftime('%Y-%m-%d')}; noisy (2 shared cores): medians of interleaved rounds.")
+        return
+    if args.only == "checksums":
+        ratios = checksums(work, args.quick)
+        for name, value, target in ratios:
+            print(f"{name}: {value:.4g} x (target {target})", flush=True)
+        merge_markdown(f"Checksum (`checksums.*`) rows: `bench/run --only checksums{' --quick' if args.quick else ''}`, "
+                       f"{time.strftime('%Y-%m-%d')}; noisy (2 shared cores): medians of interleaved rounds.")
+        merge_ratio_rows(ratios)
         return
     if args.only == "resumable":
         resumable(work, args.quick)
@@ -2294,6 +2418,10 @@ def main():
     figure("memory.64m.peak_rss", rss_small / 1024, "MiB")
     figure(f"memory.{huge // GIB if huge >= GIB else huge // MIB}{'g' if huge >= GIB else 'm'}.peak_rss", rss_huge / 1024, "MiB")
     figure("memory.growth", (rss_huge - rss_small) / 1024, "MiB")
+
+    # 5b: each checksum against its own in-memory speed.
+    say("checksums")
+    checksum_ratios = checksums(work, args.quick)
 
     # 6: the cost of a status answer.
     say("status cost")
@@ -2403,7 +2531,12 @@ def main():
         ("ratio.nginx_fastcgi_upload_vs_discard_floor",
          get(f"nginx.fastcgi_upload.{label}.wall") / get(f"nginx.fcgiwrap_discard_floor.{label}.wall"), "(lower is better)"),
     ]
-    ratios += start_ratios
+    ratios += start_ratios + checksum_ratios
+    reported_at_end = reported_kib()
+    if reported_at_start is not None and reported_at_end is not None:
+        figure("machine.memory_handed_back", (reported_at_end - reported_at_start) / (1 << 20),
+               "GiB (free page reporting to the host during the run: each GiB of it is faulted back in by a later "
+               "run, the main source of the spread between rounds; see `reported_kib`)")
     for name, value, _ in ratios:
         figure(name, value, "x")
     write_markdown(ratios, args.quick, label)
