@@ -365,16 +365,25 @@ impl Hashing {
 /// state only for bytes that stay, and throw away a state that saw the
 /// bytes it cuts (keep a clone from before the chunk).
 ///
-/// Beside the SHA-256 it carries the other checksums whose state can be
-/// saved ([`SAVED`]: SHA-1, MD5 and CRC-32C), when asked for
-/// ([`ResumableSha256::with`]). BLAKE3's cannot: the `blake3` crate's
-/// `Hasher` offers no way to save its stack of chaining values, so a
-/// resumable upload's BLAKE3 is read from the file at completion.
-#[derive(Clone, Default)]
+/// It carries the checksums whose state can be saved ([`SAVED`]: SHA-256,
+/// SHA-1, MD5 and CRC-32C) that are asked for ([`ResumableSha256::with`]);
+/// SHA-256 alone is [`ResumableSha256::new`]. BLAKE3's cannot be saved:
+/// the `blake3` crate's `Hasher` offers no way to save its stack of
+/// chaining values, so a resumable upload's BLAKE3 is read from the file at
+/// completion.
+#[derive(Clone)]
 pub struct ResumableSha256 {
-    hasher: Sha256,
+    /// `None` when `sha256` is not listed: hashing it anyway cost a
+    /// resumable upload a second hash it never reported.
+    hasher: Option<Sha256>,
     others: Others,
     offset: u64,
+}
+
+impl Default for ResumableSha256 {
+    fn default() -> ResumableSha256 {
+        ResumableSha256::new()
+    }
 }
 
 /// The checksums a resumable upload's saved state can carry.
@@ -467,10 +476,12 @@ pub const STATE_VERSION: u8 = 1;
 const SHA256_STATE_LEN: usize = 104;
 const STATE_LEN: usize = STATE_MAGIC.len() + 1 + 8 + SHA256_STATE_LEN + 4;
 /// Layout version 2: version 1's fields, then a flags byte (1: SHA-1, 2:
-/// MD5, 4: CRC-32C, at least one set), then each flagged state in that
-/// order (`sha1` 0.11's 92 serialized bytes, `md-5` 0.11's 88, the CRC-32C
-/// as a u32, little-endian), then the CRC-32 of all that. A state with
-/// SHA-256 alone is still saved as version 1, which older versions read.
+/// MD5, 4: CRC-32C, 8: no SHA-256; at least one set), then each of the
+/// first three flagged in that order (`sha1` 0.11's 92 serialized bytes,
+/// `md-5` 0.11's 88, the CRC-32C as a u32, little-endian), then the CRC-32
+/// of all that. With flag 8 the SHA-256 state is a fresh one's, which has
+/// counted no bytes. A state with SHA-256 alone is still saved as version
+/// 1, which older versions read.
 pub const STATE_VERSION_2: u8 = 2;
 const SHA1_STATE_LEN: usize = 92;
 const MD5_STATE_LEN: usize = 88;
@@ -478,27 +489,33 @@ const MD5_STATE_LEN: usize = 88;
 const CATCH_UP_BUFFER: usize = 256 << 10;
 
 impl ResumableSha256 {
-    /// A hash of nothing, at offset 0.
+    /// A SHA-256 of nothing, at offset 0.
     pub fn new() -> ResumableSha256 {
-        ResumableSha256::default()
+        ResumableSha256::with(Checksums::default())
     }
 
-    /// As [`ResumableSha256::new`], carrying too the other [`SAVED`]
-    /// checksums `checksums` lists.
+    /// A hash of nothing, at offset 0, carrying the [`SAVED`] checksums
+    /// `checksums` lists.
     pub fn with(checksums: Checksums) -> ResumableSha256 {
         ResumableSha256 {
+            hasher: checksums.contains(Sum::Sha256).then(Sha256::new),
             others: Others::new(checksums),
-            ..ResumableSha256::default()
+            offset: 0,
         }
     }
 
-    /// The checksums it carries besides SHA-256.
-    pub fn others(&self) -> Checksums {
-        self.others.checksums()
+    /// The checksums it carries.
+    pub fn carried(&self) -> Checksums {
+        match self.hasher {
+            Some(_) => self.others.checksums().with(Sum::Sha256),
+            None => self.others.checksums(),
+        }
     }
 
     pub fn update(&mut self, bytes: &[u8]) {
-        self.hasher.update(bytes);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(bytes);
+        }
         if let Some(h) = self.others.sha1.as_mut() {
             h.update(bytes);
         }
@@ -511,11 +528,11 @@ impl ResumableSha256 {
         self.offset += bytes.len() as u64;
     }
 
-    /// Every digest it carries, SHA-256 included.
+    /// Every digest it carries.
     pub fn finish(self) -> Sums {
         let Others { sha1, md5, crc32c } = self.others;
         Sums {
-            sha256: Some(hex(&self.hasher.finalize())),
+            sha256: self.hasher.map(|h| hex(&h.finalize())),
             sha1: sha1.map(|h| hex(&h.finalize())),
             md5: md5.map(|h| hex(&h.finalize())),
             crc32c: crc32c.map(|crc| hex(&crc.to_be_bytes())),
@@ -528,9 +545,11 @@ impl ResumableSha256 {
         self.offset
     }
 
-    /// The lowercase hex SHA-256 of the bytes fed.
+    /// The lowercase hex SHA-256 of the bytes fed, for a state that
+    /// carries it.
+    #[cfg(test)]
     pub fn finish_hex(self) -> String {
-        hex(&self.hasher.finalize())
+        self.finish().sha256.expect("a state that carries SHA-256")
     }
 
     /// The state as bytes, for [`ResumableSha256::from_bytes`] in any later
@@ -538,15 +557,18 @@ impl ResumableSha256 {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(STATE_LEN);
         bytes.extend_from_slice(STATE_MAGIC);
-        let version = match self.others.is_empty() {
+        let version = match self.others.is_empty() && self.hasher.is_some() {
             true => STATE_VERSION,
             false => STATE_VERSION_2,
         };
         bytes.push(version);
         bytes.extend_from_slice(&self.offset.to_le_bytes());
-        bytes.extend_from_slice(&self.hasher.serialize());
+        match &self.hasher {
+            Some(h) => bytes.extend_from_slice(&h.serialize()),
+            None => bytes.extend_from_slice(&Sha256::new().serialize()),
+        }
         if version == STATE_VERSION_2 {
-            bytes.push(self.others.flags());
+            bytes.push(self.others.flags() | u8::from(self.hasher.is_none()) << 3);
             if let Some(h) = &self.others.sha1 {
                 bytes.extend_from_slice(&h.serialize());
             }
@@ -589,13 +611,16 @@ impl ResumableSha256 {
         let (state, rest) = rest.split_at(SHA256_STATE_LEN);
         let state = SerializedState::<Sha256>::try_from(state).map_err(|_| StateError::Damaged)?;
         let hasher = Sha256::deserialize(&state).map_err(|_| StateError::Damaged)?;
-        if counted(&state) != Some(offset) {
-            return Err(StateError::Damaged);
-        }
-        let others = match version {
-            STATE_VERSION => Others::default(),
+        let (others, with_sha256) = match version {
+            STATE_VERSION => (Others::default(), true),
             _ => others_from(rest, offset)?,
         };
+        // A SHA-256 not carried is a fresh one's state, which counted none.
+        let counts = if with_sha256 { offset } else { 0 };
+        if counted(&state) != Some(counts) {
+            return Err(StateError::Damaged);
+        }
+        let hasher = with_sha256.then_some(hasher);
         Ok(ResumableSha256 {
             hasher,
             others,
@@ -612,7 +637,7 @@ impl ResumableSha256 {
     pub fn catch_up(&mut self, file: &File, upto: u64) -> io::Result<CatchUp> {
         let was = self.offset;
         let outcome = if was > upto {
-            *self = ResumableSha256::with(self.others());
+            *self = ResumableSha256::with(self.carried());
             CatchUp::Restarted { was }
         } else if was == upto {
             return Ok(CatchUp::Current);
@@ -675,12 +700,13 @@ fn restore<D: SerializableState>(state: &[u8], words: usize, offset: u64) -> Res
     D::deserialize(&state).map_err(|_| StateError::Damaged)
 }
 
-/// The other checksums of a [`STATE_VERSION_2`] state: `rest` is what
-/// follows the SHA-256 state, CRC excluded. Each must cover `offset` bytes
-/// by its own count, and nothing may be left over.
-fn others_from(rest: &[u8], offset: u64) -> Result<Others, StateError> {
+/// The other checksums of a [`STATE_VERSION_2`] state, and whether it
+/// carries SHA-256: `rest` is what follows the SHA-256 state, CRC
+/// excluded. Each must cover `offset` bytes by its own count, and nothing
+/// may be left over.
+fn others_from(rest: &[u8], offset: u64) -> Result<(Others, bool), StateError> {
     let (&flags, mut rest) = rest.split_first().ok_or(StateError::Damaged)?;
-    if flags == 0 || flags > 7 {
+    if flags == 0 || flags > 15 {
         return Err(StateError::Damaged);
     }
     let mut take = |len: usize| -> Result<&[u8], StateError> {
@@ -705,7 +731,7 @@ fn others_from(rest: &[u8], offset: u64) -> Result<Others, StateError> {
         ));
     }
     match take(1) {
-        Err(_) => Ok(others),
+        Err(_) => Ok((others, flags & 8 == 0)),
         Ok(_) => Err(StateError::Damaged),
     }
 }
@@ -778,8 +804,8 @@ mod tests {
         let all = Checksums::parse("sha256,sha1,md5,crc32c,blake3").unwrap();
         let mut state = ResumableSha256::with(all);
         assert_eq!(
-            state.others(),
-            Checksums::parse("sha1,md5,crc32c").unwrap(),
+            state.carried(),
+            Checksums::parse("sha256,sha1,md5,crc32c").unwrap(),
             "BLAKE3 is not carried"
         );
         let mut at = 0;
@@ -842,6 +868,46 @@ mod tests {
             );
         }
         assert!(ResumableSha256::from_bytes(&refit(good)).is_ok());
+    }
+
+    /// With `sha256` not listed, the state carries no SHA-256 (flag 8): it
+    /// is not computed, survives saves and restores, and a saved SHA-256
+    /// that counted bytes under that flag is damage.
+    #[test]
+    fn a_state_without_sha256_computes_none_and_survives_each_save_and_restore() {
+        let data = pattern(5000);
+        let listed = Checksums::parse("sha1,crc32c").unwrap();
+        let mut state = ResumableSha256::with(listed);
+        assert_eq!(state.carried(), listed);
+        let mut at = 0;
+        for piece in [0, 1, 62, 1, 1, 64, 65, 0, 127, 3000, 500] {
+            state.update(&data[at..at + piece]);
+            at += piece;
+            let saved = state.to_bytes();
+            assert_eq!(saved[STATE_MAGIC.len()], STATE_VERSION_2);
+            assert_eq!(saved[STATE_LEN - 4], 1 | 4 | 8, "the flags");
+            state = ResumableSha256::from_bytes(&saved).unwrap();
+            assert_eq!(state.offset(), at as u64);
+            assert_eq!(state.carried(), listed);
+        }
+        state.update(&data[at..]);
+        let mut reference = checksums::Hasher::new(listed);
+        reference.update(&data);
+        let sums = state.finish();
+        assert_eq!(sums.sha256, None);
+        assert_eq!(sums, reference.finish());
+        // The same bytes with a SHA-256 state that counted them: refused.
+        let mut with_sha256 = ResumableSha256::with(listed.with(Sum::Sha256));
+        with_sha256.update(&data);
+        let mut forged = with_sha256.to_bytes();
+        forged[STATE_LEN - 4] |= 8;
+        forged.truncate(forged.len() - 4);
+        let crc = crc32fast::hash(&forged);
+        forged.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            ResumableSha256::from_bytes(&forged).unwrap_err(),
+            StateError::Damaged
+        );
     }
 
     #[test]

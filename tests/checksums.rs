@@ -446,3 +446,96 @@ fn the_completing_chunks_repr_digest_is_checked_against_the_whole_file() {
         assert_eq!(gone.status, 404, "{}", gone.text());
     }
 }
+
+/// A creation request that carries the first chunk (tus
+/// creation-with-upload, the draft's creation with content) has its
+/// digests checked as a PATCH's are: Upload-Checksum and Content-Digest
+/// against the chunk (460, the chunk cut away, the upload kept at offset 0
+/// for the client to continue), Repr-Digest against the whole file when
+/// the chunk completes it (400, the upload removed).
+#[test]
+fn a_creation_with_its_first_chunk_has_its_digests_checked() {
+    use sha2::Digest as _;
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[]);
+    let data = random_bytes(5000, 8);
+    let whole = format!("sha-256=:{}:", b64(&sha2::Sha256::digest(&data)));
+    let other = format!("sha-256=:{}:", b64(&sha2::Sha256::digest(b"other")));
+    let length = data.len().to_string();
+    let tus_create = |body: &[u8], extra: &[(&str, &str)]| {
+        let sent = body.len().to_string();
+        let mut params = vec![
+            TUS,
+            ("HTTP_UPLOAD_LENGTH", length.as_str()),
+            ("CONTENT_TYPE", "application/offset+octet-stream"),
+            ("CONTENT_LENGTH", sent.as_str()),
+        ];
+        params.extend_from_slice(extra);
+        daemon.request("POST", "/upload/files", &params, body)
+    };
+    let id_of = |reply: &common::Reply| {
+        let location = reply.header("Location").expect("a Location").to_owned();
+        let id = location.strip_prefix("/upload/files/").unwrap().to_owned();
+        (location, id)
+    };
+
+    let good = tus_create(&data, &[("HTTP_REPR_DIGEST", &whole)]);
+    assert_eq!(good.status, 201, "{}", good.text());
+    let (_, id) = id_of(&good);
+    assert_eq!(status_of(&pool.cgi(), &id)["state"], "done");
+    assert_eq!(stored(pool.path(), &id, 1), data);
+
+    let wrong = tus_create(&data, &[("HTTP_REPR_DIGEST", &other)]);
+    wrong.assert_error_code(400, "ERR_DIGEST_MISMATCH", "Repr-Digest");
+    assert!(wrong.header("Location").is_none(), "{:?}", wrong.headers);
+    assert_eq!(pool.top_level().len(), 1, "{:?}", pool.top_level());
+
+    let head = &data[..2000];
+    let sha1 = |bytes: &[u8]| format!("sha1 {}", b64(&sha1::Sha1::digest(bytes)));
+    let bad_chunk = tus_create(head, &[("HTTP_UPLOAD_CHECKSUM", &sha1(b"other"))]);
+    assert_eq!(bad_chunk.status, 460, "{}", bad_chunk.text());
+    assert_eq!(bad_chunk.json()["code"], "ERR_CHECKSUM_MISMATCH");
+    let (location, id) = id_of(&bad_chunk);
+    let info = daemon.request("HEAD", &location, &[TUS], b"");
+    assert_eq!(info.header("Upload-Offset"), Some("0"), "cut away");
+    let rest = patch(&daemon, &location, 0, &data, &[]);
+    assert_eq!(rest.status, 204, "{}", rest.text());
+    assert_eq!(stored(pool.path(), &id, 1), data);
+
+    let chunk_digest = format!("sha-256=:{}:", b64(&sha2::Sha256::digest(head)));
+    let good_chunk = tus_create(
+        head,
+        &[
+            ("HTTP_CONTENT_DIGEST", &chunk_digest),
+            // Not the completing chunk: not checked.
+            ("HTTP_REPR_DIGEST", &other),
+        ],
+    );
+    assert_eq!(good_chunk.status, 201, "{}", good_chunk.text());
+    assert_eq!(good_chunk.header("Upload-Offset"), Some("2000"));
+
+    // The draft: a creation with all the content and Upload-Complete: ?1.
+    let ietf_create = |repr: &str| {
+        daemon.request(
+            "POST",
+            "/upload/files",
+            &[
+                ("HTTP_UPLOAD_DRAFT_INTEROP_VERSION", "6"),
+                ("HTTP_UPLOAD_COMPLETE", "?1"),
+                ("CONTENT_TYPE", "application/octet-stream"),
+                ("CONTENT_LENGTH", length.as_str()),
+                ("HTTP_REPR_DIGEST", repr),
+            ],
+            &data,
+        )
+    };
+    let before = pool.top_level().len();
+    let wrong = ietf_create(&other);
+    wrong.assert_error_code(400, "ERR_DIGEST_MISMATCH", "Repr-Digest");
+    assert_eq!(pool.top_level().len(), before, "{:?}", pool.top_level());
+    let good = ietf_create(&whole);
+    assert_eq!(good.status, 201, "{}", good.text());
+    let (_, id) = id_of(&good);
+    assert_eq!(status_of(&pool.cgi(), &id)["state"], "done");
+    assert_eq!(stored(pool.path(), &id, 1), data);
+}

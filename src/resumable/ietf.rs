@@ -483,6 +483,10 @@ fn create(
         )
         .into());
     }
+    // The first part's digests, as an append's: its own (Content-Digest)
+    // and the whole upload's (Repr-Digest, checked when it completes).
+    let checksum = crate::digest_fields::chunk_checksum(None, request.header("Content-Digest"))?;
+    let repr = crate::digest_fields::repr_digest(request.header("Repr-Digest"))?;
     let mut new = file_metadata(request)?;
     new.length = length;
     let id = tus::new_identifier(service, request)?;
@@ -498,7 +502,7 @@ fn create(
         length: None,
         body: request.body(),
         body_length,
-        repr: None,
+        repr,
     });
     let failed = |error: HttpError| {
         // A first part that failed leaves the upload made: the client may
@@ -515,7 +519,15 @@ fn create(
         }
         Failure { error, headers }
     };
-    let progress = resumable::create(service.pool(), &id, new, first, &settings).map_err(failed)?;
+    let progress = resumable::create(
+        service.pool(),
+        &id,
+        new,
+        first,
+        checksum.as_ref(),
+        &settings,
+    )
+    .map_err(failed)?;
     if complete && !progress.complete {
         return Err(failed(short_of_complete(&progress)));
     }

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use crate::blocks::Blocks;
 use crate::checksum::{Algorithm, Expected, Hasher};
-use crate::checksums::{self, Checksums, Sum};
+use crate::checksums::{self, Checksums};
 use crate::config::Config;
 use crate::digest_fields;
 use crate::error_code::{ErrorCode, store_error};
@@ -172,17 +172,20 @@ impl Progress {
 }
 
 /// Creates an upload under `id`, with `first` as its first chunk when the
-/// creation request carries one. A length over `max_size` is refused (413)
-/// before anything is made; an identifier in use is 409, as for a form.
-/// An upload of length 0 is complete at once.
+/// creation request carries one, held to `checksum` as an appended chunk
+/// is (see [`append_checked`]) and, when it completes the upload, to its
+/// `repr`. A length over `max_size` is refused (413) before anything is
+/// made; an identifier in use is 409, as for a form. An upload of length 0
+/// is complete at once.
 pub fn create(
     pool: &Pool,
     id: &Identifier,
     new: NewUpload,
     first: Option<Chunk<'_>>,
+    checksum: Option<&Expected>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
-    create_upload(pool, id, new, false, first, settings)
+    create_upload(pool, id, new, false, first, checksum, settings)
 }
 
 /// Creates a partial upload, a part of a later concatenation (see
@@ -196,9 +199,10 @@ pub fn create_partial(
     id: &Identifier,
     new: NewUpload,
     first: Option<Chunk<'_>>,
+    checksum: Option<&Expected>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
-    create_upload(pool, id, new, true, first, settings)
+    create_upload(pool, id, new, true, first, checksum, settings)
 }
 
 fn create_upload(
@@ -207,6 +211,7 @@ fn create_upload(
     new: NewUpload,
     partial: bool,
     first: Option<Chunk<'_>>,
+    checksum: Option<&Expected>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
     // The policy, checked before anything is made: an expired identifier,
@@ -239,7 +244,9 @@ fn create_upload(
             given: chunk.offset,
         }
         .into()),
-        Some(chunk) => proceed(pool, id, upload, status, chunk, None, settings),
+        // A first chunk that fails its checksum is cut away as an append's
+        // is: the upload stays, at offset 0.
+        Some(chunk) => proceed(pool, id, upload, status, chunk, checksum, settings),
         None if new.length == Some(0) => finish(pool, id, upload, status, None, None, settings),
         None => {
             upload.pause(&status)?;
@@ -912,9 +919,9 @@ fn carried(checksums: Checksums) -> bool {
     SAVED.iter().any(|sum| checksums.contains(*sum))
 }
 
-/// The saved checksums `checksums` lists besides SHA-256.
-fn saved_others(checksums: Checksums) -> Checksums {
-    [Sum::Sha1, Sum::Md5, Sum::Crc32c]
+/// The checksums `checksums` lists that the saved hash state carries.
+fn saved(checksums: Checksums) -> Checksums {
+    SAVED
         .into_iter()
         .filter(|sum| checksums.contains(*sum))
         .fold(Checksums::NONE, Checksums::with)
@@ -926,7 +933,7 @@ fn saved_others(checksums: Checksums) -> Checksums {
 /// lists (the setting changed during the upload) is one that cannot be
 /// used.
 fn saved_hash(upload: &Upload, checksums: Checksums) -> ResumableSha256 {
-    let wanted = saved_others(checksums);
+    let wanted = saved(checksums);
     let loaded = upload
         .load_hash_state()
         .map_err(|e| e.to_string())
@@ -937,7 +944,7 @@ fn saved_hash(upload: &Upload, checksums: Checksums) -> ResumableSha256 {
                 .map_err(|e| e.to_string())
         });
     match loaded {
-        Ok(Some(hash)) if hash.others() == wanted => hash,
+        Ok(Some(hash)) if hash.carried() == wanted => hash,
         Ok(Some(_)) => {
             crate::log!("hashing the upload from its start: its saved state has other checksums");
             ResumableSha256::with(checksums)
@@ -1056,7 +1063,7 @@ fn finish(
     // Made here for an empty upload, whose path the status gives.
     let file = upload.open_data_at(size)?;
     let checksums = settings.options.checksums;
-    let mut sums = if carried(checksums) {
+    let sums = if carried(checksums) {
         let mut hash = hash.unwrap_or_else(|| saved_hash(&upload, checksums));
         hash.catch_up(&file, size).map_err(store_error)?;
         hash.finish()
@@ -1085,9 +1092,6 @@ fn finish(
             }
             return Err(digest_fields::mismatch(expected, "upload"));
         }
-    }
-    if !checksums.contains(Sum::Sha256) {
-        sums.sha256 = None; // carried for the state's layout, not asked for
     }
     // BLAKE3's state cannot be saved between requests: it reads the file
     // once, here.
@@ -1162,7 +1166,7 @@ mod tests {
             content_type: Some("text/plain".into()),
             metadata: BTreeMap::from([("filename".into(), "a.txt".into())]),
         };
-        let created = create(&pool, &id, new, None, &settings).unwrap();
+        let created = create(&pool, &id, new, None, None, &settings).unwrap();
         assert_eq!((created.offset, created.length), (0, Some(6)));
         assert!(created.expires.is_some() && !created.complete);
         let first = append(&pool, &id, chunk(0, &mut &b"abc"[..]), &settings).unwrap();
@@ -1199,7 +1203,7 @@ mod tests {
             length: Some(4),
             ..NewUpload::default()
         };
-        create(&pool, &id, new, None, &settings).unwrap();
+        create(&pool, &id, new, None, None, &settings).unwrap();
         append(&pool, &id, chunk(0, &mut &b"ab"[..]), &settings).unwrap();
         // Streamed without a length: refused at the byte past the end.
         let mut body = &b"cdefgh"[..];
@@ -1243,7 +1247,7 @@ mod tests {
             length: Some(data.len() as u64),
             ..NewUpload::default()
         };
-        create(&pool, &id, new, None, &settings).unwrap();
+        create(&pool, &id, new, None, None, &settings).unwrap();
         append(&pool, &id, chunk(0, &mut &data[..1_500_000]), &settings).unwrap();
         append(
             &pool,
@@ -1329,7 +1333,7 @@ mod tests {
             length: Some(data.len() as u64),
             ..NewUpload::default()
         };
-        create(&pool, &id, new, None, &settings).unwrap();
+        create(&pool, &id, new, None, None, &settings).unwrap();
         let (keep, hold) = mpsc::channel::<()>();
         let old = thread::scope(|scope| {
             let old = scope.spawn(|| {
@@ -1414,7 +1418,7 @@ mod tests {
             length: Some(data.len() as u64),
             ..NewUpload::default()
         };
-        create(&pool, &id, new, None, &settings).unwrap();
+        create(&pool, &id, new, None, None, &settings).unwrap();
         let mut body = Cut(data[..sent].to_vec(), 0);
         let cut = Chunk {
             offset: 0,
@@ -1456,7 +1460,7 @@ mod tests {
             length: Some(data.len() as u64),
             ..NewUpload::default()
         };
-        create(&pool, &id, new, None, &settings).unwrap();
+        create(&pool, &id, new, None, None, &settings).unwrap();
         append(&pool, &id, chunk(0, &mut &data[..2_000_000]), &settings).unwrap();
         let before = thread_reads();
         let done = append(
@@ -1494,7 +1498,7 @@ mod tests {
                 length: Some(data.len() as u64),
                 ..NewUpload::default()
             };
-            create(&pool, &id, new, None, &settings).unwrap();
+            create(&pool, &id, new, None, None, &settings).unwrap();
             append(&pool, &id, chunk(0, &mut &data[..2_000_000]), &settings).unwrap();
             let before = thread_reads();
             let done = append(

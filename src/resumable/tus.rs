@@ -341,6 +341,13 @@ fn create(
         )
         .into());
     }
+    // The first chunk's digests, as a PATCH's: its own, and the whole
+    // upload's when it is all of it.
+    let checksum = digest_fields::chunk_checksum(
+        request.header("Upload-Checksum"),
+        request.header("Content-Digest"),
+    )?;
+    let repr = digest_fields::repr_digest(request.header("Repr-Digest"))?;
     let id = new_identifier(service, request)?;
     let new = NewUpload {
         length,
@@ -360,11 +367,25 @@ fn create(
         length: None,
         body: request.body(),
         body_length,
-        repr: None,
+        repr,
     });
     let created = match concat {
-        Concat::Partial => resumable::create_partial(service.pool(), &id, new, first, &settings),
-        _ => resumable::create(service.pool(), &id, new, first, &settings),
+        Concat::Partial => resumable::create_partial(
+            service.pool(),
+            &id,
+            new,
+            first,
+            checksum.as_ref(),
+            &settings,
+        ),
+        _ => resumable::create(
+            service.pool(),
+            &id,
+            new,
+            first,
+            checksum.as_ref(),
+            &settings,
+        ),
     };
     match created {
         Ok(progress) => {
