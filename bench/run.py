@@ -307,6 +307,15 @@ def run_cat_file(body, out):
         return measure(["cat", str(body)], stdout=dst)
 
 
+def run_dd(body, out, block):
+    """`dd bs=BLOCK`: a copy in `block`-sized reads and writes. With 1M
+    it writes as fileupload does (1 MiB blocks); 256K beside it shows what
+    the block size alone costs on this machine (see `reported_kib`)."""
+    out.unlink(missing_ok=True)
+    settle(body)
+    return measure(["dd", f"if={body}", f"of={out}", f"bs={block}", "status=none"])
+
+
 def run_cat_file_sync(body, out):
     """`cat body > file && sync file`: the floor for a durable copy."""
     out.unlink(missing_ok=True)
@@ -1089,17 +1098,20 @@ def checksums(work, quick):
                 raise RuntimeError(f"checksums={listed}: {name} {info[name]} != {expected[name]}")
         return sample
 
-    walls = {"cat": [], **{k: [] for k in sets}}
+    walls = {"cat": [], "dd_1m": [], **{k: [] for k in sets}}
+    copies = {"cat": lambda: run_cat_file(body, out), "dd_1m": lambda: run_dd(body, out, "1M")}
     for r in range(rounds):
         say(f"checksums: round {r + 1} of {rounds}")
-        order = ["cat", *sets] if r % 2 == 0 else [*reversed(sets), "cat"]
+        order = ["cat", "dd_1m", *sets] if r % 2 == 0 else [*reversed(sets), "dd_1m", "cat"]
         for name in order:
-            walls[name].append(run_cat_file(body, out)[0] if name == "cat" else upload(sets[name])[0])
+            walls[name].append(copies[name]()[0] if name in copies else upload(sets[name])[0])
     out.unlink(missing_ok=True)
     shutil.rmtree(pool, ignore_errors=True)
     body.unlink()
     figure(f"checksums.cat_file_to_file.{label}.wall", statistics.median(walls["cat"]),
            f"s (median of {shown_list(walls['cat'])})")
+    figure(f"checksums.dd_1m_file_to_file.{label}.wall", statistics.median(walls["dd_1m"]),
+           f"s (median of {shown_list(walls['dd_1m'])}; the same 1 MiB writes as fileupload)")
     ratios = []
     for name in sets:
         hashed = {"none": [], "all": CHECKSUM_SUMS}.get(name, [name])
@@ -1112,6 +1124,9 @@ def checksums(work, quick):
         figure(f"checksums.{name}_vs_floor", value,
                f"x (over the slower of cat and the hash in memory, {hash_s:.3g} s: {slower}; rounds "
                f"{shown_list(pairs)}; {goal_text(value, GOAL_CHECKSUM)})")
+        same_writes = [w / max(d, hash_s) for w, d in zip(walls[name], walls["dd_1m"])]
+        figure(f"checksums.{name}_vs_dd_1m_floor", statistics.median(same_writes),
+               f"x (over the slower of dd bs=1M and the hash in memory; rounds {shown_list(same_writes)})")
         ratios.append((f"ratio.cgi_checksums_{name}_vs_floor", value,
                        f"<= {GOAL_CHECKSUM} (the slower of cat and the hash in memory)"))
     return ratios
@@ -2348,6 +2363,8 @@ def main():
     # 1-4: the upload itself, every variant in each round.
     variants = {
         "limit.cat_file_to_file": lambda: run_cat_file(one, out),
+        "limit.dd_1m_file_to_file": lambda: run_dd(one, out, "1M"),
+        "limit.dd_256k_file_to_file": lambda: run_dd(one, out, "256K"),
         "limit.cat_pipe_to_file": lambda: run_cat_pipe(one, out),
         "limit.cat_pipe_to_file.nice19": lambda: run_cat_pipe(one, out, nice=19),
         "cgi.sha_off": lambda: run_fileupload(one, one_len, one_sha, pool, {"FILEUPLOAD_SHA256": "off"}),
@@ -2366,7 +2383,8 @@ def main():
         for name, run in variants.items():
             runner.record(name, run())
     for name in variants:
-        figure(f"{name}.{label}.wall", runner.median(name, 0), "s")
+        figure(f"{name}.{label}.wall", runner.median(name, 0),
+               f"s (median of {shown_list(s[0] for s in runner.samples[name])})")
         figure(f"{name}.{label}.cpu", runner.median(name, 1), "s")
         if not name.startswith("limit"):
             figure(f"{name}.{label}.peak_rss", runner.median(name, 2) / 1024, "MiB")
@@ -2491,6 +2509,10 @@ def main():
     ratios = [
         ("ratio.cgi_sha_off_vs_cat", get(f"cgi.sha_off.{label}.wall") / cat, "<= 1.10"),
         ("ratio.cgi_sha_on_vs_cat", get(f"cgi.sha_on.{label}.wall") / cat, "<= 1.25"),
+        ("ratio.cgi_sha_off_vs_dd_1m", get(f"cgi.sha_off.{label}.wall") / get(f"limit.dd_1m_file_to_file.{label}.wall"),
+         "(the same 1 MiB writes)"),
+        ("ratio.dd_1m_vs_dd_256k", get(f"limit.dd_1m_file_to_file.{label}.wall")
+         / get(f"limit.dd_256k_file_to_file.{label}.wall"), "(what 1 MiB writes cost here)"),
         # Medians of the rounds' ratios (floors.*): the goals of issue 15.
         ("ratio.cgi_sha_off_pipe_vs_cat_pipe", get("floors.cgi_pipe.sha_off_vs_cat_pipe"),
          f"<= {GOAL_PIPE_SHA_OFF} (cat at nice 19, as fileupload)"),
