@@ -369,24 +369,18 @@ fn create(
         body_length,
         repr,
     });
-    let created = match concat {
-        Concat::Partial => resumable::create_partial(
-            service.pool(),
-            &id,
-            new,
-            first,
-            checksum.as_ref(),
-            &settings,
-        ),
-        _ => resumable::create(
-            service.pool(),
-            &id,
-            new,
-            first,
-            checksum.as_ref(),
-            &settings,
-        ),
+    let make = match concat {
+        Concat::Partial => resumable::create_partial,
+        _ => resumable::create,
     };
+    let created = make(
+        service.pool(),
+        &id,
+        new,
+        first,
+        checksum.as_ref(),
+        &settings,
+    );
     match created {
         Ok(progress) => {
             *completed = completed_by(&progress);
