@@ -403,3 +403,60 @@ fn a_status_is_read_in_two_reads() {
         reads.join("\n")
     );
 }
+
+/// Status polls on a kept connection change no socket option: the end of
+/// a poll's (empty) input arrives with its parameters, and the daemon used
+/// to miss it among the bytes its event loop had read ahead, and set and
+/// restored the read timeout around a wait it never made: two system
+/// calls of a poll's eleven.
+#[test]
+fn status_polls_on_a_kept_connection_change_no_socket_option() {
+    let strace = common::site::require("strace", "strace");
+    let pool = TestPool::new();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("daemon.trace");
+    let daemon = Daemon::start_with(
+        pool.path(),
+        &[],
+        Some(&format!(
+            "exec {} -f -qq -o {} -e trace=setsockopt -- \"$0\" \"$@\"",
+            strace.display(),
+            trace.display()
+        )),
+    );
+    let options_set = || {
+        std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("setsockopt("))
+            .count()
+    };
+    let params = params_for("GET", "/upload/status?X-Progress-ID=kept-polls");
+    let params: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut stream = daemon.connect();
+    let mut poll = || {
+        let mut request = request_head(1, &params, true);
+        request.extend(stdin_records(1, b""));
+        stream.write_all(&request).unwrap();
+        let (reply, protocol) = read_response(&mut stream, 1);
+        assert_eq!((reply.status, protocol), (200, 0), "{}", reply.text());
+    };
+    // The first poll's connection is accepted (and gets its timeouts) and
+    // each poll's own calls are done once the next one is answered.
+    poll();
+    poll();
+    let before = options_set();
+    for _ in 0..3 {
+        poll();
+    }
+    assert_eq!(
+        options_set() - before,
+        0,
+        "socket options set by three polls on a kept connection:\n{}",
+        std::fs::read_to_string(&trace).unwrap_or_default()
+    );
+    drop(daemon);
+}

@@ -222,6 +222,12 @@ impl Incoming {
     }
 }
 
+impl super::record::ReadAhead for Incoming {
+    fn read_ahead(&self) -> usize {
+        self.ahead.len() - self.taken
+    }
+}
+
 impl Read for Incoming {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let ahead = &self.ahead[self.taken..];

@@ -211,11 +211,6 @@ impl<R: Read> Records<R> {
         Ok(())
     }
 
-    /// How many bytes are buffered: whether a read would have to wait.
-    pub(super) fn buffered(&self) -> usize {
-        self.reader.buffer().len()
-    }
-
     /// Reads raw bytes (a record's content, piece by piece).
     pub(super) fn read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reader.read(buf)
@@ -226,6 +221,24 @@ impl<R: Read> Records<R> {
     pub(super) fn into_parts(self) -> (Vec<u8>, R) {
         let buffered = self.reader.buffer().to_vec();
         (buffered, self.reader.into_inner())
+    }
+}
+
+/// A byte source that may hold bytes it read ahead of its socket.
+pub(super) trait ReadAhead {
+    /// How many it holds: bytes a read gets without a system call.
+    fn read_ahead(&self) -> usize;
+}
+
+impl<R: Read + ReadAhead> Records<R> {
+    /// How many bytes are buffered, here and in the source: whether a read
+    /// would have to wait. The event loop reads a request's first bytes
+    /// itself and hands over the rest: counting only this reader's buffer
+    /// took a status poll's end record, waiting in the source, for one that
+    /// had not arrived, and set and restored the socket's read timeout for
+    /// nothing (two system calls of a poll's eleven).
+    pub(super) fn buffered(&self) -> usize {
+        self.reader.buffer().len() + self.reader.get_ref().read_ahead()
     }
 }
 
