@@ -309,19 +309,8 @@ fn a_cgi_answer_is_one_write() {
 /// together (three writes before, each a wake-up of the web server).
 #[test]
 fn a_fastcgi_status_answer_is_one_write() {
-    let strace = common::site::require("strace", "strace");
     let pool = TestPool::new();
-    let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("daemon.trace");
-    let daemon = Daemon::start_with(
-        pool.path(),
-        &[],
-        Some(&format!(
-            "exec {} -f -qq -o {} -e trace=write,writev,sendto,sendmsg -- \"$0\" \"$@\"",
-            strace.display(),
-            trace.display()
-        )),
-    );
+    let (daemon, trace, _dir) = traced_daemon(&pool, "write,writev,sendto,sendmsg");
     let form = Form::new().file("f", "small.bin", "application/octet-stream", b"x");
     let upload = daemon.post_form("/upload?X-Progress-ID=one-write", &form);
     assert_eq!(upload.status, 200, "{}", upload.text());
@@ -346,6 +335,24 @@ fn a_fastcgi_status_answer_is_one_write() {
         after[before.len()..].join("\n")
     );
     drop(daemon);
+}
+
+/// The daemon on `pool` under `strace -f`, tracing the system calls
+/// `calls` names; the trace file, and the folder that holds it.
+fn traced_daemon(pool: &TestPool, calls: &str) -> (Daemon, std::path::PathBuf, tempfile::TempDir) {
+    let strace = common::site::require("strace", "strace");
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("daemon.trace");
+    let daemon = Daemon::start_with(
+        pool.path(),
+        &[],
+        Some(&format!(
+            "exec {} -f -qq -o {} -e trace={calls} -- \"$0\" \"$@\"",
+            strace.display(),
+            trace.display()
+        )),
+    );
+    (daemon, trace, dir)
 }
 
 /// The system calls in `trace` that wrote FastCGI records (a buffer that
@@ -411,19 +418,8 @@ fn a_status_is_read_in_two_reads() {
 /// calls of a poll's eleven.
 #[test]
 fn status_polls_on_a_kept_connection_change_no_socket_option() {
-    let strace = common::site::require("strace", "strace");
     let pool = TestPool::new();
-    let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("daemon.trace");
-    let daemon = Daemon::start_with(
-        pool.path(),
-        &[],
-        Some(&format!(
-            "exec {} -f -qq -o {} -e trace=setsockopt -- \"$0\" \"$@\"",
-            strace.display(),
-            trace.display()
-        )),
-    );
+    let (daemon, trace, _dir) = traced_daemon(&pool, "setsockopt");
     let options_set = || {
         std::fs::read_to_string(&trace)
             .unwrap_or_default()
