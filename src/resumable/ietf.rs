@@ -502,6 +502,7 @@ fn create(
         length: None,
         body: request.body(),
         body_length,
+        checksum,
         repr,
     });
     let failed = |error: HttpError| {
@@ -519,15 +520,7 @@ fn create(
         }
         Failure { error, headers }
     };
-    let progress = resumable::create(
-        service.pool(),
-        &id,
-        new,
-        first,
-        checksum.as_ref(),
-        &settings,
-    )
-    .map_err(failed)?;
+    let progress = resumable::create(service.pool(), &id, new, first, &settings).map_err(failed)?;
     if complete && !progress.complete {
         return Err(failed(short_of_complete(&progress)));
     }
@@ -590,11 +583,10 @@ fn append(
         length,
         body: request.body(),
         body_length,
+        checksum,
         repr,
     };
-    let progress =
-        resumable::append_checked(service.pool(), id, chunk, checksum.as_ref(), settings)
-            .map_err(failed)?;
+    let progress = resumable::append(service.pool(), id, chunk, settings).map_err(failed)?;
     if complete && !progress.complete {
         return Err(failed(short_of_complete(&progress)));
     }

@@ -134,6 +134,13 @@ pub struct Chunk<'r> {
     pub length: Option<u64>,
     pub body: &'r mut dyn Body,
     pub body_length: BodyLength,
+    /// The digest the chunk's own bytes must have (tus's `Upload-Checksum`
+    /// or RFC 9530's `Content-Digest`): they are hashed as they stream, and
+    /// a chunk that does not match (or that ends early or is stopped, since
+    /// its bytes cannot be checked then) is cut away, the offset and the
+    /// saved hash state what they were before it; a mismatch is 460
+    /// ([`Expected::mismatch`]).
+    pub checksum: Option<Expected>,
     /// The whole upload's RFC 9530 `Repr-Digest`, checked when this chunk
     /// completes the upload (ignored otherwise).
     pub repr: Option<Expected>,
@@ -172,9 +179,8 @@ impl Progress {
 }
 
 /// Creates an upload under `id`, with `first` as its first chunk when the
-/// creation request carries one, held to `checksum` as an appended chunk
-/// is (see [`append_checked`]) and, when it completes the upload, to its
-/// `repr`. A length over `max_size` is refused (413) before anything is
+/// creation request carries one, held to its digests as an appended chunk
+/// is. A length over `max_size` is refused (413) before anything is
 /// made; an identifier in use is 409, as for a form. An upload of length 0
 /// is complete at once.
 pub fn create(
@@ -182,10 +188,9 @@ pub fn create(
     id: &Identifier,
     new: NewUpload,
     first: Option<Chunk<'_>>,
-    checksum: Option<&Expected>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
-    create_upload(pool, id, new, false, first, checksum, settings)
+    create_upload(pool, id, new, false, first, settings)
 }
 
 /// Creates a partial upload, a part of a later concatenation (see
@@ -199,10 +204,9 @@ pub fn create_partial(
     id: &Identifier,
     new: NewUpload,
     first: Option<Chunk<'_>>,
-    checksum: Option<&Expected>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
-    create_upload(pool, id, new, true, first, checksum, settings)
+    create_upload(pool, id, new, true, first, settings)
 }
 
 fn create_upload(
@@ -211,7 +215,6 @@ fn create_upload(
     new: NewUpload,
     partial: bool,
     first: Option<Chunk<'_>>,
-    checksum: Option<&Expected>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
     // The policy, checked before anything is made: an expired identifier,
@@ -246,7 +249,7 @@ fn create_upload(
         .into()),
         // A first chunk that fails its checksum is cut away as an append's
         // is: the upload stays, at offset 0.
-        Some(chunk) => proceed(pool, id, upload, status, chunk, checksum, settings),
+        Some(chunk) => proceed(pool, id, upload, status, chunk, settings),
         None if new.length == Some(0) => finish(pool, id, upload, status, None, None, settings),
         None => {
             upload.pause(&status)?;
@@ -281,26 +284,12 @@ pub fn info(pool: &Pool, id: &Identifier, settings: &Settings) -> Result<Progres
 /// stored and is answered 400 `ERR_UPLOAD_INTERRUPTED`; this one waits
 /// [`takeover_patience`] for it (423 `ERR_UPLOAD_LOCKED` after that), then
 /// checks the offset against what is stored now (409 if the old request
-/// stored more meanwhile).
+/// stored more meanwhile). The chunk's [`Chunk::checksum`], when given, is
+/// checked as its bytes stream.
 pub fn append(
     pool: &Pool,
     id: &Identifier,
     chunk: Chunk<'_>,
-    settings: &Settings,
-) -> Result<Progress, HttpError> {
-    append_checked(pool, id, chunk, None, settings)
-}
-
-/// [`append`], with the chunk's bytes required to have the `checksum`
-/// digest: they are hashed as they stream, and a chunk that does not match
-/// (or that ends early or is stopped, since its bytes cannot be checked
-/// then) is cut away, the offset and the saved hash state what they were
-/// before it; a mismatch is 460 ([`Expected::mismatch`]).
-pub fn append_checked(
-    pool: &Pool,
-    id: &Identifier,
-    chunk: Chunk<'_>,
-    checksum: Option<&Expected>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
     // Before the takeover: a chunk refused for expiry disturbs no request
@@ -328,7 +317,7 @@ pub fn append_checked(
             }
         }
     }
-    proceed(pool, id, upload, status, chunk, checksum, settings)
+    proceed(pool, id, upload, status, chunk, settings)
 }
 
 /// Makes the final upload under `id` of the partial uploads `parts`, in
@@ -618,18 +607,18 @@ fn lock<'a, 'b>(written: &'a Mutex<Written<'b>>) -> MutexGuard<'a, Written<'b>> 
 /// stored, and saved whenever the request ends with bytes kept, so that
 /// completion hashes nothing again. It is only ever saved for bytes that
 /// stay: a chunk cut away puts back the state from before it.
-#[allow(clippy::too_many_arguments)]
 fn proceed(
     pool: &Pool,
     id: &Identifier,
     upload: Upload,
     mut status: Status,
-    chunk: Chunk<'_>,
-    checksum: Option<&Expected>,
+    mut chunk: Chunk<'_>,
     settings: &Settings,
 ) -> Result<Progress, HttpError> {
     let start = chunk.offset;
-    let repr = chunk.repr.clone();
+    let repr = chunk.repr.take();
+    let checksum = chunk.checksum.take();
+    let checksum = checksum.as_ref();
     let file = upload.open_data_at(start)?;
     let limit = room(&status, start, &settings.options);
     let announced = chunk.body_length.known();
@@ -641,7 +630,7 @@ fn proceed(
         return Err(past_the_end(code, &status, start, &settings.options));
     }
     let checksums = settings.options.checksums;
-    let hash = match carried(checksums) {
+    let hash = match !saved(checksums).is_empty() {
         true => {
             let mut hash = saved_hash(&upload, checksums);
             hash.catch_up(&file, start).map_err(store_error)?;
@@ -914,11 +903,6 @@ fn let_go_when_asked(
     }
 }
 
-/// Whether `checksums` lists one that the saved hash state carries.
-fn carried(checksums: Checksums) -> bool {
-    SAVED.iter().any(|sum| checksums.contains(*sum))
-}
-
 /// The checksums `checksums` lists that the saved hash state carries.
 fn saved(checksums: Checksums) -> Checksums {
     SAVED
@@ -1063,7 +1047,7 @@ fn finish(
     // Made here for an empty upload, whose path the status gives.
     let file = upload.open_data_at(size)?;
     let checksums = settings.options.checksums;
-    let sums = if carried(checksums) {
+    let sums = if !saved(checksums).is_empty() {
         let mut hash = hash.unwrap_or_else(|| saved_hash(&upload, checksums));
         hash.catch_up(&file, size).map_err(store_error)?;
         hash.finish()
@@ -1150,6 +1134,7 @@ mod tests {
             length: None,
             body,
             body_length,
+            checksum: None,
             repr: None,
         }
     }
@@ -1166,7 +1151,7 @@ mod tests {
             content_type: Some("text/plain".into()),
             metadata: BTreeMap::from([("filename".into(), "a.txt".into())]),
         };
-        let created = create(&pool, &id, new, None, None, &settings).unwrap();
+        let created = create(&pool, &id, new, None, &settings).unwrap();
         assert_eq!((created.offset, created.length), (0, Some(6)));
         assert!(created.expires.is_some() && !created.complete);
         let first = append(&pool, &id, chunk(0, &mut &b"abc"[..]), &settings).unwrap();
@@ -1203,7 +1188,7 @@ mod tests {
             length: Some(4),
             ..NewUpload::default()
         };
-        create(&pool, &id, new, None, None, &settings).unwrap();
+        create(&pool, &id, new, None, &settings).unwrap();
         append(&pool, &id, chunk(0, &mut &b"ab"[..]), &settings).unwrap();
         // Streamed without a length: refused at the byte past the end.
         let mut body = &b"cdefgh"[..];
@@ -1212,6 +1197,7 @@ mod tests {
             length: None,
             body: &mut body,
             body_length: BodyLength::UntilEnd,
+            checksum: None,
             repr: None,
         };
         let err = append(&pool, &id, streamed, &settings).unwrap_err();
@@ -1247,7 +1233,7 @@ mod tests {
             length: Some(data.len() as u64),
             ..NewUpload::default()
         };
-        create(&pool, &id, new, None, None, &settings).unwrap();
+        create(&pool, &id, new, None, &settings).unwrap();
         append(&pool, &id, chunk(0, &mut &data[..1_500_000]), &settings).unwrap();
         append(
             &pool,
@@ -1333,7 +1319,7 @@ mod tests {
             length: Some(data.len() as u64),
             ..NewUpload::default()
         };
-        create(&pool, &id, new, None, None, &settings).unwrap();
+        create(&pool, &id, new, None, &settings).unwrap();
         let (keep, hold) = mpsc::channel::<()>();
         let old = thread::scope(|scope| {
             let old = scope.spawn(|| {
@@ -1347,6 +1333,7 @@ mod tests {
                     length: None,
                     body: &mut body,
                     body_length: BodyLength::Known(data.len() as u64),
+                    checksum: None,
                     repr: None,
                 };
                 append(&pool, &id, streamed, &settings)
@@ -1418,13 +1405,14 @@ mod tests {
             length: Some(data.len() as u64),
             ..NewUpload::default()
         };
-        create(&pool, &id, new, None, None, &settings).unwrap();
+        create(&pool, &id, new, None, &settings).unwrap();
         let mut body = Cut(data[..sent].to_vec(), 0);
         let cut = Chunk {
             offset: 0,
             length: None,
             body: &mut body,
             body_length: BodyLength::Known(data.len() as u64),
+            checksum: None,
             repr: None,
         };
         let err = append(&pool, &id, cut, &settings).unwrap_err();
@@ -1460,7 +1448,7 @@ mod tests {
             length: Some(data.len() as u64),
             ..NewUpload::default()
         };
-        create(&pool, &id, new, None, None, &settings).unwrap();
+        create(&pool, &id, new, None, &settings).unwrap();
         append(&pool, &id, chunk(0, &mut &data[..2_000_000]), &settings).unwrap();
         let before = thread_reads();
         let done = append(
@@ -1498,7 +1486,7 @@ mod tests {
                 length: Some(data.len() as u64),
                 ..NewUpload::default()
             };
-            create(&pool, &id, new, None, None, &settings).unwrap();
+            create(&pool, &id, new, None, &settings).unwrap();
             append(&pool, &id, chunk(0, &mut &data[..2_000_000]), &settings).unwrap();
             let before = thread_reads();
             let done = append(

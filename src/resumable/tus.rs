@@ -367,20 +367,14 @@ fn create(
         length: None,
         body: request.body(),
         body_length,
+        checksum,
         repr,
     });
     let make = match concat {
         Concat::Partial => resumable::create_partial,
         _ => resumable::create,
     };
-    let created = make(
-        service.pool(),
-        &id,
-        new,
-        first,
-        checksum.as_ref(),
-        &settings,
-    );
+    let created = make(service.pool(), &id, new, first, &settings);
     match created {
         Ok(progress) => {
             *completed = completed_by(&progress);
@@ -492,10 +486,10 @@ fn patch(
         length,
         body: request.body(),
         body_length,
+        checksum,
         repr,
     };
-    let progress =
-        resumable::append_checked(service.pool(), id, chunk, checksum.as_ref(), settings)?;
+    let progress = resumable::append(service.pool(), id, chunk, settings)?;
     *completed = completed_by(&progress);
     let mut response = empty(204).with_header("Upload-Offset", &progress.offset.to_string());
     if let Some(expires) = progress.expires {
