@@ -333,10 +333,19 @@ impl EventLoop {
                     read = Read::Ended;
                     break;
                 }
-                Ok(n) => match &mut waiting.phase {
-                    Phase::Linger { drained, .. } => *drained += n as u64,
-                    _ => waiting.connection.pending.extend_from_slice(&scratch[..n]),
-                },
+                Ok(n) => {
+                    match &mut waiting.phase {
+                        Phase::Linger { drained, .. } => *drained += n as u64,
+                        _ => waiting.connection.pending.extend_from_slice(&scratch[..n]),
+                    }
+                    // A short read took all there was: asking again would
+                    // only find `WouldBlock`, a system call on every poll.
+                    // Whatever comes later wakes the connection once it is
+                    // armed again (level-triggered), as would an end.
+                    if n < scratch.len() {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
