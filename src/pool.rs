@@ -422,8 +422,12 @@ impl Pool {
     /// bucket is opened by its full path in one step (`O_NOFOLLOW` still
     /// guards its last component, the only one a client names), and the
     /// pool itself is only looked at when the bucket is missing, to tell an
-    /// unknown upload from a missing pool. The default pool, in the shared
-    /// temp directory, always goes through `open_root` and its owner check.
+    /// unknown upload from a missing pool: with a `stat`, not an `open`, a
+    /// second try and a `close` (two system calls, not four, for every
+    /// poll of an identifier not begun yet). Should the bucket appear
+    /// between the two, it was unknown when the poll looked, which is the
+    /// answer. The default pool, in the shared temp directory, always goes
+    /// through `open_root` and its owner check.
     fn find_bucket(&self, name: &str) -> Result<Option<OwnedFd>, PoolError> {
         if self.create {
             let root = self.open_root()?;
@@ -432,7 +436,22 @@ impl Pool {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         match rustix::fs::open(self.dir.join(name), flags, Mode::empty()) {
             Ok(fd) => Ok(Some(fd)),
-            Err(Errno::NOENT | Errno::NOTDIR) => {
+            Err(Errno::NOENT) => match rustix::fs::stat(&self.dir) {
+                Ok(pool) if rustix::fs::FileType::from_raw_mode(pool.st_mode).is_dir() => Ok(None),
+                Ok(_) => Err(PoolError::Unusable {
+                    path: self.dir.clone(),
+                    reason: "it is not a directory".into(),
+                }),
+                Err(Errno::NOENT) => Err(PoolError::Missing(self.dir.clone())),
+                // Anything else (no permission on the pool, say) is told
+                // the way opening it tells it.
+                Err(_) => self
+                    .open_root()
+                    .and_then(|root| self.open_bucket(&root, name)),
+            },
+            // The pool is not a folder, or the identifier names a file in
+            // it: said by the way the pool and the bucket are opened.
+            Err(Errno::NOTDIR) => {
                 let root = self.open_root()?;
                 self.open_bucket(&root, name)
             }
@@ -2170,23 +2189,35 @@ fn remove_leftovers(bucket: &OwnedFd) -> Result<(), PoolError> {
 /// never waiting on a FIFO or a device that someone put in its place (those
 /// are refused, as a planted link is).
 fn open_regular(dir: &OwnedFd, name: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
+    open_regular_stat(dir, name, flags, mode).map(|(fd, _)| fd)
+}
+
+/// [`open_regular`], with the `fstat` it checked the file by, for a caller
+/// that needs more of it (the size, the links): no second call.
+fn open_regular_stat(
+    dir: &OwnedFd,
+    name: &str,
+    flags: OFlags,
+    mode: u32,
+) -> io::Result<(OwnedFd, rustix::fs::Stat)> {
     let flags = flags | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode))?;
-    let kind = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
+    let stat = rustix::fs::fstat(&fd)?;
+    let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
     if kind != rustix::fs::FileType::RegularFile {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{name} is not a regular file ({kind:?}): something was put in its place"),
         ));
     }
-    Ok(fd)
+    Ok((fd, stat))
 }
 
 /// Opens a resumable upload's data file with `flags` (see
 /// [`Upload::open_data_at`] for why a second name is refused).
 fn open_data(bucket: &OwnedFd, flags: OFlags) -> io::Result<OwnedFd> {
-    let fd = open_regular(bucket, DATA_FILE, flags, 0)?;
-    if rustix::fs::fstat(&fd)?.st_nlink != 1 {
+    let (fd, stat) = open_regular_stat(bucket, DATA_FILE, flags, 0)?;
+    if stat.st_nlink != 1 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{DATA_FILE} has another name too (a hard link was put in its place)"),
@@ -2311,10 +2342,6 @@ fn write_whole(
 const STALE_ATTEMPTS: usize = 4;
 
 /// Reads a bucket's `status.json`; `None` if there is none yet.
-/// Room a status read starts with: a status with a file or two is under
-/// 1 KiB; a larger one grows the buffer as it is read.
-const STATUS_READ_BUFFER: usize = 4096;
-
 fn read_status_file(bucket: &OwnedFd) -> io::Result<Option<Status>> {
     let stale = Some(rustix::io::Errno::STALE.raw_os_error());
     let mut attempt = 1;
@@ -2332,25 +2359,41 @@ fn read_status_once(bucket: &OwnedFd) -> io::Result<Option<Status>> {
     // system's journal in every poll, which waits, seconds at worst, while
     // uploads sync their files. O_NOATIME is only for the file's owner
     // (the pool's user, as a rule); anyone else reads without it.
-    let opened = match open_regular(bucket, STATUS, OFlags::RDONLY | OFlags::NOATIME, 0) {
+    let opened = match open_regular_stat(bucket, STATUS, OFlags::RDONLY | OFlags::NOATIME, 0) {
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {
-            open_regular(bucket, STATUS, OFlags::RDONLY, 0)
+            open_regular_stat(bucket, STATUS, OFlags::RDONLY, 0)
         }
         opened => opened,
     };
-    let fd = match opened {
-        Ok(fd) => fd,
+    let (fd, stat) = match opened {
+        Ok(opened) => opened,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    // Grown from nothing, the buffer took six reads for a status of a few
-    // hundred bytes, and on a network file system each read is a round
-    // trip. With room for a usual status, two: the bytes, and the end.
-    let mut text = String::with_capacity(STATUS_READ_BUFFER);
-    File::from(fd)
-        .take(MAX_STATUS_BYTES)
-        .read_to_string(&mut text)?;
-    serde_json::from_str(&text)
+    // On a network file system each read is a round trip. A status is
+    // replaced whole, never rewritten in place, so the size `fstat` gave
+    // is all there is: one read, with a byte of room to see a file longer
+    // than that, and no second read to find the end. Should the read come
+    // short or long, or what it got not parse (a size a cache kept), the
+    // rest is read to the end as any file is.
+    let mut file = File::from(fd).take(MAX_STATUS_BYTES);
+    let size = usize::try_from(stat.st_size)
+        .unwrap_or(0)
+        .min(MAX_STATUS_BYTES as usize);
+    let mut text = vec![0u8; size + 1];
+    let got = match file.read(&mut text) {
+        Ok(got) => got,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+        Err(e) => return Err(e),
+    };
+    text.truncate(got);
+    if got == size
+        && let Ok(status) = serde_json::from_slice(&text)
+    {
+        return Ok(Some(status));
+    }
+    file.read_to_end(&mut text)?;
+    serde_json::from_slice(&text)
         .map(Some)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
@@ -3985,6 +4028,14 @@ mod tests {
         let err = missing.status(&id("a")).unwrap_err();
         assert!(matches!(err, PoolError::Missing(_)));
         assert_eq!(err.http_status(), 500);
+        // An unknown upload in a pool that is there, and a pool that is a
+        // file: the `stat` that tells the first from a missing pool.
+        let there = Pool::new(dir.path(), 0o600, false);
+        assert_eq!(there.status(&id("a")).unwrap(), Status::starting());
+        fs::write(dir.path().join("file"), b"").unwrap();
+        let file = Pool::new(dir.path().join("file"), 0o600, false);
+        let err = file.status(&id("a")).unwrap_err();
+        assert!(matches!(err, PoolError::Unusable { .. }), "{err}");
         let created = Pool::new(dir.path().join("made/here"), 0o600, true);
         assert_eq!(created.status(&id("a")).unwrap(), Status::starting());
         let mode = fs::metadata(dir.path().join("made/here")).unwrap().mode() & 0o777;
