@@ -1170,6 +1170,69 @@ fn connections_without_a_whole_request_hold_no_worker() {
 }
 
 #[test]
+fn peers_that_do_not_read_their_answers_hold_up_no_poll() {
+    // Only as many loop threads as cores wait for connections; the rest
+    // stand by for threads held up. Here all but one of the threads are
+    // held up writing answers nobody reads (each peer sends polls without
+    // pause and reads none, so the thread blocks until body_timeout, 60 s):
+    // those standing by take their places, and a poll is answered.
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = cores + 2;
+    let pool = TestPool::new();
+    let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_WORKERS", &workers.to_string())]);
+    let poll = params_for("GET", "/upload/status?X-Progress-ID=unread");
+    let pairs: Vec<(&str, &str)> = poll.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut polls = Vec::new();
+    for _ in 0..4000 {
+        polls.extend(request_head(1, &pairs, true));
+        polls.extend(stdin_records(1, b""));
+    }
+    let peers: Vec<UnixStream> = (0..workers - 1)
+        .map(|_| {
+            let stream = daemon.connect();
+            let mut writer = stream.try_clone().unwrap();
+            let polls = polls.clone();
+            // Blocks once the daemon stops reading; ends when the stream
+            // is closed below.
+            thread::spawn(move || {
+                let _ = writer.write_all(&polls);
+            });
+            stream
+        })
+        .collect();
+    // Until every peer's thread is held up: the daemon's answers fill the
+    // peer's socket, and its writes wait.
+    let pid = daemon.pid();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while held_up_writers(pid) < workers - 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the peers did not hold up {} threads ({} are)",
+            workers - 1,
+            held_up_writers(pid)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Held up behind them, the poll would fail at its read timeout (30 s),
+    // before theirs (60 s).
+    let reply = daemon.get("/upload/status?X-Progress-ID=other");
+    assert_eq!(reply.json()["state"], "starting", "{reply:?}");
+    drop(peers);
+}
+
+/// Threads of process `pid` sleeping in a write to a unix socket whose
+/// peer does not read (`unix_stream_sendmsg` waiting for room).
+fn held_up_writers(pid: i32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("wchan")).ok())
+        .filter(|wchan| wchan.contains("sock_alloc_send") || wchan.contains("unix_stream_sendmsg"))
+        .count()
+}
+
+#[test]
 fn a_request_sent_a_byte_at_a_time_and_two_sent_at_once_are_served() {
     let pool = TestPool::new();
     let daemon = Daemon::start(pool.path(), &[("FILEUPLOAD_WORKERS", "1")]);

@@ -43,6 +43,7 @@ use super::bulk;
 use super::connection::{self, After, Connection, Kind};
 use super::listener::{Listener, Stream};
 use super::record::{HEADER_LEN, Header, Malformed, STDIN};
+use super::rotation::Rotation;
 use super::server::Server;
 use crate::handler;
 use crate::http::Request;
@@ -124,6 +125,8 @@ pub(super) struct EventLoop {
     /// armed until then.
     listener_paused: Mutex<Option<Instant>>,
     last_sweep: Mutex<Instant>,
+    /// Which threads wait for events (see [`super::rotation`]).
+    rotation: Rotation,
 }
 
 /// What reading a connection came to.
@@ -146,13 +149,14 @@ impl EventLoop {
         epoll::add(&epoll, listener.as_fd(), EventData::new_u64(LISTENER), once)?;
         epoll::add(&epoll, &server.waker, EventData::new_u64(WAKER), once)?;
         Ok(EventLoop {
-            server,
             listener,
             epoll,
             waiting: Mutex::new(HashMap::new()),
             returns: Mutex::new(returns),
             listener_paused: Mutex::new(None),
             last_sweep: Mutex::new(Instant::now()),
+            rotation: Rotation::new(server.options.workers, Rotation::cores()),
+            server,
         })
     }
 
@@ -161,7 +165,11 @@ impl EventLoop {
     }
 
     /// One of the loop's threads: runs until the server stops.
-    pub(super) fn run(&self) {
+    pub(super) fn run(&self, me: usize) {
+        let stopping = || self.server.is_stopping();
+        if !self.rotation.join(stopping) {
+            return;
+        }
         // One event a wait: a thread handles what it took in turn, so a
         // batch would leave the rest waiting behind a poll that waits on a
         // slow file system, while the other threads sit idle.
@@ -188,6 +196,7 @@ impl EventLoop {
                     continue;
                 }
             }
+            self.rotation.begin(me);
             for event in &events {
                 match event.data.u64() {
                     LISTENER => self.accept_all(),
@@ -196,6 +205,9 @@ impl EventLoop {
                 }
             }
             self.sweep_if_due();
+            if self.rotation.end(me) && !self.rotation.join(stopping) {
+                return;
+            }
         }
     }
 

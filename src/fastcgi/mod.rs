@@ -62,6 +62,7 @@ mod listener;
 mod log;
 mod record;
 mod request;
+mod rotation;
 mod server;
 mod settings;
 pub mod testing;

@@ -216,7 +216,7 @@ pub fn serve(
         handles.push(
             thread::Builder::new()
                 .name(format!("fastcgi-{n}"))
-                .spawn(move || event_loop.run())?,
+                .spawn(move || event_loop.run(n))?,
         );
     }
     let collector = Arc::clone(&server);
