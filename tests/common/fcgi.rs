@@ -334,6 +334,16 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            // Started through a prelude that execs a tracer (`strace -f`),
+            // the child is the tracer and fileupload its child: a tracer
+            // that is killed lets its tracee go on running, so the tracee
+            // is stopped first, by its pid.
+            let pid = self.child.id();
+            let tracees = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            for tracee in tracees.split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", tracee]).status();
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
