@@ -16,7 +16,9 @@
 //! before it is answered: answering never waits on a peer's bytes, only
 //! on the pool (a status read) and on writing the answer. Several threads
 //! rather than one so that a slow pool (a network file system) or a stuck
-//! writer holds up one of them, not every connection; each connection is
+//! writer holds up one of them, not every connection; only as many as
+//! there are cores wait at a time, the others standing by to replace a
+//! held-up one (see [`super::rotation`]). Each connection is
 //! registered `EPOLLONESHOT`, so exactly one thread at a time has it, and
 //! a poll is answered by the thread that read it: one wake-up, as with a
 //! thread per connection, where a loop handing requests to a pool would

@@ -4,8 +4,9 @@
 //! A long-running process saves a process start per status poll. It
 //! listens on the socket it was given on stdin (the convention of
 //! `spawn-fcgi`, `mod_fcgid` and lighttpd's `bin-path`) or on the address of
-//! `--listen`. An event loop (`workers` threads on one epoll instance)
-//! holds every connection between requests and answers status polls; each
+//! `--listen`. An event loop (`workers` threads on one epoll instance, as
+//! many of them waiting as there are cores) holds every connection
+//! between requests and answers status polls; each
 //! upload runs on a thread of its own, up to `max_uploads`. So no number of
 //! idle, slow or uploading connections keeps a poll waiting.
 //!
@@ -32,6 +33,9 @@
 //!   connection's socket.
 //! - `event_loop`: the connections between requests: accepting, reading,
 //!   assembling, answering quick requests, timeouts, the lingering close.
+//! - `rotation`: which of the loop's threads wait in epoll (as many as
+//!   there are cores), and the standing-by ones that replace a thread
+//!   held up on one event.
 //! - `bulk`: the threads that run uploads, and their dispatcher.
 //! - `connection`: a connection as it passes between the loop and a
 //!   thread, and running one request on it.
