@@ -341,8 +341,10 @@ impl Drop for Daemon {
             let pid = self.child.id();
             let tracees = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
                 .unwrap_or_default();
-            for tracee in tracees.split_whitespace() {
-                let _ = Command::new("kill").args(["-KILL", tracee]).status();
+            for tracee in tracees.split_whitespace().filter_map(|t| t.parse().ok()) {
+                if let Some(tracee) = rustix::process::Pid::from_raw(tracee) {
+                    let _ = rustix::process::kill_process(tracee, rustix::process::Signal::KILL);
+                }
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
