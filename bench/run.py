@@ -2571,7 +2571,8 @@ def write_markdown(ratios, quick, label):
     path = ROOT / "bench" / "results.md"
     before = path.read_text().split("\n") if path.exists() else []
     kept_note = [l for l in before if l.startswith("Multi-host (`multihost.*`) rows:")]
-    kept_rows = [l for l in before if l.startswith("| `multihost.")]
+    ran = {name for name, _, _ in results}
+    kept_rows = [l for l in before if l.startswith("| `multihost.") and l.split("`")[1] not in ran]
     lines = [
         f"Last run: {time.strftime('%Y-%m-%d')}, `bench/run{' --quick' if quick else ''}` on "
         f"{os.cpu_count()} cores ({platform_cpu()}). Medians; ratios from the same run.",
