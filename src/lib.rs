@@ -59,6 +59,7 @@ pub mod hashing;
 pub mod hooks;
 pub mod http;
 pub mod identifier;
+mod live_statuses;
 pub mod multipart;
 pub mod policy;
 pub mod pool;

@@ -85,7 +85,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -95,6 +95,7 @@ use rustix::io::Errno;
 use crate::checksums::{Checksums, Sums};
 use crate::error_code::ErrorCode;
 use crate::identifier::{self, Identifier};
+use crate::live_statuses::LiveStatuses;
 use crate::status::{FileInfo, State, Status};
 
 const STATUS: &str = "status.json";
@@ -310,6 +311,9 @@ pub struct Pool {
     file_mode: u32,
     create: bool,
     fsync: bool,
+    /// The statuses of the form uploads this pool (and its clones) is
+    /// receiving, answered to polls without reading the files.
+    live: Arc<LiveStatuses>,
 }
 
 impl Pool {
@@ -322,6 +326,7 @@ impl Pool {
             file_mode,
             create,
             fsync: true,
+            live: Arc::default(),
         }
     }
 
@@ -468,7 +473,15 @@ impl Pool {
     /// checked against the lock: an `incomplete` (resumable) upload is told
     /// as stored, since its lock is free between requests by design and a
     /// request that dies mid-chunk leaves it resumable, not interrupted.
+    ///
+    /// A form upload this pool (or a clone) is receiving is answered with
+    /// the status its receiver last wrote, kept in memory, once an `lstat`
+    /// shows its folder is still the one claimed: the same document, read
+    /// without opening a file (see [`crate::live_statuses`]).
     pub fn status(&self, id: &Identifier) -> Result<Status, PoolError> {
+        if let Some(live) = self.live.status(&self.dir, id.name()) {
+            return Ok(live);
+        }
         let Some(bucket) = self.find_bucket(id.name())? else {
             return Ok(Status::starting());
         };
@@ -550,7 +563,9 @@ impl Pool {
     /// finished there (stored files are never overwritten), and
     /// [`PoolError::InProgress`] if a resumable one is incomplete there.
     pub fn begin_upload(&self, id: &Identifier) -> Result<Upload, PoolError> {
-        self.claim_new(id)
+        let mut upload = self.claim_new(id)?;
+        upload.live = Some(Arc::clone(&self.live));
+        Ok(upload)
     }
 
     /// Claims the bucket for a new resumable upload, as
@@ -692,6 +707,7 @@ impl Pool {
             lost: AtomicBool::new(false),
             probe: Mutex::new(None),
             checked: Mutex::new(None),
+            live: None,
         })
     }
 
@@ -793,6 +809,7 @@ impl Pool {
                 lost: AtomicBool::new(false),
                 probe: Mutex::new(None),
                 checked: Mutex::new(None),
+                live: None,
             });
         }
         Err(PoolError::Busy)
@@ -1261,6 +1278,9 @@ pub struct Upload {
     probe: Mutex<Option<(File, (u64, u64))>>,
     /// When a check last found the lock held (see [`Upload::fence`]).
     checked: Mutex<Option<Instant>>,
+    /// Where a form upload keeps each status it writes for polls in this
+    /// process (see [`crate::live_statuses`]); `None` for a resumable one.
+    live: Option<Arc<LiveStatuses>>,
 }
 
 /// How long a check that found the lock held vouches for the data writes
@@ -1604,7 +1624,18 @@ impl Upload {
                 "cannot write status of upload {}",
                 self.identifier
             )))
-            .map_err(|e| self.explain(e))
+            .map_err(|e| self.explain(e))?;
+        if let Some(live) = &self.live {
+            live.wrote(&self.name, self.identity, status);
+        }
+        Ok(())
+    }
+
+    /// Polls in this process read the pool again from now on.
+    fn forget_live(&self) {
+        if let Some(live) = &self.live {
+            live.forget(&self.name, self.identity);
+        }
     }
 
     /// A failure inside a bucket that a clear (or gc) removed is the
@@ -1712,6 +1743,7 @@ impl Upload {
                 return Ok(());
             }
         };
+        self.forget_live();
         if !self.lost.swap(true, Ordering::AcqRel) {
             crate::log!(
                 "upload {}: this request lost the lock of its folder ({lost}; a shared file \
@@ -1954,6 +1986,8 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        // Before the lock is let go (the fields are dropped after this).
+        self.forget_live();
         if self.released() {
             return;
         }
@@ -2670,6 +2704,90 @@ mod tests {
 
     fn status_bytes(bucket: &Path) -> Vec<u8> {
         fs::read(bucket.join(STATUS)).unwrap()
+    }
+
+    /// Writes `status.json` of `name` by hand, as nothing in the pool does,
+    /// to tell an answer read from the file from one kept in memory.
+    fn plant_status(dir: &Path, name: &str, status: &Status) {
+        fs::write(
+            dir.join(name).join(STATUS),
+            serde_json::to_vec(status).unwrap(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_receiving_pool_answers_polls_with_the_status_it_last_wrote() {
+        let (dir, pool) = pool();
+        let elsewhere = Pool::new(dir.path(), 0o600, false);
+        let upload = pool.begin_upload(&id("kept")).unwrap();
+        let mut status = Status::uploading("kept", Some(100), unix_now());
+        status.received = Some(40);
+        upload.write_status(&status).unwrap();
+        // The same document as another process reads from the pool.
+        assert_eq!(pool.status(&id("kept")).unwrap(), status);
+        assert_eq!(elsewhere.status(&id("kept")).unwrap(), status);
+        // Kept in memory: a file changed behind its back is not read.
+        let mut planted = status.clone();
+        planted.received = Some(99);
+        plant_status(dir.path(), "kept", &planted);
+        assert_eq!(pool.status(&id("kept")).unwrap(), status);
+        assert_eq!(elsewhere.status(&id("kept")).unwrap(), planted);
+        // Its clones share it (the daemon's threads hold one pool).
+        assert_eq!(pool.clone().status(&id("kept")).unwrap(), status);
+        // Replaced by the next write.
+        status.received = Some(70);
+        upload.write_status(&status).unwrap();
+        assert_eq!(pool.status(&id("kept")).unwrap(), status);
+        // Finished: the final status, then the pool again.
+        let mut done = status.clone();
+        done.state = State::Done;
+        upload.finish(&done).unwrap();
+        assert_eq!(pool.status(&id("kept")).unwrap(), done);
+        let mut after = done.clone();
+        after.received = Some(1);
+        plant_status(dir.path(), "kept", &after);
+        assert_eq!(
+            pool.status(&id("kept")).unwrap(),
+            after,
+            "read from the pool"
+        );
+    }
+
+    #[test]
+    fn a_kept_status_gives_way_to_the_pool_when_cleared_elsewhere_or_the_lock_is_lost() {
+        let (dir, pool) = pool();
+        let elsewhere = Pool::new(dir.path(), 0o600, false);
+        let upload = pool.begin_upload(&id("gone")).unwrap();
+        upload
+            .write_status(&Status::uploading("gone", None, unix_now()))
+            .unwrap();
+        assert!(elsewhere.clear(&id("gone")).unwrap());
+        assert_eq!(pool.status(&id("gone")).unwrap().state, State::Starting);
+        drop(upload);
+
+        let upload = pool.begin_upload(&id("lost")).unwrap();
+        let status = Status::uploading("lost", None, unix_now());
+        upload.write_status(&status).unwrap();
+        upload.lose_lock_for_test();
+        upload.still_holds_lock().unwrap_err();
+        // Nobody holds the lock: the pool tells an interrupted upload.
+        let seen = pool.status(&id("lost")).unwrap();
+        assert_eq!(seen.state, State::Error, "{seen:?}");
+        assert_eq!(seen, elsewhere.status(&id("lost")).unwrap());
+    }
+
+    #[test]
+    fn resumable_uploads_are_not_kept() {
+        let (dir, pool) = pool();
+        let mut status = Status::uploading("chunked", Some(10), unix_now());
+        status.resumable = true;
+        let upload = pool.create_resumable(&id("chunked"), &status).unwrap();
+        upload.write_status(&status).unwrap();
+        let mut planted = pool.status(&id("chunked")).unwrap();
+        planted.received = Some(7);
+        plant_status(dir.path(), "chunked", &planted);
+        assert_eq!(pool.status(&id("chunked")).unwrap(), planted);
     }
 
     #[test]
