@@ -701,6 +701,21 @@ http {{
         io = Path(f"/proc/{self.procs[0].pid}/io").read_text()
         return int(re.search(r"^syscw: (\d+)$", io, re.M).group(1))
 
+    def cpu_seconds(self):
+        """CPU-seconds (user and system, all threads) used so far by the
+        daemon, by the libfcgi status floor and by nginx's workers, each
+        from /proc: what a request costs each process, counted around a
+        wrk run."""
+        def used(pid):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        master = self.procs[-1].pid
+        workers = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        if not workers:
+            raise RuntimeError("bench: nginx has no worker processes to count")
+        return {"daemon": used(self.procs[0].pid), "libfcgi": used(self.procs[2].pid),
+                "nginx": sum(used(w) for w in workers)}
+
     def stop(self):
         for proc in reversed(self.procs):
             try:
@@ -725,16 +740,18 @@ def daemon_workers():
 
 
 def wrk(url, seconds):
+    """Returns (requests/s, p99 in ms, requests answered)."""
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    count = int(re.search(r"(\d+) requests in ", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     if non2xx or errors:
         raise RuntimeError(f"wrk saw failures on {url}:\n{out}")
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
-    return rps, float(p99.group(1)) * scale
+    return rps, float(p99.group(1)) * scale, count
 
 
 def curl_upload(url, body):
@@ -890,19 +907,29 @@ def floors(servers, pool, work, one, one_len, one_sha, label, rounds, quick):
     flight_len, flight_sha = make_body(flight, [64 * MIB])
     seconds = 3 if quick else 10
     status = {"libfcgi_fixed": [], "daemon_unknown_id": [], "daemon_in_flight": []}
+    # CPU-microseconds a request cost the answering process and nginx.
+    cpu = {name: {"server": [], "nginx": []} for name in status}
     for r in range(rounds):
         say(f"floors: status round {r + 1} of {rounds}")
         order = list(status) if r % 2 == 0 else list(reversed(status))
         for name in order:
+            server = "libfcgi" if name == "libfcgi_fixed" else "daemon"
             if name == "daemon_in_flight":
                 upload = InFlight(servers, flight, flight_len, flight_sha[0], f"floors-flight-{r}")
+                before = servers.cpu_seconds()
                 got = wrk(servers.url(f"/fcgi/upload/status?X-Progress-ID=floors-flight-{r}"), seconds)
+                after = servers.cpu_seconds()
                 upload.finish(pool)
             else:
+                before = servers.cpu_seconds()
                 got = wrk(floor_url if name == "libfcgi_fixed" else unknown_url, seconds)
+                after = servers.cpu_seconds()
             status[name].append(got)
+            cpu[name]["server"].append((after[server] - before[server]) / got[2] * 1e6)
+            cpu[name]["nginx"].append((after["nginx"] - before["nginx"]) / got[2] * 1e6)
             floor_loads.append(os.getloadavg()[0])
-            say(f"  {name}: {got[0]:.0f} req/s, p99 {got[1]:.2f} ms")
+            say(f"  {name}: {got[0]:.0f} req/s, p99 {got[1]:.2f} ms, CPU a request:"
+                f" {server} {cpu[name]['server'][-1]:.1f} us, nginx {cpu[name]['nginx'][-1]:.1f} us")
     what = {"libfcgi_fixed": f"the floor: libfcgi, {daemon_workers()} threads, a fixed answer;"
                              f" a thread serves one kept connection at a time",
             "daemon_unknown_id": "an unknown identifier", "daemon_in_flight": "an upload in flight"}
@@ -911,6 +938,13 @@ def floors(servers, pool, work, one, one_len, one_sha, label, rounds, quick):
                f"req/s (median of {shown_list([s[0] for s in samples])}; {what[name]})")
         figure(f"floors.status.{name}.p99", statistics.median(s[1] for s in samples),
                f"ms (median of {shown_list([s[1] for s in samples])})")
+    for name, used in cpu.items():
+        for who, samples in used.items():
+            whose = "nginx's workers'" if who == "nginx" else (
+                "the libfcgi responder's" if name == "libfcgi_fixed" else "the daemon's")
+            figure(f"floors.status.{name}.{who}_cpu_per_request", statistics.median(samples),
+                   f"us ({whose} CPU over the wrk run, from /proc, per request answered;"
+                   f" median of {shown_list(samples)})")
     floor = status["libfcgi_fixed"]
     for name in ("daemon_unknown_id", "daemon_in_flight"):
         pairs = [d[0] / f[0] for d, f in zip(status[name], floor)]
@@ -2459,7 +2493,7 @@ def main():
             ("status.cgi_via_nginx_fcgiwrap", "/cgi/upload/status?X-Progress-ID=bench"),
             ("status.fixed_cgi_via_nginx_fcgiwrap", "/floor/status?X-Progress-ID=bench"),
         ]:
-            rps, p99 = wrk(servers.url(path), seconds)
+            rps, p99, _ = wrk(servers.url(path), seconds)
             figure(f"{name}.rps", rps, "req/s")
             figure(f"{name}.p99", p99, "ms")
 
