@@ -28,63 +28,92 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rustix::fs::{AtFlags, CWD};
 
 use crate::status::Status;
 
 /// The kept statuses, by bucket name.
+///
+/// The writers are uploads' threads, which run at nice 19 and may lose the
+/// CPU for long on a busy machine; the readers are polls. So a lock a
+/// writer takes must never be one a poll then waits on for a whole time
+/// slice: the table is locked for writing only when an upload starts and
+/// ends, and each progress update replaces one upload's status by swapping
+/// a pointer under that upload's own lock (the old status is freed after).
 #[derive(Debug, Default)]
 pub(crate) struct LiveStatuses {
-    entries: Mutex<HashMap<String, Live>>,
+    entries: RwLock<HashMap<String, Arc<Live>>>,
 }
 
+/// One upload's kept status.
 #[derive(Debug)]
-struct Live {
+pub(crate) struct Live {
     /// The bucket's (device, inode) when the upload claimed it.
     identity: (u64, u64),
-    status: Arc<Status>,
+    status: Mutex<Arc<Status>>,
 }
 
 impl LiveStatuses {
-    /// Records `status` as what the bucket `name`, claimed as `identity`,
-    /// now holds in `status.json`.
-    pub(crate) fn wrote(&self, name: &str, identity: (u64, u64), status: &Status) {
-        let status = Arc::new(status.clone());
-        self.lock()
-            .insert(name.to_owned(), Live { identity, status });
+    /// Starts keeping `status`, just written to `status.json` of the
+    /// bucket `name` claimed as `identity`; the upload then replaces it
+    /// through [`Live::wrote`] and ends it with [`LiveStatuses::forget`].
+    pub(crate) fn keep(&self, name: &str, identity: (u64, u64), status: &Status) -> Arc<Live> {
+        let live = Arc::new(Live {
+            identity,
+            status: Mutex::new(Arc::new(status.clone())),
+        });
+        let key = name.to_owned();
+        let replaced = self.write().insert(key, Arc::clone(&live));
+        drop(replaced);
+        live
     }
 
     /// Forgets the bucket `name` if it is still the one claimed as
     /// `identity` (a later claim in this process has its own entry).
     pub(crate) fn forget(&self, name: &str, identity: (u64, u64)) {
-        let mut entries = self.lock();
-        if entries
-            .get(name)
-            .is_some_and(|live| live.identity == identity)
-        {
-            entries.remove(name);
-        }
+        let removed = {
+            let mut entries = self.write();
+            match entries.get(name) {
+                Some(live) if live.identity == identity => entries.remove(name),
+                _ => None,
+            }
+        };
+        drop(removed);
     }
 
     /// The kept status of the bucket `name` in the pool at `dir`, if this
     /// process is receiving it and the folder at that path is still the one
     /// it claimed.
     pub(crate) fn status(&self, dir: &Path, name: &str) -> Option<Status> {
-        let (identity, status) = {
-            let entries = self.lock();
-            let live = entries.get(name)?;
-            (live.identity, Arc::clone(&live.status))
-        };
+        let live = Arc::clone(
+            self.entries
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(name)?,
+        );
+        let status = Arc::clone(&live.status.lock().unwrap_or_else(PoisonError::into_inner));
         let found = rustix::fs::statat(CWD, dir.join(name), AtFlags::SYMLINK_NOFOLLOW).ok()?;
         #[allow(clippy::unnecessary_cast)] // the field types differ by platform
         let found = (found.st_dev as u64, found.st_ino as u64);
-        (found == identity).then(|| Status::clone(&status))
+        (found == live.identity).then(|| Status::clone(&status))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Live>>> {
+        self.entries.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Live {
+    /// Replaces the kept status with `status`, just written to the file.
+    pub(crate) fn wrote(&self, status: &Status) {
+        let new = Arc::new(status.clone());
+        let old = std::mem::replace(
+            &mut *self.status.lock().unwrap_or_else(PoisonError::into_inner),
+            new,
+        );
+        drop(old);
     }
 }
 
@@ -107,8 +136,12 @@ mod tests {
         let claimed = identity(&bucket);
         let status = Status::uploading("b", Some(10), 1);
         assert_eq!(live.status(dir.path(), "b"), None, "nothing kept yet");
-        live.wrote("b", claimed, &status);
+        let kept = live.keep("b", claimed, &status);
         assert_eq!(live.status(dir.path(), "b"), Some(status.clone()));
+        let mut later = status.clone();
+        later.received = Some(5);
+        kept.wrote(&later);
+        assert_eq!(live.status(dir.path(), "b"), Some(later));
         assert_eq!(live.status(dir.path(), "other"), None);
 
         // Cleared (renamed away) and made anew: another folder.
@@ -131,7 +164,7 @@ mod tests {
         let live = LiveStatuses::default();
         let now = identity(&bucket);
         let status = Status::uploading("b", None, 1);
-        live.wrote("b", now, &status);
+        live.keep("b", now, &status);
         live.forget("b", (now.0, now.1 + 1));
         assert_eq!(
             live.status(dir.path(), "b"),

@@ -85,7 +85,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -95,7 +95,7 @@ use rustix::io::Errno;
 use crate::checksums::{Checksums, Sums};
 use crate::error_code::ErrorCode;
 use crate::identifier::{self, Identifier};
-use crate::live_statuses::LiveStatuses;
+use crate::live_statuses::{Live, LiveStatuses};
 use crate::status::{FileInfo, State, Status};
 
 const STATUS: &str = "status.json";
@@ -564,7 +564,7 @@ impl Pool {
     /// [`PoolError::InProgress`] if a resumable one is incomplete there.
     pub fn begin_upload(&self, id: &Identifier) -> Result<Upload, PoolError> {
         let mut upload = self.claim_new(id)?;
-        upload.live = Some(Arc::clone(&self.live));
+        upload.live = Some((Arc::clone(&self.live), OnceLock::new()));
         Ok(upload)
     }
 
@@ -1279,8 +1279,9 @@ pub struct Upload {
     /// When a check last found the lock held (see [`Upload::fence`]).
     checked: Mutex<Option<Instant>>,
     /// Where a form upload keeps each status it writes for polls in this
-    /// process (see [`crate::live_statuses`]); `None` for a resumable one.
-    live: Option<Arc<LiveStatuses>>,
+    /// process (see [`crate::live_statuses`]), and its entry there once
+    /// its first status is written; `None` for a resumable one.
+    live: Option<(Arc<LiveStatuses>, OnceLock<Arc<Live>>)>,
 }
 
 /// How long a check that found the lock held vouches for the data writes
@@ -1625,16 +1626,28 @@ impl Upload {
                 self.identifier
             )))
             .map_err(|e| self.explain(e))?;
-        if let Some(live) = &self.live {
-            live.wrote(&self.name, self.identity, status);
+        // One thread at a time writes an upload's status (the request's,
+        // and the watcher's between the first status and the last), so the
+        // kept one follows the file's order.
+        if let Some((statuses, entry)) = &self.live {
+            let mut kept_now = false;
+            let kept = entry.get_or_init(|| {
+                kept_now = true;
+                statuses.keep(&self.name, self.identity, status)
+            });
+            if !kept_now {
+                kept.wrote(status);
+            }
         }
         Ok(())
     }
 
     /// Polls in this process read the pool again from now on.
     fn forget_live(&self) {
-        if let Some(live) = &self.live {
-            live.forget(&self.name, self.identity);
+        if let Some((statuses, entry)) = &self.live
+            && entry.get().is_some()
+        {
+            statuses.forget(&self.name, self.identity);
         }
     }
 
