@@ -50,7 +50,8 @@ reading the same pipe, SHA-256 off and on; then, behind the same nginx as the da
 responders on libfcgi built here from Debian's libfcgi-dev: one answering
 a fixed status (the daemon's answer for an unknown identifier) on as many
 threads as the daemon has workers, against the daemon's status for an
-unknown identifier and for an upload in flight (wrk: requests/s and p99);
+unknown identifier and for an upload in flight (wrk: requests/s and p99,
+and the CPU a request cost the responder and nginx's workers, from /proc);
 one writing the request body to a file in the pool in 1 MiB writes (at
 nice 19, as the daemon's upload threads),
 against a 1 GiB upload through the daemon with SHA-256 off and on; and
