@@ -14,9 +14,9 @@
 //! - the status kept is the one last written to `status.json`, replaced
 //!   only once the file is, so a poll here and a poll on another host read
 //!   the same document;
-//! - a poll first looks at the bucket by its path (one `lstat`): if it is
-//!   gone or another folder (cleared by any process or host, or made anew
-//!   since), the poll reads the pool as before;
+//! - the pool answers with it only after looking at the bucket by its path
+//!   (one `lstat`): if it is gone or another folder (cleared by any process
+//!   or host, or made anew since), the poll reads the pool as before;
 //! - the entry is dropped when its upload ends (after its last status is
 //!   written) and when it finds its lock lost: from then on the pool,
 //!   where another host may have taken over, is the answer.
@@ -27,10 +27,7 @@
 //! folder sees only the files, as another process does.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-
-use rustix::fs::{AtFlags, CWD};
 
 use crate::status::Status;
 
@@ -83,10 +80,10 @@ impl LiveStatuses {
         drop(removed);
     }
 
-    /// The kept status of the bucket `name` in the pool at `dir`, if this
-    /// process is receiving it and the folder at that path is still the one
-    /// it claimed.
-    pub(crate) fn status(&self, dir: &Path, name: &str) -> Option<Status> {
+    /// The kept status of the bucket `name`, if this process is receiving
+    /// it, with the (device, inode) of the folder it claimed: the caller
+    /// must check the folder at that name is still that one.
+    pub(crate) fn status(&self, name: &str) -> Option<((u64, u64), Arc<Status>)> {
         let live = Arc::clone(
             self.entries
                 .read()
@@ -94,10 +91,7 @@ impl LiveStatuses {
                 .get(name)?,
         );
         let status = Arc::clone(&live.status.lock().unwrap_or_else(PoisonError::into_inner));
-        let found = rustix::fs::statat(CWD, dir.join(name), AtFlags::SYMLINK_NOFOLLOW).ok()?;
-        #[allow(clippy::unnecessary_cast)] // the field types differ by platform
-        let found = (found.st_dev as u64, found.st_ino as u64);
-        (found == live.identity).then(|| Status::clone(&status))
+        Some((live.identity, status))
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Live>>> {
@@ -121,57 +115,33 @@ impl Live {
 mod tests {
     use super::*;
 
-    fn identity(path: &Path) -> (u64, u64) {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::symlink_metadata(path).unwrap();
-        (meta.dev(), meta.ino())
+    fn kept(live: &LiveStatuses, name: &str) -> Option<((u64, u64), Status)> {
+        live.status(name)
+            .map(|(identity, status)| (identity, Status::clone(&status)))
     }
 
     #[test]
-    fn a_kept_status_is_answered_only_while_its_folder_is_the_one_claimed() {
-        let dir = tempfile::tempdir().unwrap();
-        let bucket = dir.path().join("b");
-        std::fs::create_dir(&bucket).unwrap();
+    fn a_kept_status_is_replaced_by_each_write_and_gone_when_forgotten() {
         let live = LiveStatuses::default();
-        let claimed = identity(&bucket);
         let status = Status::uploading("b", Some(10), 1);
-        assert_eq!(live.status(dir.path(), "b"), None, "nothing kept yet");
-        let kept = live.keep("b", claimed, &status);
-        assert_eq!(live.status(dir.path(), "b"), Some(status.clone()));
+        assert_eq!(kept(&live, "b"), None, "nothing kept yet");
+        let entry = live.keep("b", (1, 2), &status);
+        assert_eq!(kept(&live, "b"), Some(((1, 2), status.clone())));
         let mut later = status.clone();
         later.received = Some(5);
-        kept.wrote(&later);
-        assert_eq!(live.status(dir.path(), "b"), Some(later));
-        assert_eq!(live.status(dir.path(), "other"), None);
-
-        // Cleared (renamed away) and made anew: another folder.
-        std::fs::rename(&bucket, dir.path().join("trash")).unwrap();
-        assert_eq!(live.status(dir.path(), "b"), None, "folder gone");
-        std::fs::create_dir(&bucket).unwrap();
-        assert_eq!(live.status(dir.path(), "b"), None, "another folder");
-
-        // A link put in its place is not followed to the claimed folder.
-        std::fs::remove_dir(&bucket).unwrap();
-        std::os::unix::fs::symlink(dir.path().join("trash"), &bucket).unwrap();
-        assert_eq!(live.status(dir.path(), "b"), None, "a link");
+        entry.wrote(&later);
+        assert_eq!(kept(&live, "b"), Some(((1, 2), later)));
+        assert_eq!(kept(&live, "other"), None);
+        live.forget("b", (1, 2));
+        assert_eq!(kept(&live, "b"), None);
     }
 
     #[test]
     fn forgetting_leaves_a_later_claim_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let bucket = dir.path().join("b");
-        std::fs::create_dir(&bucket).unwrap();
         let live = LiveStatuses::default();
-        let now = identity(&bucket);
         let status = Status::uploading("b", None, 1);
-        live.keep("b", now, &status);
-        live.forget("b", (now.0, now.1 + 1));
-        assert_eq!(
-            live.status(dir.path(), "b"),
-            Some(status),
-            "not that claim's"
-        );
-        live.forget("b", now);
-        assert_eq!(live.status(dir.path(), "b"), None);
+        live.keep("b", (1, 2), &status);
+        live.forget("b", (1, 3));
+        assert_eq!(kept(&live, "b"), Some(((1, 2), status)), "not that claim's");
     }
 }

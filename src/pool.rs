@@ -479,8 +479,8 @@ impl Pool {
     /// shows its folder is still the one claimed: the same document, read
     /// without opening a file (see [`crate::live_statuses`]).
     pub fn status(&self, id: &Identifier) -> Result<Status, PoolError> {
-        if let Some(live) = self.live.status(&self.dir, id.name()) {
-            return Ok(live);
+        if let Some(status) = self.kept_status(id.name()) {
+            return Ok(status);
         }
         let Some(bucket) = self.find_bucket(id.name())? else {
             return Ok(Status::starting());
@@ -513,6 +513,22 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// The status this pool keeps for the form upload it receives in the
+    /// bucket `name`, if the folder at that name is still the one the
+    /// upload claimed: one `lstat`, no link followed. Cleared, or made
+    /// anew, by any process or host, it is another folder or none, and the
+    /// pool is read instead.
+    fn kept_status(&self, name: &str) -> Option<Status> {
+        let (claimed, status) = self.live.status(name)?;
+        let found = rustix::fs::statat(
+            rustix::fs::CWD,
+            self.dir.join(name),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .ok()?;
+        (identity(&found) == claimed).then(|| Status::clone(&status))
     }
 
     /// The library's view of one upload, as the original's
@@ -2777,6 +2793,20 @@ mod tests {
             .unwrap();
         assert!(elsewhere.clear(&id("gone")).unwrap());
         assert_eq!(pool.status(&id("gone")).unwrap().state, State::Starting);
+        // Made anew by another upload elsewhere, or a link put in its
+        // place: not the folder this upload claimed.
+        let other = elsewhere.begin_upload(&id("gone")).unwrap();
+        let theirs = Status::uploading("gone", Some(3), unix_now());
+        other.write_status(&theirs).unwrap();
+        assert_eq!(pool.status(&id("gone")).unwrap(), theirs);
+        drop(other);
+        assert!(elsewhere.clear(&id("gone")).unwrap());
+        std::os::unix::fs::symlink(dir.path().join(TRASH_DIR), dir.path().join("gone")).unwrap();
+        assert!(
+            pool.status(&id("gone")).is_err(),
+            "a link is refused, not followed"
+        );
+        fs::remove_file(dir.path().join("gone")).unwrap();
         drop(upload);
 
         let upload = pool.begin_upload(&id("lost")).unwrap();
