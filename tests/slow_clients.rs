@@ -591,9 +591,15 @@ fn a_thousand_trickling_uploads_and_500_polls_a_second() {
         latencies.len(),
         percentile(latencies, 0.99)
     );
+    // The pollers ran through the load. A poller skips the slots it is
+    // more than an interval late for, so the count falls with latency,
+    // which is the benchmark's to judge: in this debug build on a busy
+    // 2-core machine, to 0.89 of the plan (CI, 2026-12-03), against
+    // 0.93-0.99 alone. A stalled daemon leaves a poller one poll per 2 s,
+    // a twentieth of the plan.
     let planned = poll_seconds * 1000.0 / poll_every.as_millis() as f64 * pollers as f64;
     assert!(
-        latencies.len() as f64 >= 0.9 * planned,
+        latencies.len() as f64 >= 0.5 * planned,
         "only {} of {planned} status polls were made",
         latencies.len()
     );
