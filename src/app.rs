@@ -35,7 +35,7 @@ pub fn forward(
     request: &mut Request<'_>,
     out: &mut dyn ResponseWriter,
 ) -> io::Result<()> {
-    let mut env = request.vars().to_vec();
+    let mut env = request.vars().to_pairs();
     if let Some(url) = &config.upload_url {
         set(&mut env, "FILEUPLOAD_UPLOAD_URL", url);
     }
@@ -57,8 +57,8 @@ pub fn hand_over(
     let mut env: Vec<(String, String)> = request
         .vars()
         .iter()
-        .filter(|(name, _)| name != "HTTP_TRANSFER_ENCODING")
-        .cloned()
+        .filter(|(name, _)| *name != "HTTP_TRANSFER_ENCODING")
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
     set(&mut env, "REQUEST_METHOD", "POST");
     set(&mut env, "CONTENT_TYPE", "application/json");

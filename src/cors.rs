@@ -270,6 +270,7 @@ impl ResponseWriter for WithHeaders<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vars::Vars;
 
     fn list(origins: &[&str]) -> AllowedOrigins {
         AllowedOrigins::List(origins.iter().map(|o| o.to_string()).collect())
@@ -315,10 +316,7 @@ mod tests {
     }
 
     fn request_with<'a>(vars: &[(&str, &str)], body: &'a mut &'static [u8]) -> Request<'a> {
-        let vars = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: Vars = vars.iter().copied().collect();
         Request::new(vars, body, false)
     }
 

@@ -289,8 +289,8 @@ pub struct RequestInfo {
 impl RequestInfo {
     pub fn of(request: &Request<'_>) -> RequestInfo {
         let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, value) in request.vars() {
-            let name = match name.as_str() {
+        for (name, value) in request.vars().iter() {
+            let name = match name {
                 "CONTENT_TYPE" => "CONTENT_TYPE",
                 "CONTENT_LENGTH" => "CONTENT_LENGTH",
                 other => match other.strip_prefix("HTTP_") {
@@ -309,7 +309,7 @@ impl RequestInfo {
                 })
                 .collect::<Vec<_>>()
                 .join("-");
-            headers.entry(name).or_default().push(value.clone());
+            headers.entry(name).or_default().push(value.to_owned());
         }
         let uri = match request.var("REQUEST_URI") {
             Some(uri) => uri.to_owned(),

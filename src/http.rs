@@ -19,6 +19,7 @@ use std::io::{self, Read, Write};
 use serde::Serialize;
 
 use crate::error_code::ErrorCode;
+use crate::vars::Vars;
 
 /// An error answered with an HTTP status and a JSON body. The status is
 /// the code's: a code always has the same one.
@@ -110,7 +111,7 @@ impl BodyLength {
 
 /// A request: CGI meta-variables and a body.
 pub struct Request<'a> {
-    vars: Vec<(String, String)>,
+    vars: Vars,
     body: &'a mut dyn Body,
     end_is_marked: bool,
     /// The query string's pairs, decoded on first use.
@@ -121,13 +122,9 @@ impl<'a> Request<'a> {
     /// `end_is_marked`: the transport signals the end of the body (FastCGI's
     /// empty `STDIN` record, a chunked request's last chunk), so a body
     /// without `CONTENT_LENGTH` can be read to its end.
-    pub fn new(
-        vars: Vec<(String, String)>,
-        body: &'a mut dyn Body,
-        end_is_marked: bool,
-    ) -> Request<'a> {
+    pub fn new(vars: impl Into<Vars>, body: &'a mut dyn Body, end_is_marked: bool) -> Request<'a> {
         Request {
-            vars,
+            vars: vars.into(),
             body,
             end_is_marked,
             query: OnceCell::new(),
@@ -136,20 +133,16 @@ impl<'a> Request<'a> {
 
     /// A meta-variable; an empty value counts as unset, as RFC 3875 allows.
     pub fn var(&self, name: &str) -> Option<&str> {
-        self.vars
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
+        self.vars.get(name).filter(|v| !v.is_empty())
     }
 
     /// Every meta-variable, for handing the request to another program.
     /// The CGI variables, given back.
-    pub fn into_vars(self) -> Vec<(String, String)> {
+    pub fn into_vars(self) -> Vars {
         self.vars
     }
 
-    pub fn vars(&self) -> &[(String, String)] {
+    pub fn vars(&self) -> &Vars {
         &self.vars
     }
 
@@ -407,10 +400,7 @@ mod tests {
     use super::*;
 
     fn request<'a>(vars: &[(&str, &str)], body: &'a mut dyn Body, marked: bool) -> Request<'a> {
-        let vars = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: Vars = vars.iter().copied().collect();
         Request::new(vars, body, marked)
     }
 

@@ -70,6 +70,7 @@ pub mod service;
 pub mod status;
 pub mod transfer_encoding;
 pub mod upload;
+pub mod vars;
 
 pub use config::Config;
 pub use error_code::ErrorCode;

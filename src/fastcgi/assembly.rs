@@ -15,6 +15,7 @@ use super::record::{
     UNKNOWN_ROLE, UNKNOWN_TYPE, decode_params, encode_param, encode_record, end_request_body,
     unknown_type_body,
 };
+use crate::vars::Vars;
 
 /// Most bytes of `PARAMS` one request may send (nginx sends a few KiB).
 const MAX_PARAMS: usize = 1 << 20;
@@ -25,7 +26,7 @@ const MAX_PARAMS: usize = 1 << 20;
 pub(super) struct Begun {
     pub(super) id: u16,
     pub(super) keep_conn: bool,
-    pub(super) params: Vec<(String, String)>,
+    pub(super) params: Vars,
 }
 
 /// The state between reads of one connection's next request.
@@ -165,13 +166,13 @@ fn end_request(id: u16, protocol_status: u8) -> Vec<u8> {
 fn get_values(max_conns: usize, query: &[u8]) -> Vec<u8> {
     let max_conns = max_conns.to_string();
     let mut answer = Vec::new();
-    for (name, _) in decode_params(query).unwrap_or_default() {
-        let value = match name.as_str() {
+    for (name, _) in decode_params(query).unwrap_or_default().iter() {
+        let value = match name {
             "FCGI_MAX_CONNS" | "FCGI_MAX_REQS" => max_conns.as_str(),
             "FCGI_MPXS_CONNS" => "0",
             _ => continue,
         };
-        encode_param(&mut answer, &name, value);
+        encode_param(&mut answer, name, value);
     }
     encode_record(GET_VALUES_RESULT, 0, &answer)
 }
@@ -206,7 +207,7 @@ mod tests {
         Begun {
             id,
             keep_conn: true,
-            params: vec![("REQUEST_METHOD".into(), "GET".into())],
+            params: [("REQUEST_METHOD", "GET")].into_iter().collect(),
         }
     }
 

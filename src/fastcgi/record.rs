@@ -10,6 +10,8 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 
+use crate::vars::Vars;
+
 pub(super) const VERSION_1: u8 = 1;
 pub(super) const BEGIN_REQUEST: u8 = 1;
 pub(super) const ABORT_REQUEST: u8 = 2;
@@ -119,7 +121,7 @@ impl BeginRequest {
 /// Decodes FastCGI name-value pairs; `None` if they are malformed (a
 /// length running past the end, a cut four-byte length). Names and values
 /// that are not UTF-8 are decoded lossily: CGI variables are text.
-pub(super) fn decode_params(mut bytes: &[u8]) -> Option<Vec<(String, String)>> {
+pub(super) fn decode_params(mut bytes: &[u8]) -> Option<Vars> {
     fn length(bytes: &mut &[u8]) -> Option<usize> {
         let first = *bytes.first()?;
         if first & 0x80 == 0 {
@@ -131,19 +133,21 @@ pub(super) fn decode_params(mut bytes: &[u8]) -> Option<Vec<(String, String)>> {
             Some((u32::from_be_bytes(four) & 0x7fff_ffff) as usize)
         }
     }
-    let mut pairs = Vec::new();
+    // Names and values take less room than their encoding; nginx sends
+    // about 30 pairs.
+    let mut vars = Vars::with_capacity(bytes.len(), 32);
     while !bytes.is_empty() {
         let name_len = length(&mut bytes)?;
         let value_len = length(&mut bytes)?;
         let name = bytes.get(..name_len)?;
         let value = bytes.get(name_len..name_len.checked_add(value_len)?)?;
-        pairs.push((
-            String::from_utf8_lossy(name).into_owned(),
-            String::from_utf8_lossy(value).into_owned(),
-        ));
+        vars.push(
+            &String::from_utf8_lossy(name),
+            &String::from_utf8_lossy(value),
+        );
         bytes = &bytes[name_len + value_len..];
     }
-    Some(pairs)
+    Some(vars)
 }
 
 /// Encodes one name-value pair: lengths under 128 in one byte, longer ones
@@ -257,14 +261,10 @@ mod tests {
         encode_param(&mut bytes, "SHORT", "x");
         encode_param(&mut bytes, "LONG", &long);
         encode_param(&mut bytes, "EMPTY", "");
-        let pairs = decode_params(&bytes).unwrap();
+        let vars = decode_params(&bytes).unwrap();
         assert_eq!(
-            pairs,
-            vec![
-                ("SHORT".to_string(), "x".to_string()),
-                ("LONG".to_string(), long),
-                ("EMPTY".to_string(), String::new())
-            ]
+            vars.iter().collect::<Vec<_>>(),
+            [("SHORT", "x"), ("LONG", long.as_str()), ("EMPTY", "")]
         );
     }
 
@@ -284,7 +284,10 @@ mod tests {
             } else {
                 assert_eq!(usize::from(bytes[0]), len);
             }
-            assert_eq!(decode_params(&bytes), Some(vec![(name, String::new())]));
+            assert_eq!(
+                decode_params(&bytes),
+                Some([(name, "")].into_iter().collect())
+            );
         }
     }
 
@@ -298,13 +301,13 @@ mod tests {
         ] {
             assert_eq!(decode_params(bad), None, "{bad:?}");
         }
-        assert_eq!(decode_params(&[]), Some(vec![]));
+        assert_eq!(decode_params(&[]), Some(Vars::default()));
     }
 
     #[test]
     fn params_that_are_not_utf8_decode_lossily() {
-        let pairs = decode_params(&[1, 1, 0xff, b'v']).unwrap();
-        assert_eq!(pairs, vec![("\u{fffd}".to_string(), "v".to_string())]);
+        let vars = decode_params(&[1, 1, 0xff, b'v']).unwrap();
+        assert_eq!(vars.iter().collect::<Vec<_>>(), [("\u{fffd}", "v")]);
     }
 
     #[test]

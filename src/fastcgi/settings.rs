@@ -14,6 +14,7 @@ use crate::config::{Config, DAEMON_ONLY, SETTINGS};
 use crate::error_code::ErrorCode;
 use crate::http::HttpError;
 use crate::service::Service;
+use crate::vars::Vars;
 
 /// Most distinct sets of per-request settings kept merged (see
 /// [`Settings::request_config`]); past this the cache starts over.
@@ -90,7 +91,7 @@ impl Settings {
     /// set a limit or a key must not believe it active when it is not.
     pub(super) fn request_config(
         &self,
-        params: &[(String, String)],
+        params: &Vars,
         log: &RateLimitedLog,
     ) -> Result<Option<Arc<Service>>, HttpError> {
         if !params
@@ -102,7 +103,7 @@ impl Settings {
         let mut given: Vec<(String, String)> = params
             .iter()
             .filter(|(name, _)| name.starts_with(SETTING_PREFIX))
-            .cloned()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
             .collect();
         given.sort();
         if let Some(config) = self.read_merged().get(&given) {
@@ -216,15 +217,18 @@ mod tests {
         };
         let settings = Settings::new(Some(sources));
         let log = RateLimitedLog::new(true);
-        let params = |size: usize| {
-            vec![
-                ("REQUEST_METHOD".to_string(), "GET".to_string()),
-                ("FILEUPLOAD_MAX_SIZE".to_string(), format!("{size}K")),
+        let params = |size: usize| -> Vars {
+            [
+                ("REQUEST_METHOD", "GET".to_string()),
+                ("FILEUPLOAD_MAX_SIZE", format!("{size}K")),
             ]
+            .into_iter()
+            .collect()
         };
+        let method_only: Vars = params(0).iter().take(1).collect();
         assert!(
             settings
-                .request_config(&params(0)[..1], &log)
+                .request_config(&method_only, &log)
                 .unwrap()
                 .is_none()
         );
@@ -266,13 +270,13 @@ mod tests {
             "FILEUPLOAD_NO_SUCH_THING",
             &daemon_only,
         ] {
-            let params = vec![(name.to_string(), "1".to_string())];
+            let params: Vars = [(name, "1")].into_iter().collect();
             let err = settings.request_config(&params, &log).unwrap_err();
             assert_eq!(err.code, ErrorCode::Config, "{name}");
         }
         // Without sources (the test hook), no request brings settings.
         let none = Settings::new(None);
-        let params = vec![("FILEUPLOAD_MAX_SIZE".to_string(), "1".to_string())];
+        let params: Vars = [("FILEUPLOAD_MAX_SIZE", "1")].into_iter().collect();
         assert!(none.request_config(&params, &log).is_err());
     }
 }
