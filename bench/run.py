@@ -1071,6 +1071,30 @@ def floors_only(work, quick):
     floors_load()
 
 
+def floor_ratios():
+    """The ratio rows of the floors' goals (issue 15): medians of the rounds'
+    ratios, from the `floors.*` figures. The CGI pipe's two first, in the
+    full run's table order."""
+    return [
+        ("ratio.cgi_sha_off_pipe_vs_cat_pipe", get("floors.cgi_pipe.sha_off_vs_cat_pipe"),
+         f"<= {GOAL_PIPE_SHA_OFF} (cat at nice 19, as fileupload)"),
+        ("ratio.cgi_sha_on_pipe_vs_floor", get("floors.cgi_pipe.sha_on_vs_floor"),
+         f"<= {GOAL_PIPE_SHA_ON} (the slower of cat and the hash)"),
+        ("ratio.fastcgi_status_unknown_id_vs_libfcgi",
+         get("floors.status.daemon_unknown_id_vs_libfcgi.rps"), f">= {GOAL_STATUS_RPS} (req/s)"),
+        ("ratio.fastcgi_status_unknown_id_vs_libfcgi.p99",
+         get("floors.status.daemon_unknown_id_vs_libfcgi.p99"), f"<= {GOAL_STATUS_P99} (p99)"),
+        ("ratio.fastcgi_status_in_flight_vs_libfcgi",
+         get("floors.status.daemon_in_flight_vs_libfcgi.rps"), f">= {GOAL_STATUS_RPS} (req/s)"),
+        ("ratio.fastcgi_status_in_flight_vs_libfcgi.p99",
+         get("floors.status.daemon_in_flight_vs_libfcgi.p99"), f"<= {GOAL_STATUS_P99} (p99)"),
+        ("ratio.nginx_upload_sha_off_vs_libfcgi_store", get("floors.upload.sha_off_vs_libfcgi_store"),
+         f"<= {GOAL_UPLOAD}"),
+        ("ratio.nginx_upload_sha_on_vs_floor", get("floors.upload.sha_on_vs_floor"),
+         f"<= {GOAL_UPLOAD} (the slower of the store floor and the hash)"),
+    ]
+
+
 CHECKSUM_SUMS = ["sha256", "sha1", "md5", "crc32c", "blake3"]
 GOAL_CHECKSUM = 1.10  # at most, over the slower of the copy and the hash in memory
 
@@ -2364,6 +2388,7 @@ def main():
         floors_only(work, args.quick)
         merge_markdown(f"Floor (`floors.*`, CGI pipe) rows: `bench/run --only floors{' --quick' if args.quick else ''}`, "
                        f"{time.strftime('%Y-%m-%d')}; noisy (2 shared cores): medians of interleaved rounds.")
+        merge_ratio_rows(floor_ratios())
         return
     if args.only == "checksums":
         ratios = checksums(work, args.quick)
@@ -2548,11 +2573,7 @@ def main():
          "(the same 1 MiB writes)"),
         ("ratio.dd_1m_vs_dd_256k", get(f"limit.dd_1m_file_to_file.{label}.wall")
          / get(f"limit.dd_256k_file_to_file.{label}.wall"), "(what 1 MiB writes cost here)"),
-        # Medians of the rounds' ratios (floors.*): the goals of issue 15.
-        ("ratio.cgi_sha_off_pipe_vs_cat_pipe", get("floors.cgi_pipe.sha_off_vs_cat_pipe"),
-         f"<= {GOAL_PIPE_SHA_OFF} (cat at nice 19, as fileupload)"),
-        ("ratio.cgi_sha_on_pipe_vs_floor", get("floors.cgi_pipe.sha_on_vs_floor"),
-         f"<= {GOAL_PIPE_SHA_ON} (the slower of cat and the hash)"),
+        *floor_ratios()[:2],
         # The same work: neither PHP nor python-multipart hashes.
         ("ratio.php_cgi_vs_cgi_sha_off", get(f"php_cgi.{label}.wall") / get(f"cgi.sha_off.{label}.wall"), "> 1"),
         ("ratio.python_multipart_vs_cgi_sha_off",
@@ -2573,18 +2594,7 @@ def main():
          get("status.fastcgi_via_nginx.rps") / get("status.fastcgi_via_nginx.connection_per_request.rps"), "(> 1)"),
         ("ratio.fastcgi_status_vs_fcgiwrap_floor",
          get("status.fastcgi_via_nginx.rps") / get("status.fixed_cgi_via_nginx_fcgiwrap.rps"), ">= 5"),
-        ("ratio.fastcgi_status_unknown_id_vs_libfcgi",
-         get("floors.status.daemon_unknown_id_vs_libfcgi.rps"), f">= {GOAL_STATUS_RPS} (req/s)"),
-        ("ratio.fastcgi_status_unknown_id_vs_libfcgi.p99",
-         get("floors.status.daemon_unknown_id_vs_libfcgi.p99"), f"<= {GOAL_STATUS_P99} (p99)"),
-        ("ratio.fastcgi_status_in_flight_vs_libfcgi",
-         get("floors.status.daemon_in_flight_vs_libfcgi.rps"), f">= {GOAL_STATUS_RPS} (req/s)"),
-        ("ratio.fastcgi_status_in_flight_vs_libfcgi.p99",
-         get("floors.status.daemon_in_flight_vs_libfcgi.p99"), f"<= {GOAL_STATUS_P99} (p99)"),
-        ("ratio.nginx_upload_sha_off_vs_libfcgi_store", get("floors.upload.sha_off_vs_libfcgi_store"),
-         f"<= {GOAL_UPLOAD}"),
-        ("ratio.nginx_upload_sha_on_vs_floor", get("floors.upload.sha_on_vs_floor"),
-         f"<= {GOAL_UPLOAD} (the slower of the store floor and the hash)"),
+        *floor_ratios()[2:],
         ("ratio.nginx_fastcgi_upload_vs_discard_floor",
          get(f"nginx.fastcgi_upload.{label}.wall") / get(f"nginx.fcgiwrap_discard_floor.{label}.wall"), "(lower is better)"),
     ]
