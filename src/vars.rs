@@ -2,10 +2,10 @@
 //!
 //! nginx hands a FastCGI responder thirty-odd variables with every
 //! request, a status poll included. As a `String` for each name and each
-//! value they were sixty allocations a poll, and a tenth of the daemon's
-//! CPU went to `malloc` and `free` (`perf`, the benchmark's status floor).
-//! Here a request's variables take two: the text of every name and value
-//! in order, and where each ends.
+//! value they were about sixty allocations a poll, and `malloc` and `free`
+//! took about 9% of the daemon's samples (`perf`, the benchmark's status
+//! floor). Here a request's variables take two: the text of every name and
+//! value in order, and where each ends.
 
 /// CGI meta-variables in the order the transport gave them. A name given
 /// twice keeps both; [`Vars::get`] finds the first, as a linear search of
