@@ -2793,20 +2793,30 @@ mod tests {
             .unwrap();
         assert!(elsewhere.clear(&id("gone")).unwrap());
         assert_eq!(pool.status(&id("gone")).unwrap().state, State::Starting);
-        // Made anew by another upload elsewhere, or a link put in its
-        // place: not the folder this upload claimed.
+        // Made anew by another upload elsewhere: not the folder this
+        // upload claimed.
         let other = elsewhere.begin_upload(&id("gone")).unwrap();
         let theirs = Status::uploading("gone", Some(3), unix_now());
         other.write_status(&theirs).unwrap();
         assert_eq!(pool.status(&id("gone")).unwrap(), theirs);
         drop(other);
-        assert!(elsewhere.clear(&id("gone")).unwrap());
-        std::os::unix::fs::symlink(dir.path().join(TRASH_DIR), dir.path().join("gone")).unwrap();
+        drop(upload);
+
+        // The claimed folder moved aside and a link to it put in its
+        // place: followed, the link would lead to the claimed folder.
+        let upload = pool.begin_upload(&id("linked")).unwrap();
+        upload
+            .write_status(&Status::uploading("linked", None, unix_now()))
+            .unwrap();
+        let (bucket, aside) = (dir.path().join("linked"), dir.path().join("aside"));
+        fs::rename(&bucket, &aside).unwrap();
+        std::os::unix::fs::symlink(&aside, &bucket).unwrap();
         assert!(
-            pool.status(&id("gone")).is_err(),
+            pool.status(&id("linked")).is_err(),
             "a link is refused, not followed"
         );
-        fs::remove_file(dir.path().join("gone")).unwrap();
+        fs::remove_file(&bucket).unwrap();
+        fs::rename(&aside, &bucket).unwrap();
         drop(upload);
 
         let upload = pool.begin_upload(&id("lost")).unwrap();
