@@ -29,6 +29,8 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::spares::Spares;
+
 /// The size of one write: large enough that a network file system's round
 /// trip per write is paid once a mebibyte, small enough that a thousand
 /// uploads in one daemon hold a gibibyte at most.
@@ -43,11 +45,18 @@ pub const BLOCK: usize = 1 << 20;
 /// writes were gathered.
 pub const BUDGET: usize = 64 << 20;
 
-/// The process's write buffers, counted against a limit.
+/// Whole blocks a process keeps between requests (see [`crate::spares`]):
+/// enough for the uploads of a busy moment to start without new memory,
+/// and 4 MiB at most when the process is idle.
+const SPARE_BLOCKS: usize = 4;
+
+/// The process's write buffers, counted against a limit, and the whole
+/// blocks it keeps between requests.
 #[derive(Debug)]
 pub struct Budget {
     limit: usize,
     taken: AtomicUsize,
+    spares: Spares,
 }
 
 impl Budget {
@@ -55,6 +64,7 @@ impl Budget {
         Budget {
             limit,
             taken: AtomicUsize::new(0),
+            spares: Spares::new(BLOCK, SPARE_BLOCKS),
         }
     }
 
@@ -233,13 +243,22 @@ impl<W: Write> Blocks<W> {
         }
     }
 
-    /// Room for `more` held bytes: the buffer grows by doubling to a block
-    /// at most, each growth taken from the budget. False if the budget is
-    /// spent.
+    /// Room for `more` held bytes: a kept block if the process has one,
+    /// else the buffer grows by doubling to a block at most; each growth
+    /// taken from the budget. False if the budget is spent.
     fn room(&mut self, more: usize) -> bool {
         let needed = self.buffer.len() + more;
         if needed <= self.counted {
             return true;
+        }
+        if self.budget.take(BLOCK - self.counted) {
+            if let Some(mut block) = self.budget.spares.take() {
+                block.extend_from_slice(&self.buffer);
+                self.buffer = block;
+                self.counted = BLOCK;
+                return true;
+            }
+            self.budget.give_back(BLOCK - self.counted);
         }
         let size = needed.next_power_of_two().clamp(needed, BLOCK);
         if !self.budget.take(size - self.counted) {
@@ -260,7 +279,7 @@ impl<W: Write> Blocks<W> {
     }
 
     fn release(&mut self) {
-        self.buffer = Vec::new();
+        self.budget.spares.give(std::mem::take(&mut self.buffer));
         self.budget.give_back(self.counted);
         self.counted = 0;
     }
@@ -292,6 +311,7 @@ impl<W: Write> Blocks<W> {
 
 impl<W> Drop for Blocks<W> {
     fn drop(&mut self) {
+        self.budget.spares.give(std::mem::take(&mut self.buffer));
         self.budget.give_back(self.counted);
     }
 }
@@ -458,6 +478,35 @@ mod tests {
         drop(first);
         drop(second);
         assert_eq!(SMALL.taken(), 0, "every buffer given back");
+    }
+
+    #[test]
+    fn the_next_writer_takes_the_block_the_last_one_kept() {
+        static OWN: Budget = Budget::new(BUDGET);
+        let mut first = Blocks::within(Recorder::default(), &OWN);
+        first.write(&pattern(BLOCK - 1, 1), |_| {}).unwrap();
+        assert_eq!(OWN.taken(), BLOCK, "grown by doubling to a block");
+        drop(first);
+        assert_eq!(OWN.taken(), 0);
+        assert_eq!(OWN.spares.kept(), 1, "its block kept for the next request");
+        let mut second = Blocks::within(Recorder::default(), &OWN);
+        second.write(b"first bytes", |_| {}).unwrap();
+        assert_eq!(OWN.spares.kept(), 0, "the kept block taken");
+        assert_eq!(OWN.taken(), BLOCK, "and counted as a block");
+        second.write(&pattern(BLOCK, 2), |_| {}).unwrap();
+        assert_eq!(second.get_ref().writes, vec![BLOCK]);
+        second.flush(|_| {}).unwrap();
+        let expected = [b"first bytes".to_vec(), pattern(BLOCK, 2)].concat();
+        assert_eq!(second.get_ref().bytes, expected);
+        drop(second);
+        // With none kept, a buffer grows from what is held, and one smaller
+        // than a block is not kept.
+        assert!(OWN.spares.take().is_some());
+        let mut small = Blocks::within(Recorder::default(), &OWN);
+        small.write(b"x", |_| {}).unwrap();
+        assert_eq!(OWN.taken(), 1);
+        drop(small);
+        assert_eq!(OWN.spares.kept(), 0);
     }
 
     #[test]

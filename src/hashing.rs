@@ -49,6 +49,7 @@ use sha1::Sha1;
 
 use crate::checksums::{self, Checksums, Sum, Sums};
 use crate::identifier::hex;
+use crate::spares::Spares;
 
 /// A body that brings this many bytes within [`FAST_WITHIN`] of the
 /// upload's start is fast: its hashing moves to a thread of its own.
@@ -64,6 +65,11 @@ const QUEUE: usize = 3;
 /// job each cost the daemon a wake-up of the hashing thread per piece,
 /// about a second of CPU per GiB. Gathered, that is one per 256 KiB.
 const BATCH: usize = 256 << 10;
+/// Batches the process keeps between bodies (see [`crate::spares`]): what
+/// one upload's thread has in flight, [`QUEUE`] jobs, the one it hashes and
+/// the one being gathered, for two uploads; 2.5 MiB when the process is
+/// idle.
+static SPARE_BATCHES: Spares = Spares::new(BATCH, 2 * (QUEUE + 2));
 
 /// State that is fed a body's bytes in order: one hash or several. `Tag`
 /// says which of its files the bytes belong to, where there are several.
@@ -143,14 +149,24 @@ impl<S: Feed> Worker<S> {
         if self.gathered.as_ref().is_some_and(|(t, _)| *t != tag) {
             self.send_gathered();
         }
-        let (_, buffer) = self.gathered.get_or_insert_with(|| {
-            let mut buffer = self.spare.try_recv().unwrap_or_default();
-            buffer.clear();
-            (tag, buffer)
-        });
-        buffer.extend_from_slice(bytes);
-        if buffer.len() >= BATCH {
-            self.send_gathered();
+        // Each job is exactly a batch (the last of a tag less): a buffer
+        // filled past it would double its allocation for a few bytes.
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (_, buffer) = self.gathered.get_or_insert_with(|| {
+                let mut buffer = self
+                    .spare
+                    .try_recv()
+                    .unwrap_or_else(|_| SPARE_BATCHES.take_or_new());
+                buffer.clear();
+                (tag, buffer)
+            });
+            let take = (BATCH - buffer.len()).min(rest.len());
+            buffer.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if buffer.len() >= BATCH {
+                self.send_gathered();
+            }
         }
     }
 
@@ -252,7 +268,14 @@ impl<S: Feed> Offload<S> {
             Mode::Thread(mut worker) => {
                 worker.send_gathered();
                 drop(worker.jobs);
-                worker.handle.join().map_err(|_| HashingLost)
+                let state = worker.handle.join().map_err(|_| HashingLost);
+                // The thread gave back every batch it hashed: kept for the
+                // next body (the next chunk of a resumable upload, most
+                // often), not faulted in again.
+                for buffer in worker.spare.try_iter() {
+                    SPARE_BATCHES.give(buffer);
+                }
+                state
             }
         }
     }
@@ -1119,6 +1142,39 @@ mod tests {
         offload.feed((), rest);
         let whole = offload.finish().unwrap().0;
         assert_eq!(whole.finish_hex(), hex(&Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn the_hashing_thread_is_fed_whole_batches_whatever_the_pieces() {
+        // Each job's length as the thread sees it, and the bytes, in order.
+        #[derive(Default)]
+        struct Jobs(Vec<(u8, usize)>, Vec<u8>);
+        impl Feed for Jobs {
+            type Tag = u8;
+            fn feed(&mut self, tag: u8, bytes: &[u8]) {
+                self.0.push((tag, bytes.len()));
+                self.1.extend_from_slice(bytes);
+            }
+        }
+        let mut offload = Offload::fast_within(Jobs::default(), Duration::from_secs(3600));
+        // Past FAST_BYTES on the request's thread, so the rest is threaded.
+        let first = pattern(FAST_BYTES as usize);
+        offload.feed(0, &first);
+        assert!(offload.threaded());
+        // Pieces of 4,321 bytes (FastCGI records are of any length) for
+        // two batches and a bit of tag 1, then a piece of tag 2.
+        let one = pattern(2 * BATCH + 1_000);
+        for piece in one.chunks(4_321) {
+            offload.feed(1, piece);
+        }
+        offload.feed(2, b"end");
+        let jobs = offload.finish().unwrap();
+        assert_eq!(
+            jobs.0[1..],
+            [(1, BATCH), (1, BATCH), (1, 1_000), (2, 3)],
+            "batches of exactly BATCH bytes, the rest of a tag on its own"
+        );
+        assert_eq!(jobs.1, [first, one, b"end".to_vec()].concat());
     }
 
     #[test]

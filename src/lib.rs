@@ -67,6 +67,7 @@ pub mod receiving;
 pub mod resumable;
 pub mod serve;
 pub mod service;
+pub mod spares;
 pub mod status;
 pub mod transfer_encoding;
 pub mod upload;
