@@ -1525,18 +1525,27 @@ class Resumable:
                 ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
         return ticks / os.sysconf("SC_CLK_TCK")
 
+    def daemon_faults(self):
+        """The daemon's minor page faults so far, all its threads (`minflt`
+        in /proc/<pid>/stat counts those of threads that have ended too):
+        memory it took anew from the kernel, as a chunked upload did for
+        every chunk before its buffers were kept (`crate::spares`)."""
+        fields = Path(f"/proc/{self.servers.procs[0].pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[7])
+
     def timed(self, transport, run):
         """Runs one scenario from a settled page cache:
-        (wall s, daemon peak KiB, server CPU s, identifier)."""
+        (wall s, daemon peak KiB, server CPU s, daemon page faults, identifier)."""
         settle(self.raw, self.body)  # both inputs cached alike, whichever is sent
         self.reset_peak()
         cpu = self.group_cpu(transport)
+        faults = self.daemon_faults()
         start = time.perf_counter()
         ident = run()
         wall = time.perf_counter() - start
         # A CGI is reaped just after it answers: give fcgiwrap a moment.
         time.sleep(0.2)
-        return wall, self.peak_kib(), self.group_cpu(transport) - cpu, ident
+        return wall, self.peak_kib(), self.group_cpu(transport) - cpu, self.daemon_faults() - faults, ident
 
     # -- the scenarios
 
@@ -1714,7 +1723,7 @@ def resumable(work, quick):
                 if name in unavailable:
                     continue
                 try:
-                    wall, peak, cpu, ident = run.timed(name.split(".")[0], scenario)
+                    wall, peak, cpu, faults, ident = run.timed(name.split(".")[0], scenario)
                 except HttpError as e:
                     if name != "daemon.parallel_4":
                         raise
@@ -1724,7 +1733,7 @@ def resumable(work, quick):
                     say(f"  {name}: {unavailable[name]}")
                     continue
                 run.check_stored(ident, name)
-                samples[name].append((wall, peak, cpu))
+                samples[name].append((wall, peak, cpu, faults))
                 loads.append(os.getloadavg()[0])
                 if name.startswith("daemon."):
                     peak_log.append(peak)
@@ -1767,6 +1776,8 @@ def resumable(work, quick):
             if t == "daemon":
                 figure(f"tus.{name}.{label}.daemon_peak_rss", med(name, 1) / 1024,
                        f"MiB (median of {shown([s[1] for s in samples[name]], 1 / 1024)})")
+                figure(f"tus.{name}.{label}.daemon_page_faults", med(name, 3),
+                       f"(minor faults of the daemon over the upload; median of {shown([s[3] for s in samples[name]])})")
         for kind, goal in goals.items():
             # The ratio of each round's pair, then their median: the rounds
             # drift with the machine's other load more than the pairs do.
