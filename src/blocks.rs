@@ -98,9 +98,11 @@ pub static BUFFERS: Budget = Budget::new(BUDGET);
 /// disk): the bytes it dropped would otherwise leave a hole that a later
 /// success hides.
 ///
-/// Its buffer grows with what it holds (to a block at most), is counted
-/// against a [`Budget`], and is given back when a slow client's bytes are
-/// stored by age: only a fast upload keeps a block's buffer between
+/// Its buffer is a block the process kept from an earlier request
+/// ([`crate::spares`]) when there is one, else it grows with what it holds
+/// (to a block at most); either way it is counted against a [`Budget`],
+/// and given back (a whole block to the shelf) when a slow client's bytes
+/// are stored by age: only a fast upload keeps a block's buffer between
 /// blocks.
 #[derive(Debug)]
 pub struct Blocks<W> {
