@@ -9,7 +9,8 @@
 //! 1 GiB in 8 MiB chunks, against 1,000 to 1,600 as one `PATCH`, and a
 //! fault costs about 1.5 µs on this machine's virtual CPUs (a mebibyte
 //! allocated, touched and freed: 0.4 ms). With a [`Spares`] shelf for each
-//! kind of buffer, 20 to 160 (`bench/run --only resumable`, and the README).
+//! kind of buffer, 0 to 170 a scenario (the benchmark's
+//! `tus.daemon.*.daemon_page_faults`).
 //!
 //! The shelf is small and bounded ([`Spares::new`]'s `keep`): an idle
 //! process holds at most `keep` buffers of each kind, and a busy one counts
